@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run the whole test suite as CI does: once with the C evaluator required (a broken build
+# cannot pass on the fallback), once more on the pure-Python evaluator for the evaluation and
+# client tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup-env.sh
+export PYTHONDONTWRITEBYTECODE=1
+status=0
+echo "== pytest (C evaluator required)"
+SHMFLAGS_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+if [ "$status" = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
+[ "$status" = 0 ] || exit "$status"
+echo "== pytest (pure-Python evaluator)"
+SHMFLAGS_EVALUATOR=python .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
+  tests/test_corpus.py tests/unit "$@" || status=$?
+if [ "$status" = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
+exit "$status"
