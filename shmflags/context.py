@@ -426,6 +426,23 @@ class Context:
 
     __hash__ = None  # type: ignore[assignment]  # equal contexts may differ in mutable values
 
+    def __reduce__(self) -> Tuple[Any, Tuple[Any, ...]]:
+        # Explicit so every pickle protocol works with __slots__; caches are not pickled.
+        return (_unpickle, tuple(getattr(self, s) for s in _STATE_SLOTS))
+
+
+_STATE_SLOTS = ("_kind", "_key", "_name", "_anon", "_attrs", "_private", "_multi", "_error",
+                "_secondary")
+
+
+def _unpickle(*state: Any) -> Context:
+    c = _new(Context)
+    for slot, value in zip(_STATE_SLOTS, state):
+        setattr(c, slot, value)
+    c._fqk = None
+    c._emap = None
+    return c
+
 
 def _invalid(error: str) -> Context:
     c = _new(Context)

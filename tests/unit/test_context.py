@@ -1,7 +1,9 @@
 """Differential and unit tests for shmflags.context against ldclient.Context (the oracle)."""
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from typing import Any, List, Tuple
 
 import ldclient
@@ -634,3 +636,27 @@ def test_non_string_keys_and_kinds_are_invalid_instead_of_raising():
     assert Context.create("k", 5).error == 'invalid data type for "kind"'
     assert Context.create_multi("x", Context.create("a")).error == "cannot use str as a context"
     assert Context.from_dict("k").error == "cannot use str as a context"
+
+
+# -- pickling and copying --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_pickle_round_trip(protocol):
+    cases = [
+        Context.from_dict({"kind": "multi", "user": {"key": "u", "a": [1], "name": "n"},
+                           "org": {"key": "o:%", "_meta": {"privateAttributes": ["x"]}}}),
+        Context.builder("k").anonymous(True).set("x", {"y": 2}).build(),
+        Context.from_dict({"key": "", "secondary": "s"}),
+        Context.create(""),
+    ]
+    for c in cases:
+        c._eval_map()
+        _ = c.fully_qualified_key
+        d = pickle.loads(pickle.dumps(c, protocol=protocol))
+        assert d == c and d is not c
+        assert (d.valid, d.error, d.to_dict()) == (c.valid, c.error, c.to_dict())
+        assert d.fully_qualified_key == c.fully_qualified_key
+        assert d._eval_map() == c._eval_map()
+        assert d._secondary == c._secondary
+        assert copy.deepcopy(c) == c and copy.copy(c) == c
