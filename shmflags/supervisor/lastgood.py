@@ -1,0 +1,179 @@
+"""The last-known-good data file under ``state_dir``: what a restarted supervisor serves first.
+
+Runs in the supervisor only. The file holds the LaunchDarkly JSON of the last published data
+(not snapshot bytes, so an upgrade that changes the snapshot layout still finds usable data).
+
+File layout: a 32-byte header — magic ``SHMFLKG1``, u64 payload length, u64 xxh3-64 of the
+payload, u64 saved-at Unix ms — then the payload, JSON ``{"flags", "segments", "source"}``.
+It is written to a temporary file in the same directory, fsynced, then renamed over the old one,
+so a reader sees the old file or the new one, never a mix. A truncated or corrupt file is
+reported by :func:`load` as :class:`LastGoodError` and the caller ignores it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+import time
+from typing import Any, Dict, NamedTuple, Optional
+
+import xxhash
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"SHMFLKG1"
+_HEADER = struct.Struct("<8sQQQ")
+
+
+class LastGoodError(Exception):
+    """The last-known-good file is unreadable, truncated or fails its checksum."""
+
+
+class LastGood(NamedTuple):
+    """Data read back from the file."""
+
+    flags: Dict[str, Dict[str, Any]]
+    segments: Dict[str, Dict[str, Any]]
+    source: str
+    saved_ms: int
+
+
+def path_for(state_dir: str, name: str) -> str:
+    """The file of namespace ``name`` in ``state_dir``."""
+    return os.path.join(state_dir, f"{name}.lastgood")
+
+
+def encode(flags: Dict[str, Any], segments: Dict[str, Any], source: str,
+           saved_ms: Optional[int] = None) -> bytes:
+    """The whole file's bytes for this data."""
+    payload = json.dumps({"flags": flags, "segments": segments, "source": source},
+                         separators=(",", ":"), allow_nan=False).encode("utf-8")
+    saved = int(time.time() * 1000) if saved_ms is None else saved_ms
+    return _HEADER.pack(MAGIC, len(payload), xxhash.xxh3_64_intdigest(payload), saved) + payload
+
+
+def decode(raw: bytes) -> LastGood:
+    """Parse and verify a file's bytes.
+
+    :raises LastGoodError: on a bad magic, length, checksum or payload.
+    """
+    if len(raw) < _HEADER.size:
+        raise LastGoodError(f"truncated: {len(raw)} bytes, header needs {_HEADER.size}")
+    magic, length, digest, saved = _HEADER.unpack_from(raw, 0)
+    if magic != MAGIC:
+        raise LastGoodError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    payload = raw[_HEADER.size:]
+    if len(payload) != length:
+        raise LastGoodError(f"truncated: payload is {len(payload)} bytes, header says {length}")
+    if xxhash.xxh3_64_intdigest(payload) != digest:
+        raise LastGoodError("checksum mismatch")
+    try:
+        doc = json.loads(payload)
+        flags, segments = doc["flags"], doc["segments"]
+        if not isinstance(flags, dict) or not isinstance(segments, dict):
+            raise TypeError("flags and segments must be objects")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LastGoodError(f"bad payload: {exc}") from None
+    return LastGood(flags, segments, str(doc.get("source") or ""), saved)
+
+
+def load(path: str) -> Optional[LastGood]:
+    """Read the file; ``None`` when there is none.
+
+    :raises LastGoodError: when it exists but cannot be used.
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LastGoodError(f"cannot read: {exc.strerror or exc}") from None
+    return decode(raw)
+
+
+def save(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync directory)."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".lastgood.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o640)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+class Writer:
+    """Writes the newest data handed to :meth:`submit` from a background thread.
+
+    Submissions that arrive while a write is in progress are coalesced: only the latest is
+    written next, so a burst of publishes costs one or two writes and the file is at most one
+    write behind (well within the 1 s promise of DESIGN §12).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._pending: Optional[tuple] = None
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self.writes = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        """Start the writer thread."""
+        self._thread = threading.Thread(target=self._run, name="shmflags-lastgood", daemon=True)
+        self._thread.start()
+
+    def submit(self, flags: Dict[str, Any], segments: Dict[str, Any], source: str) -> None:
+        """Queue this data to be written, replacing anything queued but not yet written."""
+        with self._cond:
+            self._pending = (flags, segments, source)
+            self._cond.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Write what is queued, then stop the thread (waits at most ``timeout``)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait()
+                job, self._pending = self._pending, None
+                if job is None:
+                    return
+            self._write(*job)
+
+    def _write(self, flags: Dict[str, Any], segments: Dict[str, Any], source: str) -> None:
+        try:
+            save(self.path, encode(flags, segments, source))
+            self.writes += 1
+        except (OSError, ValueError, TypeError) as exc:
+            self.errors += 1
+            log.error("cannot write last-known-good file %s: %s", self.path, exc)
