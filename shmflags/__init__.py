@@ -7,3 +7,7 @@ read-only and evaluates in C, with no post-fork hook. Importing this package sta
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from shmflags.client import Client, FeatureFlagsState
+from shmflags.context import Context
+from shmflags.evaluation import EvaluationDetail

@@ -1,0 +1,83 @@
+"""``FeatureFlagsState``: the result of ``all_flags_state`` (ldclient's API and JSON).
+
+Safe in any worker; a plain value built from the backend's ``to_json_dict``-shaped output.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional
+
+__all__ = ["FeatureFlagsState"]
+
+
+class FeatureFlagsState:
+    """Every flag's value and metadata for one context, for bootstrapping client-side SDKs.
+
+    Same API as ``ldclient.evaluation.FeatureFlagsState``: :attr:`valid`,
+    :meth:`get_flag_value`, :meth:`get_flag_reason`, :meth:`to_values_map`,
+    :meth:`to_json_dict`, :meth:`to_json_string`; plus equality by JSON content.
+
+    :param valid: ``False`` when the state could not be computed (invalid context, no data)
+    :param state: the backend's output (``{key: value, ..., "$flagsState": {...}}``); the
+        object takes ownership of it
+    """
+
+    __slots__ = ("_values", "_metadata", "_valid")
+
+    def __init__(self, valid: bool, state: Optional[Dict[str, Any]] = None) -> None:
+        self._valid = bool(valid)
+        values: Dict[str, Any] = {}
+        metadata: Dict[str, Any] = {}
+        if state:
+            for key, value in state.items():
+                if key == "$flagsState":
+                    metadata = value
+                elif key != "$valid":
+                    values[key] = value
+        self._values = values
+        self._metadata = metadata
+
+    @property
+    def valid(self) -> bool:
+        """``True`` if this is a real snapshot of flag state."""
+        return self._valid
+
+    def get_flag_value(self, key: str) -> Any:
+        """The flag's value (``None`` when it served no variation or does not exist)."""
+        return self._values.get(key)
+
+    def get_flag_reason(self, key: str) -> Optional[dict]:
+        """The flag's reason, if reasons were recorded for it; else ``None``."""
+        meta = self._metadata.get(key)
+        return None if meta is None else meta.get("reason")
+
+    def to_values_map(self) -> Dict[str, Any]:
+        """Flag key → value."""
+        return self._values
+
+    def to_json_dict(self) -> Dict[str, Any]:
+        """The bootstrap JSON for LaunchDarkly's JavaScript SDK, as a dict."""
+        out = self._values.copy()
+        out["$flagsState"] = self._metadata
+        out["$valid"] = self._valid
+        return out
+
+    def to_json_string(self) -> str:
+        """:meth:`to_json_dict` serialised with :func:`json.dumps`."""
+        return json.dumps(self.to_json_dict())
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return self.to_json_dict()
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__init__(bool(state.get("$valid")), state)  # type: ignore[misc]
+
+    def __eq__(self, other: object) -> bool:
+        if hasattr(other, "to_json_dict"):
+            return self.to_json_dict() == other.to_json_dict()  # type: ignore[attr-defined]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FeatureFlagsState(valid={self._valid}, flags={len(self._values)})"
