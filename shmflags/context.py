@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 __all__ = ["Context", "ContextBuilder", "ContextMultiBuilder", "coerce"]
 
@@ -29,9 +29,6 @@ _ERR_NONE = "Cannot use None as a context"
 _ERR_EMPTY_KEY = "context key must not be None or empty"
 _ERR_NO_KINDS = "multi-context must contain at least one kind"
 _ERR_DUP_KIND = "multi-kind context cannot have same kind more than once"
-
-_EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
-
 
 def _type_error(prop: Any) -> str:
     return 'invalid data type for "%s"' % (prop,)
@@ -848,7 +845,7 @@ class ContextMultiBuilder:
 
         :returns: the builder
         """
-        multi = getattr(context, "_multi", None) if isinstance(context, Context) else None
+        multi = context._multi if isinstance(context, Context) else None
         if multi is not None:
             self._members.extend(multi)
         else:
