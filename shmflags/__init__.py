@@ -11,3 +11,4 @@ __version__ = "0.1.0"
 from shmflags.client import Client, FeatureFlagsState
 from shmflags.context import Context
 from shmflags.evaluation import EvaluationDetail
+from shmflags.backend import evaluator_backend

@@ -1,0 +1,137 @@
+"""Pure-Python snapshot backend: the ``_native.Snapshot`` interface over a mapped snapshot.
+
+Runs in workers (and wherever the C extension is missing or ``SHMFLAGS_EVALUATOR=python``).
+Entries are decoded from their msgpack into model objects on first use and cached on the
+``Snapshot`` instance (one per generation); evaluation is the reference evaluator's
+:class:`~shmflags.evaluation.backend.ModelBackend`. No threads, no I/O, no module state.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from shmflags.errors import SnapshotFormatError
+from shmflags.evaluation.backend import EvalTuple, ModelBackend
+from shmflags.model import Flag, Segment, parse_flag, parse_segment
+from shmflags.snapshot.reader import SnapshotReader
+
+__all__ = ["Snapshot"]
+
+
+class Snapshot:
+    """A snapshot opened for evaluation (backend contract, docs/internals.md).
+
+    :param buffer: the snapshot bytes (bytes, mmap, memoryview); kept referenced while the
+        object lives, never written.
+    :param big_segments: optional Big Segments provider for the evaluator.
+    :raises SnapshotFormatError: the bytes are not a valid snapshot.
+
+    An entry whose bytes do not decode (possible only with hand-made bytes: the checksum
+    covers the body) evaluates as a malformed flag, like unparseable JSON in ldclient.
+    Safe to share between threads: the caches only ever gain equal values.
+    """
+
+    def __init__(self, buffer: Any, big_segments: Any = None) -> None:
+        self._reader = SnapshotReader(buffer)
+        self._flags: Dict[str, Optional[Flag]] = {}
+        self._segments: Dict[str, Optional[Segment]] = {}
+        self._keys: Optional[List[str]] = None
+        self._backend = ModelBackend(self._get_flag, self._get_segment, self.flag_keys,
+                                     big_segments)
+
+    # -- header ---------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        """The generation stamped by the publisher (0 for bytes never published)."""
+        return self._reader.generation
+
+    @property
+    def flag_count(self) -> int:
+        return self._reader.n_flags
+
+    @property
+    def segment_count(self) -> int:
+        return self._reader.n_segments
+
+    @property
+    def payload_version(self) -> int:
+        return self._reader.payload_version
+
+    # -- model objects, decoded once per Snapshot ------------------------------------------------
+
+    def _get_flag(self, key: Any) -> Optional[Flag]:
+        try:
+            return self._flags[key]
+        except KeyError:
+            pass
+        except TypeError:          # unhashable key
+            return None
+        flag: Optional[Flag] = None
+        try:
+            entry = self._reader.find_flag(key)
+            if entry is not None:
+                flag = parse_flag(self._reader.decode(entry))
+        except SnapshotFormatError:
+            flag = parse_flag(None)       # error set: evaluates as MALFORMED_FLAG
+            flag.key = key
+        self._flags[key] = flag
+        return flag
+
+    def _get_segment(self, key: Any) -> Optional[Segment]:
+        try:
+            return self._segments[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return None
+        seg: Optional[Segment] = None
+        try:
+            entry = self._reader.find_segment(key)
+            if entry is not None:
+                seg = parse_segment(self._reader.decode(entry))
+        except SnapshotFormatError:
+            seg = parse_segment(None)
+            seg.key = key
+        self._segments[key] = seg
+        return seg
+
+    # -- backend contract ------------------------------------------------------------------------
+
+    def evaluate(self, key: str, context: Any) -> EvalTuple:
+        """Evaluate flag ``key`` for a valid context → ``(value, index, reason, info, prereqs)``."""
+        return self._backend.evaluate(key, context)
+
+    def all_flags_state(self, context: Any, with_reasons: bool = False,
+                        client_side_only: bool = False,
+                        details_only_for_tracked_flags: bool = False,
+                        now_ms: int = 0) -> dict:
+        """ldclient's ``FeatureFlagsState.to_json_dict()`` for a valid context (no events)."""
+        return self._backend.all_flags_state(context, with_reasons, client_side_only,
+                                             details_only_for_tracked_flags, now_ms)
+
+    def flag_keys(self) -> List[str]:
+        """Every flag key, sorted (a new list each call).
+
+        :raises SnapshotFormatError: an order entry is out of bounds (hand-made bytes only).
+        """
+        if self._keys is None:
+            self._keys = [e.key for e in self._reader.flags()]
+        return list(self._keys)
+
+    def segment_keys(self) -> List[str]:
+        """Every segment key, sorted."""
+        return [e.key for e in self._reader.segments()]
+
+    def raw_flag(self, key: str) -> Optional[dict]:
+        """The flag's LD JSON as stored (a fresh dict), or ``None``."""
+        entry = self._reader.find_flag(key)
+        return None if entry is None else self._reader.decode(entry)
+
+    def raw_segment(self, key: str) -> Optional[dict]:
+        """The segment's LD JSON as stored (a fresh dict), or ``None``."""
+        entry = self._reader.find_segment(key)
+        return None if entry is None else self._reader.decode(entry)
+
+    def __repr__(self) -> str:
+        return (f"<shmflags._pure.Snapshot generation={self.generation} "
+                f"flags={self.flag_count} segments={self.segment_count}>")
