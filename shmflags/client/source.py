@@ -1,0 +1,363 @@
+"""Where a client's snapshot comes from: shared memory (``ShmSource``) or in-process data.
+
+Runs in a worker. Every source answers :meth:`current` (the backend snapshot to evaluate on, or
+``None``), cheaply enough to be called on every evaluation, plus :meth:`status` and
+:meth:`close`. ``ShmSource`` does one generation load per call while attached; without a
+snapshot it re-checks at most every ``attach_interval`` and logs one ERROR line per process.
+After a fork the child keeps the inherited read-only mapping (it stays valid) and re-validates
+the generation on its first call; locks are replaced, never inherited.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
+                                    DataSourceStatus, state_from_text)
+
+log = logging.getLogger(__name__)
+
+
+
+def build_backend(flags: Mapping[str, dict], segments: Mapping[str, dict], generation: int = 1,
+                  builder: Any = None) -> Any:
+    """A backend snapshot (docs/internals.md backend contract) over in-process LD JSON.
+
+    The data is encoded into snapshot bytes and opened with the backend the worker would use
+    on shared memory, so in-process clients take the same evaluation path.
+
+    :param builder: an incremental ``SnapshotBuilder`` to reuse between generations.
+    """
+    from shmflags.snapshot.builder import SnapshotBuilder
+    builder = builder if builder is not None else SnapshotBuilder()
+    return open_backend(builder.build(flags, segments, generation=generation))
+
+
+def open_backend(buffer: Any) -> Any:
+    """Open snapshot bytes (an mmap, bytes, ...) with the worker's evaluator backend."""
+    from shmflags.backend import open_snapshot
+    return open_snapshot(buffer)
+
+
+class StaticSource:
+    """Fixed in-process data (``Client.from_data`` / ``from_file``): always VALID.
+
+    :param flags: flag key → LD flag JSON.
+    :param segments: segment key → LD segment JSON.
+    """
+
+    kind = "static"
+
+    def __init__(self, flags: Mapping[str, dict], segments: Mapping[str, dict]) -> None:
+        self._snapshot = build_backend(flags, segments, 1)
+        self._since = time.time()
+
+    def current(self) -> Any:
+        """The snapshot (never ``None``)."""
+        return self._snapshot
+
+    def generation(self) -> int:
+        """Always 1."""
+        return 1
+
+    def status(self) -> DataSourceStatus:
+        """VALID since the source was made."""
+        return DataSourceStatus(DataSourceState.VALID, self._since, None)
+
+    def describe(self) -> Dict[str, Any]:
+        """Facts for ``repr`` and diagnostics."""
+        return {"source": self.kind, "generation": 1}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class TestDataSource:
+    """In-process data fed by a :class:`shmflags.testing.TestData`; each update is a new
+    generation, so flag trackers see it like a publish.
+
+    :param td: the TestData to follow.
+    """
+
+    __test__ = False
+    kind = "testdata"
+
+    def __init__(self, td: Any) -> None:
+        self._td = td
+        self._lock = threading.Lock()
+        from shmflags.snapshot.builder import SnapshotBuilder
+        self._builder = SnapshotBuilder()
+        self._since = time.time()
+        data = td.subscribe(self._on_update)
+        self._flags: Dict[str, dict] = data["flags"]
+        self._segments: Dict[str, dict] = data["segments"]
+        self._generation = 1
+        self._snapshot = build_backend(self._flags, self._segments, 1, self._builder)
+        self._closed = False
+
+    def _on_update(self, kind: str, item: dict) -> None:
+        with self._lock:
+            target = self._flags if kind == "flags" else self._segments
+            old = target.get(item["key"])
+            if old is not None and old.get("version", 0) >= item.get("version", 0):
+                return
+            target = dict(target)
+            target[item["key"]] = item
+            if kind == "flags":
+                self._flags = target
+            else:
+                self._segments = target
+            generation = self._generation + 1
+            snapshot = build_backend(self._flags, self._segments, generation, self._builder)
+            self._snapshot, self._generation = snapshot, generation
+
+    def current(self) -> Any:
+        """The snapshot of the latest update."""
+        return self._snapshot
+
+    def generation(self) -> int:
+        """1 plus the number of updates applied."""
+        return self._generation
+
+    def status(self) -> DataSourceStatus:
+        """VALID since the source was made (OFF after :meth:`close`)."""
+        state = DataSourceState.OFF if self._closed else DataSourceState.VALID
+        return DataSourceStatus(state, self._since, None)
+
+    def describe(self) -> Dict[str, Any]:
+        """Facts for ``repr`` and diagnostics."""
+        return {"source": self.kind, "generation": self._generation}
+
+    def close(self) -> None:
+        """Stop following the TestData."""
+        self._td.unsubscribe(self._on_update)
+        self._closed = True
+
+
+class ShmSource:
+    """The snapshot the supervisor publishes in shared memory namespace ``config.name``.
+
+    :param config: a :class:`shmflags.Config` (``name``, ``attach_interval``,
+        ``heartbeat_timeout``).
+    """
+
+    kind = "shm"
+
+    def __init__(self, config: Any) -> None:
+        self._name = str(config.name)
+        self._attach_interval = float(config.attach_interval)
+        self._heartbeat_timeout = float(config.heartbeat_timeout)
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._attachment: Any = None
+        self._snapshot: Any = None
+        self._generation = 0
+        self._next_attempt = 0.0          # monotonic time of the next attach attempt
+        self._complained_pid = 0          # pid that already logged "no snapshot"
+        self._bad_generation = 0          # generation rejected as corrupt (do not retry it)
+        self._next_check = 0.0            # monotonic time of the next replaced-block check
+        self._since = time.time()
+        self._closed = False
+
+    # -- hot path ----------------------------------------------------------------------
+
+    def current(self) -> Any:
+        """The snapshot to evaluate on, or ``None`` when none is published (yet).
+
+        One generation load when attached and unchanged; never raises.
+        """
+        if self._pid != os.getpid():
+            self._after_fork()
+        attachment = self._attachment
+        if attachment is not None:
+            try:
+                generation = attachment.generation()
+            except Exception as exc:  # a closed or broken attachment must not break evaluation
+                log.error("shmflags: reading the control block of %r failed: %r", self._name, exc)
+                return self._snapshot
+            if generation == self._generation or generation == self._bad_generation:
+                if time.monotonic() < self._next_check:
+                    return self._snapshot
+                return self._liveness_check()
+            return self._switch()
+        if time.monotonic() < self._next_attempt:
+            return self._snapshot
+        return self._switch()
+
+    # -- slow path ---------------------------------------------------------------------
+
+    def _liveness_check(self) -> Any:
+        """Once a second: notice a control block replaced under us (``shmflags cleanup``
+        followed by a new supervisor) and reattach to the new one."""
+        self._next_check = time.monotonic() + 1.0
+        attachment = self._attachment
+        try:
+            replaced = attachment is not None and attachment.replaced()
+        except Exception:
+            replaced = False
+        if replaced:
+            log.warning("shmflags: control block of %r was replaced; reattaching", self._name)
+            with self._lock:
+                if self._attachment is attachment:
+                    self._attachment = None
+                    self._next_attempt = 0.0
+            return self._switch()
+        return self._snapshot
+
+    def _switch(self) -> Any:
+        """Attach and/or map the current generation. While a snapshot is being served, other
+        threads keep using it instead of waiting for the switch."""
+        if not self._lock.acquire(blocking=self._snapshot is None):
+            return self._snapshot
+        try:
+            if self._closed:
+                return self._snapshot
+            if self._attachment is None:
+                if time.monotonic() < self._next_attempt:
+                    return self._snapshot
+                self._attachment = self._attach()
+                if self._attachment is None:
+                    self._next_attempt = time.monotonic() + self._attach_interval
+                    self._complain(f"no shmflags supervisor control block for namespace "
+                                   f"{self._name!r}")
+                    return self._snapshot
+            attachment = self._attachment
+            generation = attachment.generation()
+            if generation == 0:
+                self._next_attempt = time.monotonic() + self._attach_interval
+                if self._snapshot is None:
+                    self._complain(f"the shmflags supervisor of namespace {self._name!r} has not "
+                                   "published a snapshot yet")
+                return self._snapshot
+            if generation in (self._generation, self._bad_generation):
+                return self._snapshot
+            snapshot = self._open(attachment, generation)
+            if snapshot is not None:
+                self._snapshot, self._generation = snapshot, attachment.mapped_generation
+                if self._complained_pid == os.getpid():
+                    log.warning("shmflags: namespace %r: serving generation %d", self._name,
+                                self._generation)
+                    self._complained_pid = 0
+            return self._snapshot
+        except Exception as exc:  # noqa: BLE001 - evaluation must keep going
+            log.error("shmflags: attaching to namespace %r failed: %r", self._name, exc)
+            self._next_attempt = time.monotonic() + self._attach_interval
+            return self._snapshot
+        finally:
+            self._lock.release()
+
+    def _attach(self) -> Any:
+        from shmflags import shm
+        from shmflags.errors import SnapshotUnavailable
+        try:
+            return shm.Attachment(self._name)
+        except SnapshotUnavailable:
+            return None
+
+    def _open(self, attachment: Any, generation: int) -> Any:
+        """Map and open the current generation; ``None`` (and remember it) when it is bad."""
+        from shmflags.errors import SnapshotError
+        try:
+            buffer = attachment.snapshot_buffer()
+            mapped = attachment.mapped_generation
+            if mapped == self._generation and self._snapshot is not None:
+                # The attachment rejected the newer generation and kept ours (it logged why).
+                self._bad_generation = generation
+                return None
+            return open_backend(buffer)
+        except SnapshotError as exc:
+            if self._snapshot is None:
+                self._complain(f"namespace {self._name!r}: no usable snapshot ({exc})")
+            else:
+                log.error("shmflags: namespace %r: generation %d unusable (%s); keeping "
+                          "generation %d", self._name, generation, exc, self._generation)
+            self._bad_generation = generation
+            self._next_attempt = time.monotonic() + self._attach_interval
+            return None
+
+    def _complain(self, message: str) -> None:
+        pid = os.getpid()
+        if self._complained_pid != pid:
+            self._complained_pid = pid
+            log.error("%s: flag evaluations return their defaults (CLIENT_NOT_READY) until one "
+                      "appears; re-checking every %.0f ms", message, self._attach_interval * 1000)
+
+    def _after_fork(self) -> None:
+        # The inherited mapping is still valid (read-only, MAP_SHARED); only the lock and the
+        # once-per-process log state are per process.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._next_attempt = 0.0
+
+    # -- status ------------------------------------------------------------------------
+
+    def generation(self) -> int:
+        """The generation being served (0 = none)."""
+        self.current()
+        return self._generation
+
+    def status(self) -> DataSourceStatus:
+        """The supervisor's data source status from the control block; INTERRUPTED once the
+        heartbeat is older than ``heartbeat_timeout`` while a snapshot is being served."""
+        self.current()
+        attachment = self._attachment
+        if attachment is None:
+            error = DataSourceErrorInfo(DataSourceErrorKind.UNKNOWN, 0, self._since,
+                                        f"no shmflags supervisor for namespace {self._name!r}")
+            return DataSourceStatus(DataSourceState.INITIALIZING, self._since, error)
+        try:
+            info = _as_dict(attachment.status())
+        except Exception as exc:
+            error = DataSourceErrorInfo(DataSourceErrorKind.UNKNOWN, 0, time.time(),
+                                        f"control block unreadable: {exc!r}")
+            return DataSourceStatus(DataSourceState.INTERRUPTED, time.time(), error)
+        return status_from_control(info, self._heartbeat_timeout, self._snapshot is not None)
+
+    def describe(self) -> Dict[str, Any]:
+        """Facts for ``repr`` and diagnostics."""
+        return {"source": self.kind, "name": self._name, "generation": self._generation}
+
+    def close(self) -> None:
+        """Stop attaching; the current snapshot stays usable until dropped."""
+        self._closed = True
+
+
+def _as_dict(info: Any) -> Dict[str, Any]:
+    if isinstance(info, dict):
+        return info
+    if hasattr(info, "_asdict"):
+        return dict(info._asdict())
+    return dict(vars(info))
+
+
+def status_from_control(info: Mapping[str, Any], heartbeat_timeout: float,
+                        serving: bool) -> DataSourceStatus:
+    """Turn ``Attachment.status()`` into a :class:`DataSourceStatus`.
+
+    :param info: the dict of ``shm.Attachment.status`` (``state``, ``state_since``,
+        ``last_error``, ``heartbeat``, ``heartbeat_age_s``, ``supervisor_pid``; times in
+        Unix seconds).
+    :param heartbeat_timeout: seconds after which a silent supervisor counts as gone.
+    :param serving: whether this worker has a snapshot.
+    """
+    state = state_from_text(info.get("state"))
+    since = info.get("state_since") or 0.0
+    error = DataSourceErrorInfo.from_dict(info.get("last_error"))
+    age = info.get("heartbeat_age_s")
+    if isinstance(age, (int, float)) and age > heartbeat_timeout and state != DataSourceState.OFF:
+        # Stable values (from the last heartbeat, not "now"), so that listeners comparing
+        # statuses see one change, not one per poll.
+        beat = info.get("heartbeat")
+        stale_since = (float(beat) if isinstance(beat, (int, float)) and beat
+                       else float(round(time.time() - age))) + heartbeat_timeout
+        message = (f"supervisor (pid {info.get('supervisor_pid') or '?'}) stopped its "
+                   f"heartbeat; serving the last snapshot")
+        error = DataSourceErrorInfo(DataSourceErrorKind.UNKNOWN, 0, stale_since, message)
+        if serving:
+            state, since = DataSourceState.INTERRUPTED, stale_since
+    return DataSourceStatus(state, float(since) if since else time.time(), error)
+
+__all__ = ["ShmSource", "StaticSource", "TestDataSource", "build_backend", "status_from_control"]
