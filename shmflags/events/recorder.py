@@ -1,0 +1,533 @@
+"""Record evaluations, custom, identify and migration events in a worker and ship them to the supervisor.
+
+Runs in workers. An evaluation costs a few dictionary updates and no system call: summary
+counters, context sightings (for the supervisor's index events) and the full events that
+LaunchDarkly's rules require are kept in memory and sent as datagrams (see
+:mod:`shmflags.events.sender`) when the buffer fills, when the flush interval has passed
+(checked on each call, and by a daemon thread started lazily per process so idle workers
+flush too), on :meth:`EventRecorder.flush` and at exit.
+
+Fork safety: the recorder remembers the pid whose data it holds. ``os.register_at_fork``
+resets a child at once; without that hook (a fork from C) the pid is compared on every flush
+check, on every full event and on every new context, and the child then starts empty.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Dict, List, Optional, Tuple
+
+from shmflags.events.sender import SEND_OK, DatagramSender, Packed, pack_window
+
+__all__ = ["EventRecorder"]
+
+log = logging.getLogger(__name__)
+
+_time = time.time
+_getpid = os.getpid
+
+CLOSE_TIMEOUT = 2.0
+"""Seconds :meth:`EventRecorder.close` keeps retrying a full socket before giving up."""
+
+_RETRY_MIN = 0.01  # first retry of a full socket by the background thread, in seconds
+
+
+def _kinds_of(context: Any) -> Tuple[str, ...]:
+    """The individual context kinds of a (shmflags or ldclient) context."""
+    if not context.multiple:
+        return (context.kind,)
+    out = []
+    for i in range(context.individual_context_count):
+        c = context.get_individual_context(i)
+        if c is not None:
+            out.append(c.kind)
+    return tuple(out)
+
+
+def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
+    recorder = ref()
+    if recorder is not None:
+        recorder._reset(_getpid())
+
+
+class EventRecorder:
+    """Buffers one worker's analytics events and sends them to the supervisor's socket.
+
+    Thread-safe. Never blocks an evaluation: a full socket keeps the summary for the next
+    try, and full events beyond ``events_max_pending`` are dropped and counted.
+
+    After fork the child starts with an empty buffer and its own socket; the parent's
+    unsent data stays with the parent.
+
+    :param config: a :class:`shmflags.config.Config` (reads ``send_events``,
+        ``flush_interval``, ``events_max_pending``)
+    :param socket_path: the supervisor's datagram socket (``config.socket_path``)
+    """
+
+    def __init__(self, config: Any, socket_path: Optional[str] = None) -> None:
+        self._enabled = bool(getattr(config, "send_events", True))
+        self._interval = float(getattr(config, "flush_interval", 5.0))
+        self._capacity = int(getattr(config, "events_max_pending", 10000))
+        self._sender = DatagramSender(socket_path or config.socket_path)
+        self._closed = False
+        self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
+        self._reset(_getpid())
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
+        atexit.register(_close_at_exit, ref)
+
+    # -- state ---------------------------------------------------------------------------
+
+    def _reset(self, pid: int) -> None:
+        """Start empty in process ``pid`` (construction, or a forked child)."""
+        self._pid = pid
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._rng: Optional[random.Random] = None
+        self._seq = 0
+        self._new_window()
+        self._dropped = 0  # full events dropped, reported in the next datagram
+        self._deadline = _time() + self._interval
+        self._retry_at: Optional[float] = None
+        self._retry_delay = 0.0
+        self._flush_lock = threading.Lock()
+        self._sender.after_fork()
+        self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
+
+    def _new_window(self) -> None:
+        self._summary: Dict[str, list] = {}
+        self._contexts: Dict[str, list] = {}
+        self._events: List[dict] = []
+        self._start: Optional[float] = None
+        self._end = 0.0
+        self._last_ctx: Any = None
+        self._last_entry: Optional[list] = None
+
+    def _check_pid(self) -> None:
+        pid = _getpid()
+        if pid != self._pid:
+            self._reset(pid)
+
+    def _tick(self, now: float) -> None:
+        """Flush-interval check, done by whichever call first sees the deadline pass."""
+        self._deadline = now + self._interval
+        self._check_pid()
+        if self._thread is None:
+            self._start_thread()
+        self._flush(block=False)
+
+    def _start_thread(self) -> None:
+        thread = threading.Thread(target=_run_flusher, args=(weakref.ref(self), self._pid),
+                                  name="shmflags-events-flush", daemon=True)
+        self._thread = thread
+        thread.start()
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            # multiprocessing children leave through os._exit (no atexit): flush in its
+            # finalizers too. Registered here, after the child cleared its registry.
+            mp_util.Finalize(self, _close_at_exit, args=(weakref.ref(self),), exitpriority=10)
+
+    # -- recording (hot path) --------------------------------------------------------------
+
+    def _sight(self, context: Any, now: float, count: int, index: bool) -> list:
+        """The window's entry for ``context``'s fully-qualified key (created on first sight)."""
+        fq = context.fully_qualified_key
+        entry = self._contexts.get(fq)
+        if entry is None:
+            self._check_pid()
+            entry = [context.to_dict(), int(now * 1000), count, index, _kinds_of(context),
+                     context]
+            if len(self._contexts) >= self._capacity:
+                self._dropped += 1
+                self.stats["dropped"] += 1
+                return entry  # counted in the summary, not tracked for an index event
+            self._contexts[fq] = entry
+        else:
+            entry[2] += count
+        self._last_ctx, self._last_entry = context, entry
+        return entry
+
+    def record_evaluation(self, key: str, context: Any, eval_tuple: tuple, default: Any,
+                          with_reason: bool) -> None:
+        """Count one flag evaluation and keep any full events it requires.
+
+        :param key: the flag key as requested
+        :param context: the (valid) context evaluated
+        :param eval_tuple: the backend's ``(value, variation_index, reason, info, prereqs)``
+        :param default: the caller's default value
+        :param with_reason: ``True`` for ``variation_detail`` (events then carry the reason)
+        """
+        if not self._enabled:
+            return
+        now = _time()
+        if now >= self._deadline:
+            self._tick(now)
+        value, variation, reason, info, prereqs = eval_tuple
+        if variation is None:
+            value = default
+        full = False
+        with self._lock:
+            if context is self._last_ctx:
+                entry = self._last_entry
+                entry[2] += 1
+            else:
+                entry = self._sight(context, now, 1, True)
+            if self._start is None:
+                self._start = now
+            self._end = now
+            if prereqs:
+                full = self._prereqs(context, entry, prereqs, with_reason, now)
+            if info is None:
+                version = None
+                bits = 0
+            else:
+                version, bits, debug_until, _ = info
+                if bits or debug_until is not None:
+                    full = self._full(key, context, entry, value, variation, reason, info,
+                                      default, with_reason, None, now) or full
+                if bits & 4:  # excludeFromSummaries
+                    key = None
+            if key is not None:
+                kinds = entry[4]
+                flag = self._summary.get(key)
+                if flag is None:
+                    flag = self._summary[key] = [default, set(kinds), {}, kinds]
+                elif flag[3] is not kinds:
+                    flag[1].update(kinds)
+                    flag[3] = kinds
+                counters = flag[2]
+                ck = (variation, version)
+                counter = counters.get(ck)
+                if counter is None:
+                    counters[ck] = [1, value]
+                else:
+                    counter[0] += 1
+        if full:
+            self._flush(block=False)
+
+    def _count(self, key: str, kinds: Tuple[str, ...], default: Any, variation: Optional[int],
+               version: Optional[int], value: Any) -> None:
+        """Add one evaluation to the summary counters (caller holds the lock)."""
+        flag = self._summary.get(key)
+        if flag is None:
+            flag = self._summary[key] = [default, set(kinds), {}, kinds]
+        elif flag[3] is not kinds:
+            flag[1].update(kinds)
+            flag[3] = kinds
+        counters = flag[2]
+        ck = (variation, version)
+        counter = counters.get(ck)
+        if counter is None:
+            counters[ck] = [1, value]
+        else:
+            counter[0] += 1
+
+    def _prereqs(self, context: Any, entry: list, prereqs: tuple, with_reason: bool,
+                 now: float) -> bool:
+        full = False
+        kinds = entry[4]
+        for prereq_of, key, value, variation, reason, info in prereqs:
+            if info is None:
+                continue
+            entry[2] += 1  # every prerequisite event goes through the index LRU in ldclient
+            version, bits, debug_until, _ = info
+            if bits or debug_until is not None:
+                full = self._full(key, context, entry, value, variation, reason, info, None,
+                                  with_reason, prereq_of, now) or full
+            if not bits & 4:
+                self._count(key, kinds, None, variation, version, value)
+        return full
+
+    def _sample(self, ratio: Any) -> bool:
+        if ratio is None or ratio == 1 and type(ratio) is int:
+            return True
+        if type(ratio) is not int or ratio <= 0:
+            return False
+        rng = self._rng
+        if rng is None:
+            rng = self._rng = random.Random()  # seeded from os.urandom in this process
+        return rng.random() < 1.0 / ratio
+
+    def _full(self, key: str, context: Any, entry: list, value: Any, variation: Optional[int],
+              reason: Optional[dict], info: tuple, default: Any, with_reason: bool,
+              prereq_of: Optional[str], now: float) -> bool:
+        """Append the feature and/or debug events for one evaluation; True if the buffer is full."""
+        version, bits, debug_until, sampling = info
+        now_ms = int(now * 1000)
+        debug = debug_until is not None and debug_until > now_ms
+        if not (bits & 3 or debug):
+            return False
+        self._check_pid()
+        event: Dict[str, Any] = {"kind": "feature", "creationDate": now_ms, "key": key,
+                                 "value": value, "default": default, "version": version}
+        if variation is not None:
+            event["variation"] = variation
+        if with_reason or bits & 2:
+            event["reason"] = reason
+        if prereq_of is not None:
+            event["prereqOf"] = prereq_of
+        event["context"] = entry[0] if entry[5] is context else context.to_dict()
+        if bits & 3 and self._sample(sampling):
+            self._append(event)
+        if debug and self._sample(sampling):
+            dbg = dict(event)
+            dbg["kind"] = "debug"
+            dbg["debugUntil"] = debug_until
+            self._append(dbg)
+        return len(self._events) >= self._capacity
+
+    def _append(self, event: dict) -> None:
+        if len(self._events) >= self._capacity:
+            self._dropped += 1
+            self.stats["dropped"] += 1
+        else:
+            self._events.append(event)
+
+    def record_custom(self, key: str, context: Any, data: Any = None,
+                      metric_value: Any = None) -> None:
+        """Keep a ``custom`` event (``track()``).
+
+        :param key: the event key
+        :param context: the (valid) context
+        :param data: optional JSON data
+        :param metric_value: optional number
+        """
+        if not self._enabled:
+            return
+        now = _time()
+        if now >= self._deadline:
+            self._tick(now)
+        with self._lock:
+            self._check_pid()
+            entry = self._sight(context, now, 1, True)
+            event: Dict[str, Any] = {"kind": "custom", "creationDate": int(now * 1000),
+                                     "key": key,
+                                     "context": entry[0] if entry[5] is context
+                                     else context.to_dict()}
+            if data is not None:
+                event["data"] = data
+            if metric_value is not None:
+                event["metricValue"] = metric_value
+            self._append(event)
+            full = len(self._events) >= self._capacity
+        if full:
+            self._flush(block=False)
+
+    def record_identify(self, context: Any) -> None:
+        """Keep an ``identify`` event; a context with an empty key produces none.
+
+        :param context: the (valid) context
+        """
+        if not self._enabled or (not context.multiple and not context.key):
+            return
+        now = _time()
+        if now >= self._deadline:
+            self._tick(now)
+        with self._lock:
+            self._check_pid()
+            entry = self._sight(context, now, 1, False)
+            self._append({"kind": "identify", "creationDate": int(now * 1000),
+                          "context": entry[0] if entry[5] is context else context.to_dict()})
+            full = len(self._events) >= self._capacity
+        if full:
+            self._flush(block=False)
+
+    def record_migration_op(self, event_dict: Dict[str, Any]) -> None:
+        """Keep a ``migration_op`` event built by the migration tracker.
+
+        :param event_dict: LD output-shaped event whose ``context`` is the context's JSON
+            (or a context object); sampled by its ``samplingRatio``
+        """
+        if not self._enabled:
+            return
+        from shmflags.context import coerce  # only migrations pay for this import
+
+        context = coerce(event_dict.get("context"))
+        if not context.valid:
+            return
+        now = _time()
+        if now >= self._deadline:
+            self._tick(now)
+        event = dict(event_dict)
+        event["kind"] = "migration_op"
+        event.setdefault("creationDate", int(now * 1000))
+        event["context"] = context.to_dict()
+        with self._lock:
+            self._check_pid()
+            self._sight(context, now, 1, False)
+            if self._sample(event.get("samplingRatio", 1)):
+                self._append(event)
+            full = len(self._events) >= self._capacity
+        if full:
+            self._flush(block=False)
+
+    # -- flushing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send everything buffered now, without waiting for a full socket."""
+        if self._enabled:
+            self._check_pid()
+            self._flush(block=False)
+
+    def close(self) -> None:
+        """Flush, retrying a full socket for up to :data:`CLOSE_TIMEOUT` seconds, then close.
+
+        Called at interpreter exit too. Safe to call more than once.
+        """
+        if self._closed or not self._enabled:
+            return
+        self._check_pid()
+        self._flush(block=True)
+        self._closed = True
+        self._enabled = False
+        self._wake.set()
+        self._sender.close()
+
+    def _take(self) -> Tuple[int, int, int, Dict[str, list], Dict[str, list], List[dict], int]:
+        with self._lock:
+            start = self._start if self._start is not None else self._end
+            taken = (int(start * 1000), int(self._end * 1000), self._dropped, self._summary,
+                     self._contexts, self._events)
+            self._dropped = 0
+            self._new_window()
+            seq = self._seq
+        return taken + (seq,)
+
+    def _flush(self, block: bool) -> bool:
+        """Send the current window; put back what did not go. Returns True if all went.
+
+        Flushes are serialised; a non-blocking flush that finds another one running leaves
+        its data for the next one.
+        """
+        lock = self._flush_lock
+        if not lock.acquire(blocking=block, timeout=CLOSE_TIMEOUT if block else -1):
+            return False
+        try:
+            return self._flush_locked(block)
+        finally:
+            lock.release()
+
+    def _flush_locked(self, block: bool) -> bool:
+        start, end, dropped, summary, contexts, events, seq = self._take()
+        if not (summary or contexts or events or dropped):
+            return True
+        packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
+                                          contexts, events)
+        if unsendable:
+            with self._lock:
+                self._dropped += unsendable
+                self.stats["dropped"] += unsendable
+        deadline = _time() + CLOSE_TIMEOUT
+        delay = 0.001
+        i = 0
+        while i < len(packets):
+            status = self._sender.send(packets[i].data)
+            if status == SEND_OK:
+                i += 1
+                continue
+            self.stats["send_failures"] += 1
+            if not block or _time() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        with self._lock:
+            self._seq = max(self._seq, seq + i)
+            self.stats["sent"] += i
+        if i < len(packets):
+            self._put_back(packets[i:], start)
+            self._retry_delay = min(max(2 * self._retry_delay, _RETRY_MIN), 1.0, self._interval)
+            self._retry_at = _time() + self._retry_delay
+            self._wake.set()
+            return False
+        self._retry_at = None
+        self._retry_delay = 0.0
+        return True
+
+    def _put_back(self, packets: List[Packed], start: int) -> None:
+        """Merge unsent summaries, sightings and events back into the live window."""
+        with self._lock:
+            for p in packets:
+                self._dropped += p.dropped
+                for key, default, kinds, rows in p.flags:
+                    flag = self._summary.get(key)
+                    if flag is None:
+                        flag = self._summary[key] = [default, set(kinds), {}, None]
+                    else:
+                        flag[0] = default  # the older window saw the flag first
+                        flag[1].update(kinds)
+                    counters = flag[2]
+                    for variation, version, value, count in rows:
+                        c = counters.get((variation, version))
+                        if c is None:
+                            counters[(variation, version)] = [count, value]
+                        else:
+                            c[0] += count
+                            c[1] = value
+                for fq, entry in p.contexts:
+                    live = self._contexts.get(fq)
+                    if live is None:
+                        self._contexts[fq] = entry
+                    else:
+                        entry[2] += live[2]
+                        self._contexts[fq] = entry
+                        if self._last_entry is live:
+                            self._last_ctx = self._last_entry = None
+            old = [e for p in packets for e in p.events]
+            if old:
+                merged = old + self._events
+                excess = len(merged) - self._capacity
+                if excess > 0:
+                    merged = merged[:self._capacity]
+                    self._dropped += excess
+                    self.stats["dropped"] += excess
+                self._events = merged
+            if any(p.flags for p in packets):
+                start_s = start / 1000.0
+                if self._start is None or start_s < self._start:
+                    self._start = start_s
+                if self._end < start_s:
+                    self._end = start_s
+
+    def _background(self) -> float:
+        """One pass of the flush thread; returns how long to sleep."""
+        now = _time()
+        retry = self._retry_at
+        if now >= self._deadline or (retry is not None and now >= retry):
+            self._deadline = now + self._interval
+            self._flush(block=False)
+        retry = self._retry_at
+        wake_at = self._deadline if retry is None else min(self._deadline, retry)
+        return max(0.0, wake_at - _time())
+
+
+def _run_flusher(ref: "weakref.ref[EventRecorder]", pid: int) -> None:
+    """Body of the per-process daemon thread: flush idle workers on the interval."""
+    while True:
+        recorder = ref()
+        if recorder is None or recorder._pid != pid or recorder._closed:
+            return
+        try:
+            delay = recorder._background()
+        except Exception:  # never let the thread die on a bug; log once per occurrence
+            log.exception("event flush failed")
+            delay = recorder._interval
+        wake = recorder._wake
+        del recorder
+        wake.wait(delay)
+        wake.clear()
+
+
+def _close_at_exit(ref: "weakref.ref[EventRecorder]") -> None:
+    recorder = ref()
+    if recorder is not None and recorder._pid == _getpid():
+        try:
+            recorder.close()
+        except Exception:
+            log.exception("flushing events at exit failed")

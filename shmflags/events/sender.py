@@ -1,0 +1,218 @@
+"""Pack a worker's flush window into datagrams of at most 64 KiB and send them without blocking.
+
+Runs in workers. :class:`DatagramSender` owns one non-blocking ``SOCK_DGRAM`` Unix socket per
+process (it remembers the pid it was opened in and reopens in a forked child); it never
+waits for the supervisor. :func:`pack_window` splits a window (summary flags, context
+sightings, full events) into datagrams, keeping with each datagram the items it carries so
+that the recorder can put back what could not be sent.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any, Dict, List, Optional, Tuple
+
+import msgpack
+
+from shmflags.events.datagram import MAX_DATAGRAM, VERSION
+
+__all__ = ["DatagramSender", "Packed", "pack_window", "SEND_OK", "SEND_FULL", "SEND_MISSING"]
+
+SEND_OK = 0
+"""The datagram was queued on the supervisor's socket."""
+SEND_FULL = 1
+"""The socket queue is full (``EAGAIN``); try again later."""
+SEND_MISSING = 2
+"""No supervisor is listening at the path (``ENOENT``/``ECONNREFUSED``)."""
+
+_HEADROOM = 256  # bytes reserved for the datagram map header, section names and array headers
+_ITEM_LIMIT = MAX_DATAGRAM - _HEADROOM
+
+
+class Packed:
+    """One encoded datagram plus the window items it carries (for putting back on failure).
+
+    :ivar data: the msgpack bytes
+    :ivar flags: summary flag items ``[key, default, kinds, counters]``
+    :ivar contexts: ``(fq_key, entry)`` pairs of context sightings
+    :ivar events: full event dicts
+    :ivar dropped: the worker's dropped-event count reported in this datagram
+    """
+
+    __slots__ = ("data", "flags", "contexts", "events", "dropped")
+
+    def __init__(self, data: bytes, flags: List[list], contexts: List[Tuple[str, list]],
+                 events: List[dict], dropped: int) -> None:
+        self.data = data
+        self.flags = flags
+        self.contexts = contexts
+        self.events = events
+        self.dropped = dropped
+
+
+def _encode(obj: Any) -> Optional[bytes]:
+    try:
+        return msgpack.packb(obj, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _flag_items(key: str, entry: list) -> List[Tuple[bytes, list]]:
+    """Encode one summary flag; split it by counter when it is too large for one datagram."""
+    default, kinds, counters = entry[0], sorted(entry[1]), entry[2]
+    rows = [[ck[0], ck[1], c[1], c[0]] for ck, c in counters.items()]
+    item = [key, default, kinds, rows]
+    data = _encode(item)
+    if data is not None and len(data) <= _ITEM_LIMIT:
+        return [(data, item)]
+    out = []
+    for row in rows:
+        one = [key, default, kinds, [row]]
+        data = _encode(one)
+        if data is not None and len(data) <= _ITEM_LIMIT:
+            out.append((data, one))
+    return out
+
+
+class _Builder:
+    """Accumulates encoded items for one datagram."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.flags: List[Tuple[bytes, list]] = []
+        self.contexts: List[Tuple[bytes, Tuple[str, list]]] = []
+        self.events: List[Tuple[bytes, dict]] = []
+
+    def empty(self) -> bool:
+        return not (self.flags or self.contexts or self.events)
+
+    def fits(self, n: int) -> bool:
+        return self.size + n <= _ITEM_LIMIT
+
+    def finish(self, packer: msgpack.Packer, pid: int, seq: int, dropped: int,
+               start_ms: int, end_ms: int) -> Packed:
+        fields = 3 + (1 if dropped else 0) + (1 if self.flags else 0) \
+            + (1 if self.contexts else 0) + (1 if self.events else 0)
+        parts = [packer.pack_map_header(fields), packer.pack("v"), packer.pack(VERSION),
+                 packer.pack("pid"), packer.pack(pid), packer.pack("seq"), packer.pack(seq)]
+        if dropped:
+            parts += [packer.pack("dropped"), packer.pack(dropped)]
+        if self.flags:
+            parts += [packer.pack("summary"), packer.pack_array_header(3),
+                      packer.pack(start_ms), packer.pack(max(start_ms, end_ms)),
+                      packer.pack_array_header(len(self.flags))]
+            parts += [b for b, _ in self.flags]
+        if self.contexts:
+            parts += [packer.pack("contexts"), packer.pack_array_header(len(self.contexts))]
+            parts += [b for b, _ in self.contexts]
+        if self.events:
+            parts += [packer.pack("events"), packer.pack_array_header(len(self.events))]
+            parts += [b for b, _ in self.events]
+        return Packed(b"".join(parts), [o for _, o in self.flags], [o for _, o in self.contexts],
+                      [o for _, o in self.events], dropped)
+
+
+def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
+                summary: Dict[str, list], contexts: Dict[str, list],
+                events: List[dict]) -> Tuple[List[Packed], int]:
+    """Split one flush window into datagrams no larger than :data:`MAX_DATAGRAM`.
+
+    :param pid: the sending process
+    :param seq: sequence number of the first datagram (the following ones count up)
+    :param dropped: full events this worker dropped, reported in the first datagram
+    :param start_ms: first evaluation time of the summary window
+    :param end_ms: last evaluation time of the summary window
+    :param summary: flag key → ``[default, kinds set, {(variation, version): [count, value]}, …]``
+    :param contexts: fully-qualified key → ``[context dict, first_ms, count, index, …]``
+    :param events: full events, LD output-shaped, with unredacted ``context`` dicts
+    :returns: the datagrams, and how many items were dropped because msgpack could not encode
+        them or they were larger than one datagram
+    """
+    unsendable = 0
+    builders: List[_Builder] = [_Builder()]
+
+    def add(kind: str, data: bytes, obj: Any) -> None:
+        b = builders[-1]
+        if not b.fits(len(data)):
+            b = _Builder()
+            builders.append(b)
+        getattr(b, kind).append((data, obj))
+        b.size += len(data)
+
+    for key, entry in summary.items():
+        items = _flag_items(key, entry)
+        if not items:
+            unsendable += 1
+        for data, item in items:
+            add("flags", data, item)
+    for fq, entry in contexts.items():
+        data = _encode(entry[:4])
+        if data is None or len(data) > _ITEM_LIMIT:
+            unsendable += 1
+            continue
+        add("contexts", data, (fq, entry))
+    for event in events:
+        data = _encode(event)
+        if data is None or len(data) > _ITEM_LIMIT:
+            unsendable += 1
+            continue
+        add("events", data, event)
+    packer = msgpack.Packer(use_bin_type=True)
+    out = []
+    for i, b in enumerate(builders):
+        if b.empty() and not (i == 0 and dropped):
+            continue
+        out.append(b.finish(packer, pid, seq + len(out), dropped if not out else 0,
+                            start_ms, end_ms))
+    return out, unsendable
+
+
+class DatagramSender:
+    """A non-blocking datagram socket to the supervisor, reopened after fork.
+
+    :param path: the supervisor's socket path (``Config.socket_path``)
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock: Optional[socket.socket] = None
+        self._pid = 0
+
+    def _socket(self) -> socket.socket:
+        pid = os.getpid()
+        sock = self._sock
+        if sock is None or self._pid != pid:
+            # In a forked child the inherited socket is shared with the parent: open our own.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._sock, self._pid = sock, pid
+        return sock
+
+    def send(self, data: bytes) -> int:
+        """Send one datagram without blocking.
+
+        :param data: at most :data:`MAX_DATAGRAM` bytes
+        :returns: :data:`SEND_OK`, :data:`SEND_FULL` or :data:`SEND_MISSING`
+        """
+        try:
+            self._socket().sendto(data, self.path)
+            return SEND_OK
+        except BlockingIOError:
+            return SEND_FULL
+        except OSError as exc:
+            if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
+                return SEND_FULL
+            return SEND_MISSING
+
+    def after_fork(self) -> None:
+        """Forget the parent's socket (without closing the parent's descriptor)."""
+        self._sock = None
+        self._pid = 0
+
+    def close(self) -> None:
+        """Close the socket if this process opened it."""
+        sock = self._sock
+        self._sock = None
+        if sock is not None and self._pid == os.getpid():
+            sock.close()
