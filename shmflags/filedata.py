@@ -11,6 +11,7 @@ the caller keeps its previous data.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any, Dict, Iterable, List, Tuple
 
@@ -20,6 +21,8 @@ from shmflags.errors import DataError
 MAX_FILE_BYTES = 64 * 1024 * 1024
 
 Items = Dict[str, Dict[str, Any]]
+
+log = logging.getLogger(__name__)
 
 
 def load_files(paths: Iterable[str]) -> Tuple[Items, Items]:
@@ -124,7 +127,13 @@ def _section(data: Dict[str, Any], name: str, path: str) -> Dict[Any, Any]:
 def _item(key: Any, item: Any, path: str, kind: str) -> Dict[str, Any]:
     if not isinstance(item, dict):
         raise DataError(f"{path}: {kind} '{key}' must be a map, got {type(item).__name__}")
-    item = dict(item)
+    odd = [k for k in item if not isinstance(k, str)]
+    if odd:
+        # YAML 1.1 reads an unquoted `on:` as the boolean True. JSON has only string keys and
+        # ldclient ignores such keys (the flag is then off), so drop them, but say why.
+        log.warning("%s: %s '%s': ignoring non-string field names %r (quote \"on\" in YAML)",
+                    path, kind, key, odd)
+    item = {k: v for k, v in item.items() if isinstance(k, str)}
     item.setdefault("key", str(key))
     if not isinstance(item["key"], str) or not item["key"]:
         raise DataError(f"{path}: {kind} '{key}' has no valid key")

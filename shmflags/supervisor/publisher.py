@@ -1,0 +1,153 @@
+"""Turns the store's data into published snapshots: store → builder → shared memory.
+
+Runs in the supervisor only, in one daemon thread. The thread sleeps until the store signals a
+change, then builds and publishes at once: a single patch is visible to workers within a few
+milliseconds. Changes that arrive while a build is running are coalesced into the next build,
+so a burst of patches costs a few publishes, not one per patch, without any added delay.
+
+A build that fails (data that cannot be encoded) is not published: the state becomes
+``INTERRUPTED`` with an ``INVALID_DATA`` error and workers keep the previous generation. A publish
+that fails in shared memory (``/dev/shm`` full: :mod:`shmflags.shm` says how many bytes were
+needed) records a ``STORE_ERROR`` with that message and retries with exponential backoff.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+from shmflags.errors import SnapshotError
+from shmflags.supervisor.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Backoff between publish retries after an OS error: first delay and cap, in seconds.
+RETRY_FIRST = 0.1
+RETRY_MAX = 5.0
+
+
+class PublishResult:
+    """What one successful publish produced (handed to the ``on_publish`` callbacks)."""
+
+    __slots__ = ("generation", "revision", "flags", "segments", "size", "seconds",
+                 "from_cache", "source")
+
+    def __init__(self, generation: int, revision: int, flags: Dict[str, Any],
+                 segments: Dict[str, Any], size: int, seconds: float, from_cache: bool,
+                 source: str) -> None:
+        self.generation = generation
+        self.revision = revision
+        self.flags = flags
+        self.segments = segments
+        self.size = size
+        self.seconds = seconds
+        self.from_cache = from_cache
+        self.source = source
+
+
+class SnapshotPublisher:
+    """Publishes the store's data whenever it changes.
+
+    :param store: the supervisor's store.
+    :param shm: a :class:`shmflags.shm.Publisher` (thread-safe).
+    :param builder: a :class:`shmflags.snapshot.builder.SnapshotBuilder` (used by this
+        object's thread only, and by :meth:`publish_once` callers before :meth:`start`).
+    """
+
+    def __init__(self, store: Store, shm: Any, builder: Any) -> None:
+        self.store = store
+        self.shm = shm
+        self.builder = builder
+        self.generation = 0
+        self.published_revision = -1
+        self.publishes = 0
+        self.errors = 0
+        self.last_publish_seconds = 0.0
+        self.last_size = 0
+        self._callbacks: List[Callable[[PublishResult], None]] = []
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._retry_delay = 0.0
+        self._store_error = False
+
+    def on_publish(self, callback: Callable[[PublishResult], None]) -> None:
+        """Call ``callback(result)`` after each successful publish (in the publisher thread)."""
+        self._callbacks.append(callback)
+
+    def start(self) -> None:
+        """Start the publisher thread."""
+        self._thread = threading.Thread(target=self._run, name="shmflags-publisher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread, publishing what the store holds if it was not published yet."""
+        self._stop.set()
+        self.store.changed.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self.store.initialized and self.store.revision != self.published_revision:
+            self.publish_once()
+
+    def publish_once(self) -> bool:
+        """Build and publish the store's current data now; returns whether it was published."""
+        revision, flags, segments = self.store.data()
+        status = self.store.status()
+        started = time.monotonic()
+        try:
+            data = self.builder.build(flags, segments)
+        except Exception as exc:  # noqa: BLE001 - any failure to encode is invalid data
+            self.errors += 1
+            self.published_revision = revision  # the same data would fail again: wait for more
+            log.error("not publishing: the data could not be encoded: %s: %s",
+                      type(exc).__name__, exc)
+            self.store.set_status("INTERRUPTED", _error("INVALID_DATA", f"cannot encode: {exc}"))
+            return False
+        try:
+            generation = self.shm.publish(data, source=status["source"],
+                                          from_cache=status["from_cache"])
+        except (SnapshotError, OSError) as exc:
+            self.errors += 1
+            self._store_error = True
+            self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_MAX)
+            message = str(exc)
+            log.error("publish failed (%s); previous generation %d keeps serving; "
+                      "retrying in %.1f s", message, self.generation, self._retry_delay)
+            self.store.set_status("INTERRUPTED", _error("STORE_ERROR", message))
+            return False
+        seconds = time.monotonic() - started
+        self.generation = generation
+        self.published_revision = revision
+        self.publishes += 1
+        self.last_publish_seconds = seconds
+        self.last_size = len(data)
+        self._retry_delay = 0.0
+        if self._store_error:
+            self._store_error = False
+            error = self.store.status()["last_error"] or {}
+            if error.get("kind") == "STORE_ERROR":
+                self.store.set_status("VALID")
+        result = PublishResult(generation, revision, flags, segments, len(data), seconds,
+                               status["from_cache"], status["source"])
+        for callback in list(self._callbacks):
+            try:
+                callback(result)
+            except Exception:  # noqa: BLE001 - a callback must not stop publishing
+                log.exception("publish callback failed")
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            timeout = self._retry_delay or None
+            self.store.changed.wait(timeout)
+            if self._stop.is_set():
+                return
+            self.store.changed.clear()
+            if self.store.initialized and self.store.revision != self.published_revision:
+                self.publish_once()
+
+
+def _error(kind: str, message: str) -> Dict[str, Any]:
+    return {"kind": kind, "statusCode": 0, "message": message, "time": int(time.time() * 1000)}
+
