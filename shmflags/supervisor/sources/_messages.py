@@ -1,0 +1,113 @@
+"""Parsing and validation of LaunchDarkly data payloads (stream events and poll bodies).
+
+Runs in the supervisor only (streaming and polling sources). Only the shape the store relies
+on is checked here: a put needs ``flags`` and ``segments`` objects whose items are objects
+with a string ``key`` equal to their map key and an integer ``version``; a patch needs a
+string ``path`` and such an item; a delete needs a ``path`` and an integer ``version``. Deeper
+validation of flag contents belongs to the model. Anything else raises :class:`InvalidData`,
+and nothing invalid ever reaches the sink.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Optional, Tuple
+
+from shmflags.errors import DataError
+
+__all__ = ["InvalidData", "parse_put", "parse_patch", "parse_delete", "parse_all_data", "parse_path"]
+
+KINDS = ("flags", "segments")
+
+Items = Dict[str, Dict[str, Any]]
+
+
+class InvalidData(DataError):
+    """A payload that is not JSON or does not have LaunchDarkly's shape."""
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidData(f"malformed JSON: {exc}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_item(kind: str, key: str, item: Any) -> Dict[str, Any]:
+    if not isinstance(item, dict):
+        raise InvalidData(f"{kind} item {key!r} is not an object")
+    if item.get("key") != key:
+        raise InvalidData(f"{kind} item {key!r} has key {item.get('key')!r}")
+    if not _is_int(item.get("version")):
+        raise InvalidData(f"{kind} item {key!r} has no integer version")
+    return item
+
+
+def _check_items(data: Dict[str, Any]) -> Tuple[Items, Items]:
+    out = []
+    for kind in KINDS:
+        items = data.get(kind)
+        if not isinstance(items, dict):
+            raise InvalidData(f"{kind!r} is missing or not an object")
+        for key, item in items.items():
+            _check_item(kind, key, item)
+        out.append(items)
+    return out[0], out[1]
+
+
+def parse_all_data(text: str) -> Tuple[Items, Items]:
+    """A poll body ``{"flags": {...}, "segments": {...}}`` → ``(flags, segments)``."""
+    doc = _json(text)
+    if not isinstance(doc, dict):
+        raise InvalidData("poll body is not an object")
+    return _check_items(doc)
+
+
+def parse_put(text: str) -> Tuple[Items, Items]:
+    """A ``put`` event's data ``{"path": "/", "data": {flags, segments}}`` → ``(flags, segments)``.
+
+    ``path`` is ignored (the test harness omits it), as ldclient does.
+    """
+    doc = _json(text)
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), dict):
+        raise InvalidData("put event without a 'data' object")
+    return _check_items(doc["data"])
+
+
+def parse_path(path: Any) -> Optional[Tuple[str, str]]:
+    """``"/flags/k"`` → ``("flags", "k")``; an unknown prefix or empty key → ``None``."""
+    if not isinstance(path, str):
+        raise InvalidData("event without a string 'path'")
+    for kind in KINDS:
+        prefix = f"/{kind}/"
+        if path.startswith(prefix) and len(path) > len(prefix):
+            return kind, path[len(prefix):]
+    return None
+
+
+def parse_patch(text: str) -> Optional[Tuple[str, Dict[str, Any]]]:
+    """A ``patch`` event → ``(kind, item)``, or ``None`` for a path of an unknown kind."""
+    doc = _json(text)
+    if not isinstance(doc, dict):
+        raise InvalidData("patch event is not an object")
+    target = parse_path(doc.get("path"))
+    if target is None:
+        return None
+    kind, key = target
+    return kind, _check_item(kind, key, doc.get("data"))
+
+
+def parse_delete(text: str) -> Optional[Tuple[str, str, int]]:
+    """A ``delete`` event → ``(kind, key, version)``, or ``None`` for an unknown kind."""
+    doc = _json(text)
+    if not isinstance(doc, dict):
+        raise InvalidData("delete event is not an object")
+    target = parse_path(doc.get("path"))
+    if target is None:
+        return None
+    if not _is_int(doc.get("version")):
+        raise InvalidData("delete event without an integer version")
+    return target[0], target[1], int(doc["version"])
