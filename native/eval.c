@@ -1,0 +1,966 @@
+/*
+ * eval.c - the flag evaluator over compiled records (LD protocol section 3),
+ * with ldclient's answers: prerequisites, targets, rules, clauses, segments,
+ * rollouts and experiments, plus the Python objects of a result (reason,
+ * value, event info).
+ *
+ * Invariants:
+ *  - every record byte is read through the bounds-checked accessors of
+ *    sf.h; a failed check is a structural error (SF_EMALFORMED), which the
+ *    caller reports as ERROR/MALFORMED_FLAG - never a crash;
+ *  - structural errors (bad attribute reference, prerequisite or segment
+ *    cycle, nesting deeper than SF_MAX_DEPTH, corrupt record) abort the whole
+ *    evaluation, as ldclient's EvaluationException does; "soft" errors
+ *    (variation out of range, empty rollout) are results;
+ *  - context data is read, never written; Python exceptions raised by it
+ *    (or by re) propagate as SF_EPYTHON.
+ * Runs in workers; all state lives in the caller's sf_eval_t.
+ */
+#include "sf.h"
+
+static inline double bits_to_double(uint64_t b) { double d; memcpy(&d, &b, 8); return d; }
+
+/* ---- small helpers ---- */
+
+/**
+ * sf_rec_pystr() - the Python str of a record string, cached per Snapshot.
+ * Return: borrowed reference, or NULL with an exception set.
+ */
+PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
+{
+    uint64_t key = SF_CACHE_KEY(rec->abs + ref.off, SF_TAG_STR);
+    PyObject *o = sf_cache_get(&so->cache, key);
+    if (o != NULL)
+        return o;
+    const char *s = sf_rec_str(rec, ref);
+    if (s == NULL) {
+        PyErr_SetString(PyExc_ValueError, "corrupt record string");
+        return NULL;
+    }
+    o = PyUnicode_DecodeUTF8(s, ref.len, "surrogatepass");
+    if (o == NULL)
+        return NULL;
+    PyUnicode_InternInPlace(&o);
+    if (sf_cache_put(&so->cache, key, o) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    Py_DECREF(o);
+    return o;
+}
+
+/* Convert "a Python exception is set" into the evaluator's code. */
+#define PYFAIL SF_EPYTHON
+
+/* individual context of a kind: borrowed dict, or NULL (absent: *rc = SF_OK) */
+static PyObject *individual(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t kind, int *rc)
+{
+    *rc = SF_OK;
+    PyObject *k = sf_rec_pystr(e->so, rec, kind);
+    if (k == NULL) {
+        *rc = PYFAIL;
+        return NULL;
+    }
+    PyObject *d = PyDict_GetItemWithError(e->emap, k);
+    if (d == NULL && PyErr_Occurred())
+        *rc = PYFAIL;
+    return d;
+}
+
+/* d.get(k) as a new reference (None when absent); NULL on error */
+static PyObject *dict_get(PyObject *d, PyObject *k)
+{
+    if (PyDict_CheckExact(d)) {
+        PyObject *v = PyDict_GetItemWithError(d, k);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            v = Py_None;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    /* a dict subclass: honour its get(), as ldclient's value.get() does */
+    return PyObject_CallMethodOneArg(d, sf_c.s_get, k);
+}
+
+/* context key string (UTF-8) of an individual context */
+static int context_key(PyObject *ctxd, const char **p, Py_ssize_t *n, PyObject **tmp, PyObject **keyobj)
+{
+    PyObject *k = PyDict_GetItemWithError(ctxd, sf_c.s_key);
+    *keyobj = k;
+    *tmp = NULL;
+    if (k == NULL) {
+        if (PyErr_Occurred())
+            return PYFAIL;
+        *p = NULL;
+        return SF_OK;
+    }
+    if (!PyUnicode_Check(k)) {
+        *p = NULL;
+        return SF_OK;
+    }
+    return sf_utf8(k, p, n, tmp) < 0 ? PYFAIL : SF_OK;
+}
+
+/* is the key of the context of @kind in the set at @set_off? 1/0, or <0 code */
+static int key_in_set(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t kind, uint32_t set_off)
+{
+    if (set_off == 0)
+        return 0;
+    int rc;
+    PyObject *ctxd = individual(e, rec, kind, &rc);
+    if (ctxd == NULL)
+        return rc;
+    const char *p;
+    Py_ssize_t n;
+    PyObject *tmp, *ko;
+    if ((rc = context_key(ctxd, &p, &n, &tmp, &ko)) != SF_OK)
+        return rc;
+    if (p == NULL)
+        return 0;
+    int r = sf_strset_has(rec, set_off, p, (size_t)n, sf_xxh64(p, (size_t)n, 0));
+    Py_XDECREF(tmp);
+    return r < 0 ? SF_EMALFORMED : r;
+}
+
+/* attribute value by compiled reference: new reference (None when missing) */
+static int get_attr(sf_eval_t *e, const sf_rec_t *rec, PyObject *ctxd, uint32_t attr_off,
+                    PyObject **out)
+{
+    const sf_attrref_t *a = sf_rec_at(rec, attr_off, sizeof(sf_attrref_t));
+    if (a == NULL || a->n == 0)
+        return SF_EMALFORMED;
+    const sf_ref_t *comps = sf_rec_at(rec, attr_off + 8, (uint64_t)a->n * sizeof(sf_ref_t));
+    if (comps == NULL)
+        return SF_EMALFORMED;
+    PyObject *value = ctxd;
+    Py_INCREF(value);
+    for (uint32_t i = 0; i < a->n; i++) {
+        if (!PyDict_Check(value)) {   /* only JSON objects can be traversed */
+            Py_DECREF(value);
+            value = Py_None;
+            Py_INCREF(value);
+            break;
+        }
+        PyObject *k = sf_rec_pystr(e->so, rec, comps[i]);
+        if (k == NULL) {
+            Py_DECREF(value);
+            return PYFAIL;
+        }
+        PyObject *next = dict_get(value, k);
+        Py_DECREF(value);
+        if (next == NULL)
+            return PYFAIL;
+        value = next;
+    }
+    *out = value;
+    return SF_OK;
+}
+
+/* ---- bucketing ---- */
+
+/* bucket value for a rollout or weighted segment rule; -1 when the kind is absent */
+static int bucket(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t prefix, sf_ref_t kind,
+                  uint32_t bucket_by, double *out)
+{
+    int rc;
+    PyObject *ctxd = individual(e, rec, kind, &rc);
+    if (ctxd == NULL) {
+        *out = -1.0;
+        return rc;
+    }
+    PyObject *value;
+    if (bucket_by == 0) {
+        value = PyDict_GetItemWithError(ctxd, sf_c.s_key);
+        if (value == NULL && PyErr_Occurred())
+            return PYFAIL;
+        if (value == NULL)
+            value = Py_None;
+        Py_INCREF(value);
+    } else if (bucket_by == SF_ATTR_INVALID) {
+        return SF_EMALFORMED;
+    } else if ((rc = get_attr(e, rec, ctxd, bucket_by, &value)) != SF_OK) {
+        return rc;
+    }
+    *out = 0.0;
+    PyObject *s = NULL;
+    if (PyUnicode_CheckExact(value)) {
+        s = value;
+        Py_INCREF(s);
+    } else if (PyUnicode_Check(value) || (PyLong_Check(value) && !PyBool_Check(value))) {
+        s = PyObject_Str(value);   /* ldclient formats with '%s' */
+        if (s == NULL) {
+            Py_DECREF(value);
+            return PYFAIL;
+        }
+    }
+    Py_DECREF(value);
+    if (s == NULL)
+        return SF_OK;   /* not bucketable: bucket 0 */
+    const char *pfx = sf_rec_str(rec, prefix);
+    if (pfx == NULL) {
+        Py_DECREF(s);
+        return SF_EMALFORMED;
+    }
+    Py_ssize_t n;
+    const char *p = PyUnicode_AsUTF8AndSize(s, &n);   /* strict, like .encode('utf-8') */
+    if (p == NULL) {
+        Py_DECREF(s);
+        return PYFAIL;
+    }
+    *out = sf_bucket_value(pfx, prefix.len, p, (size_t)n);
+    Py_DECREF(s);
+    return SF_OK;
+}
+
+/* ---- flag parts ---- */
+
+int sf_flag_header(const sf_rec_t *rec, const sf_flag_rec_t **out)
+{
+    if (rec->len < sizeof(sf_flag_rec_t))
+        return SF_ECORRUPT;
+    const sf_flag_rec_t *f = (const sf_flag_rec_t *)rec->p;
+    if (f->magic != SF_FLAG_MAGIC || f->rec_version != SF_REC_VERSION)
+        return SF_ECORRUPT;
+    *out = f;
+    return SF_OK;
+}
+
+static int segment_header(const sf_rec_t *rec, const sf_segment_rec_t **out)
+{
+    if (rec->len < sizeof(sf_segment_rec_t))
+        return SF_ECORRUPT;
+    const sf_segment_rec_t *s = (const sf_segment_rec_t *)rec->p;
+    if (s->magic != SF_SEGMENT_MAGIC || s->rec_version != SF_REC_VERSION)
+        return SF_ECORRUPT;
+    *out = s;
+    return SF_OK;
+}
+
+static void set_error(sf_result_t *out)
+{
+    out->kind = SF_R_ERROR;
+    out->variation = -1;
+    out->in_experiment = 0;
+}
+
+/* _get_variation: index in range (and encodable) or MALFORMED_FLAG result */
+static void get_variation(const sf_rec_t *rec, const sf_flag_rec_t *f, int32_t index,
+                          sf_result_t *out)
+{
+    int bad = 0;
+    const sf_ref_t *vars = sf_rec_array(rec, f->variations, sizeof(sf_ref_t), &bad);
+    if (bad || index < 0 || (uint32_t)index >= f->variations.len || vars[index].len == 0) {
+        set_error(out);
+        return;
+    }
+    out->variation = index;
+}
+
+static void off_value(const sf_rec_t *rec, const sf_flag_rec_t *f, sf_result_t *out)
+{
+    if (!(f->bits & SF_FLAG_HAS_OFF)) {
+        out->variation = -1;
+        return;
+    }
+    get_variation(rec, f, f->off_variation, out);
+}
+
+/* variation or rollout -> result (reason kind already set by the caller) */
+static int vor_value(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                     const sf_vor_t *vor, sf_result_t *out)
+{
+    if (vor == NULL || vor->kind == SF_VOR_NONE) {
+        set_error(out);
+        return SF_OK;
+    }
+    if (vor->kind == SF_VOR_VARIATION) {
+        get_variation(rec, f, vor->variation, out);
+        return SF_OK;
+    }
+    if (vor->kind != SF_VOR_ROLLOUT)
+        return SF_EMALFORMED;
+    const sf_rollout_t *ro = sf_rec_at(rec, vor->rollout_off, sizeof(sf_rollout_t));
+    if (ro == NULL)
+        return SF_EMALFORMED;
+    int bad = 0;
+    const sf_weighted_t *wv = sf_rec_array(rec, ro->variations, sizeof(sf_weighted_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    if (ro->variations.len == 0) {
+        set_error(out);
+        return SF_OK;
+    }
+    int experiment = (ro->bits & SF_ROLLOUT_EXPERIMENT) != 0;
+    double b;
+    int rc = bucket(e, rec, ro->prefix, ro->kind, experiment ? 0 : ro->bucket_by, &b);
+    if (rc != SF_OK)
+        return rc;
+    /* a missing context kind gives bucket -1: first variation, never in the experiment */
+    int is_exp = experiment && b >= 0;
+    double sum = 0.0;
+    const sf_weighted_t *chosen = &wv[ro->variations.len - 1];
+    for (uint32_t i = 0; i < ro->variations.len; i++) {
+        sum += wv[i].weight;
+        if (b < sum) {
+            chosen = &wv[i];
+            break;
+        }
+    }
+    get_variation(rec, f, chosen->variation, out);
+    if (out->kind != SF_R_ERROR)
+        out->in_experiment = is_exp && !(chosen->bits & SF_WV_UNTRACKED);
+    return SF_OK;
+}
+
+/* ---- clauses and segments ---- */
+
+static int clause_matches(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, int *match);
+
+static int push_key(sf_keyref_t *stack, int *n, const char *p, uint32_t len)
+{
+    if (*n >= SF_MAX_DEPTH)
+        return SF_EMALFORMED;
+    stack[*n].p = p;
+    stack[*n].n = len;
+    (*n)++;
+    return SF_OK;
+}
+
+static int on_stack(const sf_keyref_t *stack, int n, const char *p, uint32_t len)
+{
+    for (int i = 0; i < n; i++)
+        if (stack[i].n == len && memcmp(stack[i].p, p, len) == 0)
+            return 1;
+    return 0;
+}
+
+static int rule_clauses_match(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t clauses, int *match)
+{
+    int bad = 0;
+    const sf_clause_t *cl = sf_rec_array(rec, clauses, sizeof(sf_clause_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    *match = 1;
+    for (uint32_t i = 0; i < clauses.len; i++) {
+        int rc = clause_matches(e, rec, &cl[i], match);
+        if (rc != SF_OK)
+            return rc;
+        if (!*match)
+            return SF_OK;
+    }
+    return SF_OK;
+}
+
+/* user key in a segment's included/excluded set: 1/0, or <0 code */
+static int user_key_in(sf_eval_t *e, const sf_rec_t *rec, uint32_t set_off)
+{
+    if (set_off == 0)
+        return 0;
+    PyObject *ctxd = PyDict_GetItemWithError(e->emap, sf_c.s_user);
+    if (ctxd == NULL)
+        return PyErr_Occurred() ? PYFAIL : 0;
+    const char *p;
+    Py_ssize_t n;
+    PyObject *tmp, *ko;
+    int rc = context_key(ctxd, &p, &n, &tmp, &ko);
+    if (rc != SF_OK || p == NULL)
+        return rc;
+    int r = sf_strset_has(rec, set_off, p, (size_t)n, sf_xxh64(p, (size_t)n, 0));
+    Py_XDECREF(tmp);
+    return r < 0 ? SF_EMALFORMED : r;
+}
+
+/* any sf_target_t entry whose context key is in its set: 1/0, or <0 code */
+static int any_target(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t targets)
+{
+    int bad = 0;
+    const sf_target_t *t = sf_rec_array(rec, targets, sizeof(sf_target_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    for (uint32_t i = 0; i < targets.len; i++) {
+        int r = key_in_set(e, rec, t[i].kind, t[i].set);
+        if (r != 0)
+            return r;
+    }
+    return 0;
+}
+
+/* _simple_segment_match_context: included, includedContexts, excluded,
+ * excludedContexts, then rules (cycle-checked on the segment stack) */
+static int segment_simple(sf_eval_t *e, const sf_rec_t *rec, const sf_segment_rec_t *s,
+                          int use_lists, int *match)
+{
+    int bad = 0, r;
+    *match = 0;
+    if (use_lists) {
+        if ((r = user_key_in(e, rec, s->included)) != 0 || (r = any_target(e, rec, s->included_contexts)) != 0) {
+            if (r < 0)
+                return r;
+            *match = 1;
+            return SF_OK;
+        }
+        if ((r = user_key_in(e, rec, s->excluded)) != 0 || (r = any_target(e, rec, s->excluded_contexts)) != 0)
+            return r < 0 ? r : SF_OK;
+    }
+    if (s->rules.len == 0)
+        return SF_OK;
+    const sf_segrule_t *rules = sf_rec_array(rec, s->rules, sizeof(sf_segrule_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    const char *key = sf_rec_str(rec, s->key);
+    if (key == NULL)
+        return SF_EMALFORMED;
+    int rc = push_key(e->sstack, &e->ns, key, s->key.len);
+    if (rc != SF_OK)
+        return rc;
+    for (uint32_t i = 0; i < s->rules.len && rc == SF_OK; i++) {
+        int m;
+        rc = rule_clauses_match(e, rec, rules[i].clauses, &m);
+        if (rc != SF_OK || !m)
+            continue;
+        if (!(rules[i].bits & SF_SEGRULE_HAS_WEIGHT)) {
+            *match = 1;
+            break;
+        }
+        double b;
+        rc = bucket(e, rec, s->prefix, rules[i].kind, rules[i].bucket_by, &b);
+        if (rc == SF_OK && b < rules[i].weight) {
+            *match = 1;
+            break;
+        }
+    }
+    e->ns--;
+    return rc;
+}
+
+/* _segment_matches_context for the segment named by a clause value */
+static int segment_matches(sf_eval_t *e, const char *skey, uint32_t sklen, int *match)
+{
+    *match = 0;
+    const sf_entry_t *ent;
+    int rc = sf_snapshot_find(&e->so->snap, SF_SEGMENTS, skey, sklen, &ent);
+    if (rc == SF_ENOTFOUND)
+        return SF_OK;   /* unknown segment: no match, not an error */
+    if (rc != SF_OK)
+        return SF_EMALFORMED;
+    sf_rec_t srec;
+    const sf_segment_rec_t *s;
+    if (sf_entry_record(&e->so->snap, ent, &srec) != SF_OK || segment_header(&srec, &s) != SF_OK)
+        return SF_EMALFORMED;
+    if (s->bits & (SF_SEG_DELETED | SF_SEG_MALFORMED))
+        return SF_OK;   /* a tombstone or data ldclient would refuse: absent */
+    const char *key = sf_rec_str(&srec, s->key);
+    if (key == NULL)
+        return SF_EMALFORMED;
+    if (on_stack(e->sstack, e->ns, key, s->key.len))
+        return SF_EMALFORMED;   /* segment cycle */
+    if (!(s->bits & SF_SEG_UNBOUNDED))
+        return segment_simple(e, &srec, s, 1, match);
+    /* Big Segment without a store (the C backend has none): NOT_CONFIGURED */
+    if (!(s->bits & SF_SEG_HAS_GENERATION)) {
+        e->bigseg_queried = 1;
+        return SF_OK;
+    }
+    PyObject *ctxd = individual(e, &srec, s->unbounded_kind, &rc);
+    if (ctxd == NULL)
+        return rc;
+    e->bigseg_queried = 1;
+    return segment_simple(e, &srec, s, 0, match);
+}
+
+/* match one context value (not an array) against a clause */
+static int match_value(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObject *v,
+                       int *m)
+{
+    int r = sf_op_match(e, rec, c, v);
+    if (r < 0)
+        return PYFAIL;
+    *m = r;
+    return SF_OK;
+}
+
+static int clause_matches(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, int *match)
+{
+    int negate = (c->bits & SF_CLAUSE_NEGATE) != 0;
+    int rc, m = 0;
+    if (c->op == SF_OP_SEGMENT_MATCH) {
+        int bad = 0;
+        const sf_value_t *vals = sf_rec_array(rec, c->values, sizeof(sf_value_t), &bad);
+        if (bad)
+            return SF_EMALFORMED;
+        for (uint32_t i = 0; i < c->values.len && !m; i++) {
+            if (vals[i].type != SF_V_STR)
+                continue;
+            sf_ref_t kr = {(uint32_t)vals[i].payload, vals[i].len};
+            const char *k = vals[i].payload <= UINT32_MAX ? sf_rec_str(rec, kr) : NULL;
+            if (k == NULL)
+                return SF_EMALFORMED;
+            if ((rc = segment_matches(e, k, kr.len, &m)) != SF_OK)
+                return rc;
+        }
+        *match = m != negate;
+        return SF_OK;
+    }
+    if (c->attr != 0 && (c->bits & SF_CLAUSE_ATTR_KIND)) {
+        /* "kind": match the clause against every individual kind */
+        PyObject *kind;
+        Py_ssize_t pos = 0;
+        while (!m && PyDict_Next(e->emap, &pos, &kind, NULL)) {
+            if ((rc = match_value(e, rec, c, kind, &m)) != SF_OK)
+                return rc;
+        }
+        *match = m != negate;
+        return SF_OK;
+    }
+    PyObject *ctxd = individual(e, rec, c->kind, &rc);
+    if (ctxd == NULL) {
+        *match = 0;   /* no such context: false, negate not applied */
+        return rc;
+    }
+    if (c->attr == 0)
+        return SF_EMALFORMED;   /* invalid attribute reference */
+    PyObject *value;
+    if ((rc = get_attr(e, rec, ctxd, c->attr, &value)) != SF_OK)
+        return rc;
+    if (value == Py_None) {
+        Py_DECREF(value);
+        *match = 0;   /* missing attribute: false, negate not applied */
+        return SF_OK;
+    }
+    if (PyList_Check(value) || PyTuple_Check(value)) {
+        /* any element; indexes re-checked each step in case the list changes */
+        for (Py_ssize_t i = 0; !m; i++) {
+            Py_ssize_t len = PyList_Check(value) ? PyList_GET_SIZE(value) : PyTuple_GET_SIZE(value);
+            if (i >= len)
+                break;
+            PyObject *item = PyList_Check(value) ? PyList_GET_ITEM(value, i)
+                                                 : PyTuple_GET_ITEM(value, i);
+            Py_INCREF(item);
+            rc = match_value(e, rec, c, item, &m);
+            Py_DECREF(item);
+            if (rc != SF_OK) {
+                Py_DECREF(value);
+                return rc;
+            }
+        }
+    } else if ((rc = match_value(e, rec, c, value, &m)) != SF_OK) {
+        Py_DECREF(value);
+        return rc;
+    }
+    Py_DECREF(value);
+    *match = m != negate;
+    return SF_OK;
+}
+
+/* ---- targets ---- */
+
+static int check_targets(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                         sf_result_t *out, int *hit)
+{
+    int bad = 0, r;
+    *hit = 0;
+    if (f->context_targets.len == 0) {
+        const sf_target_t *t = sf_rec_array(rec, f->targets, sizeof(sf_target_t), &bad);
+        if (bad)
+            return SF_EMALFORMED;
+        for (uint32_t i = 0; i < f->targets.len; i++) {
+            if ((r = key_in_set(e, rec, t[i].kind, t[i].set)) < 0)
+                return r;
+            if (r) {
+                *hit = 1;
+                out->kind = SF_R_TARGET_MATCH;
+                get_variation(rec, f, t[i].variation, out);
+                return SF_OK;
+            }
+        }
+        return SF_OK;
+    }
+    const sf_target_t *t = sf_rec_array(rec, f->context_targets, sizeof(sf_target_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    for (uint32_t i = 0; i < f->context_targets.len; i++) {
+        /* user-kind entries carry the keys of the first matching "targets" entry */
+        if ((r = key_in_set(e, rec, t[i].kind, t[i].set)) < 0)
+            return r;
+        if (r) {
+            *hit = 1;
+            out->kind = SF_R_TARGET_MATCH;
+            get_variation(rec, f, t[i].variation, out);
+            return SF_OK;
+        }
+    }
+    return SF_OK;
+}
+
+/* ---- prerequisites ---- */
+
+PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r)
+{
+    long bits = 0;
+    if (f->bits & SF_FLAG_TRACK_EVENTS)
+        bits |= 1;
+    if (r != NULL && sf_is_experiment(rec, f, r))
+        bits |= 2;
+    if (f->bits & SF_FLAG_EXCLUDE_SUMMARIES)
+        bits |= 4;
+    PyObject *debug = Py_None, *sampling = Py_None;
+    Py_INCREF(debug);
+    Py_INCREF(sampling);
+    if (f->bits & SF_FLAG_HAS_DEBUG) {
+        const sf_value_t *d = &f->debug_date;
+        PyObject *o = NULL;
+        if (d->type == SF_V_INT)
+            o = PyLong_FromLongLong((int64_t)d->payload);
+        else if (d->type == SF_V_FLOAT)
+            o = PyFloat_FromDouble(bits_to_double(d->payload));
+        else if (d->type == SF_V_TRUE || d->type == SF_V_FALSE)
+            o = PyLong_FromLong(d->type == SF_V_TRUE);
+        if (o != NULL)
+            Py_SETREF(debug, o);
+    }
+    if (f->bits & SF_FLAG_HAS_SAMPLING) {
+        PyObject *o = PyLong_FromLongLong(f->sampling_ratio);
+        if (o != NULL)
+            Py_SETREF(sampling, o);
+    }
+    PyObject *version = PyLong_FromLongLong(f->version);
+    PyObject *pbits = PyLong_FromLong(bits);
+    PyObject *t = NULL;
+    if (version != NULL && pbits != NULL && !PyErr_Occurred())
+        t = PyTuple_Pack(4, version, pbits, debug, sampling);
+    Py_XDECREF(version);
+    Py_XDECREF(pbits);
+    Py_DECREF(debug);
+    Py_DECREF(sampling);
+    return t;
+}
+
+static int add_prereq_event(sf_eval_t *e, const sf_rec_t *prec, const sf_flag_rec_t *parent,
+                            const sf_rec_t *rec, const sf_flag_rec_t *pf, const sf_result_t *r)
+{
+    if (!e->want_events)
+        return SF_OK;
+    if (e->events == NULL && (e->events = PyList_New(0)) == NULL)
+        return PYFAIL;
+    PyObject *of = sf_rec_pystr(e->so, prec, parent->key);
+    PyObject *key = sf_rec_pystr(e->so, rec, pf->key);
+    if (of == NULL || key == NULL)
+        return PYFAIL;
+    PyObject *value = r->variation >= 0 ? sf_variation_value(e->so, rec, pf, r->variation, 1)
+                                        : (Py_INCREF(Py_None), Py_None);
+    PyObject *index = r->variation >= 0 ? PyLong_FromLong(r->variation)
+                                        : (Py_INCREF(Py_None), Py_None);
+    PyObject *reason = sf_make_reason(e, rec, r);
+    PyObject *info = sf_info_tuple(rec, pf, r);
+    int rc = SF_OK;
+    if (value == NULL || index == NULL || reason == NULL || info == NULL) {
+        rc = PYFAIL;
+    } else {
+        PyObject *t = PyTuple_Pack(6, of, key, value, index, reason, info);
+        if (t == NULL || PyList_Append(e->events, t) < 0)
+            rc = PYFAIL;
+        Py_XDECREF(t);
+    }
+    Py_XDECREF(value);
+    Py_XDECREF(index);
+    Py_XDECREF(reason);
+    Py_XDECREF(info);
+    return rc;
+}
+
+static int check_prereqs(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                         sf_result_t *out, int *failed)
+{
+    int bad = 0, rc = SF_OK;
+    *failed = 0;
+    const sf_prereq_t *pr = sf_rec_array(rec, f->prereqs, sizeof(sf_prereq_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    if (f->prereqs.len == 0)
+        return SF_OK;
+    const char *fkey = sf_rec_str(rec, f->key);
+    if (fkey == NULL)
+        return SF_EMALFORMED;
+    int pushed = 0;
+    if (!(f->key.len == e->top.n && memcmp(fkey, e->top.p, e->top.n) == 0)) {
+        if ((rc = push_key(e->pstack, &e->np, fkey, f->key.len)) != SF_OK)
+            return rc;
+        pushed = 1;
+    }
+    for (uint32_t i = 0; i < f->prereqs.len; i++) {
+        const char *pk = sf_rec_str(rec, pr[i].key);
+        if (pk == NULL) {
+            rc = SF_EMALFORMED;
+            break;
+        }
+        uint32_t pkl = pr[i].key.len;
+        if ((pkl == e->top.n && memcmp(pk, e->top.p, pkl) == 0) || on_stack(e->pstack, e->np, pk, pkl)) {
+            rc = SF_EMALFORMED;   /* prerequisite cycle */
+            break;
+        }
+        const sf_entry_t *ent;
+        int frc = sf_snapshot_find(&e->so->snap, SF_FLAGS, pk, pkl, &ent);
+        if (frc != SF_OK && frc != SF_ENOTFOUND) {
+            rc = SF_EMALFORMED;
+            break;
+        }
+        if (e->want_keys && e->depth == 0) {
+            PyObject *k = sf_rec_pystr(e->so, rec, pr[i].key);
+            if (k == NULL || PyList_Append(e->prereq_keys, k) < 0) {
+                rc = PYFAIL;
+                break;
+            }
+        }
+        int fail = 0;
+        const sf_flag_rec_t *pf = NULL;
+        sf_rec_t prec;
+        if (frc == SF_OK) {
+            if (sf_entry_record(&e->so->snap, ent, &prec) != SF_OK || sf_flag_header(&prec, &pf) != SF_OK) {
+                rc = SF_EMALFORMED;
+                break;
+            }
+            if (pf->bits & SF_FLAG_DELETED)
+                pf = NULL;
+            else if (pf->bits & SF_FLAG_MALFORMED) {
+                rc = SF_EMALFORMED;
+                break;
+            }
+        }
+        if (pf == NULL) {
+            fail = 1;   /* missing prerequisite: failed, no event */
+        } else {
+            sf_result_t pres;
+            memset(&pres, 0, sizeof(pres));
+            e->depth++;
+            rc = sf_eval_flag(e, &prec, pf, &pres);
+            e->depth--;
+            if (rc != SF_OK)
+                break;
+            if (!(pf->bits & SF_FLAG_ON) || pres.variation != pr[i].variation)
+                fail = 1;
+            if ((rc = add_prereq_event(e, rec, f, &prec, pf, &pres)) != SF_OK)
+                break;
+        }
+        if (fail) {
+            *failed = 1;
+            out->kind = SF_R_PREREQUISITE_FAILED;
+            out->prereq_key = pk;
+            out->prereq_len = pkl;
+            break;
+        }
+    }
+    if (pushed)
+        e->np--;
+    return rc;
+}
+
+/**
+ * sf_eval_flag() - evaluate one flag record for the context in @e.
+ * @e: evaluation state (context, stacks, prerequisite events).
+ * @rec: the flag's record.
+ * @f: its header (sf_flag_header()).
+ * @out: the result; zero it before the call.
+ *
+ * Context: worker; holds the GIL.
+ * Return: SF_OK (result in @out, possibly an ERROR result), SF_EMALFORMED
+ * (structural error: the whole evaluation is MALFORMED_FLAG) or SF_EPYTHON.
+ */
+int sf_eval_flag(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f, sf_result_t *out)
+{
+    int rc, hit, bad = 0;
+    out->variation = -1;
+    out->in_experiment = 0;
+    if (f->bits & SF_FLAG_MALFORMED)
+        return SF_EMALFORMED;
+    if (!(f->bits & SF_FLAG_ON)) {
+        out->kind = SF_R_OFF;
+        off_value(rec, f, out);
+        return SF_OK;
+    }
+    if ((rc = check_prereqs(e, rec, f, out, &hit)) != SF_OK)
+        return rc;
+    if (hit) {
+        off_value(rec, f, out);
+        return SF_OK;
+    }
+    if ((rc = check_targets(e, rec, f, out, &hit)) != SF_OK || hit)
+        return rc;
+    const sf_rule_t *rules = sf_rec_array(rec, f->rules, sizeof(sf_rule_t), &bad);
+    if (bad)
+        return SF_EMALFORMED;
+    for (uint32_t i = 0; i < f->rules.len; i++) {
+        int m;
+        if ((rc = rule_clauses_match(e, rec, rules[i].clauses, &m)) != SF_OK)
+            return rc;
+        if (m) {
+            out->kind = SF_R_RULE_MATCH;
+            out->rule_index = (int32_t)i;
+            out->rule = &rules[i];
+            return vor_value(e, rec, f, &rules[i].vor, out);
+        }
+    }
+    out->kind = SF_R_FALLTHROUGH;
+    const sf_vor_t *ft = f->fallthrough ? sf_rec_at(rec, f->fallthrough, sizeof(sf_vor_t)) : NULL;
+    if (f->fallthrough && ft == NULL)
+        return SF_EMALFORMED;
+    return vor_value(e, rec, f, ft, out);
+}
+
+/* ---- Python objects of a result ---- */
+
+int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r)
+{
+    if (r->kind == SF_R_ERROR)
+        return 0;
+    if (r->in_experiment)
+        return 1;
+    if (r->kind == SF_R_RULE_MATCH)
+        return r->rule != NULL && (r->rule->bits & SF_RULE_TRACK_EVENTS) != 0;
+    if (r->kind == SF_R_FALLTHROUGH)
+        return (f->bits & SF_FLAG_TRACK_FALLTHROUGH) != 0;
+    return 0;
+}
+
+/**
+ * sf_make_reason() - a fresh reason dict for a result (read-only by contract).
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_make_reason(sf_eval_t *e, const sf_rec_t *rec, const sf_result_t *r)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    PyObject *kind;
+    switch (r->kind) {
+    case SF_R_OFF: kind = sf_c.s_OFF; break;
+    case SF_R_FALLTHROUGH: kind = sf_c.s_FALLTHROUGH; break;
+    case SF_R_TARGET_MATCH: kind = sf_c.s_TARGET_MATCH; break;
+    case SF_R_RULE_MATCH: kind = sf_c.s_RULE_MATCH; break;
+    case SF_R_PREREQUISITE_FAILED: kind = sf_c.s_PREREQUISITE_FAILED; break;
+    default: kind = sf_c.s_ERROR; break;
+    }
+    if (PyDict_SetItem(d, sf_c.s_kind, kind) < 0)
+        goto fail;
+    if (r->kind == SF_R_ERROR) {
+        if (PyDict_SetItem(d, sf_c.s_errorKind, sf_c.s_MALFORMED_FLAG) < 0)
+            goto fail;
+        return d;
+    }
+    if (r->kind == SF_R_RULE_MATCH) {
+        PyObject *idx = PyLong_FromLong(r->rule_index);
+        if (idx == NULL || PyDict_SetItem(d, sf_c.s_ruleIndex, idx) < 0) {
+            Py_XDECREF(idx);
+            goto fail;
+        }
+        Py_DECREF(idx);
+        PyObject *id = Py_None;   /* ldclient sends "ruleId": null for a rule without id */
+        if (r->rule->bits & SF_RULE_HAS_ID) {
+            id = sf_rec_pystr(e->so, rec, r->rule->id);
+            if (id == NULL)
+                goto fail;
+        }
+        if (PyDict_SetItem(d, sf_c.s_ruleId, id) < 0)
+            goto fail;
+    } else if (r->kind == SF_R_PREREQUISITE_FAILED) {
+        PyObject *k = PyUnicode_DecodeUTF8(r->prereq_key, r->prereq_len, "surrogatepass");
+        if (k == NULL || PyDict_SetItem(d, sf_c.s_prerequisiteKey, k) < 0) {
+            Py_XDECREF(k);
+            goto fail;
+        }
+        Py_DECREF(k);
+    }
+    if (r->in_experiment && PyDict_SetItem(d, sf_c.s_inExperiment, Py_True) < 0)
+        goto fail;
+    return d;
+fail:
+    Py_DECREF(d);
+    return NULL;
+}
+
+/**
+ * sf_deep_copy() - copy dicts and lists (recursively); share everything else.
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_deep_copy(PyObject *o, int depth)
+{
+    if (depth > 200) {
+        PyErr_SetString(PyExc_RecursionError, "variation value nested too deeply");
+        return NULL;
+    }
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_GET_SIZE(o);
+        PyObject *l = PyList_New(n);
+        if (l == NULL)
+            return NULL;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *c = sf_deep_copy(PyList_GET_ITEM(o, i), depth + 1);
+            if (c == NULL) {
+                Py_DECREF(l);
+                return NULL;
+            }
+            PyList_SET_ITEM(l, i, c);
+        }
+        return l;
+    }
+    if (PyDict_CheckExact(o)) {
+        PyObject *d = PyDict_New(), *k, *v;
+        Py_ssize_t pos = 0;
+        if (d == NULL)
+            return NULL;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            PyObject *c = sf_deep_copy(v, depth + 1);
+            if (c == NULL || PyDict_SetItem(d, k, c) < 0) {
+                Py_XDECREF(c);
+                Py_DECREF(d);
+                return NULL;
+            }
+            Py_DECREF(c);
+        }
+        return d;
+    }
+    Py_INCREF(o);
+    return o;
+}
+
+/**
+ * sf_variation_value() - the value of variation @index (decoded once per
+ * Snapshot and cached; dicts and lists copied when @copy).
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                             int32_t index, int copy)
+{
+    int bad = 0;
+    const sf_ref_t *vars = sf_rec_array(rec, f->variations, sizeof(sf_ref_t), &bad);
+    if (bad || index < 0 || (uint32_t)index >= f->variations.len) {
+        PyErr_SetString(PyExc_ValueError, "corrupt variation");
+        return NULL;
+    }
+    sf_ref_t v = vars[index];
+    uint64_t key = SF_CACHE_KEY(rec->abs + v.off, SF_TAG_VARIATION);
+    PyObject *o = sf_cache_get(&so->cache, key);
+    if (o == NULL) {
+        const char *blob = sf_rec_str(rec, v);
+        if (blob == NULL || v.len == 0) {
+            PyErr_SetString(PyExc_ValueError, "corrupt variation");
+            return NULL;
+        }
+        PyObject *raw = PyBytes_FromStringAndSize(blob, v.len);
+        if (raw == NULL)
+            return NULL;
+        o = PyObject_CallOneArg(so->unpack, raw);
+        Py_DECREF(raw);
+        if (o == NULL)
+            return NULL;
+        int prc = sf_cache_put(&so->cache, key, o);
+        Py_DECREF(o);
+        if (prc < 0)
+            return NULL;
+    }
+    if (copy && (PyDict_Check(o) || PyList_Check(o)))
+        return sf_deep_copy(o, 0);
+    Py_INCREF(o);
+    return o;
+}

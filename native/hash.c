@@ -1,0 +1,197 @@
+/*
+ * hash.c - xxh64 (index and string-set hash), string-set lookup, and the
+ * per-Snapshot Python object cache.
+ *
+ * xxh64 is Yann Collet's XXH64 (seed 0 for every shmflags use), written
+ * from the public specification; Python's xxhash.xxh64_intdigest gives the
+ * same numbers (the builder and compile.py use it).  Runs in workers.
+ */
+#include "sf.h"
+
+#define P1 11400714785074694791ULL
+#define P2 14029467366897019727ULL
+#define P3 1609587929392839161ULL
+#define P4 9650029242287828579ULL
+#define P5 2870177450012600261ULL
+
+static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t round1(uint64_t acc, uint64_t in)
+{
+    acc += in * P2;
+    acc = rotl(acc, 31);
+    return acc * P1;
+}
+static inline uint64_t merge(uint64_t acc, uint64_t v)
+{
+    acc ^= round1(0, v);
+    return acc * P1 + P4;
+}
+
+/**
+ * sf_xxh64() - XXH64 of a byte string.
+ * @data: bytes.
+ * @len: length.
+ * @seed: seed (0 everywhere in shmflags).
+ *
+ * Return: the 64-bit hash.
+ */
+uint64_t sf_xxh64(const void *data, size_t len, uint64_t seed)
+{
+    const uint8_t *p = data, *end = p + len;
+    uint64_t h;
+    if (len >= 32) {
+        const uint8_t *limit = end - 32;
+        uint64_t v1 = seed + P1 + P2, v2 = seed + P2, v3 = seed, v4 = seed - P1;
+        do {
+            v1 = round1(v1, rd64(p)); p += 8;
+            v2 = round1(v2, rd64(p)); p += 8;
+            v3 = round1(v3, rd64(p)); p += 8;
+            v4 = round1(v4, rd64(p)); p += 8;
+        } while (p <= limit);
+        h = rotl(v1, 1) + rotl(v2, 7) + rotl(v3, 12) + rotl(v4, 18);
+        h = merge(h, v1); h = merge(h, v2); h = merge(h, v3); h = merge(h, v4);
+    } else {
+        h = seed + P5;
+    }
+    h += (uint64_t)len;
+    while (p + 8 <= end) {
+        h ^= round1(0, rd64(p));
+        h = rotl(h, 27) * P1 + P4;
+        p += 8;
+    }
+    if (p + 4 <= end) {
+        h ^= (uint64_t)rd32(p) * P1;
+        h = rotl(h, 23) * P2 + P3;
+        p += 4;
+    }
+    while (p < end) {
+        h ^= (*p) * P5;
+        h = rotl(h, 11) * P1;
+        p++;
+    }
+    h ^= h >> 33; h *= P2; h ^= h >> 29; h *= P3; h ^= h >> 32;
+    return h;
+}
+
+/**
+ * sf_strset_has() - membership test in a compiled string set (record.h).
+ * @r: the record holding the set.
+ * @off: offset of the sf_strset_t (0 = empty set).
+ * @key: UTF-8 bytes.
+ * @klen: their length.
+ * @hash: sf_xxh64(key, klen, 0), computed once by the caller.
+ *
+ * Probing is bounded by cap, so a corrupt set without empty slots ends.
+ * Return: 1 member, 0 not a member, -1 corrupt set.
+ */
+int sf_strset_has(const sf_rec_t *r, uint32_t off, const char *key, size_t klen, uint64_t hash)
+{
+    if (off == 0)
+        return 0;
+    const sf_strset_t *set = sf_rec_at(r, off, sizeof(sf_strset_t));
+    if (set == NULL)
+        return -1;
+    uint32_t cap = set->cap;
+    /* invariant: cap is a power of two and the slot array fits in the record */
+    if (cap == 0 || (cap & (cap - 1)) != 0)
+        return -1;
+    const sf_setslot_t *slots = sf_rec_at(r, off + 8, (uint64_t)cap * sizeof(sf_setslot_t));
+    if (slots == NULL)
+        return -1;
+    uint32_t i = (uint32_t)hash & (cap - 1);
+    for (uint32_t n = 0; n < cap; n++, i = (i + 1) & (cap - 1)) {
+        const sf_setslot_t *s = &slots[i];
+        if (s->off == 0)
+            return 0;
+        if (s->hash == hash && s->len == klen) {
+            if ((uint64_t)s->off + s->len > r->len)
+                return -1;
+            if (memcmp(r->p + s->off, key, klen) == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- object cache: open addressing on a u64 key; key 0 is never used ---- */
+
+static size_t slot_of(uint64_t key, size_t cap)
+{
+    key ^= key >> 33; key *= P2; key ^= key >> 29;
+    return (size_t)key & (cap - 1);
+}
+
+PyObject *sf_cache_get(sf_cache_t *c, uint64_t key)
+{
+    if (c->cap == 0)
+        return NULL;
+    size_t i = slot_of(key, c->cap);
+    while (c->keys[i] != 0) {
+        if (c->keys[i] == key)
+            return c->vals[i];
+        i = (i + 1) & (c->cap - 1);
+    }
+    return NULL;
+}
+
+static int grow(sf_cache_t *c)
+{
+    size_t ncap = c->cap ? c->cap * 2 : 64;
+    uint64_t *nk = PyMem_Calloc(ncap, sizeof(uint64_t));
+    PyObject **nv = PyMem_Calloc(ncap, sizeof(PyObject *));
+    if (nk == NULL || nv == NULL) {
+        PyMem_Free(nk);
+        PyMem_Free(nv);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (size_t i = 0; i < c->cap; i++) {
+        if (c->keys[i] == 0)
+            continue;
+        size_t j = slot_of(c->keys[i], ncap);
+        while (nk[j] != 0)
+            j = (j + 1) & (ncap - 1);
+        nk[j] = c->keys[i];
+        nv[j] = c->vals[i];
+    }
+    PyMem_Free(c->keys);
+    PyMem_Free(c->vals);
+    c->keys = nk;
+    c->vals = nv;
+    c->cap = ncap;
+    return 0;
+}
+
+int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
+{
+    /* invariant: load factor <= 1/2, so probing always finds an empty slot */
+    if ((c->used + 1) * 2 > c->cap && grow(c) < 0)
+        return -1;
+    size_t i = slot_of(key, c->cap);
+    while (c->keys[i] != 0 && c->keys[i] != key)
+        i = (i + 1) & (c->cap - 1);
+    if (c->keys[i] == key) {
+        Py_INCREF(val);
+        Py_SETREF(c->vals[i], val);
+        return 0;
+    }
+    c->keys[i] = key;
+    Py_INCREF(val);
+    c->vals[i] = val;
+    c->used++;
+    return 0;
+}
+
+void sf_cache_clear(sf_cache_t *c)
+{
+    for (size_t i = 0; i < c->cap; i++)
+        if (c->keys[i] != 0)
+            Py_CLEAR(c->vals[i]);
+    PyMem_Free(c->keys);
+    PyMem_Free(c->vals);
+    c->keys = NULL;
+    c->vals = NULL;
+    c->cap = c->used = 0;
+}

@@ -1,0 +1,215 @@
+/*
+ * sf.h - declarations shared by the C files of shmflags._native.
+ *
+ * Owns: error codes, the container view (sf_snap_t), bounds-checked record
+ * accessors, the Python-facing Snapshot object layout (used by module.c and
+ * eval.c) and the evaluator entry points.  Runs in worker processes only.
+ *
+ * Invariant: every pointer into the snapshot buffer is produced by one of the
+ * accessors below, which check offset, size and alignment against the
+ * record or container length first.  Nothing else does pointer arithmetic on
+ * buffer bytes.
+ */
+#ifndef SHMFLAGS_SF_H
+#define SHMFLAGS_SF_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "layout.h"
+#include "record.h"
+
+/* ---- error codes (errors.c holds the one message table) ---- */
+#define SF_OK          0
+#define SF_ERR_BASE    (-30800)
+#define SF_EFORMAT     (-30800)   /* magic or format word mismatch */
+#define SF_ESIZE       (-30799)   /* buffer shorter than the header says */
+#define SF_ECORRUPT    (-30798)   /* an offset or count points outside its container */
+#define SF_ENOTFOUND   (-30797)   /* no such key */
+#define SF_EMALFORMED  (-30796)   /* structural flag error: evaluation yields MALFORMED_FLAG */
+#define SF_EPYTHON     (-30795)   /* a Python exception is set */
+#define SF_EDEPTH      (-30794)   /* prerequisite/segment nesting deeper than SF_MAX_DEPTH */
+#define SF_ECHECKSUM   (-30793)   /* header or body checksum mismatch */
+#define SF_ERECFORMAT  (-30792)   /* compiled-record format of another build */
+#define SF_ERR_LAST    (-30792)
+
+const char *sf_strerror(int code);
+
+/* Deepest prerequisite or segment nesting followed before giving up (MALFORMED). */
+#define SF_MAX_DEPTH 64
+
+/* ---- hashing ---- */
+uint64_t sf_xxh64(const void *data, size_t len, uint64_t seed);
+
+typedef struct sf_sha1 {
+    uint32_t h[5];
+    uint64_t total;
+    uint8_t  buf[64];
+    size_t   used;
+} sf_sha1_t;
+void sf_sha1_init(sf_sha1_t *s);
+void sf_sha1_update(sf_sha1_t *s, const void *data, size_t len);
+void sf_sha1_final(sf_sha1_t *s, uint8_t out[20]);
+
+double sf_bucket_value(const char *prefix, size_t plen, const char *value, size_t vlen);
+
+/* ---- semver ---- */
+typedef struct sf_semver {
+    const char *major; size_t major_len;
+    const char *minor; size_t minor_len;
+    const char *patch; size_t patch_len;
+    const char *pre;   size_t pre_len;   /* pre == NULL: no pre-release */
+} sf_semver_t;
+/* Parse as ldclient does; @scratch must hold len + 5 bytes. Return 1 if valid. */
+int sf_semver_parse(const char *s, size_t len, char *scratch, sf_semver_t *out);
+int sf_semver_compare(const sf_semver_t *a, const sf_semver_t *b);
+
+/* ---- container view ---- */
+typedef struct sf_snap {
+    const uint8_t *base;
+    uint64_t size;            /* header total_size, checked <= buffer length */
+    uint64_t generation;
+    uint32_t n_flags, n_segments;
+    uint32_t flag_index_off, flag_index_cap;
+    uint32_t seg_index_off, seg_index_cap;
+    uint32_t flag_order_off, seg_order_off;
+    uint32_t record_format;
+} sf_snap_t;
+
+enum { SF_FLAGS = 0, SF_SEGMENTS = 1 };
+
+int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len);
+int sf_snapshot_find(const sf_snap_t *s, int which, const char *key, size_t klen,
+                     const sf_entry_t **out);
+int sf_snapshot_entry_at(const sf_snap_t *s, int which, uint32_t i, const sf_entry_t **out);
+int sf_entry_key(const sf_snap_t *s, const sf_entry_t *e, const char **key, uint32_t *len);
+int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, uint32_t *len);
+
+/* sf_rec_t - a bounds-checked view of one compiled record. */
+typedef struct sf_rec {
+    const uint8_t *p;
+    uint32_t len;
+    uint32_t abs;             /* rec_off in the snapshot (cache keys) */
+} sf_rec_t;
+
+int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out);
+
+/* Return a pointer to @size bytes at @off in @r, 8-aligned, or NULL. */
+static inline const void *sf_rec_at(const sf_rec_t *r, uint32_t off, uint64_t size)
+{
+    if (off == 0 || (off & 7u) != 0 || (uint64_t)off + size > r->len)
+        return NULL;
+    return r->p + off;
+}
+
+/* Return the array @ref of elements of @elsize bytes (NULL when count is 0 or bad). */
+static inline const void *sf_rec_array(const sf_rec_t *r, sf_ref_t ref, uint32_t elsize, int *bad)
+{
+    if (ref.len == 0)
+        return NULL;
+    const void *p = sf_rec_at(r, ref.off, (uint64_t)ref.len * elsize);
+    if (p == NULL)
+        *bad = 1;
+    return p;
+}
+
+/* Return the string @ref (NUL-terminated in the record), or NULL if out of bounds. */
+static inline const char *sf_rec_str(const sf_rec_t *r, sf_ref_t ref)
+{
+    if (ref.off == 0 || (uint64_t)ref.off + ref.len + 1 > r->len || r->p[ref.off + ref.len] != 0)
+        return NULL;
+    return (const char *)r->p + ref.off;
+}
+
+/* Look @key up in the string set at @off. Return 1 member, 0 not, -1 corrupt. */
+int sf_strset_has(const sf_rec_t *r, uint32_t off, const char *key, size_t klen, uint64_t hash);
+
+/* ---- Python object cache (per Snapshot): u64 key -> strong ref ---- */
+typedef struct sf_cache {
+    uint64_t *keys;
+    PyObject **vals;
+    size_t cap, used;
+} sf_cache_t;
+
+PyObject *sf_cache_get(sf_cache_t *c, uint64_t key);            /* borrowed or NULL */
+int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val);    /* steals nothing; INCREFs */
+void sf_cache_clear(sf_cache_t *c);
+
+/* cache key tags */
+#define SF_TAG_VARIATION 1u
+#define SF_TAG_STR       2u
+#define SF_TAG_VALUE     3u
+#define SF_TAG_REGEX     4u
+#define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
+
+/* ---- the Python Snapshot object ---- */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer view;
+    int has_view;
+    sf_snap_t snap;
+    sf_cache_t cache;
+    PyObject *unpack;        /* shmflags.snapshot.compile.unpack_value */
+    PyObject *parse_time;    /* shmflags.snapshot.compile.parse_time_string */
+    PyObject *re_compile;    /* re.compile */
+} SnapshotObject;
+
+/* interned strings and constant objects, created once at module init */
+typedef struct sf_consts {
+    PyObject *s_eval_map, *s_kind, *s_key, *s_get, *s_search;
+    PyObject *s_errorKind, *s_ruleIndex, *s_ruleId, *s_inExperiment, *s_prerequisiteKey;
+    PyObject *s_bigSegmentsStatus, *s_NOT_CONFIGURED;
+    PyObject *s_OFF, *s_FALLTHROUGH, *s_TARGET_MATCH, *s_RULE_MATCH, *s_PREREQUISITE_FAILED,
+             *s_ERROR, *s_MALFORMED_FLAG, *s_FLAG_NOT_FOUND, *s_EXCEPTION;
+    PyObject *s_variation, *s_version, *s_reason, *s_trackEvents, *s_trackReason,
+             *s_debugEventsUntilDate, *s_prerequisites, *s_flagsState, *s_valid, *s_user;
+} sf_consts_t;
+extern sf_consts_t sf_c;
+
+/* ---- evaluator ---- */
+enum { SF_R_OFF, SF_R_FALLTHROUGH, SF_R_TARGET_MATCH, SF_R_RULE_MATCH,
+       SF_R_PREREQUISITE_FAILED, SF_R_ERROR };
+
+typedef struct sf_result {
+    int kind;                 /* SF_R_* */
+    int32_t variation;        /* -1 = none */
+    int32_t rule_index;
+    int in_experiment;
+    const sf_rule_t *rule;    /* RULE_MATCH */
+    const char *prereq_key;   /* PREREQUISITE_FAILED */
+    uint32_t prereq_len;
+} sf_result_t;
+
+typedef struct sf_keyref { const char *p; uint32_t n; } sf_keyref_t;
+
+typedef struct sf_eval {
+    SnapshotObject *so;
+    PyObject *emap;           /* kind -> attribute dict (borrowed for the call) */
+    PyObject *events;         /* list of prerequisite event tuples, or NULL */
+    PyObject *prereq_keys;    /* depth-0 prerequisite keys (all_flags_state), or NULL */
+    int want_events, want_keys;
+    int depth;
+    int bigseg_queried;       /* a Big Segment was consulted: NOT_CONFIGURED */
+    sf_keyref_t top;
+    sf_keyref_t pstack[SF_MAX_DEPTH]; int np;
+    sf_keyref_t sstack[SF_MAX_DEPTH]; int ns;
+} sf_eval_t;
+
+int sf_eval_flag(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f, sf_result_t *out);
+int sf_flag_header(const sf_rec_t *rec, const sf_flag_rec_t **out);
+PyObject *sf_make_reason(sf_eval_t *e, const sf_rec_t *rec, const sf_result_t *r);
+PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                             int32_t index, int copy);
+PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);
+PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref);
+PyObject *sf_deep_copy(PyObject *o, int depth);
+int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);
+
+/* operators (ops.c): 1 match, 0 no match, -1 Python error set */
+int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObject *value);
+PyObject *sf_clause_value_object(SnapshotObject *so, const sf_rec_t *rec, const sf_value_t *v);
+int sf_utf8(PyObject *s, const char **p, Py_ssize_t *n, PyObject **tmp);
+
+#endif /* SHMFLAGS_SF_H */
