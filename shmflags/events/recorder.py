@@ -142,6 +142,8 @@ class EventRecorder:
         entry = self._contexts.get(fq)
         if entry is None:
             self._check_pid()
+            if self._thread is None:
+                self._start_thread()
             entry = [context.to_dict(), int(now * 1000), count, index, _kinds_of(context),
                      context]
             if len(self._contexts) >= self._capacity:
@@ -389,6 +391,15 @@ class EventRecorder:
         self._enabled = False
         self._wake.set()
         self._sender.close()
+
+    def __del__(self) -> None:
+        # A recorder dropped without close() (e.g. a local in a worker function) still
+        # delivers what it holds.
+        try:
+            if not self._closed and self._pid == _getpid():
+                self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
 
     def _take(self) -> Tuple[int, int, int, Dict[str, list], Dict[str, list], List[dict], int]:
         with self._lock:
