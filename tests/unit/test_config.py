@@ -1,0 +1,100 @@
+"""Config: ldclient keywords, SHMFLAGS_* environment, TOML, precedence and errors naming settings."""
+from __future__ import annotations
+
+import pytest
+
+from shmflags.config import SETTINGS, Config, settings_markdown
+from shmflags.errors import ConfigError
+
+
+def test_defaults_match_ldclient():
+    cfg = Config(environ={})
+    assert cfg.stream is True
+    assert cfg.poll_interval == 30.0
+    assert cfg.flush_interval == 5.0
+    assert cfg.events_max_pending == 10000
+    assert cfg.initial_reconnect_delay == 1.0
+    assert cfg.context_keys_capacity == 1000
+    assert cfg.send_events is True
+    assert cfg.name == "default"
+    assert cfg.base_uri == "https://app.launchdarkly.com"
+
+
+def test_environment_variables_share_the_keyword_stem():
+    env = {"SHMFLAGS_STREAM_URI": "http://relay:8030/", "SHMFLAGS_DATA_FILE": "a.yaml, b.json",
+           "SHMFLAGS_PRIVATE_ATTRIBUTES": "email,/address/street",
+           "SHMFLAGS_DIAGNOSTIC_OPT_OUT": "1", "SHMFLAGS_APPLICATION_ID": "svc",
+           "SHMFLAGS_INITIAL_RECONNECT_DELAY": "0.5", "SHMFLAGS_SHM_MODE": "0600"}
+    cfg = Config(environ=env)
+    assert cfg.stream_uri == "http://relay:8030"
+    assert cfg.data_file == ["a.yaml", "b.json"]
+    assert cfg.private_attributes == ["email", "/address/street"]
+    assert cfg.diagnostic_opt_out is True
+    assert cfg.application == {"id": "svc"}
+    assert cfg.initial_reconnect_delay == 0.5
+    assert cfg.shm_mode == 0o600
+    for setting in SETTINGS:
+        assert setting.env == "SHMFLAGS_" + setting.name.upper()
+
+
+def test_precedence_keyword_then_environment_then_file(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[shmflags]\nname = "from-file"\nflush_interval = 9\npoll_interval = 60\n'
+                    '[shmflags.application]\nversion = "1.2"\n')
+    env = {"SHMFLAGS_FLUSH_INTERVAL": "7"}
+    cfg = Config(config_file=str(toml), environ=env, name="kw")
+    assert cfg.name == "kw"
+    assert cfg.flush_interval == 7.0
+    assert cfg.poll_interval == 60.0
+    assert cfg.application_version == "1.2"
+
+
+def test_ldclient_minimums_and_offline_turns_events_off():
+    cfg = Config(environ={}, poll_interval=5, diagnostic_recording_interval=1, offline=True)
+    assert cfg.poll_interval == 30.0
+    assert cfg.diagnostic_recording_interval == 60.0
+    assert cfg.send_events is False
+    assert Config(environ={}, offline=True, send_events=True).send_events is True
+
+
+@pytest.mark.parametrize("kwargs,env,setting", [
+    ({"stream": "perhaps"}, {}, "stream"),
+    ({}, {"SHMFLAGS_STREAM": "perhaps"}, "SHMFLAGS_STREAM"),
+    ({"events_max_pending": 0}, {}, "events_max_pending"),
+    ({"flush_interval": -1}, {}, "flush_interval"),
+    ({"name": "a/b"}, {}, "name"),
+    ({"base_uri": "ftp://x"}, {}, "base_uri"),
+    ({"metrics_addr": "localhost"}, {}, "metrics_addr"),
+    ({"log_format": "xml"}, {}, "log_format"),
+    ({"sdk_key": "bad key"}, {}, "sdk_key"),
+    ({"no_such_thing": 1}, {}, "no_such_thing"),
+])
+def test_invalid_values_name_the_setting(kwargs, env, setting):
+    with pytest.raises(ConfigError) as info:
+        Config(environ=env, **kwargs)
+    assert info.value.setting == setting
+    assert str(info.value).startswith(setting + ":")
+
+
+def test_toml_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [\n")
+    with pytest.raises(ConfigError, match="config_file"):
+        Config(config_file=str(bad), environ={})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("colour = 1\n")
+    with pytest.raises(ConfigError, match="colour"):
+        Config(config_file=str(unknown), environ={})
+
+
+def test_sdk_key_is_redacted():
+    cfg = Config("sdk-1234567890abcdef", environ={})
+    assert cfg.as_dict()["sdk_key"] == "…abcdef"
+    assert "1234567890" not in repr(cfg)
+
+
+def test_markdown_table_lists_every_setting():
+    table = settings_markdown()
+    for setting in SETTINGS:
+        assert f"`{setting.env}`" in table
+    assert "`0o640`" in table

@@ -1,0 +1,276 @@
+"""Supervisor parts in one process: last-good file, sd_notify, lock, publisher, sources, status."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from shmflags.config import Config
+from shmflags.errors import SnapshotError
+from shmflags.supervisor import lastgood, status
+from shmflags.supervisor.lock import NamespaceLock, NamespaceLocked
+from shmflags.supervisor.publisher import SnapshotPublisher
+from shmflags.supervisor.sdnotify import Notifier
+from shmflags.supervisor.sources import source_name
+from shmflags.supervisor.sources.file import FileSource
+from shmflags.supervisor.store import Store
+
+
+# -- last-known-good file --------------------------------------------------------------------
+
+def test_lastgood_round_trip_and_atomic_save(tmp_path):
+    path = lastgood.path_for(str(tmp_path), "ns")
+    assert lastgood.load(path) is None
+    flags = {"a": {"key": "a", "version": 3, "variations": [1, 2.5, "x", None, {"k": [True]}]}}
+    lastgood.save(path, lastgood.encode(flags, {"s": {"key": "s", "version": 1}}, "streaming",
+                                        saved_ms=1234))
+    got = lastgood.load(path)
+    assert got == lastgood.LastGood(flags, {"s": {"key": "s", "version": 1}}, "streaming", 1234)
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".lastgood")] == []
+    assert oct(os.stat(path).st_mode & 0o777) == "0o640"
+
+
+@pytest.mark.parametrize("mangle,match", [
+    (lambda raw: raw[:10], "truncated"),
+    (lambda raw: raw[:-1], "truncated"),
+    (lambda raw: b"XXXXXXXX" + raw[8:], "bad magic"),
+    (lambda raw: raw[:-2] + bytes([raw[-2] ^ 1]) + raw[-1:], "checksum"),
+])
+def test_lastgood_corruption_detected(mangle, match):
+    raw = lastgood.encode({"a": {"key": "a", "version": 1}}, {}, "file")
+    with pytest.raises(lastgood.LastGoodError, match=match):
+        lastgood.decode(mangle(raw))
+
+
+def test_lastgood_writer_coalesces_and_writes_latest(tmp_path):
+    path = lastgood.path_for(str(tmp_path), "ns")
+    writer = lastgood.Writer(path)
+    writer.start()
+    for i in range(50):
+        writer.submit({"f": {"key": "f", "version": i}}, {}, "file")
+    writer.stop()
+    assert lastgood.load(path).flags["f"]["version"] == 49
+    assert 1 <= writer.writes <= 50
+
+
+# -- sd_notify -------------------------------------------------------------------------------
+
+def test_notifier_sends_datagrams_and_noop_without_socket(tmp_path):
+    path = str(tmp_path / "n.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(2)
+    try:
+        notifier = Notifier.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
+        assert notifier.watchdog_interval == 2.0
+        assert notifier.ready("VALID,  ok\nsecond line")
+        msg = sock.recv(1024).decode()
+        assert msg.splitlines()[0] == "READY=1" and "STATUS=VALID, ok second line" in msg
+        assert notifier.watchdog()
+        assert sock.recv(1024) == b"WATCHDOG=1"
+        assert notifier.stopping()
+        assert sock.recv(1024) == b"STOPPING=1"
+        notifier.close()
+    finally:
+        sock.close()
+    quiet = Notifier.from_environ({})
+    assert not quiet.enabled and not quiet.ready() and not quiet.watchdog()
+    other_pid = Notifier.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000",
+                                       "WATCHDOG_PID": "1"})
+    assert other_pid.watchdog_interval is None
+
+
+def test_notifier_abstract_socket():
+    name = f"shmflags-test-{os.getpid()}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind("\0" + name)
+    sock.settimeout(2)
+    try:
+        assert Notifier("@" + name).status("hello")
+        assert sock.recv(100) == b"STATUS=hello"
+    finally:
+        sock.close()
+
+
+# -- namespace lock ----------------------------------------------------------------------------
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    first = NamespaceLock(str(tmp_path), "ns")
+    first.acquire()
+    second = NamespaceLock(str(tmp_path), "ns")
+    with pytest.raises(NamespaceLocked, match=f"pid {os.getpid()}"):
+        second.acquire(wait=0.1)
+    NamespaceLock(str(tmp_path), "other").acquire()  # other namespaces are independent
+    first.release()
+    second.acquire()
+    assert second.held
+
+
+# -- publisher ---------------------------------------------------------------------------------
+
+class FakeShm:
+    """Records publishes; can be told to fail the next N with a SnapshotError."""
+
+    def __init__(self):
+        self.published = []
+        self.fail = 0
+        self.lock = threading.Lock()
+
+    def publish(self, data, source=None, from_cache=None):
+        with self.lock:
+            if self.fail:
+                self.fail -= 1
+                raise SnapshotError("cannot publish generation 9: No space left on device; "
+                                    f"{len(data)} bytes needed")
+            self.published.append((data, source, from_cache))
+            return len(self.published)
+
+
+class FakeBuilder:
+    def __init__(self, delay=0.0):
+        self.delay = delay
+        self.builds = 0
+
+    def build(self, flags, segments):
+        self.builds += 1
+        time.sleep(self.delay)
+        if any(f.get("poison") for f in flags.values()):
+            raise ValueError("poisoned")
+        return json.dumps([sorted(flags), sorted(segments)]).encode()
+
+
+def wait(pred, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_single_patch_published_within_5ms():
+    store, fake = Store(), FakeShm()
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    pub.start()
+    try:
+        store.init({}, {})
+        wait(lambda: pub.generation == 1)
+        worst = 0.0
+        for i in range(20):
+            started = time.perf_counter()
+            store.upsert("flags", {"key": f"f{i}", "version": 1})
+            wait(lambda: pub.generation == i + 2)
+            worst = max(worst, time.perf_counter() - started)
+        assert worst < 0.005 * 4  # 5 ms goal; slack for a loaded 2-core CI machine
+    finally:
+        pub.stop()
+
+
+def test_burst_is_coalesced_and_last_state_published():
+    store, fake = Store(), FakeShm()
+    builder = FakeBuilder(delay=0.02)
+    pub = SnapshotPublisher(store, fake, builder)
+    store.set_source("streaming")
+    pub.start()
+    try:
+        store.init({}, {})
+        for i in range(100):
+            store.upsert("flags", {"key": f"f{i}", "version": 1})
+        wait(lambda: pub.published_revision == store.revision)
+        assert builder.builds < 20
+        assert json.loads(fake.published[-1][0])[0] == sorted(f"f{i}" for i in range(100))
+        assert fake.published[-1][1:] == ("streaming", False)
+    finally:
+        pub.stop()
+
+
+def test_full_shm_reports_bytes_and_retries_with_backoff():
+    store, fake = Store(), FakeShm()
+    fake.fail = 3
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    store.set_source("file")
+    store.init({"a": {"key": "a", "version": 1}}, {})
+    store.set_status("VALID")
+    pub.start()
+    try:
+        wait(lambda: pub.errors >= 1)
+        st = store.status()
+        assert st["state"] == "INTERRUPTED"
+        assert st["last_error"]["kind"] == "STORE_ERROR"
+        assert "bytes needed" in st["last_error"]["message"]
+        wait(lambda: pub.generation == 1, timeout=5.0)  # 0.1 + 0.2 + 0.4 s of backoff
+        assert pub.errors == 3
+        assert store.status()["state"] == "VALID"
+    finally:
+        pub.stop()
+
+
+def test_unencodable_data_is_not_published():
+    store, fake = Store(), FakeShm()
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    store.init({"a": {"key": "a", "version": 1}}, {})
+    store.set_status("VALID")
+    assert pub.publish_once()
+    store.upsert("flags", {"key": "b", "version": 1, "poison": True})
+    assert not pub.publish_once()
+    assert store.status()["state"] == "INTERRUPTED"
+    assert store.status()["last_error"]["kind"] == "INVALID_DATA"
+    assert len(fake.published) == 1
+
+
+def test_stop_publishes_pending_changes():
+    store, fake = Store(), FakeShm()
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    store.init({}, {})
+    pub.stop()
+    assert pub.generation == 1
+
+
+# -- sources -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs,name", [
+    ({"data_file": ["x.yaml"], "use_ldd": True, "offline": True}, "file"),
+    ({"use_ldd": True, "offline": True}, "redis"),
+    ({"offline": True}, "offline"),
+    ({}, "streaming"),
+    ({"stream": False}, "polling"),
+])
+def test_source_selection(kwargs, name):
+    assert source_name(Config(environ={}, **kwargs)) == name
+
+
+def test_file_source_loads_and_reports_errors(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text('{"flagValues": {"a": 1}}')
+    store = Store()
+    source = FileSource(Config(environ={}, data_file=[str(path)]), store)
+    assert source.load()
+    assert store.get("flags", "a")["variations"] == [1]
+    assert store.status()["state"] == "VALID"
+    path.write_text('{"flagValues": ')
+    assert not source.load()
+    assert store.status()["state"] == "INTERRUPTED"
+    assert store.get("flags", "a") is not None
+
+
+# -- status report -----------------------------------------------------------------------------
+
+def test_build_report_adds_events_from_stats_file(tmp_path):
+    sock = str(tmp_path / "ev.sock")
+    status.write_stats(sock, {"received": 5, "sent": 4, "dropped": 1, "invalid": 2,
+                              "deduplicated": 3})
+    report = status.build_report("ns", {"generation": 3, "socket": sock, "state": "VALID",
+                                        "mapped_generation": 3}, "python")
+    assert report["events"] == {"received": 5, "sent": 4, "dropped": 1, "invalid": 2}
+    assert report["serving"] is True and report["name"] == "ns"
+    assert "mapped_generation" not in report
+    off = status.build_report("ns", {"generation": 0, "socket": None}, "c")
+    assert off["events"] is None and off["serving"] is False
+
+
+def test_read_report_of_absent_namespace():
+    report = status.read_report(f"absent-{os.getpid()}")
+    assert report["serving"] is False and report["state"] is None
+    assert "does not exist" in report["last_error"]["message"]
