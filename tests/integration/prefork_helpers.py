@@ -1,0 +1,542 @@
+"""Test helper: real preforking servers (gunicorn, uWSGI) beside a real supervisor.
+
+Used by ``tests/integration/test_prefork_*.py``. It holds three things:
+
+* :func:`app` — the WSGI application the servers run (``tests.integration.prefork_helpers:app``).
+  Every request calls ``shmflags.get()`` — no ``post_fork`` hook, no ``postfork()`` — and
+  evaluates one flag ``n`` times, answering the worker pid and the value as JSON;
+* :class:`Namespace` — one test's shmflags namespace: a short private directory (the event
+  socket path must stay under 108 bytes), state directory, the environment shared by the
+  supervisor and the servers, and every process started in it;
+* process starters: :meth:`Namespace.supervisor` (``shmflags-supervisor`` on the fake
+  LaunchDarkly service or a flag file), :meth:`Namespace.gunicorn`, :meth:`Namespace.uwsgi`,
+  each in its own session so that :meth:`Proc.stop` can signal the process group of a server
+  master, plus polling helpers (:func:`wait_for`, :meth:`Server.collect`).
+
+Every process is stopped by its pid (or its own process group) in :meth:`Namespace.close`.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[2]
+PY = sys.executable
+BIN = Path(PY).parent
+
+#: the variation a worker answers when the flag cannot be evaluated
+DEFAULT = "default"
+
+# --------------------------------------------------------------------------- the WSGI app
+
+_IMPORT_EVAL: Dict[str, Any] = {}
+if os.environ.get("PREFORK_EVAL_AT_IMPORT"):
+    # With --preload (gunicorn) or without lazy-apps (uWSGI) this runs in the master before
+    # the fork: the workers inherit an attached client (mapping, event recorder) and must
+    # neither lose it nor report the master's pending events twice.
+    import shmflags as _shmflags
+    _IMPORT_EVAL["pid"] = os.getpid()
+    _IMPORT_EVAL["value"] = _shmflags.get().variation(
+        os.environ["PREFORK_EVAL_AT_IMPORT"], {"kind": "user", "key": "import"}, DEFAULT)
+
+
+def _json(start_response: Callable, body: Any, status: str = "200 OK") -> List[bytes]:
+    payload = json.dumps(body, sort_keys=True).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+def app(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+    """``/eval?flag=K&user=U&n=N&hold=S``: evaluate K ``n`` times for user U; ``hold`` seconds
+    of sleep afterwards keep this worker busy so that concurrent requests spread over every
+    worker. ``/flush`` flushes the worker's events. ``/sleep?s=S`` only sleeps (harakiri).
+    ``/import`` tells what the module evaluated at import, and in which pid. ``/status``
+    answers the worker's ``data_source_status_provider.status``."""
+    from urllib.parse import parse_qs
+
+    import shmflags
+
+    path = environ.get("PATH_INFO", "/")
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    pid = os.getpid()
+    if path == "/sleep":
+        time.sleep(float(query.get("s", "1")))
+        return _json(start_response, {"pid": pid})
+    if path == "/import":
+        return _json(start_response, {"pid": pid, **_IMPORT_EVAL})
+    client = shmflags.get()
+    if path == "/flush":
+        client.flush()
+        return _json(start_response, {"pid": pid})
+    if path == "/status":
+        status = client.data_source_status_provider.status
+        error = status.error
+        return _json(start_response, {
+            "pid": pid, "state": status.state.value.upper(),
+            "error": None if error is None else str(getattr(error, "message", error)),
+            "initialized": client.is_initialized()})
+    context = {"kind": "user", "key": query.get("user", "u1")}
+    flag = query.get("flag", "f1")
+    values = [client.variation(flag, context, DEFAULT) for _ in range(int(query.get("n", "1")))]
+    hold = float(query.get("hold", "0"))
+    if hold:
+        time.sleep(hold)
+    return _json(start_response, {"pid": pid, "value": values[-1],
+                                  "consistent": all(v == values[0] for v in values),
+                                  "n": len(values), "t": time.time()})
+
+
+# --------------------------------------------------------------------------- polling
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
+             what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; AssertionError on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for "
+                                 f"{what or predicate}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound and released: good enough on loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_json(port: int, path: str, timeout: float = 5.0) -> Tuple[int, Any]:
+    """``GET path`` on 127.0.0.1:port with a fresh connection (no keep-alive, so consecutive
+    requests are free to land on any worker). Returns (status, decoded JSON or text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(body)
+    except ValueError:
+        return resp.status, body.decode("utf-8", "replace")
+
+
+def flag(key: str, value: Any, version: int = 1) -> Dict[str, Any]:
+    """An LD flag that is on and serves ``value`` to everyone (variation 0), ``"off"`` when
+    off."""
+    return {"key": key, "version": version, "on": True, "variations": [value, "off"],
+            "fallthrough": {"variation": 0}, "offVariation": 1, "salt": key,
+            "targets": [], "rules": [], "prerequisites": [], "trackEvents": False}
+
+
+def summary_counts(payloads: Iterable[Any]) -> Dict[str, Dict[Any, int]]:
+    """Sum the summary counters of ``/bulk`` payloads: flag key -> {value: count}."""
+    out: Dict[str, Dict[Any, int]] = {}
+    for received in payloads:
+        body = getattr(received, "payload", received)
+        for event in body or []:
+            if not isinstance(event, dict) or event.get("kind") != "summary":
+                continue
+            for key, feature in (event.get("features") or {}).items():
+                per = out.setdefault(key, {})
+                for counter in feature.get("counters") or []:
+                    value = json.dumps(counter.get("value"), sort_keys=True)
+                    per[value] = per.get(value, 0) + int(counter.get("count", 0))
+    return {k: {json.loads(v): n for v, n in per.items()} for k, per in out.items()}
+
+
+def total(counts: Dict[str, Dict[Any, int]], key: str) -> int:
+    """All evaluations of ``key`` in :func:`summary_counts` output."""
+    return sum(counts.get(key, {}).values())
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A subprocess started in its own session, output captured to a log file."""
+
+    def __init__(self, name: str, cmd: List[str], env: Dict[str, str], log_path: Path,
+                 cwd: Path = ROOT) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def send(self, sig: int) -> None:
+        """Send ``sig`` to this process only."""
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> Optional[int]:
+        """Signal the process (only it: a server master stops its own workers) and wait;
+        SIGKILL its whole process group if it does not exit in time. Returns the exit
+        status."""
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_group()
+        if self.proc.poll() is None:
+            self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        """SIGKILL this process only (its children, if any, stay)."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def _kill_group(self) -> None:
+        # start_new_session made pid the process group id; whatever is left in it (workers
+        # orphaned by a killed master) goes too.
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+class Server(Proc):
+    """A gunicorn or uWSGI master serving :func:`app` on ``port``."""
+
+    def __init__(self, name: str, cmd: List[str], env: Dict[str, str], log_path: Path,
+                 port: int) -> None:
+        super().__init__(name, cmd, env, log_path)
+        self.port = port
+
+    def get(self, path: str, timeout: float = 5.0) -> Tuple[int, Any]:
+        return http_json(self.port, path, timeout)
+
+    def worker_pids(self) -> List[int]:
+        """The live child processes of the master (its workers)."""
+        import psutil
+        try:
+            children = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return sorted(c.pid for c in children if c.status() != psutil.STATUS_ZOMBIE)
+
+    def wait_ready(self, workers: int, timeout: float = 20.0) -> List[int]:
+        """Wait until the master has ``workers`` children and answers ``/import``."""
+        def ready() -> Optional[List[int]]:
+            if not self.alive():
+                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n"
+                                     f"{self.log()[-3000:]}")
+            pids = self.worker_pids()
+            if len(pids) < workers:
+                return None
+            try:
+                status, _ = self.get("/import", timeout=1.0)
+            except OSError:
+                return None
+            return pids if status == 200 else None
+        return wait_for(ready, timeout, 0.05, f"{self.name} ready with {workers} workers")
+
+    def collect(self, query: str, done: Callable[[Dict[int, List[Any]]], bool],
+                timeout: float, concurrency: int = 4,
+                on_answer: Optional[Callable[[Dict[str, Any]], None]] = None
+                ) -> Dict[int, List[Any]]:
+        """Send ``/eval?QUERY`` concurrently until ``done(answers)`` holds.
+
+        :param done: called with pid -> list of answers (dicts, in arrival order per pid).
+        :returns: the answers by pid.
+        :raises AssertionError: on a non-200 answer or on timeout.
+        """
+        answers: Dict[int, List[Any]] = {}
+        lock = threading.Lock()
+        stop = threading.Event()
+        errors: List[str] = []
+
+        def loop() -> None:
+            while not stop.is_set():
+                try:
+                    status, body = self.get("/eval?" + query)
+                except OSError as exc:  # a recycled worker may drop a connection
+                    with lock:
+                        errors.append(f"connection: {exc!r}")
+                    time.sleep(0.01)
+                    continue
+                if status != 200 or not isinstance(body, dict):
+                    with lock:
+                        errors.append(f"HTTP {status}: {str(body)[:300]}")
+                    stop.set()
+                    return
+                body["received"] = time.monotonic()
+                with lock:
+                    answers.setdefault(body["pid"], []).append(body)
+                    if on_answer is not None:
+                        on_answer(body)
+                    if done(answers):
+                        stop.set()
+
+        threads = [threading.Thread(target=loop, daemon=True) for _ in range(concurrency)]
+        for t in threads:
+            t.start()
+        stop.wait(timeout)
+        stop.set()
+        for t in threads:
+            t.join(10)
+        bad = [e for e in errors if not e.startswith("connection")]
+        if bad:
+            raise AssertionError(f"{self.name}: bad answer: {bad[0]}\n{self.log()[-3000:]}")
+        with lock:
+            if not done(answers):
+                raise AssertionError(
+                    f"{self.name}: condition not met after {timeout} s; answers by pid: "
+                    f"{ {p: [a.get('value') for a in v][-3:] for p, v in answers.items()} }; "
+                    f"workers now {self.worker_pids()}; errors {errors[:3]}")
+            return answers
+
+
+def load(server: Server, query: str, requests: int, concurrency: int = 4,
+         timeout: float = 60.0) -> Tuple[int, List[Dict[str, Any]]]:
+    """Send exactly ``requests`` ``/eval?QUERY`` requests (retrying connection errors, which
+    recycled workers can cause before a request is read). Returns (connection retries,
+    answers)."""
+    lock = threading.Lock()
+    remaining = [requests]
+    retries = [0]
+    answers: List[Dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+
+    def one() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if remaining[0] <= 0:
+                    return
+                remaining[0] -= 1
+            while True:
+                try:
+                    status, body = server.get("/eval?" + query)
+                    break
+                except OSError:
+                    with lock:
+                        retries[0] += 1
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            if status != 200:
+                raise AssertionError(f"HTTP {status}: {str(body)[:300]}")
+            with lock:
+                answers.append(body)
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for fut in [pool.submit(one) for _ in range(concurrency)]:
+            fut.result()
+    assert len(answers) == requests, (len(answers), requests)
+    return retries[0], answers
+
+
+class Namespace:
+    """One test's namespace, directory, environment and processes.
+
+    :param label: a short word for the directory and the namespace name.
+    """
+
+    def __init__(self, label: str = "pf") -> None:
+        self.name = f"pf-{label}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # a short path: AF_UNIX paths are limited to 107 bytes, pytest's tmp_path is long
+        self.dir = Path(tempfile.mkdtemp(prefix=f"sf{label}."))
+        self.state_dir = self.dir / "state"
+        self.socket = self.dir / "ev.sock"
+        self.procs: List[Proc] = []
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("SHMFLAGS_") or k in ("SHMFLAGS_EVALUATOR",
+                                                         "SHMFLAGS_REQUIRE_NATIVE")}
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            env.pop(k, None)
+        env.update({
+            "SHMFLAGS_NAME": self.name,
+            "SHMFLAGS_STATE_DIR": str(self.state_dir),
+            "SHMFLAGS_SOCKET": str(self.socket),
+            "SHMFLAGS_FLUSH_INTERVAL": "0.5",
+            "SHMFLAGS_DIAGNOSTIC_OPT_OUT": "true",
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.env = env
+
+    # -- supervisor ---------------------------------------------------------------------
+
+    def supervisor(self, fake: Any = None, data_file: Optional[Path] = None,
+                   env: Optional[Dict[str, str]] = None, wait: bool = True,
+                   timeout: float = 10.0) -> Proc:
+        """Start ``shmflags-supervisor`` on the fake LD service (streaming, events to its
+        ``/bulk``) or on a flag file (events off unless ``env`` says otherwise); wait for the
+        first generation unless ``wait`` is false."""
+        sup_env = dict(self.env)
+        if fake is not None:
+            sup_env.update({"SHMFLAGS_SDK_KEY": "sdk-prefork-test",
+                            "SHMFLAGS_STREAM_URI": fake.url, "SHMFLAGS_BASE_URI": fake.url,
+                            "SHMFLAGS_EVENTS_URI": fake.url,
+                            "SHMFLAGS_INITIAL_RECONNECT_DELAY": "0.1"})
+        if data_file is not None:
+            sup_env.update({"SHMFLAGS_DATA_FILE": str(data_file)})
+        sup_env.update(env or {})
+        n = sum(1 for p in self.procs if p.name.startswith("supervisor"))
+        proc = Proc(f"supervisor-{n}", [str(BIN / "shmflags-supervisor")], sup_env,
+                    self.dir / f"supervisor-{n}.log")
+        self.procs.append(proc)
+        if wait:
+            wait_for(lambda: self._published(proc, n), timeout, 0.02,
+                     "the supervisor's first generation")
+        return proc
+
+    def _published(self, proc: Proc, n: int) -> bool:
+        if not proc.alive():
+            raise AssertionError(f"supervisor exited ({proc.proc.returncode}):\n"
+                                 f"{proc.log()[-3000:]}")
+        ctl = self.control()
+        return bool(ctl and ctl.get("generation") and ctl.get("supervisor_pid") == proc.pid)
+
+    def control(self) -> Optional[Dict[str, Any]]:
+        """The control block's status, read directly (``None`` before there is one)."""
+        from shmflags import shm
+        try:
+            att = shm.Attachment(self.name)
+        except Exception:  # noqa: BLE001 - not created yet
+            return None
+        try:
+            st = att.status()
+            return dict(st) if isinstance(st, dict) else dict(vars(st))
+        finally:
+            att.close()
+
+    def cli(self, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
+        """``shmflags ARGS`` in this namespace."""
+        return subprocess.run([str(BIN / "shmflags"), *args], env=self.env, cwd=str(ROOT),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> Dict[str, Any]:
+        """``shmflags status --json``, parsed."""
+        out = self.cli("status", "--json")
+        try:
+            return json.loads(out.stdout)
+        except ValueError:
+            raise AssertionError(f"status --json: rc {out.returncode}\n{out.stdout}\n"
+                                 f"{out.stderr}") from None
+
+    # -- servers --------------------------------------------------------------------------
+
+    def _server_env(self, env: Optional[Dict[str, str]]) -> Dict[str, str]:
+        out = dict(self.env)
+        out.update(env or {})
+        return out
+
+    def gunicorn(self, workers: int = 3, worker_class: str = "sync", threads: int = 1,
+                 preload: bool = False, max_requests: int = 0, jitter: int = 0,
+                 env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
+        """Start gunicorn serving :func:`app` (``-w workers -k worker_class``)."""
+        port = free_port()
+        cmd = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", str(workers),
+               "-k", worker_class, "--threads", str(threads), "--graceful-timeout", "5",
+               "--timeout", "30", "--log-level", "info", "--keep-alive", "0"]
+        if preload:
+            cmd.append("--preload")
+        if max_requests:
+            cmd += ["--max-requests", str(max_requests),
+                    "--max-requests-jitter", str(jitter)]
+        cmd.append("tests.integration.prefork_helpers:app")
+        n = sum(1 for p in self.procs if p.name.startswith("gunicorn"))
+        server = Server(f"gunicorn-{n}", cmd, self._server_env(env),
+                        self.dir / f"gunicorn-{n}.log", port)
+        self.procs.append(server)
+        if wait:
+            server.wait_ready(workers)
+        return server
+
+    def uwsgi(self, processes: int = 3, lazy_apps: bool = False, harakiri: int = 0,
+              max_requests: int = 0, extra: Iterable[str] = (),
+              env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
+        """Start uWSGI with its defaults (a master, no ``enable-threads``, no ``lazy-apps``:
+        the app is imported in the master and the workers fork from it) serving :func:`app`.
+        ``die-on-term`` only makes SIGTERM a shutdown instead of uWSGI 2.0's reload."""
+        port = free_port()
+        cmd = [str(BIN / "uwsgi"), "--master", "--http-socket", f"127.0.0.1:{port}",
+               "--processes", str(processes), "--module",
+               "tests.integration.prefork_helpers:app", "--chdir", str(ROOT),
+               "--die-on-term", "--disable-logging", "--need-app",
+               "--worker-reload-mercy", "5", "--reload-mercy", "5"]
+        if lazy_apps:
+            cmd.append("--lazy-apps")
+        if harakiri:
+            cmd += ["--harakiri", str(harakiri)]
+        if max_requests:
+            cmd += ["--max-requests", str(max_requests)]
+        cmd += list(extra)
+        uenv = self._server_env(env)
+        # uWSGI's embedded interpreter does not see the venv unless told
+        uenv.setdefault("VIRTUAL_ENV", str(BIN.parent))
+        cmd += ["--virtualenv", str(BIN.parent)]
+        n = sum(1 for p in self.procs if p.name.startswith("uwsgi"))
+        server = Server(f"uwsgi-{n}", cmd, uenv, self.dir / f"uwsgi-{n}.log", port)
+        self.procs.append(server)
+        if wait:
+            server.wait_ready(processes)
+        return server
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every process (servers first, then supervisors), remove the namespace."""
+        for proc in sorted(self.procs, key=lambda p: p.name.startswith("supervisor")):
+            try:
+                proc.stop(signal.SIGTERM, timeout=8.0)
+            except Exception:  # noqa: BLE001 - best effort in teardown
+                pass
+        try:
+            from shmflags import shm
+            shm.cleanup(self.name)
+        except Exception:  # noqa: BLE001
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        """Every process's log, for failure messages."""
+        return "\n".join(f"----- {p.name} (pid {p.pid})\n{p.log()[-4000:]}" for p in self.procs)
+
+    def __enter__(self) -> "Namespace":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
