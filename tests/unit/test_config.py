@@ -98,3 +98,9 @@ def test_markdown_table_lists_every_setting():
     for setting in SETTINGS:
         assert f"`{setting.env}`" in table
     assert "`0o640`" in table
+
+
+def test_configuration_doc_carries_the_current_table():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    assert settings_markdown() in doc, "regenerate: python -m shmflags.config --markdown"
