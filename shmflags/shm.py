@@ -173,20 +173,27 @@ def _make_fence() -> Callable[[], None]:
     return fence
 
 
-def _read_control(mm: mmap.mmap, words: memoryview, retries: int = READ_RETRIES) -> fmt.Control:
-    """Consistent copy of a control block under the seqlock (reader side, [R1]..[R3])."""
+def _read_consistent(mm: mmap.mmap, words: memoryview, start: int, end: int,
+                     retries: int = READ_RETRIES) -> bytes:
+    """Consistent copy of control-block bytes [start, end) under the seqlock ([R1]..[R3])."""
+    seq = fmt.CTL_WORD_SEQ
     for attempt in range(retries):
-        s1 = words[fmt.CTL_WORD_SEQ]          # [R1] one aligned 8-byte load
+        s1 = words[seq]                        # [R1] one aligned 8-byte load
         if not s1 & 1:
-            raw = mm[:fmt.CTL_SIZE]            # [R2] copy (may be torn; checked next)
-            # [R3] x86-64 does not reorder loads with loads; the C reader needs an acquire
-            # fence here. CPython performs these loads in program order.
-            if words[fmt.CTL_WORD_SEQ] == s1:
-                return fmt.unpack_control(raw)
+            raw = mm[start:end]                # [R2] copy (may be torn; checked next)
+            # [R3] x86-64 does not reorder loads with loads, and CPython performs these in
+            # program order; a C reader needs atomic_thread_fence(acquire) here.
+            if words[seq] == s1:
+                return raw
         if attempt >= 16:
             os.sched_yield()                   # let a descheduled writer finish
     raise SnapshotBusy(f"control block kept changing over {retries} reads (seq "
-                       f"{words[fmt.CTL_WORD_SEQ]}); is a supervisor stuck inside a write?")
+                       f"{words[seq]}); is a supervisor stuck inside a write?")
+
+
+def _read_control(mm: mmap.mmap, words: memoryview, retries: int = READ_RETRIES) -> fmt.Control:
+    """Consistent decoded copy of a whole control block."""
+    return fmt.unpack_control(_read_consistent(mm, words, 0, fmt.CTL_SIZE, retries))
 
 
 def _control_status(ctl: fmt.Control) -> Dict[str, Any]:
@@ -739,6 +746,17 @@ class Attachment:
         if self._mm is None or self._words is None:
             raise SnapshotError("attachment is closed")
         return _read_control(self._mm, self._words)
+
+    def control_bytes(self, start: int = 0, end: int = fmt.CTL_SIZE) -> bytes:
+        """A consistent copy of control-block bytes ``[start, end)`` (cheapest seqlock read).
+
+        :raises SnapshotBusy: see :meth:`control`.
+        """
+        if self._mm is None or self._words is None:
+            raise SnapshotError("attachment is closed")
+        if not 0 <= start <= end <= fmt.CTL_SIZE:
+            raise ValueError(f"range [{start}, {end}) is outside the control block")
+        return _read_consistent(self._mm, self._words, start, end)
 
     def snapshot_buffer(self) -> mmap.mmap:
         """Return the mapping of the current generation, switching if it changed.
