@@ -247,3 +247,31 @@ def test_sink_failure_is_store_error_and_restarts(fake: FakeLD, sink: RecordingS
         assert len(fake.requests_to("/all")) == 2
     finally:
         src.stop()
+
+
+def test_http_proxy_setting_routes_the_stream(fake: FakeLD, sink: RecordingSink) -> None:
+    """The fake answers absolute-URI (proxy) requests, so it can play the proxy."""
+    cfg = Config("sdk-test-key", stream_uri="http://stream.example.invalid",
+                 http={"http_proxy": fake.url}, initial_reconnect_delay=0.05, environ={})
+    src = StreamingSource(cfg, sink)
+    src.start()
+    try:
+        assert sink.wait_count("init", 1)
+        assert fake.requests_to("/all")[0].headers["Host"] == "stream.example.invalid"
+    finally:
+        src.stop()
+
+
+def test_proxy_environment_variable_is_honoured(fake: FakeLD, sink: RecordingSink,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", fake.url)  # requests: http_proxy for http:// targets
+    cfg = Config("sdk-test-key", stream_uri="http://stream.example.invalid",
+                 initial_reconnect_delay=0.05, environ={})
+    src = StreamingSource(cfg, sink)
+    src.start()
+    try:
+        assert sink.wait_count("init", 1)
+    finally:
+        src.stop()

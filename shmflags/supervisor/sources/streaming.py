@@ -66,7 +66,7 @@ def bounded_lines(raw: Any, limit: int) -> Iterator[bytes]:
         chunk = raw.read1(_READ_SIZE, decode_content=True)
         if not chunk:
             if buf:
-                yield buf
+                yield buf[:-1] if buf.endswith(b"\r") else buf
             raise StreamClosed("the server closed the stream connection")
         buf += chunk
         start = 0
