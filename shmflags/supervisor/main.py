@@ -70,6 +70,7 @@ class Supervisor:
         self.lock: Optional[NamespaceLock] = None
         self.lastgood: Optional[lastgood.Writer] = None
         self.events: Any = None
+        self.redis_writer: Any = None
         self.metrics: Any = None
         self.notifier = Notifier.from_environ()
         self.state_dir = ""
@@ -136,6 +137,7 @@ class Supervisor:
         self.lastgood.start()
         self.start_events()
         self.start_metrics()
+        self.start_redis_writer()
         self.start_source()
         self.notifier.status(self.status_text())
 
@@ -250,6 +252,8 @@ class Supervisor:
         self.stop_source()
         if self.publisher is not None:
             self.publisher.stop()
+        if self.redis_writer is not None:
+            self.redis_writer.stop()
         if self.lastgood is not None:
             self.lastgood.stop()
         self.stop_events()
@@ -327,6 +331,20 @@ class Supervisor:
             self.source.stop()
             self.source = None
 
+    def start_redis_writer(self) -> None:
+        """Mirror live data into Redis when ``redis_write`` is on (never in daemon mode)."""
+        cfg = self.config
+        if not (cfg.redis_write and cfg.redis_url) or cfg.use_ldd:
+            return
+        try:
+            from shmflags.supervisor.sources.redis_writer import RedisWriter
+        except ImportError as exc:
+            log.error("redis_write is on but the Redis writer is unavailable: %s", exc)
+            return
+        self.redis_writer = RedisWriter(cfg, self.store)
+        self.store.add_listener(self.redis_writer.on_change)
+        self.redis_writer.start()
+
     def start_events(self) -> None:
         """Start the event service when events are on (never in offline mode)."""
         if not self.socket_path:
@@ -338,7 +356,7 @@ class Supervisor:
             log.error("event service unavailable, events will not be delivered: %s", exc)
             return
         try:
-            self.events = EventService(self.config)
+            self.events = EventService(self.config)  # counters are read with counters()
             self.events.start()
         except Exception:  # noqa: BLE001 - the flags keep being served without events
             log.exception("cannot start the event service on %s", self.socket_path)
