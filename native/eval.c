@@ -449,8 +449,10 @@ static int segment_matches(sf_eval_t *e, const char *skey, uint32_t sklen, int *
     const sf_segment_rec_t *s;
     if (sf_entry_record(&e->so->snap, ent, &srec) != SF_OK || segment_header(&srec, &s) != SF_OK)
         return SF_EMALFORMED;
-    if (s->bits & (SF_SEG_DELETED | SF_SEG_MALFORMED))
-        return SF_OK;   /* a tombstone or data ldclient would refuse: absent */
+    if (s->bits & SF_SEG_DELETED)
+        return SF_OK;   /* a tombstone: absent */
+    if (s->bits & SF_SEG_MALFORMED)
+        return SF_EMALFORMED;   /* data ldclient would refuse (reference evaluator: same) */
     const char *key = sf_rec_str(&srec, s->key);
     if (key == NULL)
         return SF_EMALFORMED;
@@ -616,7 +618,7 @@ PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_re
         else if (d->type == SF_V_FLOAT)
             o = PyFloat_FromDouble(bits_to_double(d->payload));
         else if (d->type == SF_V_TRUE || d->type == SF_V_FALSE)
-            o = PyLong_FromLong(d->type == SF_V_TRUE);
+            o = PyBool_FromLong(d->type == SF_V_TRUE);
         if (o != NULL)
             Py_SETREF(debug, o);
     }

@@ -197,11 +197,14 @@ static int find_flag(SnapshotObject *self, const char *k, Py_ssize_t kl, sf_rec_
 
 /* run one top-level evaluation; returns SF_OK/SF_EMALFORMED/SF_EPYTHON */
 static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
-                    const sf_flag_rec_t *f, sf_result_t *res)
+                    const sf_flag_rec_t *f, sf_result_t *res, PyObject *prereq_keys)
 {
     memset(e, 0, sizeof(*e));
     memset(res, 0, sizeof(*res));
     e->so = self;
+    e->want_events = prereq_keys == NULL;
+    e->want_keys = prereq_keys != NULL;
+    e->prereq_keys = prereq_keys;
     e->emap = emap;
     e->top.p = sf_rec_str(rec, f->key);
     e->top.n = f->key.len;
@@ -246,11 +249,9 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *args)
     sf_eval_t e;
     sf_result_t res;
     PyObject *value = NULL, *index = NULL, *reason = NULL, *info = NULL, *prereqs = NULL, *out = NULL;
-    e.want_events = 1;
-    int rc = run_eval(&e, self, emap, &rec, f, &res);
+    int rc = run_eval(&e, self, emap, &rec, f, &res, NULL);
     if (rc == SF_EPYTHON)
         goto done;
-    e.want_events = 1;
     if (res.variation >= 0) {
         value = sf_variation_value(self, &rec, f, res.variation, 1);
         index = PyLong_FromLong(res.variation);
@@ -317,15 +318,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         PyObject *keys = PyList_New(0);
         if (keys == NULL)
             goto fail;
-        memset(&e, 0, sizeof(e));
-        memset(&res, 0, sizeof(res));
-        e.so = self;
-        e.emap = emap;
-        e.want_keys = 1;
-        e.prereq_keys = keys;
-        e.top.p = sf_rec_str(&rec, f->key);
-        e.top.n = f->key.len;
-        int rc = e.top.p ? sf_eval_flag(&e, &rec, f, &res) : SF_EMALFORMED;
+        int rc = run_eval(&e, self, emap, &rec, f, &res, keys);
         PyObject *reason = NULL, *value = NULL;
         int exception = 0;
         if (rc == SF_EPYTHON) {
@@ -342,6 +335,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
             res.variation = -1;
             e.bigseg_queried = 0;
         }
+        Py_CLEAR(e.events);
         if (exception) {
             reason = error_reason(sf_c.s_EXCEPTION);
         } else {

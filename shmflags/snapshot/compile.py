@@ -38,11 +38,11 @@ __all__ = [
 # Format constants (mirrored in native/record.h; tests/unit/test_parity.py compares them)
 # ---------------------------------------------------------------------------------------------
 
-#: Record format version; the container header stores :data:`RECORD_FORMAT`.
+#: Record format version; the container header stores :data:`RECORD_FORMAT`, which folds it
+#: with the two record-header sizes (``native/record.h`` ``SF_RECORD_FORMAT``).
 RECORD_VERSION = 1
 FLAG_MAGIC = 0x52464653  # "SFFR" little-endian
 SEGMENT_MAGIC = 0x52534653  # "SFSR" little-endian
-#: Format word folding the record version and the sizes of the fixed structs.
 FLAG_REC_SIZE = 128
 SEGMENT_REC_SIZE = 96
 VALUE_SIZE = 24
@@ -419,6 +419,12 @@ def _value(w: _Writer, off: int, value: Any, op: int) -> None:
             b_off, length = w.bytes_(blob)
             payload = struct.pack("<Q", b_off)
     if op in (OP_CODES["before"], OP_CODES["after"]):
+        if _is_number(value):
+            try:
+                float(value)
+            except OverflowError:
+                # ldclient's parser raises here, so the whole flag is refused
+                raise _Bad("date value out of range") from None
         t = parse_time(value)
         if t is not None:
             aux_ok, aux = AUX_TIME, struct.pack("<d", t)
@@ -632,8 +638,9 @@ def _compile_flag(flag: Any) -> bytes:
     if exclude:
         bits |= FLAG_EXCLUDE_SUMMARIES
     csa = flag.get("clientSideAvailability")
-    if isinstance(csa, dict) and isinstance(csa.get("usingEnvironmentId"), bool):
-        client_side = csa["usingEnvironmentId"]
+    if isinstance(csa, dict):
+        # ld-protocol.md §2.1: the object wins over the legacy field (as shmflags.model)
+        client_side = csa.get("usingEnvironmentId") is True
         mobile = csa.get("usingMobileKey") is True
     else:
         client_side = bool(flag.get("clientSide"))
@@ -721,7 +728,7 @@ def compile_segment(segment: Any) -> bytes:
         key = segment.get("key") if isinstance(segment, dict) else None
         k = w.string(key if isinstance(key, str) else "")
         struct.pack_into(_SEG_HDR, w.buf, 0, SEGMENT_MAGIC, RECORD_VERSION, 0, SEG_MALFORMED, 0,
-                         0, 0, k[0], k[1], *([0] * 14))
+                         0, 0, k[0], k[1], *([0] * 12))
         return bytes(w.buf)
 
 
@@ -733,7 +740,7 @@ def _compile_segment(seg: Any) -> bytes:
     if _opt_bool(seg, "deleted"):
         k = w.string(_opt(seg, "key", str) or "")
         struct.pack_into(_SEG_HDR, w.buf, 0, SEGMENT_MAGIC, RECORD_VERSION, 0, SEG_DELETED, 0,
-                         _i64(version), 0, k[0], k[1], *([0] * 14))
+                         _i64(version), 0, k[0], k[1], *([0] * 12))
         return bytes(w.buf)
     key = _req(seg, "key", str)
     included = _list_of(_opt_list(seg, "included"), str)

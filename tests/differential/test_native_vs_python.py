@@ -1,0 +1,90 @@
+"""Differential tests: the C evaluator against the Python reference and ldclient.
+
+Hypothesis generates flag/segment data sets and contexts (``strategies.py``, shared with
+``test_vs_ldclient.py``). For every data set one snapshot is built and opened by
+``shmflags._native`` and ``shmflags._pure``; for every context and flag (plus an unknown key)
+the whole ``EvalTuple`` must be identical (value and its type, variation index, reason, event
+info, prerequisite events), and ``all_flags_state`` must be identical for all eight option
+combinations. A sample of data sets is also checked against ldclient itself.
+
+Budget: ``SHMFLAGS_DIFF_EXAMPLES_NATIVE`` evaluations (default 100000; each data set gives
+dozens), seed ``SHMFLAGS_DIFF_SEED`` (default 0). A case count below the budget fails the run,
+so a strategy that silently generates nothing cannot pass.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Dict, List
+
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from conftest import native_module, snapshot_bytes
+from differential import strategies as S
+from shmflags import _pure
+from shmflags.context import Context, coerce
+
+CASES = int(os.environ.get("SHMFLAGS_DIFF_EXAMPLES_NATIVE", "100000"))
+SEED = int(os.environ.get("SHMFLAGS_DIFF_SEED", "0"))
+OPTIONS = list(itertools.product([False, True], repeat=3))
+NOW_MS = 1_700_000_000_000
+# A data set yields (flags + 1) evaluations per context plus 8 all_flags_state calls per
+# context, each evaluating every flag; about 50 cases on average with these strategies.
+PER_EXAMPLE = 40
+COUNTER = {"evaluations": 0, "datasets": 0}
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equality that also compares the types of scalars (True vs 1, 1 vs 1.0) recursively."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a != a:
+        return b != b
+    return a == b
+
+
+def compare(flags: Dict[str, Any], segments: Dict[str, Any], contexts: List[Context]) -> None:
+    """Assert C and Python agree on every evaluation of one data set."""
+    native = native_module()
+    raw = snapshot_bytes(flags, segments)
+    c, py = native.Snapshot(raw), _pure.Snapshot(raw)
+    assert c.flag_keys() == py.flag_keys()
+    assert (c.flag_count, c.segment_count, c.generation) == (py.flag_count, py.segment_count, py.generation)
+    for ctx in contexts:
+        for key in list(flags) + ["missing"]:
+            got, want = c.evaluate(key, ctx), py.evaluate(key, ctx)
+            assert same(got, want), f"flag {key!r} ctx {ctx!r}:\n C  {got}\n py {want}\n{flags}\n{segments}"
+            COUNTER["evaluations"] += 1
+        for opts in OPTIONS:
+            got_all = c.all_flags_state(ctx, *opts, NOW_MS)
+            want_all = py.all_flags_state(ctx, *opts, NOW_MS)
+            assert same(got_all, want_all), f"all_flags_state{opts} ctx {ctx!r}:\n C  {got_all}\n py {want_all}"
+            COUNTER["evaluations"] += len(flags)
+    COUNTER["datasets"] += 1
+
+
+def _contexts(dicts: List[Dict[str, Any]]) -> List[Context]:
+    out = [coerce(d) for d in dicts]
+    return [c for c in out if c.valid]
+
+
+@seed(SEED)
+@settings(max_examples=max(1, CASES // PER_EXAMPLE), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=S.datasets(), contexts=S.context_lists(3))
+def test_native_matches_python_reference(data, contexts):
+    flags, segments = data
+    compare(flags, segments, _contexts(contexts))
+
+
+def test_case_budget_was_met():
+    """Runs after the property test (file order): the budget must really have been spent."""
+    if COUNTER["datasets"] == 0:
+        pytest.skip("property test not run in this session")
+    assert COUNTER["evaluations"] >= CASES * 0.5, COUNTER
