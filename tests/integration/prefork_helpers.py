@@ -367,6 +367,89 @@ def load(server: Server, query: str, requests: int, concurrency: int = 4,
     return retries[0], answers
 
 
+#: seconds: generous, the design goal is a few ms; the measurement includes the test's polling
+LATENCY_BOUND = 1.0
+
+
+def every_worker(server: Server, value: Any, since: float = 0.0) -> Callable[..., bool]:
+    """``done`` predicate: every live worker pid has evaluated ``value`` at or after the
+    wall-clock time ``since``."""
+    def done(answers: Dict[int, List[Any]]) -> bool:
+        pids = server.worker_pids()
+        return bool(pids) and all(
+            any(a["value"] == value and a["t"] >= since for a in answers.get(p, ()))
+            for p in pids)
+    return done
+
+
+def evaluations(answers: Dict[int, List[Dict[str, Any]]], value: Any = None) -> int:
+    """How many evaluations the answers performed (of ``value`` only, if given)."""
+    return sum(a["n"] for per in answers.values() for a in per
+               if value is None or a["value"] == value)
+
+
+def switch_times(answers: Dict[int, List[Dict[str, Any]]], value: Any, since: float
+                 ) -> Dict[int, Tuple[float, float]]:
+    """Per worker pid, when it switched to ``value`` relative to ``since`` (wall clock), as
+    (last evaluation of another value, first evaluation of ``value``): the switch happened
+    in between. Asserts that no worker went back to an older value (ordered by the worker's
+    own evaluation time, so threads answering out of order do not count)."""
+    out: Dict[int, Tuple[float, float]] = {}
+    for pid, per in answers.items():
+        last_old, first_new = float("-inf"), None
+        for a in sorted(per, key=lambda a: a["t"]):
+            assert a["consistent"], a
+            if a["value"] == value:
+                first_new = a["t"] if first_new is None else first_new
+            else:
+                assert first_new is None, (f"worker {pid} served {a['value']!r} after "
+                                           f"{value!r}")
+                last_old = a["t"]
+        if first_new is not None:
+            out[pid] = (last_old - since, first_new - since)
+    return out
+
+
+def propagate_patch(fake: Any, server: Server, key: str, value: Any, version: int
+                    ) -> Dict[str, Any]:
+    """Push a patch on the fake stream and poll until every worker serves it.
+
+    :returns: ``latency``: seconds from the push to the first evaluation of the new value in
+        the slowest worker (an upper bound: it includes the test's polling), ``per_worker``:
+        :func:`switch_times`, ``answers``.
+    """
+    assert fake.wait_for_streams(1)
+    pushed = time.time()
+    fake.push("patch", {"path": f"/flags/{key}", "data": flag(key, value, version)})
+    answers = server.collect(f"flag={key}&hold=0.005", every_worker(server, value, pushed),
+                             timeout=10.0, concurrency=6)
+    per_worker = switch_times(answers, value, pushed)
+    live = server.worker_pids()
+    return {"latency": max(per_worker[p][1] for p in live), "per_worker": per_worker,
+            "answers": answers}
+
+
+def fmt_switch(per_worker: Dict[int, Tuple[float, float]]) -> str:
+    """``pid: old..new ms`` for a test's printout."""
+    return ", ".join(f"{pid}: {max(a, 0) * 1000:.1f}..{b * 1000:.1f} ms"
+                     for pid, (a, b) in sorted(per_worker.items()))
+
+
+def wait_counts(fake: Any, key: str, expected: int, timeout: float = 8.0) -> int:
+    """Wait until the /bulk summaries count ``expected`` evaluations of ``key``; return the
+    last count seen (so that an excess also shows)."""
+    end = time.monotonic() + timeout
+    got = 0
+    while time.monotonic() < end:
+        got = total(summary_counts(fake.events), key)
+        if got >= expected:
+            time.sleep(0.7)  # one more supervisor flush window: catch duplicates too
+            return total(summary_counts(fake.events), key)
+        time.sleep(0.05)
+    return got
+
+
+
 class Namespace:
     """One test's namespace, directory, environment and processes.
 
@@ -540,3 +623,56 @@ class Namespace:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------- multiprocessing
+
+
+def _mp_task(args: Tuple[str, int]) -> Dict[str, Any]:
+    """A ``multiprocessing.Pool`` task: evaluate ``flag`` in the pool worker."""
+    import shmflags
+    key, i = args
+    value = shmflags.get().variation(key, {"kind": "user", "key": f"u{i}"}, DEFAULT)
+    t = time.time()
+    time.sleep(0.01)  # keep this worker busy so that the tasks spread over every worker
+    return {"pid": os.getpid(), "value": value, "t": t, "n": 1, "consistent": True}
+
+
+def mp_driver(argv: List[str]) -> int:
+    """``python -m tests.integration.prefork_helpers mp START_METHOD PROCESSES [parent-eval]``
+
+    Runs a ``multiprocessing.Pool`` and answers commands on stdin with one JSON line each:
+    ``round FLAG N`` maps N tasks (chunksize 1) and prints their answers; ``exit`` closes and
+    joins the pool (a graceful exit of the pool workers) and exits. With ``parent-eval`` the
+    parent evaluates ``f1`` before creating the pool, so forked workers inherit an attached
+    client.
+    """
+    import multiprocessing
+
+    import shmflags
+    method, processes = argv[0], int(argv[1])
+    parent: Dict[str, Any] = {"pid": os.getpid()}
+    if "parent-eval" in argv:
+        parent["value"] = shmflags.get().variation("f1", {"kind": "user", "key": "p"}, DEFAULT)
+    pool = multiprocessing.get_context(method).Pool(processes)
+    print(json.dumps({"parent": parent, "workers": sorted(p.pid for p in pool._pool)}),
+          flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "round":
+            tasks = [(cmd[1], i) for i in range(int(cmd[2]))]
+            print(json.dumps(pool.map(_mp_task, tasks, chunksize=1)), flush=True)
+        elif cmd[0] == "exit":
+            break
+    pool.close()
+    pool.join()  # the parent's own events are flushed at exit (no explicit close)
+    print(json.dumps({"closed": True}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["mp"]:
+        sys.exit(mp_driver(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} mp START_METHOD PROCESSES [parent-eval]")

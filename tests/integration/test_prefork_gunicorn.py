@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Iterator, List
 
 import pytest
 
 from tests.fakes.fake_ld import FakeLD
-from tests.integration.prefork_helpers import (Namespace, Server, flag, load, summary_counts,
-                                               total, wait_for)
+from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations,
+                                               every_worker, flag, fmt_switch, load,
+                                               propagate_patch,
+                                               summary_counts, wait_counts, wait_for)
 
 pytestmark = pytest.mark.slow
-
-LATENCY_BOUND = 1.0  # seconds, generous: the design goal is a few ms plus the test's polling
-
 
 @pytest.fixture
 def fake() -> Iterator[FakeLD]:
@@ -44,56 +43,6 @@ def ns() -> Iterator[Namespace]:
     finally:
         print(n.logs())  # shown by pytest only when the test failed
         n.close()
-
-
-def every_worker(server: Server, value: Any, since: float = 0.0):
-    """``done`` predicate: every live worker pid has answered ``value`` after ``since``."""
-    def done(answers: Dict[int, List[Any]]) -> bool:
-        pids = server.worker_pids()
-        return bool(pids) and all(
-            any(a["value"] == value and a["received"] >= since for a in answers.get(p, ()))
-            for p in pids)
-    return done
-
-
-def evaluations(answers: Dict[int, List[Dict[str, Any]]], value: Any = None) -> int:
-    return sum(a["n"] for per in answers.values() for a in per
-               if value is None or a["value"] == value)
-
-
-def propagate_patch(fake: FakeLD, server: Server, key: str, value: Any, version: int
-                    ) -> Dict[str, Any]:
-    """Push a patch and poll until every worker serves it; returns the measurements."""
-    assert fake.wait_for_streams(1)
-    pushed = time.monotonic()
-    fake.push("patch", {"path": f"/flags/{key}", "data": flag(key, value, version)})
-    answers = server.collect(f"flag={key}&hold=0.005", every_worker(server, value, pushed),
-                             timeout=10.0, concurrency=6)
-    first_new: Dict[int, float] = {}
-    for pid, per in answers.items():
-        seen_new = False
-        for a in per:
-            if a["value"] == value:
-                seen_new = True
-                first_new.setdefault(pid, a["received"] - pushed)
-            else:
-                assert not seen_new, f"worker {pid} went back to {a['value']!r} after {value!r}"
-            assert a["consistent"], a
-    return {"latency": max(first_new.values()), "per_worker": first_new, "answers": answers}
-
-
-def wait_counts(fake: FakeLD, key: str, expected: int, timeout: float = 8.0) -> int:
-    """Wait until the /bulk summaries count ``expected`` evaluations of ``key``; return the
-    last count seen (so that an excess also shows)."""
-    end = time.monotonic() + timeout
-    got = 0
-    while time.monotonic() < end:
-        got = total(summary_counts(fake.events), key)
-        if got >= expected:
-            time.sleep(0.7)  # one more supervisor flush window: catch duplicates too
-            return total(summary_counts(fake.events), key)
-        time.sleep(0.05)
-    return got
 
 
 @pytest.mark.parametrize("worker_class,threads", [("sync", 1), ("gthread", 4)])
@@ -117,8 +66,8 @@ def test_patch_reaches_every_worker_and_events_add_up(fake: FakeLD, ns: Namespac
     assert set(server.worker_pids()) <= set(before)
     result = propagate_patch(fake, server, "f1", "v2", 2)
     print(f"gunicorn {worker_class} preload={preload}: patch reached all {workers} workers in "
-          f"{result['latency'] * 1000:.1f} ms (per worker, ms: "
-          f"{ {p: round(t * 1000, 1) for p, t in result['per_worker'].items()} })")
+          f"{result['latency'] * 1000:.1f} ms (per worker, last old..first new: "
+          f"{fmt_switch(result['per_worker'])})")
     assert result["latency"] < LATENCY_BOUND, result["per_worker"]
 
     performed = evaluations(before) + evaluations(result["answers"])
@@ -194,7 +143,7 @@ def test_supervisor_kill9_and_restart_changes_only_status(fake: FakeLD, ns: Name
         code, body = server.get("/status")
         return code == 200 and body["state"] == "INTERRUPTED"
     wait_for(interrupted, 8.0, 0.2, "a worker reporting INTERRUPTED")
-    answers = server.collect("flag=f1", every_worker(server, "v1", time.monotonic()),
+    answers = server.collect("flag=f1", every_worker(server, "v1", time.time()),
                              timeout=5.0, concurrency=6)
     assert {a["value"] for per in answers.values() for a in per} == {"v1"}
     print(f"workers reported INTERRUPTED {time.monotonic() - killed:.1f} s after the kill; "
