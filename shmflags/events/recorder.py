@@ -94,7 +94,9 @@ class EventRecorder:
         self._seq = 0
         self._new_window()
         self._dropped = 0  # full events dropped, reported in the next datagram
-        self._deadline = _time() + self._interval
+        # A disabled or closed recorder keeps the deadline at 0 so that the one comparison
+        # on the hot path also routes it to the early return.
+        self._deadline = _time() + self._interval if self._enabled else 0.0
         self._retry_at: Optional[float] = None
         self._retry_delay = 0.0
         self._flush_lock = threading.Lock()
@@ -160,22 +162,27 @@ class EventRecorder:
                           with_reason: bool) -> None:
         """Count one flag evaluation and keep any full events it requires.
 
+        The common case (an untracked flag, a context already seen in this window) is a few
+        dictionary operations under an uncontended lock and no system call.
+
         :param key: the flag key as requested
         :param context: the (valid) context evaluated
         :param eval_tuple: the backend's ``(value, variation_index, reason, info, prereqs)``
         :param default: the caller's default value
         :param with_reason: ``True`` for ``variation_detail`` (events then carry the reason)
         """
-        if not self._enabled:
-            return
         now = _time()
         if now >= self._deadline:
+            if not self._enabled:
+                return
             self._tick(now)
         value, variation, reason, info, prereqs = eval_tuple
         if variation is None:
             value = default
         full = False
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if context is self._last_ctx:
                 entry = self._last_entry
                 entry[2] += 1
@@ -188,43 +195,48 @@ class EventRecorder:
                 full = self._prereqs(context, entry, prereqs, with_reason, now)
             if info is None:
                 version = None
-                bits = 0
             else:
-                version, bits, debug_until, _ = info
-                if bits or debug_until is not None:
+                version = info[0]
+                if info[1] or info[2] is not None:
                     full = self._full(key, context, entry, value, variation, reason, info,
                                       default, with_reason, None, now) or full
-                if bits & 4:  # excludeFromSummaries
-                    key = None
-            if key is not None:
+                    if info[1] & 4:  # excludeFromSummaries
+                        return
+            # Summary counters. A flag's counters are keyed by variation while its version
+            # is the one first seen in the window, by (variation, version) after a change.
+            flag = self._summary.get(key)
+            if flag is None:
                 kinds = entry[4]
-                flag = self._summary.get(key)
-                if flag is None:
-                    flag = self._summary[key] = [default, set(kinds), {}, kinds]
-                elif flag[3] is not kinds:
-                    flag[1].update(kinds)
-                    flag[3] = kinds
-                counters = flag[2]
-                ck = (variation, version)
-                counter = counters.get(ck)
-                if counter is None:
-                    counters[ck] = [1, value]
-                else:
-                    counter[0] += 1
-        if full:
-            self._flush(block=False)
+                self._summary[key] = [default, set(kinds), {variation: [1, value]}, kinds,
+                                      version]
+                return
+            if flag[3] is not entry[4]:
+                flag[3] = entry[4]
+                flag[1].update(flag[3])
+            counters = flag[2]
+            ck = variation if version == flag[4] else (variation, version)
+            counter = counters.get(ck)
+            if counter is None:
+                counters[ck] = [1, value]
+            else:
+                counter[0] += 1
+        finally:
+            lock.release()
+            if full:
+                self._flush(block=False)
 
     def _count(self, key: str, kinds: Tuple[str, ...], default: Any, variation: Optional[int],
                version: Optional[int], value: Any) -> None:
         """Add one evaluation to the summary counters (caller holds the lock)."""
         flag = self._summary.get(key)
         if flag is None:
-            flag = self._summary[key] = [default, set(kinds), {}, kinds]
-        elif flag[3] is not kinds:
-            flag[1].update(kinds)
+            self._summary[key] = [default, set(kinds), {variation: [1, value]}, kinds, version]
+            return
+        if flag[3] is not kinds:
             flag[3] = kinds
+            flag[1].update(kinds)
         counters = flag[2]
-        ck = (variation, version)
+        ck = variation if version == flag[4] else (variation, version)
         counter = counters.get(ck)
         if counter is None:
             counters[ck] = [1, value]
@@ -389,6 +401,7 @@ class EventRecorder:
         self._flush(block=True)
         self._closed = True
         self._enabled = False
+        self._deadline = 0.0
         self._wake.set()
         self._sender.close()
 
@@ -469,15 +482,17 @@ class EventRecorder:
                 for key, default, kinds, rows in p.flags:
                     flag = self._summary.get(key)
                     if flag is None:
-                        flag = self._summary[key] = [default, set(kinds), {}, None]
+                        flag = self._summary[key] = [default, set(kinds), {}, None,
+                                                     rows[0][1]]
                     else:
                         flag[0] = default  # the older window saw the flag first
                         flag[1].update(kinds)
                     counters = flag[2]
                     for variation, version, value, count in rows:
-                        c = counters.get((variation, version))
+                        ck = variation if version == flag[4] else (variation, version)
+                        c = counters.get(ck)
                         if c is None:
-                            counters[(variation, version)] = [count, value]
+                            counters[ck] = [count, value]
                         else:
                             c[0] += count
                             c[1] = value

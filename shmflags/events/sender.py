@@ -60,8 +60,9 @@ def _encode(obj: Any) -> Optional[bytes]:
 
 def _flag_items(key: str, entry: list) -> List[Tuple[bytes, list]]:
     """Encode one summary flag; split it by counter when it is too large for one datagram."""
-    default, kinds, counters = entry[0], sorted(entry[1]), entry[2]
-    rows = [[ck[0], ck[1], c[1], c[0]] for ck, c in counters.items()]
+    default, kinds, counters, version = entry[0], sorted(entry[1]), entry[2], entry[4]
+    rows = [[ck[0], ck[1], c[1], c[0]] if type(ck) is tuple else [ck, version, c[1], c[0]]
+            for ck, c in counters.items()]
     item = [key, default, kinds, rows]
     data = _encode(item)
     if data is not None and len(data) <= _ITEM_LIMIT:
@@ -123,7 +124,9 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
     :param dropped: full events this worker dropped, reported in the first datagram
     :param start_ms: first evaluation time of the summary window
     :param end_ms: last evaluation time of the summary window
-    :param summary: flag key → ``[default, kinds set, {(variation, version): [count, value]}, …]``
+    :param summary: flag key → ``[default, kinds set, counters, last kinds, version]`` where
+        counters maps a variation (counted at ``version``) or a ``(variation, version)``
+        pair to ``[count, value]``
     :param contexts: fully-qualified key → ``[context dict, first_ms, count, index, …]``
     :param events: full events, LD output-shaped, with unredacted ``context`` dicts
     :returns: the datagrams, and how many items were dropped because msgpack could not encode
