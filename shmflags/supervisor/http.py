@@ -34,7 +34,7 @@ from shmflags.config import Config
 
 __all__ = [
     "USER_AGENT", "Backoff", "base_headers", "error_description", "error_info", "is_recoverable",
-    "make_session", "process_instance_id", "tags_header", "timeouts", "uri",
+    "make_session", "process_instance_id", "request_options", "tags_header", "timeouts", "uri",
     "UNKNOWN", "NETWORK_ERROR", "ERROR_RESPONSE", "INVALID_DATA", "STORE_ERROR",
 ]
 
@@ -124,24 +124,48 @@ def timeouts(config: Config, read: Optional[float] = None) -> Tuple[float, float
             float(config.http_read_timeout if read is None else read))
 
 
+def request_options(config: Config) -> Dict[str, Any]:
+    """Per-request ``requests`` keywords for the ``http_*`` settings: pass them to every call.
+
+    They must be given per request, not only on the session: ``requests`` lets
+    ``REQUESTS_CA_BUNDLE`` override ``Session.verify`` and environment proxies override
+    ``Session.proxies``, while per-request values win over both. Settings left at their
+    defaults are omitted, so the environment (``HTTPS_PROXY``, ``NO_PROXY``,
+    ``REQUESTS_CA_BUNDLE``) still applies to them.
+
+    * ``http_http_proxy`` → ``proxies`` for both schemes (overrides the environment's proxy);
+    * ``http_disable_ssl_verification`` → ``verify=False``; else ``http_ca_certs`` →
+      ``verify=<bundle>``;
+    * ``http_cert_file`` → ``cert``.
+    """
+    options: Dict[str, Any] = {}
+    if config.http_http_proxy:
+        options["proxies"] = {"http": config.http_http_proxy, "https": config.http_http_proxy}
+    if config.http_disable_ssl_verification:
+        options["verify"] = False
+    elif config.http_ca_certs:
+        options["verify"] = config.http_ca_certs
+    if config.http_cert_file:
+        options["cert"] = config.http_cert_file
+    return options
+
+
 def make_session(config: Config) -> requests.Session:
-    """A ``requests.Session`` set up from the ``http_*`` settings.
+    """A ``requests.Session`` for one source or delivery thread.
 
     ``trust_env`` stays on, so ``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY`` and
-    ``REQUESTS_CA_BUNDLE`` work as everywhere else in Python; ``http_http_proxy`` overrides the
-    environment's proxy for both schemes. ``http_ca_certs`` replaces the CA bundle,
-    ``http_disable_ssl_verification`` turns verification off, ``http_cert_file`` is the client
-    certificate. No headers are set here: pass :func:`base_headers` per request.
+    ``REQUESTS_CA_BUNDLE`` work as everywhere else in Python. The ``http_*`` settings are
+    also recorded on the session, but callers must still pass :func:`request_options` with
+    each request (see there why). No headers are set here: pass :func:`base_headers`.
     """
     session = requests.Session()
-    if config.http_http_proxy:
-        session.proxies.update({"http": config.http_http_proxy, "https": config.http_http_proxy})
-    if config.http_disable_ssl_verification:
-        session.verify = False
-    elif config.http_ca_certs:
-        session.verify = config.http_ca_certs
-    if config.http_cert_file:
-        session.cert = config.http_cert_file
+    options = request_options(config)
+    if "proxies" in options:
+        session.proxies.update(options["proxies"])
+    if "verify" in options:
+        session.verify = options["verify"]
+    if "cert" in options:
+        session.cert = options["cert"]
     return session
 
 

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import json
 import queue
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -86,10 +87,11 @@ class FakeLD:
     :param heartbeat_interval: seconds between ``:`` comments on open streams; ``None`` = never.
     :param relay: behave as a Relay Proxy without data: ``503`` on ``/all`` and
         ``/sdk/latest-all`` until :meth:`set_data` is called.
+    :param tls: ``(certfile, keyfile)`` to serve HTTPS instead of HTTP.
     """
 
     def __init__(self, port: int = 0, *, heartbeat_interval: Optional[float] = 1.0,
-                 relay: bool = False) -> None:
+                 relay: bool = False, tls: Optional[Tuple[str, str]] = None) -> None:
         self.heartbeat_interval = heartbeat_interval
         #: send the current data as a ``put`` when a stream opens
         self.initial_put = True
@@ -102,6 +104,15 @@ class FakeLD:
         self._scripted: Dict[Optional[str], _Scripted] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _make_handler(self))
         self._server.daemon_threads = True
+        self._scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            # the handshake happens in the handler thread, so a client that rejects the
+            # certificate cannot stall the accept loop
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
+            self._scheme = "https"
         self._thread: Optional[threading.Thread] = None
 
     # -- lifetime ----------------------------------------------------------------------
@@ -113,7 +124,7 @@ class FakeLD:
     @property
     def url(self) -> str:
         """Base URI to use as ``stream_uri``, ``base_uri`` and ``events_uri``."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "FakeLD":
         if self._thread is None:
@@ -334,6 +345,12 @@ def _make_handler(fake: FakeLD) -> type:
                 self.wfile.flush()
             except OSError:
                 pass
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except (ssl.SSLError, ConnectionError):
+                pass  # a client that refused our certificate, or went away
 
         def do_GET(self) -> None:
             req, scripted = self._begin()

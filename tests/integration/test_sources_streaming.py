@@ -275,3 +275,36 @@ def test_proxy_environment_variable_is_honoured(fake: FakeLD, sink: RecordingSin
         assert sink.wait_count("init", 1)
     finally:
         src.stop()
+
+
+def test_http_proxy_setting_beats_proxy_environment(fake: FakeLD, sink: RecordingSink,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    cfg = Config("sdk-test-key", stream_uri="http://stream.example.invalid",
+                 http={"http_proxy": fake.url}, initial_reconnect_delay=0.05, environ={})
+    src = StreamingSource(cfg, sink)
+    src.start()
+    try:
+        assert sink.wait_count("init", 1)
+    finally:
+        src.stop()
+
+
+def test_last_event_id_is_sent_on_reconnect(fake: FakeLD, sink: RecordingSink) -> None:
+    src = make(fake, sink)
+    src.start()
+    try:
+        assert sink.wait_count("init", 1)
+        assert fake.wait_for_streams(1)
+        fake.push_raw(b'id: ev-42\nevent: patch\ndata: {"path": "/flags/f9", "data": '
+                      b'{"key": "f9", "version": 1}}\n\n')
+        assert sink.wait_count("upsert", 1)
+        fake.disconnect_streams()
+        assert sink.wait_count("init", 2)
+        reqs = fake.requests_to("/all")
+        assert "Last-Event-Id" not in reqs[0].headers
+        assert reqs[1].headers["Last-Event-Id"] == "ev-42"
+    finally:
+        src.stop()

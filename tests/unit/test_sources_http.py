@@ -180,6 +180,31 @@ def test_session_trusts_environment_and_applies_proxy_and_tls_settings() -> None
     assert s.verify is False
 
 
+def test_request_options_only_for_configured_settings() -> None:
+    assert http.request_options(cfg()) == {}
+    assert http.request_options(cfg(http={"http_proxy": "http://p:1", "ca_certs": "/ca.pem",
+                                          "cert_file": "/c.pem"})) == {
+        "proxies": {"http": "http://p:1", "https": "http://p:1"},
+        "verify": "/ca.pem", "cert": "/c.pem"}
+    assert http.request_options(cfg(http={"disable_ssl_verification": True,
+                                          "ca_certs": "/ca.pem"})) == {"verify": False}
+
+
+def test_request_options_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests lets env settings beat Session attributes, but not per-request ones."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/env-ca.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://envproxy:8080")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    c = cfg(http={"http_proxy": "http://cfgproxy:3128", "ca_certs": "/cfg-ca.pem"})
+    s = http.make_session(c)
+    opts = http.request_options(c)
+    merged = s.merge_environment_settings("https://stream.launchdarkly.com/all",
+                                          opts.get("proxies", {}), None, opts.get("verify"), None)
+    assert merged["verify"] == "/cfg-ca.pem"
+    assert merged["proxies"]["https"] == "http://cfgproxy:3128"
+
+
 def test_https_proxy_env_is_picked_by_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://envproxy:8080")
     monkeypatch.delenv("NO_PROXY", raising=False)

@@ -49,6 +49,7 @@ class PollingSource:
         self.interval = float(config.poll_interval if _interval is None else _interval)
         self._headers = http.base_headers(config, instance_id)
         self._timeout = http.timeouts(config)
+        self._options = http.request_options(config)
         self._limit = int(config.max_stream_message_bytes)
         self._etag: Optional[str] = None
         self._stop = threading.Event()
@@ -109,7 +110,8 @@ class PollingSource:
         if self._etag:
             headers["If-None-Match"] = self._etag
         try:
-            with session.get(self.url, headers=headers, timeout=self._timeout, stream=True) as resp:
+            with session.get(self.url, headers=headers, timeout=self._timeout, stream=True,
+                             **self._options) as resp:
                 if resp.status_code == 304:
                     return None
                 if resp.status_code >= 400:

@@ -144,6 +144,8 @@ class StreamingSource:
         self.url = http.uri(config.stream_uri, "/all", config.payload_filter_key)
         self._headers = http.base_headers(config, instance_id)
         self._timeout = http.timeouts(config, read=_read_timeout)
+        self._options = http.request_options(config)
+        self._last_event_id: Optional[str] = None
         self._limit = int(config.max_stream_message_bytes)
         self._backoff = _backoff or http.Backoff(config.initial_reconnect_delay)
         self._stop = threading.Event()
@@ -201,7 +203,8 @@ class StreamingSource:
     def _connect_and_read(self, session: requests.Session) -> Optional[tuple]:
         """One connection: returns ``(error_info, recoverable)``, or ``None`` when stopped."""
         stream = _EventStream(self.url, limit=self._limit, session=session,
-                              timeout=self._timeout, headers=dict(self._headers))
+                              timeout=self._timeout, headers=dict(self._headers),
+                              latest_event_id=self._last_event_id, **self._options)
         with self._lock:
             if self._stop.is_set():
                 return None
@@ -225,6 +228,8 @@ class StreamingSource:
                 for message in stream:
                     if self._stop.is_set():
                         return None
+                    if message.last_event_id:
+                        self._last_event_id = message.last_event_id  # sent as Last-Event-Id
                     self._handle(message)
             except InvalidData as exc:
                 return http.error_info(http.INVALID_DATA, f"invalid stream data: {exc}"), True
