@@ -52,14 +52,17 @@ class Supervisor:
 
     :param config: the configuration in force.
     :param config_file: the TOML file it came from, re-read on SIGHUP.
+    :param overrides: settings given on the command line; they keep precedence on SIGHUP.
     """
 
     SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
     SIG_NAMES = {sig: sig.name[3:].lower() for sig in SIGNALS}
 
-    def __init__(self, config: Config, config_file: Optional[str] = None) -> None:
+    def __init__(self, config: Config, config_file: Optional[str] = None,
+                 overrides: Optional[Dict[str, Any]] = None) -> None:
         self.config = config
         self.config_file = config_file
+        self.overrides = dict(overrides or {})
         self.pid = os.getpid()
         self.sig_queue: List[int] = []
         self._wake_r, self._wake_w = -1, -1
@@ -76,8 +79,9 @@ class Supervisor:
         self.state_dir = ""
         self.socket_path = ""
         self._announced_generation = 0
+        self._last_publish: Optional[PublishResult] = None
+        self._last_stats: Optional[Dict[str, int]] = None
         self._ready = False
-        self._status_line = ""
         self._status_dirty = threading.Event()
         self.last_update_ms = 0
 
@@ -213,7 +217,7 @@ class Supervisor:
         """
         self.notifier.reloading()
         try:
-            new = Config(config_file=self.config_file)
+            new = Config(config_file=self.config_file, **self.overrides)
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded, keeping the old one: %s", exc)
             self.notifier.ready(self.status_text())
@@ -290,6 +294,7 @@ class Supervisor:
     def on_publish(self, result: PublishResult) -> None:
         """Publisher callback: persist live data and wake the loop to announce it."""
         self.last_update_ms = int(time.time() * 1000)
+        self._last_publish = result
         if not result.from_cache and self.lastgood is not None:
             self.lastgood.submit(result.flags, result.segments, result.source)
         self._status_dirty.set()
@@ -297,17 +302,13 @@ class Supervisor:
 
     def announce_publish(self) -> None:
         """Log new generations and send READY=1 after the first."""
-        generation = self.publisher.generation if self.publisher else 0
-        if generation == self._announced_generation:
+        result = self._last_publish
+        if result is None or result.generation == self._announced_generation:
             return
-        self._announced_generation = generation
-        pub = self.publisher
-        assert pub is not None
-        st = self.store.status()
-        log.info("published generation %d: %d flags, %d segments, %d bytes in %.1f ms "
-                 "(source %s)", generation, len(self.store.data()[1]),
-                 len(self.store.data()[2]), pub.last_size, pub.last_publish_seconds * 1000,
-                 st["source"])
+        self._announced_generation = result.generation
+        log.info("namespace %r: published generation %d: %d flags, %d segments, %d bytes in "
+                 "%.1f ms (source %s)", self.config.name, result.generation, len(result.flags),
+                 len(result.segments), result.size, result.seconds * 1000, result.source)
         if not self._ready:
             self._ready = True
             self.notifier.ready(self.status_text())
@@ -382,8 +383,9 @@ class Supervisor:
     def write_event_stats(self) -> None:
         """Publish the event counters beside the socket for ``shmflags status``."""
         counters = self.event_counters()
-        if counters is None or not self.socket_path:
+        if counters is None or not self.socket_path or counters == self._last_stats:
             return
+        self._last_stats = counters
         try:
             status.write_stats(self.socket_path, counters)
         except OSError as exc:
@@ -410,13 +412,20 @@ class Supervisor:
     # ------------------------------------------------------------------ status
 
     def write_status(self) -> None:
-        """Copy the store's status into the control block."""
+        """Copy the store's status into the control block.
+
+        Once something is published, ``source`` and ``from_cache`` describe the served
+        generation and are written with it by the publisher, not here; before that they name
+        the configured source, so ``status`` can say what the supervisor is waiting for.
+        """
         st = self.store.status()
         error = st["last_error"]
         if error is not None:  # the store keeps LD's Unix ms; the control block takes seconds
             error = dict(error, time=(error.get("time") or 0) / 1000.0 or None)
-        self.shm.set_status(st["state"], error=error, source=st["source"],
-                            from_cache=st["from_cache"], socket=self.socket_path)
+        published = self.publisher is not None and self.publisher.generation > 0
+        self.shm.set_status(st["state"], error=error, socket=self.socket_path,
+                            source=None if published else st["source"],
+                            from_cache=None if published else st["from_cache"])
 
     def report(self) -> Dict[str, Any]:
         """The ``/status`` object (as ``shmflags status --json``) plus internal counters."""
@@ -512,7 +521,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write(f"shmflags-supervisor: invalid configuration: {exc}\n")
         return EXIT_CONFIG
     logsetup.configure(config.log_format, config.log_level)
-    supervisor = Supervisor(config, args.config)
+    supervisor = Supervisor(config, args.config, overrides)
     code = supervisor.run()
     if code == EXIT_CONFIG:
         sys.stderr.write("shmflags-supervisor: invalid configuration, see the log\n")

@@ -64,7 +64,6 @@ class SnapshotPublisher:
         self.publishes = 0
         self.errors = 0
         self.last_publish_seconds = 0.0
-        self.last_size = 0
         self._callbacks: List[Callable[[PublishResult], None]] = []
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -121,7 +120,6 @@ class SnapshotPublisher:
         self.published_revision = revision
         self.publishes += 1
         self.last_publish_seconds = seconds
-        self.last_size = len(data)
         self._retry_delay = 0.0
         if self._store_error:
             self._store_error = False
