@@ -184,12 +184,14 @@ def error_description(status: int) -> str:
 
 
 def error_info(kind: str, message: str, status: int = 0) -> Dict[str, Any]:
-    """The ``error`` dict given to ``SourceSink.set_status`` (ld-protocol §10.1).
+    """The ``error`` dict given to ``SourceSink.set_status`` (ld-protocol §10.1); ``time`` is
+    epoch milliseconds, as the store and the file source use.
 
     :param kind: one of :data:`UNKNOWN`, :data:`NETWORK_ERROR`, :data:`ERROR_RESPONSE`,
         :data:`INVALID_DATA`, :data:`STORE_ERROR`.
     """
-    return {"kind": kind, "statusCode": int(status), "message": message, "time": time.time()}
+    return {"kind": kind, "statusCode": int(status), "message": message,
+            "time": int(time.time() * 1000)}
 
 
 class Backoff:

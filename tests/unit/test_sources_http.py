@@ -101,6 +101,8 @@ def test_error_info_shape() -> None:
     assert set(info) == {"kind", "statusCode", "message", "time"}
     assert info["kind"] == "ERROR_RESPONSE" and info["statusCode"] == 503
     assert http.error_info(http.NETWORK_ERROR, "x")["statusCode"] == 0
+    import time
+    assert abs(info["time"] - time.time() * 1000) < 5000  # epoch ms, like the store's
 
 
 # -- headers ---------------------------------------------------------------------------------
