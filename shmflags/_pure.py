@@ -17,11 +17,68 @@ from shmflags.snapshot.reader import SnapshotReader
 __all__ = ["Snapshot"]
 
 
+class _Entries:
+    """The decoded-object caches over one reader.
+
+    Kept apart from :class:`Snapshot` so that the evaluator's reference cycle
+    (``ModelBackend`` <-> ``Evaluator``) never contains the ``Snapshot``: dropping the last
+    reference to a Snapshot runs its ``__del__`` at once, which releases the buffer, so an
+    old generation is unmapped without waiting for the cyclic garbage collector.
+    """
+
+    def __init__(self, reader: SnapshotReader) -> None:
+        self.reader = reader
+        self.flags: Dict[str, Optional[Flag]] = {}
+        self.segments: Dict[str, Optional[Segment]] = {}
+        self.keys: Optional[List[str]] = None
+
+    def get_flag(self, key: Any) -> Optional[Flag]:
+        try:
+            return self.flags[key]
+        except KeyError:
+            pass
+        except TypeError:          # unhashable key
+            return None
+        flag: Optional[Flag] = None
+        try:
+            entry = self.reader.find_flag(key)
+            if entry is not None:
+                flag = parse_flag(self.reader.decode(entry))
+        except SnapshotFormatError:
+            flag = parse_flag(None)       # error set: evaluates as MALFORMED_FLAG
+            flag.key = key
+        self.flags[key] = flag
+        return flag
+
+    def get_segment(self, key: Any) -> Optional[Segment]:
+        try:
+            return self.segments[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return None
+        seg: Optional[Segment] = None
+        try:
+            entry = self.reader.find_segment(key)
+            if entry is not None:
+                seg = parse_segment(self.reader.decode(entry))
+        except SnapshotFormatError:
+            seg = parse_segment(None)
+            seg.key = key
+        self.segments[key] = seg
+        return seg
+
+    def flag_keys(self) -> List[str]:
+        if self.keys is None:
+            self.keys = [e.key for e in self.reader.flags()]
+        return self.keys
+
+
 class Snapshot:
     """A snapshot opened for evaluation (backend contract, docs/internals.md).
 
     :param buffer: the snapshot bytes (bytes, mmap, memoryview); kept referenced while the
-        object lives, never written.
+        object lives (and released when it is dropped), never written.
     :param big_segments: optional Big Segments provider for the evaluator.
     :raises SnapshotFormatError: the bytes are not a valid snapshot.
 
@@ -32,11 +89,17 @@ class Snapshot:
 
     def __init__(self, buffer: Any, big_segments: Any = None) -> None:
         self._reader = SnapshotReader(buffer)
-        self._flags: Dict[str, Optional[Flag]] = {}
-        self._segments: Dict[str, Optional[Segment]] = {}
-        self._keys: Optional[List[str]] = None
-        self._backend = ModelBackend(self._get_flag, self._get_segment, self.flag_keys,
-                                     big_segments)
+        self._entries = _Entries(self._reader)
+        self._backend = ModelBackend(self._entries.get_flag, self._entries.get_segment,
+                                     self._entries.flag_keys, big_segments)
+
+    def __del__(self) -> None:
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            try:
+                reader.release()
+            except (BufferError, ValueError):
+                pass    # a view handed out is still alive: it keeps the mapping
 
     # -- header ---------------------------------------------------------------------------------
 
@@ -57,44 +120,6 @@ class Snapshot:
     def payload_version(self) -> int:
         return self._reader.payload_version
 
-    # -- model objects, decoded once per Snapshot ------------------------------------------------
-
-    def _get_flag(self, key: Any) -> Optional[Flag]:
-        try:
-            return self._flags[key]
-        except KeyError:
-            pass
-        except TypeError:          # unhashable key
-            return None
-        flag: Optional[Flag] = None
-        try:
-            entry = self._reader.find_flag(key)
-            if entry is not None:
-                flag = parse_flag(self._reader.decode(entry))
-        except SnapshotFormatError:
-            flag = parse_flag(None)       # error set: evaluates as MALFORMED_FLAG
-            flag.key = key
-        self._flags[key] = flag
-        return flag
-
-    def _get_segment(self, key: Any) -> Optional[Segment]:
-        try:
-            return self._segments[key]
-        except KeyError:
-            pass
-        except TypeError:
-            return None
-        seg: Optional[Segment] = None
-        try:
-            entry = self._reader.find_segment(key)
-            if entry is not None:
-                seg = parse_segment(self._reader.decode(entry))
-        except SnapshotFormatError:
-            seg = parse_segment(None)
-            seg.key = key
-        self._segments[key] = seg
-        return seg
-
     # -- backend contract ------------------------------------------------------------------------
 
     def evaluate(self, key: str, context: Any) -> EvalTuple:
@@ -114,9 +139,7 @@ class Snapshot:
 
         :raises SnapshotFormatError: an order entry is out of bounds (hand-made bytes only).
         """
-        if self._keys is None:
-            self._keys = [e.key for e in self._reader.flags()]
-        return list(self._keys)
+        return list(self._entries.flag_keys())
 
     def segment_keys(self) -> List[str]:
         """Every segment key, sorted."""

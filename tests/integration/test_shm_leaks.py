@@ -1,0 +1,117 @@
+"""Leaks: 10^4 publish/switch cycles leave no stale objects in /dev/shm, and a reader process
+that switched every time has no more mappings, file descriptors or RSS than after warm-up.
+
+``SHMFLAGS_LEAK_CYCLES`` sets the cycle count (default 10^4).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+from shmflags import shm
+from shmflags.snapshot.builder import SnapshotBuilder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CYCLES = int(float(os.environ.get("SHMFLAGS_LEAK_CYCLES", "1e4")))
+
+READER = textwrap.dedent("""
+    import json, os, sys
+    sys.path.insert(0, {root!r})
+    from shmflags import shm
+    from shmflags._pure import Snapshot
+    from shmflags.context import Context
+
+    def usage():
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for line in f if "/dev/shm/shmflags." in line)
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {{"shm_maps": maps, "fds": len(os.listdir("/proc/self/fd")), "rss": rss}}
+
+    att = shm.Attachment({name!r})
+    ctx = Context.create("user-1")
+    for line in sys.stdin:
+        gen = int(line)
+        if gen == 0:
+            break
+        snap = Snapshot(att.snapshot_buffer())
+        ok = snap.generation == gen == att.mapped_generation
+        value = snap.evaluate("f0", ctx)[0]
+        ok = ok and value == gen
+        del snap
+        out = dict(usage(), ok=ok) if gen % 500 == 0 else {{"ok": ok}}
+        sys.stdout.write(json.dumps(out) + "\\n")
+        sys.stdout.flush()
+    att.close()
+    sys.stdout.write(json.dumps(dict(usage(), closed=True)) + "\\n")
+""")
+
+
+def _snap(builder: SnapshotBuilder, gen: int) -> bytes:
+    flags = {f"f{i}": {"key": f"f{i}", "version": gen, "on": True, "variations": [gen],
+                       "fallthrough": {"variation": 0}} for i in range(20)}
+    return builder.build(flags, {})
+
+
+def test_publish_switch_cycles_do_not_leak():
+    name = f"leak-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    builder = SnapshotBuilder()
+    pub = shm.Publisher(name, grace=0.0)
+    reader = subprocess.Popen([sys.executable, "-c", READER.format(root=ROOT, name=name)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    samples = []
+    try:
+        started = time.monotonic()
+        for _ in range(CYCLES):
+            gen = pub.publish(_snap(builder, pub.generation + 1))
+            reader.stdin.write(f"{gen}\n")
+            reader.stdin.flush()
+            reply = json.loads(reader.stdout.readline())
+            assert reply["ok"], f"reader saw the wrong generation at {gen}"
+            if "rss" in reply:
+                samples.append(reply)
+            if gen % 1000 == 0:
+                # Superseded generations are unlinked as soon as their (zero) grace is over.
+                assert shm.list_objects(name) == (True, [gen])
+        elapsed = time.monotonic() - started
+        reader.stdin.write("0\n")
+        reader.stdin.flush()
+        final = json.loads(reader.stdout.readline())
+        reader.wait(timeout=30)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+        pub.close()
+        left = shm.list_objects(name)
+        shm.cleanup(name)
+    print(f"\n{CYCLES} cycles in {elapsed:.1f} s; first {samples[0]}, last {samples[-1]}")
+    assert left == (True, [CYCLES])
+    warm, last = samples[1], samples[-1]
+    assert last["shm_maps"] <= 2          # control block + the current generation
+    assert last["shm_maps"] <= warm["shm_maps"]
+    assert last["fds"] <= warm["fds"]
+    assert last["rss"] - warm["rss"] < 4 * 1024 * 1024, (warm, last)
+    assert final["closed"] and final["shm_maps"] == 0
+
+
+def test_grace_period_objects_are_all_reaped():
+    name = f"leak-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    builder = SnapshotBuilder(use_default_compilers=False)
+    try:
+        with shm.Publisher(name, grace=3600) as pub:
+            for g in range(1, 301):
+                pub.publish(_snap(builder, g))
+            assert shm.list_objects(name) == (True, list(range(1, 301)))
+            assert len(pub.pending()) == 299
+            pub.reap(now=time.monotonic() + 3601)
+            assert shm.list_objects(name) == (True, [300])
+            assert pub.pending() == []
+    finally:
+        shm.cleanup(name)
+    assert shm.list_objects(name) == (False, [])
