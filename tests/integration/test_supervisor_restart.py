@@ -50,7 +50,7 @@ def serve_file_then_kill9(h: Harness, tmp_path: Path) -> int:
 def test_restart_after_kill9_serves_last_good_within_2s_from_cache(h, tmp_path):
     old_generation = serve_file_then_kill9(h, tmp_path)
     started = time.monotonic()
-    sup = h.start(env=unreachable_ld())
+    sup = h.start(env={**unreachable_ld(), "SHMFLAGS_GENERATION_GRACE": "0.5"})
     wait_for(lambda: h.ctl()["supervisor_pid"] == sup.pid and h.ctl()["generation"]
              > old_generation, 2.0)
     assert time.monotonic() - started < 2.0
@@ -61,6 +61,8 @@ def test_restart_after_kill9_serves_last_good_within_2s_from_cache(h, tmp_path):
     assert status["supervisor_pid"] == sup.pid
     assert status["generation"] > old_generation
     assert "last-known-good" in sup.log()
+    # What the dead supervisor left is unlinked after the grace period; the new one serves.
+    wait_for(lambda: shm.list_objects(h.name)[1] == [status["generation"]], 3.0)
 
 
 def test_offline_mode_serves_last_good_and_is_off(h, tmp_path):
