@@ -204,3 +204,39 @@ def test_fuzz_junk_is_counted_and_valid_datagrams_still_delivered(tmp_path):
     assert counters["invalid"] == junk_count
     assert counters["received"] == valid_count
     assert summary_total(fake) == {"fuzz": valid_count}
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys, time
+    from shmflags.config import Config
+    from shmflags.context import Context
+    from shmflags.events.recorder import EventRecorder
+    sock, flushed, unflushed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    rec = EventRecorder(Config(socket=sock, flush_interval=0.2))
+    ctx = Context.create("killed")
+    t = (True, 1, {"kind": "FALLTHROUGH"}, (1, 0, None, None), ())
+    for _ in range(flushed):
+        rec.record_evaluation("before", ctx, t, False, False)
+    time.sleep(1.0)   # the daemon thread flushes this window
+    for _ in range(unflushed):
+        rec.record_evaluation("after", ctx, t, False, False)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_kill_9_loses_at_most_the_unflushed_window(tmp_path):
+    with FakeLD(heartbeat_interval=None) as fake:
+        config = _config(fake, tmp_path)
+        service = EventService(config)
+        service.start()
+        try:
+            env = dict(os.environ, PYTHONPATH=ROOT)
+            child = subprocess.Popen([sys.executable, "-c", KILLED, config.socket_path,
+                                      "3000", "500"], env=env, cwd=ROOT)
+            assert child.wait(timeout=60) == -9
+            service.flush()
+        finally:
+            service.stop(flush=True)
+        totals = summary_total(fake)
+    assert totals.get("before") == 3000
+    assert totals.get("after", 0) < 500
