@@ -127,13 +127,18 @@ def save(path: str, data: bytes) -> None:
 class Writer:
     """Writes the newest data handed to :meth:`submit` from a background thread.
 
-    Submissions that arrive while a write is in progress are coalesced: only the latest is
-    written next, so a burst of publishes costs one or two writes and the file is at most one
-    write behind (well within the 1 s promise of DESIGN §12).
+    Submissions that arrive while a write is in progress, or within ``min_interval`` of the
+    previous write, are coalesced: only the latest is written next. A burst of publishes (a
+    busy stream) thus costs at most two writes a second, and the file is never more than
+    ``min_interval`` plus one write behind the last publish (the 1 s promise of DESIGN §12).
+
+    :param path: the file.
+    :param min_interval: seconds between the starts of two writes.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, min_interval: float = 0.5) -> None:
         self.path = path
+        self.min_interval = min_interval
         self._cond = threading.Condition()
         self._pending: Optional[tuple] = None
         self._stopping = False
@@ -161,13 +166,17 @@ class Writer:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        next_write = 0.0
         while True:
             with self._cond:
-                while self._pending is None and not self._stopping:
-                    self._cond.wait()
+                while not self._stopping and (self._pending is None
+                                              or time.monotonic() < next_write):
+                    wait = None if self._pending is None else next_write - time.monotonic()
+                    self._cond.wait(wait)
                 job, self._pending = self._pending, None
                 if job is None:
                     return
+            next_write = time.monotonic() + self.min_interval
             self._write(*job)
 
     def _write(self, flags: Dict[str, Any], segments: Dict[str, Any], source: str) -> None:

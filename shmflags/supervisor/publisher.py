@@ -92,6 +92,8 @@ class SnapshotPublisher:
     def publish_once(self) -> bool:
         """Build and publish the store's current data now; returns whether it was published."""
         revision, flags, segments = self.store.data()
+        # Read after the data: a live init in between labels this cached data "live" for one
+        # publish at most, and the newer revision it brought is published right after.
         status = self.store.status()
         started = time.monotonic()
         try:

@@ -274,3 +274,22 @@ def test_read_report_of_absent_namespace():
     report = status.read_report(f"absent-{os.getpid()}")
     assert report["serving"] is False and report["state"] is None
     assert "does not exist" in report["last_error"]["message"]
+
+
+def test_lastgood_writer_rate_limited_but_within_one_second(tmp_path):
+    path = lastgood.path_for(str(tmp_path), "ns")
+    writer = lastgood.Writer(path, min_interval=0.5)
+    writer.start()
+    try:
+        started = time.monotonic()
+        deadline = started + 1.2
+        i = 0
+        while time.monotonic() < deadline:
+            writer.submit({"f": {"key": "f", "version": i}}, {}, "streaming")
+            i += 1
+            time.sleep(0.01)
+        last = i - 1
+        wait(lambda: lastgood.load(path).flags["f"]["version"] == last, timeout=1.0)
+        assert writer.writes <= 4  # about two a second, not one per submit
+    finally:
+        writer.stop()
