@@ -144,3 +144,23 @@ def test_sighup_reloads_files(h, tmp_path):
     wait_for(lambda: h.ctl()["generation"] > generation, 2.0)
     wait_for(lambda: "SIGHUP: configuration reloaded" in sup.log(), 2.0)
     assert sup.proc.poll() is None
+
+
+def test_sighup_rereads_config_file_and_switches_files(h, tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    write_flags(a, "from-a")
+    write_flags(b, "from-b")
+    config = tmp_path / "shmflags.toml"
+    config.write_text(f'data_file = ["{a}"]\n')
+    sup = h.start("--config", str(config))
+    wait_for(lambda: h.flag_value("color") == "from-a", 10)
+    config.write_text(f'data_file = ["{b}"]\nlog_level = "DEBUG"\n')
+    sup.signal(signal.SIGHUP)
+    wait_for(lambda: h.flag_value("color") == "from-b", 3.0)
+    assert "changed: data_file, log_level" in sup.log()
+    config.write_text('data_file = 12\n')  # invalid: logged, old configuration kept
+    sup.signal(signal.SIGHUP)
+    wait_for(lambda: "configuration not reloaded" in sup.log(), 3.0)
+    write_flags(b, "still-b")
+    wait_for(lambda: h.flag_value("color") == "still-b", 2.0)
+    assert sup.proc.poll() is None
