@@ -253,3 +253,48 @@ def test_headers_match_ldclient_shape(tmp_path):
     assert headers["x-launchdarkly-wrapper"].startswith("shmflags/")
     assert headers["content-type"] == "application/json"
     assert len(headers["x-launchdarkly-payload-id"]) == 36
+
+
+def test_migration_op_event_passes_through_like_ldclient(tmp_path):
+    from datetime import timedelta
+
+    from ldclient.migrations import Operation, Origin, Stage
+
+    flag_data = {"mig": _flag("mig", variations=["off", "dualwrite", "shadow"],
+                              fallthrough={"variation": 2}, samplingRatio=1)}
+    ctx = {"kind": "user", "key": "m-1", "anonymous": True, "name": "hidden"}
+    with FakeLD(heartbeat_interval=None) as ld_sink, FakeLD(heartbeat_interval=None) as sf_sink:
+        store = InMemoryFeatureStore()
+        store.init({FEATURES: copy.deepcopy(flag_data), SEGMENTS: {}})
+        client = ldclient.LDClient(LDConfig(
+            SDK_KEY, events_uri=ld_sink.url, use_ldd=True, feature_store=store,
+            flush_interval=60, diagnostic_opt_out=True))
+        try:
+            _, tracker = client.migration_variation("mig", ldclient.Context.from_dict(ctx),
+                                                    Stage.OFF)
+            tracker.operation(Operation.READ)
+            tracker.invoked(Origin.OLD)
+            tracker.invoked(Origin.NEW)
+            tracker.latency(Origin.OLD, timedelta(milliseconds=5))
+            client.track_migration_op(tracker)
+            client.flush()
+        finally:
+            client.close()
+        (ld_event,) = [e for p in bodies(ld_sink) for e in p if e["kind"] == "migration_op"]
+
+        config = Config(sdk_key=SDK_KEY, events_uri=sf_sink.url,
+                        socket=str(tmp_path / "ev.sock"), flush_interval=60,
+                        diagnostic_opt_out=True)
+        service = EventService(config)
+        service.start()
+        try:
+            recorder = EventRecorder(config)
+            recorder.record_migration_op(dict(ld_event, context=ctx))  # unredacted, as the client
+            recorder.close()
+            service.flush()
+        finally:
+            service.stop()
+        sf_events = [e for p in bodies(sf_sink) for e in p]
+    assert [e["kind"] for e in sf_events] == ["migration_op"]  # primes the LRU, no index
+    assert sf_events[0] == ld_event
+    assert sf_events[0]["context"]["_meta"] == {"redactedAttributes": ["name"]}
