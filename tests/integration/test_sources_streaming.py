@@ -308,3 +308,20 @@ def test_last_event_id_is_sent_on_reconnect(fake: FakeLD, sink: RecordingSink) -
         assert reqs[1].headers["Last-Event-Id"] == "ev-42"
     finally:
         src.stop()
+
+
+def test_stream_inits_reported_for_diagnostics(fake: FakeLD, sink: RecordingSink) -> None:
+    fake.respond_with(503, path="/all", times=1)
+    src = make(fake, sink)
+    inits = []
+    src.on_stream_init = lambda ts, ms, failed: inits.append((ts, ms, failed))
+    src.start()
+    try:
+        assert sink.wait_count("init", 1)
+        assert fake.wait_for_streams(1)
+        fake.push("patch", {"path": "/flags/f1", "data": flag("f1", 2)})
+        assert sink.wait_count("upsert", 1)
+    finally:
+        src.stop()
+    assert [f for _, _, f in inits] == [True, False]  # one failed attempt, one good one
+    assert all(abs(ts - time.time() * 1000) < 10000 and 0 <= ms < 5000 for ts, ms, _ in inits)

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterator, Optional
+import time
+from typing import Any, Callable, Iterator, Optional
 
 import requests
 from requests_sse import EventSource, InvalidContentTypeError, InvalidStatusCodeError, MessageEvent
@@ -154,6 +155,10 @@ class StreamingSource:
         self._thread: Optional[threading.Thread] = None
         #: connection attempts made so far (for tests and metrics)
         self.attempts = 0
+        #: called as ``on_stream_init(timestamp_ms, duration_ms, failed)`` once per connection
+        #: attempt, when its first ``put`` arrives or it fails (diagnostic ``streamInits``)
+        self.on_stream_init: Optional[Callable[[int, int, bool], None]] = None
+        self._attempt_started: Optional[float] = None
 
     # -- Source ----------------------------------------------------------------------------
 
@@ -190,6 +195,7 @@ class StreamingSource:
                 if error is None or self._stop.is_set():
                     break
                 info, recoverable = error
+                self._report_init(failed=True)
                 if not recoverable:
                     log.error("%s for stream connection - giving up permanently", info["message"])
                     self._sink.set_status("OFF", info)
@@ -210,6 +216,7 @@ class StreamingSource:
                 return None
             self._current = stream
         self.attempts += 1
+        self._attempt_started = time.monotonic()
         try:
             try:
                 stream.connect()
@@ -256,6 +263,7 @@ class StreamingSource:
             log.debug("put: %d flags, %d segments", len(flags), len(segments))
             self._call("init", flags, segments)
             self._sink.set_status("VALID")
+            self._report_init(failed=False)
         elif event == "patch":
             patch = parse_patch(data)
             if patch is None:
@@ -270,6 +278,16 @@ class StreamingSource:
             self._call("delete", *delete)
         else:
             log.debug("ignoring stream event %r", event)
+
+    def _report_init(self, failed: bool) -> None:
+        started, self._attempt_started = self._attempt_started, None
+        callback = self.on_stream_init
+        if started is None or callback is None:
+            return
+        try:
+            callback(int(time.time() * 1000), int((time.monotonic() - started) * 1000), failed)
+        except Exception:  # noqa: BLE001 - diagnostics must not break the stream
+            log.exception("on_stream_init callback failed")
 
     def _call(self, method: str, *args: Any) -> None:
         try:
