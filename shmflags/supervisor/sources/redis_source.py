@@ -22,6 +22,8 @@ import logging
 import threading
 from typing import Any, Dict, Optional, Tuple
 
+import redis  # optional dependency (shmflags[redis]); this module is imported only when used
+
 from shmflags.config import Config
 from shmflags.supervisor import http
 from shmflags.supervisor.sources import SourceSink
@@ -42,13 +44,8 @@ def redis_keys(prefix: Optional[str]) -> Dict[str, str]:
     return {"flags": f"{p}:features", "segments": f"{p}:segments", "inited": f"{p}:{INITED_SUFFIX}"}
 
 
-def connect(config: Config) -> Any:
-    """A ``redis.Redis`` client for ``config.redis_url`` with the HTTP timeouts.
-
-    :raises ImportError: when the ``redis`` package is missing (``pip install shmflags[redis]``).
-    """
-    import redis  # optional dependency: imported only when a Redis part is configured
-
+def connect(config: Config) -> "redis.Redis":
+    """A ``redis.Redis`` client for ``config.redis_url`` with the HTTP timeouts (no I/O yet)."""
     url = config.redis_url or "redis://localhost:6379/0"
     return redis.Redis.from_url(url, socket_connect_timeout=config.http_connect_timeout,
                                 socket_timeout=config.http_read_timeout)
@@ -186,10 +183,6 @@ class RedisSource:
 
 def _classify(exc: Exception) -> Dict[str, Any]:
     """NETWORK_ERROR for connection problems and timeouts, STORE_ERROR for the rest."""
-    try:
-        import redis
-        network = (redis.ConnectionError, redis.TimeoutError, OSError)
-    except ImportError:  # pragma: no cover - connect() already failed with ImportError
-        network = (OSError,)
+    network = (redis.ConnectionError, redis.TimeoutError, OSError)
     kind = http.NETWORK_ERROR if isinstance(exc, network) else http.STORE_ERROR
     return http.error_info(kind, f"Redis: {exc}")

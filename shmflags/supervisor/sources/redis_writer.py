@@ -32,6 +32,8 @@ import logging
 import threading
 from typing import Any, Dict, Optional, Set, Tuple
 
+import redis  # optional dependency (shmflags[redis]); this module is imported only when used
+
 from shmflags.config import Config
 from shmflags.supervisor.sources.redis_source import connect, redis_keys
 
@@ -169,8 +171,6 @@ class RedisWriter:
 
         :raises RuntimeError: after :data:`MAX_UPSERT_RETRIES` ``WATCH`` conflicts in a row.
         """
-        import redis
-
         hash_key, key = self._keys[kind], item["key"]
         for _ in range(MAX_UPSERT_RETRIES):
             with self._redis().pipeline(transaction=True) as pipe:
