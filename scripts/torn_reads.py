@@ -54,7 +54,7 @@ def expected_message(counter: int) -> str:
 
 def writer(name: str, publish_every: int) -> None:
     """Publish and rewrite status until stdin closes. Runs in its own process."""
-    builder = SnapshotBuilder(use_default_compilers=False)
+    builder = SnapshotBuilder()         # with compiled records, so the C reader can open it
     pub = shm.Publisher(name, grace=0.05)
     counter = 0
     try:

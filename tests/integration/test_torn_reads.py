@@ -1,7 +1,8 @@
 """Torn reads: a writer switching generations and rewriting status continuously while reader
 processes read the control block under the seqlock. Every read must be self-consistent.
 
-``SHMFLAGS_TORN_READS`` sets the number of reads (default 10^7, about 20-40 s on two cores);
+``SHMFLAGS_TORN_READS`` sets the number of reads (default 10^7, about 20-40 s on two idle
+cores), ``SHMFLAGS_TORN_BACKEND`` the backend that opens the mapped snapshots (python, c);
 ``scripts/torn_reads.py`` runs 10^8 by hand.
 """
 from __future__ import annotations
@@ -16,11 +17,12 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import torn_reads  # noqa: E402
 
 READS = int(float(os.environ.get("SHMFLAGS_TORN_READS", "1e7")))
+BACKEND = os.environ.get("SHMFLAGS_TORN_BACKEND", "python")   # snapshot opener: python | c
 
 
 @pytest.mark.slow
 def test_no_torn_reads_under_continuous_publishing():
-    res = torn_reads.run(READS, readers=2, backend="python", timeout=900)
+    res = torn_reads.run(READS, readers=2, backend=BACKEND, timeout=900)
     print("\ntorn reads:", res)
     assert res["reads"] >= READS
     assert res["inconsistent"] == 0
