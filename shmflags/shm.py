@@ -286,6 +286,13 @@ class Publisher:
             os.fchown(fd, -1, self._gid)
 
     def _open_control(self, force: bool) -> None:
+        try:
+            self._open_control_once(force)
+        except posix_ipc.Error as exc:
+            raise SnapshotError(f"cannot open or create {ctl_name(self.name)}: "
+                                f"{type(exc).__name__}: {exc}") from None
+
+    def _open_control_once(self, force: bool) -> None:
         cname = ctl_name(self.name)
         for _attempt in range(3):
             try:
@@ -483,11 +490,14 @@ class Publisher:
 
     def _create_object(self, name: str, gen: int, mv: memoryview, total: int) -> None:
         try:
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
-        except posix_ipc.ExistentialError:
-            # Above the current generation, so never announced: a crashed publish left it.
-            _unlink(name)
-            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
+            try:
+                shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
+            except posix_ipc.ExistentialError:
+                # Above the current generation, so never announced: a crashed publish left it.
+                _unlink(name)
+                shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
+        except posix_ipc.Error as exc:
+            raise SnapshotError(f"cannot create {name}: {type(exc).__name__}: {exc}") from None
         fd = shm.fd
         try:
             self._fix_perms(fd)
