@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from shmflags.config import Config
+from shmflags.config import SETTINGS, Config
 from shmflags.errors import ConfigError, SnapshotError, SupervisorHalt
 from shmflags.supervisor import lastgood, logsetup, status
 from shmflags.supervisor.lock import NamespaceLock, NamespaceLocked
@@ -40,6 +40,18 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 EXIT_LOCKED = 3
+
+#: Settings a SIGHUP cannot apply to a running supervisor (logged when they change).
+RESTART_SETTINGS = frozenset({
+    "name", "state_dir", "socket", "socket_mode", "shm_mode", "shm_group", "generation_grace",
+    "send_events", "events_uri", "flush_interval", "events_max_pending", "private_attributes",
+    "all_attributes_private", "context_keys_capacity", "context_keys_flush_interval",
+    "diagnostic_opt_out", "diagnostic_recording_interval", "enable_event_compression",
+    "omit_anonymous_contexts", "redis_write"})
+#: Settings whose change does not need the data source restarted on SIGHUP.
+NOT_SOURCE_SETTINGS = RESTART_SETTINGS | frozenset(
+    {"log_format", "log_level", "metrics_addr"}
+    | {s.name for s in SETTINGS if s.reads == "worker"})
 
 #: Seconds between heartbeats (DESIGN §12).
 TICK = 1.0
@@ -228,10 +240,9 @@ class Supervisor:
                          if old.as_dict(redact=False).get(k) != v)
         log.info("SIGHUP: configuration reloaded%s",
                  f" (changed: {', '.join(changed)})" if changed else "")
-        for fixed in ("name", "state_dir", "socket", "shm_mode", "shm_group"):
-            if fixed in changed:
-                log.warning("SIGHUP: %s changes only take effect on restart", fixed)
-        if changed and set(changed) - {"log_format", "log_level", "metrics_addr"}:
+        for name in sorted(set(changed) & RESTART_SETTINGS):
+            log.warning("SIGHUP: a change of %s takes effect on restart only", name)
+        if set(changed) - NOT_SOURCE_SETTINGS:
             self.stop_source()
             self.store.set_source(source_name(new))
             self.start_source()
@@ -430,9 +441,9 @@ class Supervisor:
     def report(self) -> Dict[str, Any]:
         """The ``/status`` object (as ``shmflags status --json``) plus internal counters."""
         doc = status.read_report(self.config.name)
-        if doc.get("events") is not None and self.event_counters() is not None:
-            doc["events"] = {k: self.event_counters().get(k, 0)  # type: ignore[union-attr]
-                             for k in status.EVENT_COUNTERS}
+        counters = self.event_counters()
+        if doc.get("events") is not None and counters is not None:  # fresher than the file
+            doc["events"] = {k: counters.get(k, 0) for k in status.EVENT_COUNTERS}
         pub = self.publisher
         doc["supervisor"] = {
             "publishes": pub.publishes if pub else 0,
@@ -464,7 +475,6 @@ def prepare_state_dir(config: Config) -> str:
 
     :raises SupervisorHalt: (exit 2) when a configured directory is unusable.
     """
-    from shmflags.config import SETTINGS
     default = next(s.default for s in SETTINGS if s.name == "state_dir")
     path = config.state_dir
     try:
