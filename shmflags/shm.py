@@ -724,6 +724,9 @@ class Attachment:
         finally:
             shm.close_fd()
         magic, form, size = struct.unpack_from("<8sII", mm, 0)
+        if magic == b"\0" * 8:
+            mm.close()     # the supervisor writes the magic last, once every field is set
+            raise SnapshotUnavailable(f"{cname} is being created; try again")
         if magic != fmt.CTL_MAGIC or form != fmt.CTL_FORMAT_WORD or size != fmt.CTL_SIZE:
             mm.close()
             raise SnapshotFormatError(

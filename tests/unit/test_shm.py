@@ -422,3 +422,19 @@ def test_replaced_detects_recreated_namespace(ns):
     with shm.Publisher(ns):
         assert att.replaced() is True
     att.close()
+
+
+def test_control_block_being_created_is_unavailable_not_corrupt(ns):
+    o = posix_ipc.SharedMemory(shm.ctl_name(ns), posix_ipc.O_CREX, size=fmt.CTL_SIZE)
+    o.close_fd()
+    with pytest.raises(SnapshotUnavailable, match="being created"):
+        shm.Attachment(ns)
+    fd = os.open(_shm_path(shm.ctl_name(ns)), os.O_RDWR)
+    os.pwrite(fd, b"NOTSHMFL", 0)
+    os.close(fd)
+    with pytest.raises(SnapshotFormatError, match="expected magic"):
+        shm.Attachment(ns)
+    # A supervisor replaces a foreign control block rather than failing.
+    with shm.Publisher(ns) as pub:
+        assert pub.publish(_snap()) == 1
+    assert shm.Attachment(ns).generation() == 1
