@@ -335,6 +335,9 @@ class Supervisor:
             self.store.set_status("OFF", {"kind": "UNKNOWN", "statusCode": 0,
                                           "message": f"source unavailable: {exc}"})
             return
+        if self.events is not None and hasattr(self.source, "on_stream_init"):
+            # Diagnostic events report each stream connection (ldclient's streamInits).
+            self.source.on_stream_init = self.events.record_stream_init  # type: ignore[attr-defined]
         self.source.start()
 
     def stop_source(self) -> None:
