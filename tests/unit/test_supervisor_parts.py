@@ -293,3 +293,21 @@ def test_lastgood_writer_rate_limited_but_within_one_second(tmp_path):
         assert writer.writes <= 4  # about two a second, not one per submit
     finally:
         writer.stop()
+
+
+def test_file_source_missing_at_start_then_created_is_loaded(tmp_path):
+    path = tmp_path / "later.yaml"
+    store = Store()
+    source = FileSource(Config(environ={}, data_file=[str(path)]), store)
+    source.start()
+    try:
+        wait(lambda: store.status()["last_error"] is not None)
+        assert store.status()["state"] == "INITIALIZING"  # errors before success: ldclient
+        assert "cannot read flag file" in store.status()["last_error"]["message"]
+        tmp = tmp_path / "later.yaml.tmp"
+        tmp.write_text("flagValues: {x: 1}\n")
+        tmp.replace(path)
+        wait(lambda: store.get("flags", "x") is not None, timeout=1.0)
+        assert store.status()["state"] == "VALID"
+    finally:
+        source.stop()
