@@ -8,12 +8,7 @@ streaming; otherwise polling. Network sources are imported only when chosen.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Dict, Optional
-
-try:  # typing.Protocol is 3.8+; the package supports 3.9+
-    from typing import Protocol
-except ImportError:  # pragma: no cover
-    Protocol = object  # type: ignore[assignment,misc]
+from typing import Any, Dict, Optional, Protocol
 
 from shmflags.config import Config
 
