@@ -438,3 +438,23 @@ def test_control_block_being_created_is_unavailable_not_corrupt(ns):
     with shm.Publisher(ns) as pub:
         assert pub.publish(_snap()) == 1
     assert shm.Attachment(ns).generation() == 1
+
+
+def test_seq_is_odd_inside_every_write_section_and_even_outside(ns):
+    with shm.Publisher(ns) as pub:
+        att = shm.Attachment(ns)
+        seen = []
+        pub._write(lambda: seen.append(att._words[fmt.CTL_WORD_SEQ]))
+        assert len(seen) == 1 and seen[0] % 2 == 1
+        before = att._words[fmt.CTL_WORD_SEQ]
+        assert before % 2 == 0 and before == seen[0] + 1
+        pub.publish(_snap())
+        pub.set_status("VALID")
+        pub.heartbeat()
+        after = att._words[fmt.CTL_WORD_SEQ]
+        assert after == before + 6          # three write sections, two increments each
+        assert att.generation() == att.control().generation == 1
+        with pytest.raises(ValueError):
+            att.control_bytes(0, fmt.CTL_SIZE + 1)
+        assert att.control_bytes(24, 32) == struct.pack("<Q", 1)
+        att.close()
