@@ -8,8 +8,10 @@ LaunchDarkly's rules require are kept in memory and sent as datagrams (see
 flush too), on :meth:`EventRecorder.flush` and at exit.
 
 Fork safety: the recorder remembers the pid whose data it holds. ``os.register_at_fork``
-resets a child at once; without that hook (a fork from C) the pid is compared on every flush
-check, on every full event and on every new context, and the child then starts empty.
+resets a child at once; without that hook (a fork from C that skips CPython's handlers) the
+pid is compared before every flush and on the non-evaluation calls (``getpid`` is a system
+call, so evaluations do not check it): the child then drops the inherited window, with what
+it recorded itself until then, and never sends the parent's data.
 """
 from __future__ import annotations
 
@@ -143,7 +145,6 @@ class EventRecorder:
         fq = context.fully_qualified_key
         entry = self._contexts.get(fq)
         if entry is None:
-            self._check_pid()
             if self._thread is None:
                 self._start_thread()
             entry = [context.to_dict(), int(now * 1000), count, index, _kinds_of(context),
@@ -278,7 +279,6 @@ class EventRecorder:
         debug = debug_until is not None and debug_until > now_ms
         if not (bits & 3 or debug):
             return False
-        self._check_pid()
         event: Dict[str, Any] = {"kind": "feature", "creationDate": now_ms, "key": key,
                                  "value": value, "default": default, "version": version}
         if variation is not None:
@@ -439,6 +439,7 @@ class EventRecorder:
             lock.release()
 
     def _flush_locked(self, block: bool) -> bool:
+        self._check_pid()  # never send a window inherited from the parent
         start, end, dropped, summary, contexts, events, seq = self._take()
         if not (summary or contexts or events or dropped):
             return True

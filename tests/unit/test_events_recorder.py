@@ -284,6 +284,9 @@ def test_pid_change_without_fork_hook_resets(sink):
     rec.record_evaluation("f", U1, (True, 1, FALLTHROUGH, info(), ()), False, False)
     rec._pid = 1  # as if this process were a child forked without the at-fork hook
     rec.record_evaluation("g", ORG, (True, 1, FALLTHROUGH, info(1, 1), ()), False, False)
+    rec.flush()  # detects the new pid: the inherited window ("f") is never sent
+    assert sink.read() == []
+    rec.record_evaluation("h", ORG, (True, 1, FALLTHROUGH, info(1, 1), ()), False, False)
     rec.flush()
     got = sink.read()
-    assert set(summary_of(got)) == {"g"}
+    assert set(summary_of(got)) == {"h"} and all(d["pid"] == os.getpid() for d in got)
