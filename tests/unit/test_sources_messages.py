@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, List
 
 import pytest
 import requests_sse
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shmflags.supervisor.sources._messages import (
     InvalidData, parse_all_data, parse_delete, parse_patch, parse_path, parse_put)
@@ -148,3 +151,39 @@ def test_requests_sse_internals_we_rely_on() -> None:
     src._data_generator = iter([b"event: put", b'data: {"a":', b"data: 1}", b""])
     msg = next(src)
     assert (msg.type, msg.data) == ("put", '{"a":\n1}')
+
+
+def _reference_lines(data: bytes) -> List[bytes]:
+    """SSE line splitting done the obvious way on the whole input."""
+    text = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    out = text.split(b"\n")
+    if out and out[-1] == b"":
+        out.pop()
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r", b"\r\n", b"data: x", b""]),
+                     max_size=40).map(b"".join),
+       cuts=st.lists(st.integers(min_value=1, max_value=7), max_size=40))
+def test_lines_independent_of_chunking(data: bytes, cuts: List[int]) -> None:
+    chunks, pos = [], 0
+    for c in cuts:
+        if pos >= len(data):
+            break
+        chunks.append(data[pos:pos + c])
+        pos += c
+    if pos < len(data):
+        chunks.append(data[pos:])
+    assert lines(chunks, limit=10_000) == _reference_lines(data)
+
+
+def test_long_line_is_read_in_linear_time() -> None:
+    size = 32 * 1024 * 1024
+    body = b"data: " + b"x" * size + b"\n\n"
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)]
+    start = time.perf_counter()
+    got = lines(chunks, limit=size + 100)
+    elapsed = time.perf_counter() - start
+    assert len(got[0]) == size + 6 and got[1] == b""
+    assert elapsed < 2.0, elapsed  # quadratic joining would take minutes

@@ -55,43 +55,57 @@ class MessageTooLarge(Exception):
 def bounded_lines(raw: Any, limit: int) -> Iterator[bytes]:
     """Yield SSE lines (without terminators) from a urllib3 response, as bytes arrive.
 
-    Lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (the SSE grammar). The bytes of the current
-    message (every line since the last blank one, plus any unterminated tail) are counted;
-    beyond ``limit`` :class:`MessageTooLarge` is raised, so memory stays bounded.
+    Lines end with ``\\n``, ``\\r\\n`` or ``\\r`` (the SSE grammar). A long line (a ``put``
+    is one ``data:`` line of many megabytes) is collected as a list of chunks and joined
+    once, so reading it is linear. The bytes of the current message (every line since the last
+    blank one, plus the unterminated tail) are counted; beyond ``limit``
+    :class:`MessageTooLarge` is raised, so memory stays bounded.
 
     :raises StreamClosed: at the end of the body.
     """
-    buf = b""
-    message = 0
+    parts: list = []      # pieces of the current, unterminated line
+    pending = 0           # bytes in parts
+    message = 0           # bytes of the current message's complete lines
+    skip_lf = False       # the last line ended with \r: a \n right after it belongs to it
     while True:
         chunk = raw.read1(_READ_SIZE, decode_content=True)
         if not chunk:
-            if buf:
-                yield buf[:-1] if buf.endswith(b"\r") else buf
+            if parts:
+                yield b"".join(parts)
             raise StreamClosed("the server closed the stream connection")
-        buf += chunk
-        start = 0
-        n = len(buf)
+        start, n = 0, len(chunk)
+        if skip_lf:
+            skip_lf = False
+            if chunk[:1] == b"\n":
+                start = 1
         while start < n:
-            nl = buf.find(b"\n", start)
-            cr = buf.find(b"\r", start, nl if nl >= 0 else n)
+            nl = chunk.find(b"\n", start)
+            cr = chunk.find(b"\r", start, nl if nl >= 0 else n)
             if cr >= 0:
-                if cr == n - 1:  # might be the first half of \r\n: wait for more
-                    break
-                end, nxt = cr, cr + (2 if buf[cr + 1:cr + 2] == b"\n" else 1)
+                end = cr
+                if cr + 1 < n:
+                    nxt = cr + (2 if chunk[cr + 1] == 0x0A else 1)
+                else:
+                    nxt, skip_lf = n, True
             elif nl >= 0:
                 end, nxt = nl, nl + 1
             else:
+                parts.append(chunk[start:])
+                pending += n - start
+                if message + pending > limit:
+                    raise MessageTooLarge(f"stream message larger than {limit} bytes")
                 break
-            line = buf[start:end]
+            if parts:
+                parts.append(chunk[start:end])
+                line = b"".join(parts)
+                parts, pending = [], 0
+            else:
+                line = chunk[start:end]
             message = 0 if not line else message + len(line) + 1
             if message > limit:
                 raise MessageTooLarge(f"stream message larger than {limit} bytes")
             yield line
             start = nxt
-        buf = buf[start:]
-        if message + len(buf) > limit:
-            raise MessageTooLarge(f"stream message larger than {limit} bytes")
 
 
 class _EventStream(EventSource):
