@@ -285,6 +285,8 @@ class SnapshotBuilder:
             update(blob)
         if built_at_ms is None:
             built_at_ms = int(time.time() * 1000)
+        if type(payload_version) is not int or not -(1 << 63) <= payload_version < (1 << 63):
+            payload_version = 0     # LD payload versions are small ints; anything else: unknown
         header = fmt.pack_header(fmt.Header(
             fmt.MAGIC, fmt.FORMAT_WORD, self._record_format, total, hasher.intdigest(),
             generation, built_at_ms, payload_version, nf, ns, flag_index_off, ftab.cap,
