@@ -189,8 +189,6 @@ class EventRecorder:
                 entry[2] += 1
             else:
                 entry = self._sight(context, now, 1, True)
-            if self._start is None:
-                self._start = now
             self._end = now
             if prereqs:
                 full = self._prereqs(context, entry, prereqs, with_reason, now)
@@ -210,6 +208,8 @@ class EventRecorder:
                 kinds = entry[4]
                 self._summary[key] = [default, set(kinds), {variation: [1, value]}, kinds,
                                       version]
+                if self._start is None:  # the window's first counted evaluation
+                    self._start = now
                 return
             if flag[3] is not entry[4]:
                 flag[3] = entry[4]
@@ -232,6 +232,8 @@ class EventRecorder:
         flag = self._summary.get(key)
         if flag is None:
             self._summary[key] = [default, set(kinds), {variation: [1, value]}, kinds, version]
+            if self._start is None:
+                self._start = self._end
             return
         if flag[3] is not kinds:
             flag[3] = kinds
