@@ -460,15 +460,69 @@ static int segment_matches(sf_eval_t *e, const char *skey, uint32_t sklen, int *
         return SF_EMALFORMED;   /* segment cycle */
     if (!(s->bits & SF_SEG_UNBOUNDED))
         return segment_simple(e, &srec, s, 1, match);
-    /* Big Segment without a store (the C backend has none): NOT_CONFIGURED */
+    /* Big Segment: membership from the provider (none: NOT_CONFIGURED), then rules only */
     if (!(s->bits & SF_SEG_HAS_GENERATION)) {
-        e->bigseg_queried = 1;
+        Py_INCREF(sf_c.s_NOT_CONFIGURED);
+        Py_XSETREF(e->bigseg_status, sf_c.s_NOT_CONFIGURED);
         return SF_OK;
     }
     PyObject *ctxd = individual(e, &srec, s->unbounded_kind, &rc);
     if (ctxd == NULL)
         return rc;
-    e->bigseg_queried = 1;
+    PyObject *ckey = PyDict_GetItemWithError(ctxd, sf_c.s_key);
+    if (ckey == NULL)
+        return PyErr_Occurred() ? PYFAIL : SF_OK;
+    PyObject *membership = NULL;   /* borrowed from the per-evaluation cache */
+    if (e->so->big_segments == NULL) {
+        Py_INCREF(sf_c.s_NOT_CONFIGURED);
+        Py_XSETREF(e->bigseg_status, sf_c.s_NOT_CONFIGURED);
+    } else {
+        if (e->bigseg_cache == NULL && (e->bigseg_cache = PyDict_New()) == NULL)
+            return PYFAIL;
+        membership = PyDict_GetItemWithError(e->bigseg_cache, ckey);
+        if (membership == NULL) {
+            if (PyErr_Occurred())
+                return PYFAIL;
+            PyObject *r = PyObject_CallMethodOneArg(e->so->big_segments, sf_c.s_get_membership, ckey);
+            if (r == NULL)
+                return PYFAIL;
+            if (!PyTuple_Check(r) || PyTuple_GET_SIZE(r) != 2) {
+                Py_DECREF(r);
+                PyErr_SetString(PyExc_TypeError, "get_membership() must return (membership, status)");
+                return PYFAIL;
+            }
+            Py_INCREF(PyTuple_GET_ITEM(r, 1));
+            Py_XSETREF(e->bigseg_status, PyTuple_GET_ITEM(r, 1));
+            int prc = PyDict_SetItem(e->bigseg_cache, ckey, PyTuple_GET_ITEM(r, 0));
+            Py_DECREF(r);
+            if (prc < 0)
+                return PYFAIL;
+            membership = PyDict_GetItemWithError(e->bigseg_cache, ckey);
+            if (membership == NULL)
+                return PYFAIL;
+        }
+        if (membership == Py_None)
+            membership = NULL;
+    }
+    if (membership != NULL) {
+        PyObject *ref = PyUnicode_FromFormat("%U.g%lld", sf_rec_pystr(e->so, &srec, s->key),
+                                             (long long)s->generation);
+        if (ref == NULL)
+            return PYFAIL;
+        PyObject *included = PyObject_CallMethodOneArg(membership, sf_c.s_get, ref);
+        Py_DECREF(ref);
+        if (included == NULL)
+            return PYFAIL;
+        if (included != Py_None) {
+            int t = PyObject_IsTrue(included);
+            Py_DECREF(included);
+            if (t < 0)
+                return PYFAIL;
+            *match = t;
+            return SF_OK;
+        }
+        Py_DECREF(included);
+    }
     return segment_simple(e, &srec, s, 0, match);
 }
 
@@ -598,12 +652,21 @@ static int check_targets(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
 
 /* ---- prerequisites ---- */
 
-PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r)
+PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                        const sf_result_t *r)
 {
+    /* immutable, so one tuple per (flag, experiment bit) is shared (cache tag INFO) */
+    int exp = r != NULL && sf_is_experiment(rec, f, r);
+    uint64_t ckey = SF_CACHE_KEY(rec->abs + (exp ? 8u : 0u), SF_TAG_INFO);
+    PyObject *cached = sf_cache_get(&so->cache, ckey);
+    if (cached != NULL) {
+        Py_INCREF(cached);
+        return cached;
+    }
     long bits = 0;
     if (f->bits & SF_FLAG_TRACK_EVENTS)
         bits |= 1;
-    if (r != NULL && sf_is_experiment(rec, f, r))
+    if (exp)
         bits |= 2;
     if (f->bits & SF_FLAG_EXCLUDE_SUMMARIES)
         bits |= 4;
@@ -636,6 +699,8 @@ PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_re
     Py_XDECREF(pbits);
     Py_DECREF(debug);
     Py_DECREF(sampling);
+    if (t != NULL && sf_cache_put(&so->cache, ckey, t) < 0)
+        Py_CLEAR(t);
     return t;
 }
 
@@ -655,7 +720,7 @@ static int add_prereq_event(sf_eval_t *e, const sf_rec_t *prec, const sf_flag_re
     PyObject *index = r->variation >= 0 ? PyLong_FromLong(r->variation)
                                         : (Py_INCREF(Py_None), Py_None);
     PyObject *reason = sf_make_reason(e, rec, r);
-    PyObject *info = sf_info_tuple(rec, pf, r);
+    PyObject *info = sf_info_tuple(e->so, rec, pf, r);
     int rc = SF_OK;
     if (value == NULL || index == NULL || reason == NULL || info == NULL) {
         rc = PYFAIL;

@@ -79,6 +79,7 @@ static void Snapshot_dealloc(SnapshotObject *self)
     Py_CLEAR(self->unpack);
     Py_CLEAR(self->parse_time);
     Py_CLEAR(self->re_compile);
+    Py_CLEAR(self->big_segments);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -86,9 +87,9 @@ static void Snapshot_dealloc(SnapshotObject *self)
 
 static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", NULL};
-    PyObject *buffer;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Snapshot", kwlist, &buffer))
+    static char *kwlist[] = {"buffer", "big_segments", NULL};
+    PyObject *buffer, *big = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:Snapshot", kwlist, &buffer, &big))
         return NULL;
     SnapshotObject *self = (SnapshotObject *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -129,6 +130,10 @@ static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     self->unpack = call_import("shmflags.snapshot.compile", "unpack_value");
     self->parse_time = call_import("shmflags.snapshot.compile", "parse_time_string");
     self->re_compile = call_import("re", "compile");
+    if (big != Py_None) {
+        Py_INCREF(big);
+        self->big_segments = big;
+    }
     if (self->unpack == NULL || self->parse_time == NULL || self->re_compile == NULL)
         goto fail;
     return (PyObject *)self;
@@ -149,12 +154,36 @@ static PyObject *Snapshot_flag_count(SnapshotObject *self, void *c)
     return PyLong_FromUnsignedLong(self->snap.n_flags);
 }
 
+static PyObject *Snapshot_payload_version(SnapshotObject *self, void *c)
+{
+    return PyLong_FromLongLong(((const sf_header_t *)self->snap.base)->payload_version);
+}
+
 static PyObject *Snapshot_segment_count(SnapshotObject *self, void *c)
 {
     return PyLong_FromUnsignedLong(self->snap.n_segments);
 }
 
 /* ---- evaluation ---- */
+
+/* Log the pending exception through logging.getLogger("shmflags._native") and clear it. */
+static void log_exception(const char *what, PyObject *key)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *logger = call_import("logging", "getLogger");
+    PyObject *lg = logger ? PyObject_CallFunction(logger, "s", "shmflags._native") : NULL;
+    PyObject *r = lg ? PyObject_CallMethod(lg, "error", "ssOO", "%s \"%s\": %r", what, key,
+                                           value ? value : Py_None) : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(lg);
+    Py_XDECREF(logger);
+    PyErr_Clear();
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
 
 static PyObject *error_reason(PyObject *error_kind)
 {
@@ -215,17 +244,19 @@ static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf
         memset(res, 0, sizeof(*res));
         res->kind = SF_R_ERROR;
         res->variation = -1;
-        e->bigseg_queried = 0;   /* ldclient adds the status only to a completed detail */
+        Py_CLEAR(e->bigseg_status);   /* ldclient adds the status only to a completed detail */
         rc = SF_EMALFORMED;
     }
     return rc;
 }
 
-static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *args)
+static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *key, *ctx;
-    if (!PyArg_ParseTuple(args, "UO:evaluate", &key, &ctx))
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "evaluate(key: str, context)");
         return NULL;
+    }
+    PyObject *key = args[0], *ctx = args[1];
     Py_ssize_t kl;
     const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
     if (k == NULL)
@@ -250,8 +281,22 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *args)
     sf_result_t res;
     PyObject *value = NULL, *index = NULL, *reason = NULL, *info = NULL, *prereqs = NULL, *out = NULL;
     int rc = run_eval(&e, self, emap, &rec, f, &res, NULL);
-    if (rc == SF_EPYTHON)
+    reason = info = prereqs = NULL;
+    if (rc == SF_EPYTHON) {
+        /* like ldclient and _pure: an unexpected error is an EXCEPTION result, logged */
+        log_exception("Unexpected error while evaluating feature flag", key);
+        memset(&res, 0, sizeof(res));
+        res.kind = SF_R_ERROR;
+        res.variation = -1;
+        Py_CLEAR(e.events);
+        Py_CLEAR(e.bigseg_status);
+        reason = error_reason(sf_c.s_EXCEPTION);
+        info = reason ? sf_info_tuple(self, &rec, f, &res) : NULL;
+        prereqs = info ? PyTuple_New(0) : NULL;
+        if (prereqs != NULL)
+            out = PyTuple_Pack(5, Py_None, Py_None, reason, info, prereqs);
         goto done;
+    }
     if (res.variation >= 0) {
         value = sf_variation_value(self, &rec, f, res.variation, 1);
         index = PyLong_FromLong(res.variation);
@@ -264,15 +309,17 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *args)
     reason = sf_make_reason(&e, &rec, &res);
     if (value == NULL || index == NULL || reason == NULL)
         goto done;
-    if (e.bigseg_queried && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, sf_c.s_NOT_CONFIGURED) < 0)
+    if (e.bigseg_status && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
         goto done;
-    info = sf_info_tuple(&rec, f, &res);
+    info = sf_info_tuple(self, &rec, f, &res);
     prereqs = e.events ? PyList_AsTuple(e.events) : PyTuple_New(0);
     if (info == NULL || prereqs == NULL)
         goto done;
     out = PyTuple_Pack(5, value, index, reason, info, prereqs);
 done:
     Py_XDECREF(e.events);
+    Py_XDECREF(e.bigseg_status);
+    Py_XDECREF(e.bigseg_cache);
     Py_XDECREF(value);
     Py_XDECREF(index);
     Py_XDECREF(reason);
@@ -323,7 +370,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         int exception = 0;
         if (rc == SF_EPYTHON) {
             /* ldclient: an exception while evaluating one flag gives ERROR/EXCEPTION */
-            PyErr_Clear();
+            log_exception("Error evaluating flag in all_flags_state", key);
             exception = 1;
             Py_SETREF(keys, PyList_New(0));
             if (keys == NULL)
@@ -333,15 +380,20 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
             memset(&res, 0, sizeof(res));
             res.kind = SF_R_ERROR;
             res.variation = -1;
-            e.bigseg_queried = 0;
+            Py_CLEAR(e.bigseg_status);
         }
         Py_CLEAR(e.events);
-        if (exception) {
+        Py_CLEAR(e.bigseg_cache);
+        int exp = exception ? 0 : sf_is_experiment(&rec, f, &res);
+        if (!(with_reasons || exp)) {
+            reason = Py_None;   /* not emitted: skip building it */
+            Py_INCREF(reason);
+        } else if (exception) {
             reason = error_reason(sf_c.s_EXCEPTION);
         } else {
             reason = sf_make_reason(&e, &rec, &res);
-            if (reason != NULL && e.bigseg_queried
-                && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, sf_c.s_NOT_CONFIGURED) < 0)
+            if (reason != NULL && e.bigseg_status
+                && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
                 Py_CLEAR(reason);
         }
         if (res.variation >= 0)
@@ -354,7 +406,6 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         int ok = reason != NULL && value != NULL && meta != NULL
                  && PyDict_SetItem(out, key, value) == 0;
         if (ok) {
-            int exp = sf_is_experiment(&rec, f, &res);
             int track = (f->bits & SF_FLAG_TRACK_EVENTS) || exp;
             PyObject *debug = NULL;
             double dd = 0;
@@ -398,6 +449,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
                 ok = PyDict_SetItem(meta_all, key, meta) == 0;
         }
         Py_XDECREF(meta);
+        Py_CLEAR(e.bigseg_status);
         Py_XDECREF(reason);
         Py_XDECREF(value);
         Py_DECREF(keys);
@@ -417,18 +469,21 @@ fail:
     return NULL;
 }
 
-static PyObject *Snapshot_flag_keys(SnapshotObject *self, PyObject *unused)
+static PyObject *keys_of(SnapshotObject *self, int which)
 {
+    uint32_t n = which == SF_FLAGS ? self->snap.n_flags : self->snap.n_segments;
     PyObject *list = PyList_New(0);
     if (list == NULL)
         return NULL;
-    for (uint32_t i = 0; i < self->snap.n_flags; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         const sf_entry_t *ent;
         const char *k;
         uint32_t kl;
-        if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, i, &ent) != SF_OK
-            || sf_entry_key(&self->snap, ent, &k, &kl) != SF_OK)
-            continue;
+        if (sf_snapshot_entry_at(&self->snap, which, i, &ent) != SF_OK
+            || sf_entry_key(&self->snap, ent, &k, &kl) != SF_OK) {
+            Py_DECREF(list);
+            return raise_code(SF_ECORRUPT, "order array");
+        }
         PyObject *s = PyUnicode_DecodeUTF8(k, kl, "surrogatepass");
         if (s == NULL || PyList_Append(list, s) < 0) {
             Py_XDECREF(s);
@@ -438,6 +493,23 @@ static PyObject *Snapshot_flag_keys(SnapshotObject *self, PyObject *unused)
         Py_DECREF(s);
     }
     return list;
+}
+
+static PyObject *Snapshot_flag_keys(SnapshotObject *self, PyObject *unused)
+{
+    return keys_of(self, SF_FLAGS);
+}
+
+static PyObject *Snapshot_segment_keys(SnapshotObject *self, PyObject *unused)
+{
+    return keys_of(self, SF_SEGMENTS);
+}
+
+static PyObject *Snapshot_repr(SnapshotObject *self)
+{
+    return PyUnicode_FromFormat("<shmflags._native.Snapshot generation=%llu flags=%u segments=%u>",
+                                (unsigned long long)self->snap.generation, self->snap.n_flags,
+                                self->snap.n_segments);
 }
 
 static PyObject *raw_item(SnapshotObject *self, PyObject *args, int which)
@@ -476,12 +548,13 @@ static PyObject *Snapshot_raw_segment(SnapshotObject *self, PyObject *args)
 }
 
 static PyMethodDef Snapshot_methods[] = {
-    {"evaluate", (PyCFunction)Snapshot_evaluate, METH_VARARGS,
+    {"evaluate", (PyCFunction)(void (*)(void))Snapshot_evaluate, METH_FASTCALL,
      "evaluate(key, context) -> (value, variation_index, reason, info, prereqs)"},
     {"all_flags_state", (PyCFunction)(void (*)(void))Snapshot_all_flags_state,
      METH_VARARGS | METH_KEYWORDS,
      "all_flags_state(context, with_reasons, client_side_only, details_only_for_tracked_flags, now_ms) -> dict"},
     {"flag_keys", (PyCFunction)Snapshot_flag_keys, METH_NOARGS, "flag_keys() -> sorted list of keys"},
+    {"segment_keys", (PyCFunction)Snapshot_segment_keys, METH_NOARGS, "segment_keys() -> sorted list"},
     {"raw_flag", (PyCFunction)Snapshot_raw_flag, METH_VARARGS, "raw_flag(key) -> dict | None"},
     {"raw_segment", (PyCFunction)Snapshot_raw_segment, METH_VARARGS, "raw_segment(key) -> dict | None"},
     {NULL, NULL, 0, NULL}
@@ -491,6 +564,7 @@ static PyGetSetDef Snapshot_getset[] = {
     {"generation", (getter)Snapshot_generation, NULL, "generation from the header", NULL},
     {"flag_count", (getter)Snapshot_flag_count, NULL, "number of flags", NULL},
     {"segment_count", (getter)Snapshot_segment_count, NULL, "number of segments", NULL},
+    {"payload_version", (getter)Snapshot_payload_version, NULL, "LD payload version (0 = unknown)", NULL},
     {NULL, NULL, NULL, NULL, NULL}
 };
 
@@ -499,6 +573,7 @@ static PyTypeObject SnapshotType = {
     .tp_name = "shmflags._native.Snapshot",
     .tp_basicsize = sizeof(SnapshotObject),
     .tp_dealloc = (destructor)Snapshot_dealloc,
+    .tp_repr = (reprfunc)Snapshot_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Snapshot(buffer): a validated snapshot evaluated in C (holds the buffer).",
     .tp_methods = Snapshot_methods,
@@ -586,7 +661,8 @@ PyMODINIT_FUNC PyInit__native(void)
         || intern(&sf_c.s_inExperiment, "inExperiment")
         || intern(&sf_c.s_prerequisiteKey, "prerequisiteKey")
         || intern(&sf_c.s_bigSegmentsStatus, "bigSegmentsStatus")
-        || intern(&sf_c.s_NOT_CONFIGURED, "NOT_CONFIGURED") || intern(&sf_c.s_OFF, "OFF")
+        || intern(&sf_c.s_NOT_CONFIGURED, "NOT_CONFIGURED")
+        || intern(&sf_c.s_get_membership, "get_membership") || intern(&sf_c.s_OFF, "OFF")
         || intern(&sf_c.s_FALLTHROUGH, "FALLTHROUGH") || intern(&sf_c.s_TARGET_MATCH, "TARGET_MATCH")
         || intern(&sf_c.s_RULE_MATCH, "RULE_MATCH")
         || intern(&sf_c.s_PREREQUISITE_FAILED, "PREREQUISITE_FAILED")

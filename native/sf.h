@@ -142,6 +142,7 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_STR       2u
 #define SF_TAG_VALUE     3u
 #define SF_TAG_REGEX     4u
+#define SF_TAG_INFO      5u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
 /* ---- the Python Snapshot object ---- */
@@ -154,13 +155,14 @@ typedef struct {
     PyObject *unpack;        /* shmflags.snapshot.compile.unpack_value */
     PyObject *parse_time;    /* shmflags.snapshot.compile.parse_time_string */
     PyObject *re_compile;    /* re.compile */
+    PyObject *big_segments;  /* BigSegmentsProvider (get_membership) or NULL */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
 typedef struct sf_consts {
     PyObject *s_eval_map, *s_kind, *s_key, *s_get, *s_search;
     PyObject *s_errorKind, *s_ruleIndex, *s_ruleId, *s_inExperiment, *s_prerequisiteKey;
-    PyObject *s_bigSegmentsStatus, *s_NOT_CONFIGURED;
+    PyObject *s_bigSegmentsStatus, *s_NOT_CONFIGURED, *s_get_membership;
     PyObject *s_OFF, *s_FALLTHROUGH, *s_TARGET_MATCH, *s_RULE_MATCH, *s_PREREQUISITE_FAILED,
              *s_ERROR, *s_MALFORMED_FLAG, *s_FLAG_NOT_FOUND, *s_EXCEPTION;
     PyObject *s_variation, *s_version, *s_reason, *s_trackEvents, *s_trackReason,
@@ -191,7 +193,8 @@ typedef struct sf_eval {
     PyObject *prereq_keys;    /* depth-0 prerequisite keys (all_flags_state), or NULL */
     int want_events, want_keys;
     int depth;
-    int bigseg_queried;       /* a Big Segment was consulted: NOT_CONFIGURED */
+    PyObject *bigseg_status;  /* status of the last Big Segment query (owned), or NULL */
+    PyObject *bigseg_cache;   /* context key -> membership for this evaluation, or NULL */
     sf_keyref_t top;
     sf_keyref_t pstack[SF_MAX_DEPTH]; int np;
     sf_keyref_t sstack[SF_MAX_DEPTH]; int ns;
@@ -202,7 +205,8 @@ int sf_flag_header(const sf_rec_t *rec, const sf_flag_rec_t **out);
 PyObject *sf_make_reason(sf_eval_t *e, const sf_rec_t *rec, const sf_result_t *r);
 PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
                              int32_t index, int copy);
-PyObject *sf_info_tuple(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);
+PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
+                        const sf_result_t *r);
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref);
 PyObject *sf_deep_copy(PyObject *o, int depth);
 int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);

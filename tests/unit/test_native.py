@@ -1,0 +1,313 @@
+"""The C evaluator's building blocks and its Snapshot object, checked against Python and ldclient.
+
+Hashes (xxh64 against the xxhash module, SHA-1 bucketing against hashlib and the vectors of
+ld-protocol.md §3.7), semver and date parsing against ldclient's own parsers, compilation of
+arbitrary junk (never raises), the Snapshot contract (errors, copies, caches, Big Segments),
+and hostile contexts (no crash, the Python backend's answer).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+import sys
+from typing import Any, Dict
+
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import native_module, snapshot_bytes
+from shmflags import _pure
+from shmflags.context import Context
+from shmflags.errors import SnapshotFormatError
+from shmflags.snapshot import compile as C
+from shmflags.snapshot import format as fmt
+
+@pytest.fixture(scope="module")
+def N():
+    return native_module()
+
+
+def flag(key: str, **kw: Any) -> Dict[str, Any]:
+    base = {"key": key, "version": 1, "on": True, "variations": [False, True],
+            "offVariation": 0, "fallthrough": {"variation": 1}, "salt": "s"}
+    base.update(kw)
+    return base
+
+
+def both(N, flags, segments=None, **kw):
+    raw = snapshot_bytes(flags, segments or {})
+    return N.Snapshot(raw, **kw), _pure.Snapshot(raw, **kw)
+
+
+# ---------------------------------------------------------------------------- hashes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_xxh64_matches_xxhash(N, data):
+    assert N._xxh64(data) == xxhash.xxh64_intdigest(data)
+
+
+@pytest.mark.parametrize("prefix,value,expected", [
+    ("hashKey.saltyA", "userKeyA", 0.42157587),
+    ("hashKey.saltyA", "userKeyB", 0.67084850),
+    ("61", "userKeyA", 0.09801207),
+    ("hashKey.saltyA", "33333", 0.54771423),
+])
+def test_bucket_vectors(N, prefix, value, expected):
+    assert N._bucket(prefix, value) == pytest.approx(expected, abs=1e-8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.text(max_size=80))
+def test_bucket_matches_hashlib(N, prefix, value):
+    try:
+        raw = ("%s.%s" % (prefix, value)).encode("utf-8")
+    except UnicodeEncodeError:
+        return
+    want = int(hashlib.sha1(raw).hexdigest()[:15], 16) / float(0xFFFFFFFFFFFFFFF)
+    assert N._bucket(prefix, value) == want
+
+
+# ---------------------------------------------------------------------------- semver, dates
+
+SEMVER_CHARS = st.sampled_from(list("0123456789.-+abrcZ\n x"))
+semver_text = st.one_of(
+    st.text(SEMVER_CHARS, max_size=14),
+    st.sampled_from(["2", "2.0", "2.0.0", "2-rc", "2.0-rc", "2.0.0-rc.1", "2.0.0+build",
+                     "2.0.0-rc+build", "v2.0.0", "02.0.0", "2.0.0.0", "1.0.0-alpha",
+                     "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta.11", "1.0.0-rc.1",
+                     "1.0.0-0A", "1.0.0-01", "1\nfoo", "1.2.3\n", "99999999999999999999.0.0"]))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(semver_text, semver_text)
+def test_semver_matches_ldclient(N, a, b):
+    from ldclient.impl.model.value_parsing import parse_semver as ld_parse
+
+    va, vb = ld_parse(a), ld_parse(b)
+    assert (C.parse_semver(a) is None) == (va is None)
+    got = N._semver_compare(a, b)
+    if va is None or vb is None:
+        assert got is None
+    else:
+        assert got == va.compare(vb)
+
+
+date_text = st.one_of(
+    st.sampled_from(["2017-12-06T00:00:00Z", "2017-12-06T00:00:00.000-07:00", "2017-12-06",
+                     "2017-12-06T00:00:00", "1512543600000", "2017-12-06T00:00:00.123456789z",
+                     "2017-12-06 00:00:00+00:00", "20171206T000000Z", "0001-01-01T00:00:00Z",
+                     "9999-12-31T23:59:59.999999+14:00", "", "Z", "2017-12-06T00:00:00Z\n"]),
+    st.text(st.sampled_from(list("0123456789-:TZz.+ ")), max_size=30))
+
+
+@settings(max_examples=800, deadline=None)
+@given(date_text)
+def test_time_parsing_matches_ldclient(N, text):
+    from ldclient.impl.model.value_parsing import parse_time as ld_parse
+
+    assert C.parse_time(text) == ld_parse(text)
+
+
+# ---------------------------------------------------------------------------- compile
+
+json_junk = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
+              st.binary(max_size=3), st.integers(min_value=2 ** 64, max_value=2 ** 80)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(
+                                ["key", "version", "on", "variations", "rules", "clauses",
+                                 "attribute", "op", "values", "fallthrough", "rollout",
+                                 "variation", "weight", "targets", "contextTargets", "included",
+                                 "contextKind", "bucketBy", "segmentMatch", "prerequisites",
+                                 "offVariation", "salt", "seed", "kind", "negate", "x"]),
+                                inner, max_size=8)),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_junk)
+def test_compile_never_raises(N, junk):
+    for fn in (C.compile_flag, C.compile_segment):
+        rec = fn(junk)
+        assert isinstance(rec, bytes) and len(rec) % 8 == 0 and len(rec) >= 96
+    if isinstance(junk, dict):
+        f = dict(junk, key="j", version=1)
+        s = dict(junk, key="s", version=1)
+        c, py = both(N, {"j": f} if _storable(f) else {}, {"s": s} if _storable(s) else {})
+        ctx = Context.create("k")
+        got, want = c.evaluate("j", ctx), py.evaluate("j", ctx)
+        assert got[:3] == want[:3]
+
+
+def _storable(obj: Any) -> bool:
+    from shmflags.snapshot.builder import pack_raw
+
+    try:
+        pack_raw(obj)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_malformed_flag_evaluates_to_malformed(N):
+    bad = flag("b", rules=[{"clauses": [{"attribute": 5, "op": "in", "values": []}], "variation": 0}])
+    c, _ = both(N, {"b": bad})
+    value, index, reason, info, prereqs = c.evaluate("b", Context.create("k"))
+    assert (value, index, reason) == (None, None, {"kind": "ERROR", "errorKind": "MALFORMED_FLAG"})
+    assert info[0] == 1
+
+
+# ---------------------------------------------------------------------------- Snapshot object
+
+
+def test_rejects_bad_bytes(N):
+    raw = snapshot_bytes({"f": flag("f")}, {})
+    for bad in (b"", raw[:100], b"X" + raw[1:], raw[:-8]):
+        with pytest.raises(SnapshotFormatError):
+            N.Snapshot(bad)
+    body = bytearray(raw)
+    body[-1] ^= 0xFF
+    with pytest.raises(SnapshotFormatError, match="checksum"):
+        N.Snapshot(bytes(body))
+    hdr = fmt.unpack_header(raw)._replace(record_format=0x12345678)
+    with pytest.raises(SnapshotFormatError, match="0x12345678"):
+        N.Snapshot(fmt.pack_header(hdr) + raw[128:])
+
+
+def test_contract_surface(N):
+    c, py = both(N, {"b": flag("b"), "a": flag("a", trackEvents=True, samplingRatio=3,
+                                                debugEventsUntilDate=5)},
+                 {"s": {"key": "s", "version": 2}})
+    assert c.flag_keys() == ["a", "b"] == py.flag_keys()
+    assert c.segment_keys() == ["s"]
+    assert (c.flag_count, c.segment_count, c.payload_version) == (2, 1, 0)
+    assert c.raw_flag("a")["trackEvents"] is True and c.raw_flag("zz") is None
+    assert c.raw_segment("s") == {"key": "s", "version": 2}
+    assert c.evaluate("zz", Context.create("k")) == (
+        None, None, {"kind": "ERROR", "errorKind": "FLAG_NOT_FOUND"}, None, ())
+    assert c.evaluate("a", Context.create("k"))[3] == (1, 1, 5, 3)
+    assert "generation=0" in repr(c)
+
+
+def test_dict_values_are_fresh_copies(N):
+    c, _ = both(N, {"d": flag("d", variations=[{"a": [1]}, {"b": 2}], fallthrough={"variation": 0})})
+    ctx = Context.create("k")
+    v1 = c.evaluate("d", ctx)[0]
+    v1["a"].append(2)
+    v1["z"] = 0
+    assert c.evaluate("d", ctx)[0] == {"a": [1]}
+    assert c.all_flags_state(ctx, False, False, False, 0)["d"] == {"a": [1]}
+
+
+def test_holds_the_buffer(N):
+    import mmap
+
+    raw = snapshot_bytes({"f": flag("f")}, {})
+    m = mmap.mmap(-1, len(raw))
+    m.write(raw)
+    s = N.Snapshot(m)
+    with pytest.raises(BufferError):
+        m.close()      # the Snapshot's buffer export keeps the mapping alive
+    assert s.evaluate("f", Context.create("k"))[0] is True
+    del s
+    m.close()
+
+
+class _Provider:
+    def __init__(self, membership, status="HEALTHY"):
+        self.membership, self.status, self.calls = membership, status, 0
+
+    def get_membership(self, key):
+        self.calls += 1
+        return self.membership, self.status
+
+
+@pytest.mark.parametrize("membership", [None, {}, {"big.g3": True}, {"big.g3": False}])
+def test_big_segments_provider(N, membership):
+    seg = {"key": "big", "version": 1, "unbounded": True, "generation": 3,
+           "rules": [{"clauses": [{"attribute": "key", "op": "in", "values": ["k"]}]}]}
+    f = flag("f", rules=[{"id": "r", "variation": 0, "clauses": [
+        {"attribute": "", "op": "segmentMatch", "values": ["big", "big"]}]}])
+    for provider in (None, _Provider(membership)):
+        raw = snapshot_bytes({"f": f}, {"big": seg})
+        got = N.Snapshot(raw, big_segments=provider).evaluate("f", Context.create("k"))
+        want = _pure.Snapshot(raw, big_segments=provider).evaluate("f", Context.create("k"))
+        assert got == want
+        if provider is not None:
+            assert got[2]["bigSegmentsStatus"] == "HEALTHY"
+            assert provider.calls == 2     # once per evaluation per context key (two backends)
+
+
+# ---------------------------------------------------------------------------- hostile contexts
+
+
+class StrSub(str):
+    pass
+
+
+class DictSub(dict):
+    def get(self, key, default=None):
+        return "from-get" if key == "x" else super().get(key, default)
+
+
+def _hostile_contexts():
+    deep: Any = "leaf"
+    for _ in range(400):
+        deep = {"x": deep}
+    yield Context.builder("k").set("n", "1" * 1_000_000).build()
+    yield Context.builder("k").set("n", [[[["a"]]], 1, True, None, 1.5, {"a": 1}]).build()
+    yield Context.builder("k").set("n", deep).set("obj", deep).build()
+    yield Context.builder("k").set("n", StrSub("abc")).set("obj", DictSub(x=1)).build()
+    yield Context.builder("k").set("n", 10 ** 400).set("date", float("nan")).build()
+    yield Context.builder("k").set("n", "\ud800x").set("ver", "1.0.0\ud800").build()
+    yield Context.builder("k").set("n", float("inf")).set("tags", ("a", "b")).build()
+    yield Context.builder("\udfff").kind("org").build()
+
+
+HOSTILE_FLAG = flag("h", rules=[
+    {"id": f"r{i}", "variation": i % 2, "clauses": [
+        {"contextKind": "user", "attribute": attr, "op": op, "values": values}]}
+    for i, (attr, op, values) in enumerate([
+        ("n", "in", ["abc", 1, True, None, [1]]), ("n", "startsWith", ["1", "a"]),
+        ("n", "matches", ["^1+$", "b"]), ("n", "lessThan", [5]), ("/obj/x", "in", ["from-get", 1]),
+        ("n", "semVerEqual", ["1.0.0"]), ("ver", "semVerLessThan", ["2.0.0"]),
+        ("date", "before", [5, "2020-01-01T00:00:00Z"]), ("tags", "in", ["b"]),
+        ("n", "contains", ["x"]), ("n", "endsWith", ["c"]), ("key", "in", ["k"])])
+] + [{"id": "bucket", "rollout": {"bucketBy": "n", "variations": [
+    {"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}, "clauses": []}])
+
+
+def test_hostile_contexts_give_the_python_answer(N):
+    c, py = both(N, {"h": HOSTILE_FLAG, "t": flag("t", targets=[{"values": ["k"], "variation": 0}])})
+    for ctx in _hostile_contexts():
+        for key in ("h", "t"):
+            try:
+                want = py.evaluate(key, ctx)
+            except Exception as exc:  # noqa: BLE001 - then C must raise the same type
+                with pytest.raises(type(exc)):
+                    c.evaluate(key, ctx)
+                continue
+            assert c.evaluate(key, ctx) == want
+
+
+def test_context_changed_between_calls(N):
+    c, py = both(N, {"h": HOSTILE_FLAG})
+    ctx = Context.builder("k").set("n", "abc").build()
+    first = c.evaluate("h", ctx)
+    ctx._eval_map()["user"]["n"] = 3          # a caller breaking the read-only contract
+    assert c.evaluate("h", ctx) == py.evaluate("h", ctx)
+    assert first != c.evaluate("h", ctx)
+
+
+def test_wrong_arguments_raise_not_crash(N):
+    c, _ = both(N, {"f": flag("f")})
+    with pytest.raises(TypeError):
+        c.evaluate(1, Context.create("k"))
+    with pytest.raises(AttributeError):
+        c.evaluate("f", object())
+    with pytest.raises(TypeError):
+        c.evaluate("f")
