@@ -223,3 +223,23 @@ def test_service_sends_diagnostics(fake, tmp_path):
     finally:
         service.stop()
     assert fake.diagnostics[0].payload["kind"] == "diagnostic-init"
+
+
+def test_service_and_idle_worker_flush_on_their_intervals(fake, tmp_path):
+    from shmflags.context import Context
+    from shmflags.events.recorder import EventRecorder
+
+    cfg = config(fake, socket=str(tmp_path / "ev.sock"), flush_interval=0.2)
+    service = EventService(cfg)
+    service.start()
+    try:
+        rec = EventRecorder(cfg)
+        rec.record_evaluation("f", Context.create("idle"),
+                              (True, 1, {"kind": "FALLTHROUGH"}, (1, 0, None, None), ()),
+                              False, False)
+        # no flush(), no close(): the worker's daemon thread and the service's flush thread
+        assert fake.wait_for(lambda: len(fake.events) >= 1, timeout=5)
+    finally:
+        service.stop()
+    kinds = [e["kind"] for p in fake.events for e in p.payload]
+    assert kinds == ["index", "summary"]
