@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import threading
 import time
 from typing import Any, Dict, NamedTuple, Optional
 
 import xxhash
+
+from shmflags.supervisor import atomicfile
 
 log = logging.getLogger(__name__)
 
@@ -96,32 +97,8 @@ def load(path: str) -> Optional[LastGood]:
 
 
 def save(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file, fsync, rename, fsync directory)."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".lastgood.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o640)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    """Write ``data`` (from :func:`encode`) to ``path`` atomically and durably."""
+    atomicfile.replace(path, data, mode=0o640, durable=True)
 
 
 class Writer:

@@ -11,11 +11,10 @@ The event counters live in the supervisor process; it writes them once a second,
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Any, Dict, Mapping, Optional
 
 from shmflags.errors import ShmflagsError
+from shmflags.supervisor import atomicfile
 
 EVENT_COUNTERS = ("received", "sent", "dropped", "invalid")
 
@@ -26,21 +25,9 @@ def stats_path(socket_path: str) -> str:
 
 
 def write_stats(socket_path: str, counters: Mapping[str, Any]) -> None:
-    """Atomically replace the counters file (temporary file + rename; no fsync: it is advisory)."""
-    path = stats_path(socket_path)
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".shmflags-stats.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(dict(counters), fh)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Atomically replace the counters file (advisory: not fsynced)."""
+    data = json.dumps(dict(counters)).encode()
+    atomicfile.replace(stats_path(socket_path), data, mode=0o644, durable=False)
 
 
 def read_stats(socket_path: str) -> Optional[Dict[str, int]]:

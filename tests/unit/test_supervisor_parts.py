@@ -30,7 +30,7 @@ def test_lastgood_round_trip_and_atomic_save(tmp_path):
                                         saved_ms=1234))
     got = lastgood.load(path)
     assert got == lastgood.LastGood(flags, {"s": {"key": "s", "version": 1}}, "streaming", 1234)
-    assert [p for p in os.listdir(tmp_path) if p.startswith(".lastgood")] == []
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".shmflags.")] == []
     assert oct(os.stat(path).st_mode & 0o777) == "0o640"
 
 
