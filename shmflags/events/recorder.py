@@ -154,6 +154,8 @@ class EventRecorder:
                 self.stats["dropped"] += 1
                 return entry  # counted in the summary, not tracked for an index event
             self._contexts[fq] = entry
+            if len(self._contexts) >= self._capacity:
+                self._deadline = 0.0  # the next call flushes (we hold the lock here)
         else:
             entry[2] += count
         self._last_ctx, self._last_entry = context, entry

@@ -290,3 +290,13 @@ def test_pid_change_without_fork_hook_resets(sink):
     rec.flush()
     got = sink.read()
     assert set(summary_of(got)) == {"h"} and all(d["pid"] == os.getpid() for d in got)
+
+
+def test_many_distinct_contexts_trigger_a_flush(sink):
+    rec = recorder(sink.path, events_max_pending=50)
+    for i in range(120):
+        rec.record_evaluation("f", Context.create(f"c{i}"), (True, 1, FALLTHROUGH, info(), ()),
+                              False, False)
+    got = sink.read()  # no flush() call: the window flushed itself when full
+    assert sum(len(d.get("contexts", ())) for d in got) >= 100
+    assert rec.stats["dropped"] == 0
