@@ -34,7 +34,7 @@ from shmflags.config import Config
 
 __all__ = [
     "USER_AGENT", "Backoff", "base_headers", "error_description", "error_info", "is_recoverable",
-    "make_session", "process_instance_id", "request_options", "tags_header", "timeouts", "uri",
+    "make_session", "process_instance_id", "record_environment_id", "request_options", "tags_header", "timeouts", "uri",
     "UNKNOWN", "NETWORK_ERROR", "ERROR_RESPONSE", "INVALID_DATA", "STORE_ERROR",
 ]
 
@@ -192,6 +192,18 @@ def error_info(kind: str, message: str, status: int = 0) -> Dict[str, Any]:
     """
     return {"kind": kind, "statusCode": int(status), "message": message,
             "time": int(time.time() * 1000)}
+
+
+def record_environment_id(sink: Any, headers: Any) -> None:
+    """Pass the ``X-LD-EnvID`` response header to ``sink.set_environment_id`` if both exist.
+
+    ldclient gives the environment id to hooks (``EvaluationSeriesContext.environment_id``);
+    the method is optional on the sink, so stores that do not carry it need not define it.
+    """
+    env_id = headers.get("X-LD-EnvID") if headers is not None else None
+    setter = getattr(sink, "set_environment_id", None)
+    if env_id and setter is not None:
+        setter(str(env_id))
 
 
 class Backoff:

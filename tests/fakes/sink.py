@@ -15,6 +15,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.calls: List[Tuple[Any, ...]] = []
+        self.environment_ids: List[str] = []
         self._cond = threading.Condition()
         #: set to an exception instance to make the next data call raise it (once)
         self.fail_next: Optional[BaseException] = None
@@ -38,6 +39,11 @@ class RecordingSink:
 
     def set_status(self, state: str, error: Optional[Dict[str, Any]] = None) -> None:
         self._add(("status", state, error), data=False)
+
+    def set_environment_id(self, env_id: str) -> None:
+        """Optional sink method (``X-LD-EnvID``); recorded in :attr:`environment_ids`."""
+        with self._cond:
+            self.environment_ids.append(env_id)
 
     # -- queries ---------------------------------------------------------------------------
 

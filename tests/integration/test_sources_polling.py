@@ -49,6 +49,7 @@ def test_etag_304_and_change(fake: FakeLD) -> None:
         assert reqs[0].headers["Authorization"] == "sdk-poll-key"
         assert reqs[0].headers["X-LaunchDarkly-Instance-Id"] == "inst-2"
         assert len(sink.of("init")) == 1  # 304s do not re-init
+        assert sink.environment_ids[0] == "fake-env"
         assert sink.statuses()[-1] == ("VALID", None)
         fake.set_data({"f1": flag("f1", 2)}, {})
         assert sink.wait_count("init", 2)

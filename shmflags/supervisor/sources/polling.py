@@ -112,6 +112,8 @@ class PollingSource:
         try:
             with session.get(self.url, headers=headers, timeout=self._timeout, stream=True,
                              **self._options) as resp:
+                if resp.status_code in (200, 304):
+                    http.record_environment_id(self._sink, resp.headers)
                 if resp.status_code == 304:
                     return None
                 if resp.status_code >= 400:

@@ -245,6 +245,8 @@ class StreamingSource:
             if self._stop.is_set():
                 return None
             self._backoff.mark_good()
+            if stream.response is not None:
+                http.record_environment_id(self._sink, stream.response.headers)
             try:
                 for message in stream:
                     if self._stop.is_set():
