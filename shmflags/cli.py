@@ -218,8 +218,7 @@ def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
                          f"serves namespace {config.name!r}; stop it first or use --force\n")
         return EXIT_NOT_SERVED
     removed = shm.cleanup(config.name)
-    count = len(removed) if isinstance(removed, (list, tuple)) else removed
-    print(f"namespace {config.name!r}: removed {count or 0} shared-memory objects")
+    print(f"namespace {config.name!r}: removed {len(removed)} shared-memory objects")
     return EXIT_OK
 
 
