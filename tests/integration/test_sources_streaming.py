@@ -71,6 +71,7 @@ def test_put_patch_delete_reach_the_sink(fake: FakeLD, sink: RecordingSink) -> N
         assert h["X-LaunchDarkly-Tags"] == "application-id/app-1"  # invalid version dropped
         assert h["X-LaunchDarkly-Instance-Id"] == "inst-1"
         assert h["Accept"] == "text/event-stream"
+        assert h["Cache-Control"] == "no-cache" and h["Accept-Encoding"] == "identity"
         assert sink.environment_ids == ["fake-env"]  # X-LD-EnvID of the stream response
     finally:
         src.stop()

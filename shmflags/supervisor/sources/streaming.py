@@ -157,7 +157,9 @@ class StreamingSource:
         self._config = config
         self._sink = sink
         self.url = http.uri(config.stream_uri, "/all", config.payload_filter_key)
-        self._headers = http.base_headers(config, instance_id)
+        # Uncompressed, as ldclient's stream (urllib3 sends identity): a compressing server or
+        # proxy could otherwise hold events back in its compressor's buffer.
+        self._headers = dict(http.base_headers(config, instance_id), **{"Accept-Encoding": "identity"})
         self._timeout = http.timeouts(config, read=_read_timeout)
         self._options = http.request_options(config)
         self._last_event_id: Optional[str] = None
