@@ -8,7 +8,7 @@
  * values are borrowed Python objects, never mutated.  Exact builtin types
  * take C fast paths; anything else (subclasses, containers, big integers)
  * falls back to the Python operation ldclient itself performs, so both
- * give one answer.  Regex ("matches") always calls Python's re.
+ * give one answer.  Regex (the matches operator) always calls Python re.
  */
 #include "sf.h"
 
