@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
+import sys
 import time
 from typing import Any, Dict, List, Tuple
 
@@ -298,3 +300,36 @@ def test_migration_op_event_passes_through_like_ldclient(tmp_path):
     assert [e["kind"] for e in sf_events] == ["migration_op"]  # primes the LRU, no index
     assert sf_events[0] == ld_event
     assert sf_events[0]["context"]["_meta"] == {"redactedAttributes": ["name"]}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_scripts_equal_ldclient(tmp_path, seed, monkeypatch):
+    """Random operation sequences over the same flags and contexts, in one worker so that the
+    call order is ldclient's exactly (across workers a summary's ``default`` is the first to
+    arrive, see docs/events.md)."""
+    rng = random.Random(seed)
+    ctxs = contexts()
+    keys = list(flags()) + ["missing-flag"]
+    per_ctx = []
+    for ctx in ctxs:
+        ops: List[Tuple] = []
+        for _ in range(rng.randint(0, 25)):
+            r = rng.random()
+            if r < 0.8:
+                ops.append(("eval", rng.choice(keys), ctx, rng.choice([False, "d", None, 3]),
+                            rng.random() < 0.3))
+            elif r < 0.9:
+                ops.append(("track", rng.choice(["a", "b"]), ctx,
+                            rng.choice([None, {"x": 1}]), rng.choice([None, 1, 2.5])))
+            else:
+                ops.append(("identify", ctx))
+        per_ctx.append(ops)
+    monkeypatch.setattr(sys.modules[__name__], "script", lambda: per_ctx)
+    flag_data = flags()
+    with FakeLD(heartbeat_interval=None) as ld_sink, FakeLD(heartbeat_interval=None) as sf_sink:
+        run_ldclient(flag_data, ld_sink, ["email"])
+        run_shmflags(flag_data, sf_sink, ["email"], tmp_path, workers=1)
+        ld_events, ld_summary = normalise(bodies(ld_sink))
+        sf_events, sf_summary = normalise(bodies(sf_sink))
+    assert sf_summary == ld_summary
+    assert sf_events == ld_events
