@@ -129,3 +129,18 @@ def test_runnable_as_module() -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_scripted_stream_body_initial_put_off_and_clear_data(fake: FakeLD) -> None:
+    fake.respond_with(200, path="/all", body=b"event: put\ndata: {}\n\n", times=1)
+    with requests.get(fake.url + "/all", stream=True, timeout=5) as resp:
+        assert resp.content == b"event: put\ndata: {}\n\n"  # then the fake closed it
+    fake.initial_put = False
+    fake.heartbeat_interval = None
+    with requests.get(fake.url + "/all", stream=True, timeout=5) as resp:
+        assert fake.wait_for_streams(1)
+        fake.push_raw(b": hello\n")
+        assert next(resp.iter_lines()) == b": hello"  # nothing was sent before it
+    fake.clear_data()
+    assert requests.get(fake.url + "/sdk/latest-all", timeout=5).status_code == 503
+    assert fake.data is None

@@ -129,7 +129,7 @@ def test_recoverable_status_retries_with_backoff(fake: FakeLD, sink: RecordingSi
         gaps = [b.time - a.time for a, b in zip(reqs, reqs[1:])]
         # no jitter (rng=0): delays 0.1, 0.2, 0.4 s
         for gap, want in zip(gaps, (0.1, 0.2, 0.4)):
-            assert want - 0.02 <= gap <= want + 0.25, gaps
+            assert want - 0.02 <= gap <= want + 0.4, gaps  # lower bound: the doubling
         assert elapsed >= 0.65
         errors = [e for s, e in sink.statuses() if s == "INTERRUPTED"]
         assert len(errors) == 3 and all(e["statusCode"] == status for e in errors)
