@@ -190,6 +190,24 @@ def test_writer_item_version_check(server: RedisServer, prefix: str) -> None:
     raw.close()
 
 
+def test_writer_retries_on_watch_conflict(server: RedisServer, prefix: str) -> None:
+    writer = RedisWriter(cfg(server.url, prefix, redis_write=True), Store())
+    writer.write_all({"f1": flag("f1", 1)}, {})
+    other = redis.Redis.from_url(server.url)
+    calls = []
+
+    def concurrent_writer(hash_key: str, key: str) -> None:
+        calls.append(key)
+        if len(calls) == 1:  # another client changes the hash after our WATCH
+            other.hset(hash_key, key, json.dumps(flag("f1", 2)))
+
+    writer._before_multi = concurrent_writer
+    assert writer.write_item("flags", flag("f1", 3, value="mine")) is True
+    assert calls == ["f1", "f1"]  # the first EXEC failed and was retried
+    assert json.loads(other.hget(f"{prefix}:features", "f1"))["variations"][0] == "mine"
+    other.close()
+
+
 def test_round_trip_writer_to_daemon_source(server: RedisServer, prefix: str) -> None:
     """A shmflags supervisor in daemon mode reads what another one's writer wrote."""
     store = Store()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import redis  # optional dependency (shmflags[redis]); this module is imported only when used
 
@@ -77,6 +77,8 @@ class RedisWriter:
         #: counters for tests and metrics
         self.full_writes = 0
         self.item_writes = 0
+        #: tests only: called as ``hook(hash_key, key)`` between ``WATCH`` and ``MULTI``
+        self._before_multi: Optional[Callable[[str, str], None]] = None
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -191,6 +193,8 @@ class RedisWriter:
                                     self._need_full = True
                                 self._wake.set()
                             return False
+                    if self._before_multi is not None:
+                        self._before_multi(hash_key, key)
                     pipe.multi()
                     pipe.hset(hash_key, key, _dump(item))
                     pipe.execute()
