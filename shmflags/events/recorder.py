@@ -25,7 +25,7 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from shmflags.events.sender import SEND_OK, DatagramSender, Packed, pack_window
+from shmflags.events.sender import SEND_FULL, SEND_OK, DatagramSender, Packed, pack_window
 
 __all__ = ["EventRecorder"]
 
@@ -462,7 +462,9 @@ class EventRecorder:
                 i += 1
                 continue
             self.stats["send_failures"] += 1
-            if not block or _time() >= deadline:
+            # Only a full queue is worth waiting for: with no supervisor listening, exit
+            # must not hang.
+            if not block or status != SEND_FULL or _time() >= deadline:
                 break
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
