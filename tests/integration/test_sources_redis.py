@@ -208,6 +208,22 @@ def test_writer_retries_on_watch_conflict(server: RedisServer, prefix: str) -> N
     other.close()
 
 
+def test_writer_mirrors_a_put_that_lowers_versions(server: RedisServer, prefix: str) -> None:
+    store = Store()
+    writer = RedisWriter(cfg(server.url, prefix, redis_write=True), store)
+    store.add_listener(writer.on_change)
+    store.init({"f1": flag("f1", 5)}, {})
+    writer.sync()
+    assert writer.full_writes == 1
+    store.init({"f1": flag("f1", 3, value="rolled-back")}, {})  # a put may lower versions
+    writer.sync()  # per item: Redis has 5 > 3, so it schedules a full rewrite
+    writer.sync()
+    assert writer.full_writes == 2
+    raw = redis.Redis.from_url(server.url)
+    assert json.loads(raw.hget(f"{prefix}:features", "f1"))["version"] == 3
+    raw.close()
+
+
 def test_round_trip_writer_to_daemon_source(server: RedisServer, prefix: str) -> None:
     """A shmflags supervisor in daemon mode reads what another one's writer wrote."""
     store = Store()
