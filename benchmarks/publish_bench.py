@@ -1,0 +1,102 @@
+"""Publish time at 10,000 flags: a full put and a one-flag patch, build + publish to shm.
+
+Benchmarks only. shmflags: the supervisor's work (incremental SnapshotBuilder, then
+Publisher.publish: new object, write, control block switch). ldclient: what each worker's own
+client does with the same stream message (JSON parse + in-memory store init/upsert) — once per
+worker process, where shmflags does it once per host.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+import sys
+import time
+import uuid
+from typing import Any, Dict, List
+
+from benchmarks.datagen import generate
+
+
+def _median_ms(samples: List[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def bench(quick: bool, n_flags: int = 10_000) -> Dict[str, Any]:
+    from shmflags.shm import Publisher, cleanup
+    from shmflags.snapshot.builder import SnapshotBuilder
+
+    data = generate(n_flags, seed=1, n_contexts=10)
+    reps = 3 if quick else 10
+    name = f"bench-pub-{uuid.uuid4().hex[:8]}"
+    pub = Publisher(name, grace=0.0)
+    out: Dict[str, Any] = {}
+    try:
+        full, patch_build, patch_publish, patch_total = [], [], [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            blob = SnapshotBuilder().build(data.flags, data.segments)
+            pub.publish(blob)
+            full.append(time.perf_counter() - t0)
+            pub.reap()
+        builder = SnapshotBuilder()
+        flags = dict(data.flags)
+        pub.publish(builder.build(flags, data.segments))
+        key = next(iter(flags))
+        for i in range(reps * 5):
+            flag = copy.deepcopy(flags[key])
+            flag["version"] += 1
+            flag["on"] = not flag["on"]
+            flags[key] = flag
+            t0 = time.perf_counter()
+            blob = builder.build(flags, data.segments)
+            t1 = time.perf_counter()
+            pub.publish(blob)
+            t2 = time.perf_counter()
+            patch_build.append(t1 - t0)
+            patch_publish.append(t2 - t1)
+            patch_total.append(t2 - t0)
+            pub.reap()
+        out["shmflags"] = {"full_put_ms": _median_ms(full), "patch_build_ms": _median_ms(patch_build),
+                           "patch_publish_ms": _median_ms(patch_publish),
+                           "patch_total_ms": _median_ms(patch_total),
+                           "patch_total_p99_ms": max(patch_total) * 1e3,
+                           "snapshot_bytes": len(blob)}
+    finally:
+        pub.close()
+        cleanup(name)
+
+    from ldclient.feature_store import InMemoryFeatureStore
+    from ldclient.versioned_data_kind import FEATURES, SEGMENTS
+
+    put_text = json.dumps({"path": "/", "data": data.payload()})
+    ld_full, ld_patch = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        msg = json.loads(put_text)
+        store = InMemoryFeatureStore()
+        store.init({FEATURES: msg["data"]["flags"], SEGMENTS: msg["data"]["segments"]})
+        ld_full.append(time.perf_counter() - t0)
+    flag = copy.deepcopy(data.flags[key])
+    for i in range(reps * 5):
+        flag["version"] += 1
+        text = json.dumps({"path": f"/flags/{key}", "data": flag})
+        t0 = time.perf_counter()
+        msg = json.loads(text)
+        store.upsert(FEATURES, msg["data"])
+        ld_patch.append(time.perf_counter() - t0)
+    out["ldclient_per_worker"] = {"full_put_ms": _median_ms(ld_full), "patch_ms": _median_ms(ld_patch)}
+    s, ld = out["shmflags"], out["ldclient_per_worker"]
+    out["markdown"] = "\n".join([
+        f"### Publishing at {n_flags} flags (ms, median)", "",
+        "| step | shmflags (once per host) | ldclient (in every worker) |", "|---|---:|---:|",
+        f"| full put | {s['full_put_ms']:.1f} | {ld['full_put_ms']:.1f} |",
+        f"| one-flag patch | {s['patch_total_ms']:.2f} (build {s['patch_build_ms']:.2f} + publish "
+        f"{s['patch_publish_ms']:.2f}; worst {s['patch_total_p99_ms']:.2f}) | {ld['patch_ms']:.3f} |",
+        f"| snapshot size | {s['snapshot_bytes'] / 2**20:.1f} MiB | — |"])
+    return out
+
+
+if __name__ == "__main__":
+    json.dump(bench("--full" not in sys.argv), sys.stdout)
+    sys.stdout.write("\n")
