@@ -59,7 +59,8 @@ class DatagramReceiver:
             st = None
         if st is not None and not stat.S_ISSOCK(st.st_mode):
             raise EventsError(f"{self.path} exists and is not a socket; not replacing it")
-        tmp = os.path.join(directory, f".{os.path.basename(self.path)}.{os.getpid()}.tmp")
+        # Short temporary name: socket paths are limited to 107 bytes.
+        tmp = os.path.join(directory, f".sf{os.getpid()}.tmp")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             try:
