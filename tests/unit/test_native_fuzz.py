@@ -118,13 +118,22 @@ def fuzz(iterations: int, seed: int) -> int:
     return opened
 
 
+def _child_env() -> dict:
+    """Children import shmflags from PYTHONPATH first (the sanitized build), then the tree."""
+    path = os.environ.get("PYTHONPATH", "")
+    env = dict(os.environ, PYTHONPATH=(path + os.pathsep if path else "") + str(ROOT))
+    if "libasan" in env.get("LD_PRELOAD", ""):
+        # under scripts/build_sanitized.sh: ASan's quarantine would look like a leak
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0"
+    return env
+
+
 def test_fuzzed_snapshots_never_crash_the_process():
     from conftest import native_module
 
     native_module()
-    proc = subprocess.run([sys.executable, str(HERE), str(FUZZ_ITERATIONS), "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run([sys.executable, str(HERE), str(FUZZ_ITERATIONS), "1"], cwd="/",
+                          capture_output=True, text=True, timeout=600, env=_child_env())
     assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr[-4000:]}"
     opened = int(proc.stdout.strip().splitlines()[-1])
     assert opened > FUZZ_ITERATIONS // 4, "most mutated snapshots should open (checksums redone)"
@@ -137,7 +146,7 @@ def test_rss_flat_over_a_million_calls():
     native_module()
     code = r"""
 import psutil, sys
-sys.path.insert(0, 'tests/unit')
+sys.path.insert(0, HERE_DIR)
 from test_native_fuzz import FLAGS, SEGMENTS
 from shmflags import _native
 from shmflags.context import Context
@@ -158,9 +167,9 @@ before = p.memory_info().rss
 run(333334)
 after = p.memory_info().rss
 print(before, after)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+""".replace("HERE_DIR", repr(str(HERE.parent)))
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True,
+                          timeout=600, env=_child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     before, after = map(int, proc.stdout.split())
     assert after - before < 2 * 1024 * 1024, f"RSS grew by {after - before} bytes"
