@@ -58,9 +58,12 @@ def load_data(data: DataLike) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         raise DataError(f"cannot read flag data: {exc}") from exc
     if not isinstance(obj, dict):
         raise DataError("flag data must be a JSON object with \"flags\" and \"segments\"")
-    flags = obj.get("flags") or {}
-    segments = obj.get("segments") or {}
-    values = obj.get("flagValues") or {}
+    flags = obj.get("flags")
+    segments = obj.get("segments")
+    values = obj.get("flagValues")
+    flags = {} if flags is None else flags
+    segments = {} if segments is None else segments
+    values = {} if values is None else values
     if not isinstance(flags, dict) or not isinstance(segments, dict) or not isinstance(values, dict):
         raise DataError("\"flags\", \"segments\" and \"flagValues\" must be JSON objects")
     flags = dict(flags)
