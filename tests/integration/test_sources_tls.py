@@ -62,6 +62,7 @@ def test_ca_bundle_setting_trusts_the_certificate(fake: FakeLD, cert: Tuple[str,
     assert Path(cert[0]).exists()
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_disable_ssl_verification(fake: FakeLD) -> None:
     sink = poll(fake, disable_ssl_verification=True)
     assert sink.of("init")[0][1] == {"f1": FLAG}
