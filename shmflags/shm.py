@@ -372,18 +372,20 @@ class Publisher:
     def _take_over(self, force: bool) -> None:
         mm, words = self._mm, self._words
         assert mm is not None and words is not None
+        # Owner check first, without the seqlock (pid and start time are written by one
+        # store; a live owner may be inside a write section, which must not be disturbed).
+        pid, start_ms = struct.unpack_from("<qQ", mm, fmt.CTL_OFF_SUPERVISOR_PID)
+        if pid != self._pid and not force and _supervisor_alive(pid, start_ms):
+            self.close()
+            raise SnapshotError(
+                f"namespace {self.name!r} belongs to a live supervisor (pid {pid}); stop it "
+                f"first or use force")
         seq = words[fmt.CTL_WORD_SEQ]
         if seq & 1:
             # The previous writer died inside a write section: close it so readers resume.
             # Its half-written fields are rewritten below or by the next publish.
             words[fmt.CTL_WORD_SEQ] = seq + 1
         ctl = _read_control(mm, words)
-        if ctl.supervisor_pid != self._pid and not force \
-                and _supervisor_alive(ctl.supervisor_pid, ctl.supervisor_start_ms):
-            self.close()
-            raise SnapshotError(
-                f"namespace {self.name!r} belongs to a live supervisor (pid "
-                f"{ctl.supervisor_pid}); stop it first or use force")
         self._seq = words[fmt.CTL_WORD_SEQ]
         self._generation = ctl.generation
         self._current_name = ctl.data_name or None if ctl.generation else None
