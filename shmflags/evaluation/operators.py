@@ -20,44 +20,36 @@ from typing import Any, Dict, List, Optional, Tuple
 from shmflags.evaluation.dates import is_number, parse_time
 from shmflags.evaluation.semver import compare as semver_compare
 from shmflags.evaluation.semver import parse_semver
+from shmflags.snapshot.ops import OP_CODES, OP_SEGMENT_MATCH, OP_UNKNOWN, op_code
 
-__all__ = ["OPERATORS", "OP_UNKNOWN", "OP_SEGMENT_MATCH", "ClauseValues", "prepare", "match_value"]
+__all__ = ["OPERATORS", "OP_UNKNOWN", "OP_SEGMENT_MATCH", "ClauseValues", "prepare", "match_value",
+           "op_code"]
 
-OP_UNKNOWN = 0
-OP_IN = 1
-OP_STARTS_WITH = 2
-OP_ENDS_WITH = 3
-OP_CONTAINS = 4
-OP_MATCHES = 5
-OP_LESS_THAN = 6
-OP_LESS_THAN_OR_EQUAL = 7
-OP_GREATER_THAN = 8
-OP_GREATER_THAN_OR_EQUAL = 9
-OP_BEFORE = 10
-OP_AFTER = 11
-OP_SEMVER_EQUAL = 12
-OP_SEMVER_LESS_THAN = 13
-OP_SEMVER_GREATER_THAN = 14
-OP_SEGMENT_MATCH = 15
+# Operator codes come from the one table, ``shmflags.snapshot.ops`` (shared with the compiled
+# records and the C evaluator); only local aliases are defined here.
+OP_IN = OP_CODES["in"]
+OP_STARTS_WITH = OP_CODES["startsWith"]
+OP_ENDS_WITH = OP_CODES["endsWith"]
+OP_CONTAINS = OP_CODES["contains"]
+OP_MATCHES = OP_CODES["matches"]
+OP_LESS_THAN = OP_CODES["lessThan"]
+OP_LESS_THAN_OR_EQUAL = OP_CODES["lessThanOrEqual"]
+OP_GREATER_THAN = OP_CODES["greaterThan"]
+OP_GREATER_THAN_OR_EQUAL = OP_CODES["greaterThanOrEqual"]
+OP_BEFORE = OP_CODES["before"]
+OP_AFTER = OP_CODES["after"]
+OP_SEMVER_EQUAL = OP_CODES["semVerEqual"]
+OP_SEMVER_LESS_THAN = OP_CODES["semVerLessThan"]
+OP_SEMVER_GREATER_THAN = OP_CODES["semVerGreaterThan"]
 
-#: LaunchDarkly operator name → operator code (the one table; other modules import it).
-OPERATORS: Dict[str, int] = {
-    "in": OP_IN,
-    "startsWith": OP_STARTS_WITH,
-    "endsWith": OP_ENDS_WITH,
-    "contains": OP_CONTAINS,
-    "matches": OP_MATCHES,
-    "lessThan": OP_LESS_THAN,
-    "lessThanOrEqual": OP_LESS_THAN_OR_EQUAL,
-    "greaterThan": OP_GREATER_THAN,
-    "greaterThanOrEqual": OP_GREATER_THAN_OR_EQUAL,
-    "before": OP_BEFORE,
-    "after": OP_AFTER,
-    "semVerEqual": OP_SEMVER_EQUAL,
-    "semVerLessThan": OP_SEMVER_LESS_THAN,
-    "semVerGreaterThan": OP_SEMVER_GREATER_THAN,
-    "segmentMatch": OP_SEGMENT_MATCH,
-}
+#: LaunchDarkly operator name → operator code (an alias of ``shmflags.snapshot.ops.OP_CODES``).
+OPERATORS: Dict[str, int] = OP_CODES
+
+_STRING_OPS = frozenset((OP_STARTS_WITH, OP_ENDS_WITH, OP_CONTAINS, OP_MATCHES))
+_NUMERIC_OPS = frozenset((OP_LESS_THAN, OP_LESS_THAN_OR_EQUAL, OP_GREATER_THAN,
+                          OP_GREATER_THAN_OR_EQUAL))
+_DATE_OPS = frozenset((OP_BEFORE, OP_AFTER))
+_SEMVER_OPS = frozenset((OP_SEMVER_EQUAL, OP_SEMVER_LESS_THAN, OP_SEMVER_GREATER_THAN))
 
 _OVERFLOW = object()  # a clause number float() cannot represent; raises when compared
 _NOT_COMPILED = object()
@@ -126,13 +118,13 @@ def prepare(op: int, values: List[Any]) -> ClauseValues:
             elif v is not None:
                 others.append(v)  # objects and arrays: deep ``==`` like ldclient
         cv.strs, cv.nums, cv.bools, cv.others = frozenset(strs), frozenset(nums), frozenset(bools), tuple(others)
-    elif op in (OP_STARTS_WITH, OP_ENDS_WITH, OP_CONTAINS, OP_MATCHES):
+    elif op in _STRING_OPS:
         cv.strs = tuple(v for v in values if isinstance(v, str))
-    elif OP_LESS_THAN <= op <= OP_GREATER_THAN_OR_EQUAL:
+    elif op in _NUMERIC_OPS:
         cv.nums = tuple(_to_float(v) for v in values if is_number(v))
-    elif op == OP_BEFORE or op == OP_AFTER:
+    elif op in _DATE_OPS:
         cv.parsed = tuple(t for t in (parse_time(v) for v in values) if t is not None)
-    elif OP_SEMVER_EQUAL <= op <= OP_SEMVER_GREATER_THAN:
+    elif op in _SEMVER_OPS:
         cv.parsed = tuple(s for s in (parse_semver(v) for v in values) if s is not None)
     return cv
 
@@ -251,17 +243,11 @@ def match_value(op: int, cv: ClauseValues, u: Any) -> bool:
         return _match_contains(cv, u)
     if op == OP_MATCHES:
         return _match_matches(cv, u)
-    if OP_LESS_THAN <= op <= OP_GREATER_THAN_OR_EQUAL:
+    if op in _NUMERIC_OPS:
         return _numeric(cv, u, op)
-    if op == OP_BEFORE or op == OP_AFTER:
+    if op in _DATE_OPS:
         return _dates(cv, u, op)
-    if OP_SEMVER_EQUAL <= op <= OP_SEMVER_GREATER_THAN:
+    if op in _SEMVER_OPS:
         return _semvers(cv, u, op)
     return False
 
-
-def op_code(name: Any) -> int:
-    """Operator code for a LaunchDarkly operator name (``OP_UNKNOWN`` if not known)."""
-    if isinstance(name, str):
-        return OPERATORS.get(name, OP_UNKNOWN)
-    return OP_UNKNOWN
