@@ -506,6 +506,10 @@ class EventRecorder:
                 for fq, entry in p.contexts:
                     live = self._contexts.get(fq)
                     if live is None:
+                        if len(self._contexts) >= self._capacity:
+                            self._dropped += 1  # bounded while the supervisor is away
+                            self.stats["dropped"] += 1
+                            continue
                         self._contexts[fq] = entry
                     else:
                         entry[2] += live[2]

@@ -300,3 +300,15 @@ def test_many_distinct_contexts_trigger_a_flush(sink):
     got = sink.read()  # no flush() call: the window flushed itself when full
     assert sum(len(d.get("contexts", ())) for d in got) >= 100
     assert rec.stats["dropped"] == 0
+
+
+def test_buffer_stays_bounded_while_the_supervisor_is_away(tmp_path):
+    rec = recorder(str(tmp_path / "away.sock"), events_max_pending=20)
+    for round_ in range(5):
+        for i in range(30):
+            ctx = Context.create(f"r{round_}-c{i}")
+            rec.record_evaluation("t", ctx, (True, 1, FALLTHROUGH, info(1, 1), ()), False, False)
+        rec.flush()
+    assert len(rec._contexts) <= 20 and len(rec._events) <= 20
+    assert rec.stats["dropped"] > 0
+    assert rec._summary["t"][2][1][0] == 150  # every evaluation still counted
