@@ -34,7 +34,7 @@ from shmflags.config import Config
 
 __all__ = [
     "USER_AGENT", "Backoff", "base_headers", "error_description", "error_info", "is_recoverable",
-    "make_session", "process_instance_id", "record_environment_id", "request_options", "tags_header", "timeouts", "uri",
+    "make_session", "missing_key_error", "process_instance_id", "record_environment_id", "request_options", "tags_header", "timeouts", "uri",
     "UNKNOWN", "NETWORK_ERROR", "ERROR_RESPONSE", "INVALID_DATA", "STORE_ERROR",
 ]
 
@@ -204,6 +204,17 @@ def record_environment_id(sink: Any, headers: Any) -> None:
     setter = getattr(sink, "set_environment_id", None)
     if env_id and setter is not None:
         setter(str(env_id))
+
+
+def missing_key_error(config: Config, what: str) -> Optional[Dict[str, Any]]:
+    """An error dict if ``config.sdk_key`` is empty (the source then goes ``OFF`` at once).
+
+    LaunchDarkly and the Relay Proxy answer 401 without a key; saying so without contacting
+    them gives a clearer ``last_error``.
+    """
+    if config.sdk_key:
+        return None
+    return error_info(UNKNOWN, f"sdk_key is not set: {what} needs a LaunchDarkly SDK key")
 
 
 class Backoff:

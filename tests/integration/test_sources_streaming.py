@@ -327,3 +327,20 @@ def test_stream_inits_reported_for_diagnostics(fake: FakeLD, sink: RecordingSink
         src.stop()
     assert [f for _, _, f in inits] == [True, False]  # one failed attempt, one good one
     assert all(abs(ts - time.time() * 1000) < 10000 and 0 <= ms < 5000 for ts, ms, _ in inits)
+
+
+@pytest.mark.parametrize("kind", ["streaming", "polling"])
+def test_no_sdk_key_is_off_without_contacting_anyone(fake: FakeLD, sink: RecordingSink,
+                                                     kind: str) -> None:
+    from shmflags.supervisor.sources.polling import PollingSource
+    cfg = Config(stream_uri=fake.url, base_uri=fake.url, environ={})
+    src = StreamingSource(cfg, sink) if kind == "streaming" else PollingSource(cfg, sink)
+    src.start()
+    try:
+        assert sink.wait_for(lambda s: bool(s.statuses()))
+        state, err = sink.statuses()[0]
+        assert state == "OFF" and "sdk_key is not set" in err["message"]
+        time.sleep(0.1)
+        assert fake.requests == [] and not src.running
+    finally:
+        src.stop()

@@ -74,6 +74,11 @@ class PollingSource:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        missing = http.missing_key_error(self._config, "polling")
+        if missing is not None:
+            log.error("%s", missing["message"])
+            self._sink.set_status("OFF", missing)
+            return
         log.info("polling %s every %.0fs", self.url, self.interval)
         self._session = http.make_session(self._config)
         try:

@@ -200,6 +200,11 @@ class StreamingSource:
     # -- the loop --------------------------------------------------------------------------
 
     def _run(self) -> None:
+        missing = http.missing_key_error(self._config, "streaming")
+        if missing is not None:
+            log.error("%s", missing["message"])
+            self._sink.set_status("OFF", missing)
+            return
         log.info("streaming from %s", self.url)
         session = http.make_session(self._config)
         try:
