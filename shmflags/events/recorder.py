@@ -101,6 +101,8 @@ class EventRecorder:
         self._deadline = _time() + self._interval if self._enabled else 0.0
         self._retry_at: Optional[float] = None
         self._retry_delay = 0.0
+        self._flush_requested = False
+        self._must_flush = False
         self._flush_lock = threading.Lock()
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
@@ -120,10 +122,21 @@ class EventRecorder:
             self._reset(pid)
 
     def _tick(self, now: float) -> None:
-        """Flush-interval check, done by whichever call first sees the deadline pass."""
+        """Flush-interval check, done by whichever call first sees the deadline pass.
+
+        The flush itself runs on the daemon thread, so that a request does not pay for
+        packing a window; if that thread is not running, the caller flushes.
+        """
         self._deadline = now + self._interval
         self._check_pid()
-        if self._thread is None:
+        thread = self._thread
+        if self._must_flush:  # a full buffer is flushed by the caller, at once
+            self._must_flush = False
+        elif thread is not None and thread.is_alive():
+            self._flush_requested = True
+            self._wake.set()
+            return
+        if thread is None:
             self._start_thread()
         self._flush(block=False)
 
@@ -155,7 +168,8 @@ class EventRecorder:
                 return entry  # counted in the summary, not tracked for an index event
             self._contexts[fq] = entry
             if len(self._contexts) >= self._capacity:
-                self._deadline = 0.0  # the next call flushes (we hold the lock here)
+                self._must_flush = True  # the next call flushes (we hold the lock here)
+                self._deadline = 0.0
         else:
             entry[2] += count
         self._last_ctx, self._last_entry = context, entry
@@ -536,8 +550,10 @@ class EventRecorder:
         """One pass of the flush thread; returns how long to sleep."""
         now = _time()
         retry = self._retry_at
-        if now >= self._deadline or (retry is not None and now >= retry):
-            self._deadline = now + self._interval
+        if self._flush_requested or now >= self._deadline or (retry is not None and now >= retry):
+            self._flush_requested = False
+            if now >= self._deadline:
+                self._deadline = now + self._interval
             self._flush(block=False)
         retry = self._retry_at
         wake_at = self._deadline if retry is None else min(self._deadline, retry)
@@ -550,15 +566,15 @@ def _run_flusher(ref: "weakref.ref[EventRecorder]", pid: int) -> None:
         recorder = ref()
         if recorder is None or recorder._pid != pid or recorder._closed:
             return
+        wake = recorder._wake
+        wake.clear()  # before looking at the work, so that a request made meanwhile wakes us
         try:
             delay = recorder._background()
-        except Exception:  # never let the thread die on a bug; log once per occurrence
+        except Exception:  # noqa: BLE001 - the thread must outlive a bug in one flush
             log.exception("event flush failed")
             delay = recorder._interval
-        wake = recorder._wake
         del recorder
         wake.wait(delay)
-        wake.clear()
 
 
 def _close_at_exit(ref: "weakref.ref[EventRecorder]") -> None:
