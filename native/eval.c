@@ -775,7 +775,8 @@ static int check_prereqs(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
         }
         if (e->want_keys && e->depth == 0) {
             PyObject *k = sf_rec_pystr(e->so, rec, pr[i].key);
-            if (k == NULL || PyList_Append(e->prereq_keys, k) < 0) {
+            if (k == NULL || (e->prereq_keys == NULL && (e->prereq_keys = PyList_New(0)) == NULL)
+                || PyList_Append(e->prereq_keys, k) < 0) {
                 rc = PYFAIL;
                 break;
             }

@@ -80,6 +80,7 @@ static void Snapshot_dealloc(SnapshotObject *self)
     Py_CLEAR(self->parse_time);
     Py_CLEAR(self->re_compile);
     Py_CLEAR(self->big_segments);
+    Py_CLEAR(self->flag_lookup);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -211,29 +212,78 @@ static PyObject *context_map(PyObject *ctx)
     return m;
 }
 
-/* Look a flag up; 1 found (rec, f set), 0 absent/deleted, -1 corrupt */
-static int find_flag(SnapshotObject *self, const char *k, Py_ssize_t kl, sf_rec_t *rec,
-                     const sf_flag_rec_t **f)
+/* The flag's version as a cached int object (borrowed), or NULL with an exception. */
+static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const sf_flag_rec_t *f)
 {
+    uint64_t ck = SF_CACHE_KEY(rec->abs, SF_TAG_VERSION);
+    PyObject *v = sf_cache_get(&self->cache, ck);
+    if (v != NULL)
+        return v;
+    v = PyLong_FromLongLong(f->version);
+    if (v == NULL || sf_cache_put(&self->cache, ck, v) < 0) {
+        Py_XDECREF(v);
+        return NULL;
+    }
+    Py_DECREF(v);
+    return v;
+}
+
+/*
+ * Look a flag up by its str key; 1 found (rec, f set), 0 absent/deleted, -1 corrupt or error.
+ * Found records are remembered in flag_lookup (exact str keys only), so a repeated key costs
+ * one dict lookup instead of hash + slot + entry + key bytes (four cache misses in a large
+ * snapshot).  The record is still validated on every use.
+ */
+static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const sf_flag_rec_t **f)
+{
+    if (self->flag_lookup != NULL && PyUnicode_CheckExact(key)) {
+        PyObject *hit = PyDict_GetItemWithError(self->flag_lookup, key);
+        if (hit != NULL) {
+            unsigned long long packed = PyLong_AsUnsignedLongLong(hit);
+            sf_entry_t ent;
+            memset(&ent, 0, sizeof(ent));
+            ent.rec_off = (uint32_t)packed;
+            ent.rec_len = (uint32_t)(packed >> 32);
+            if (sf_entry_record(&self->snap, &ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
+                return -1;
+            return 1;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    Py_ssize_t kl;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
+    if (k == NULL)
+        return -1;
     const sf_entry_t *ent;
     int rc = sf_snapshot_find(&self->snap, SF_FLAGS, k, (size_t)kl, &ent);
     if (rc == SF_ENOTFOUND)
         return 0;
     if (rc != SF_OK || sf_entry_record(&self->snap, ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
         return -1;
-    return ((*f)->bits & SF_FLAG_DELETED) ? 0 : 1;
+    if ((*f)->bits & SF_FLAG_DELETED)
+        return 0;
+    if (PyUnicode_CheckExact(key)) {
+        if (self->flag_lookup == NULL && (self->flag_lookup = PyDict_New()) == NULL)
+            return -1;
+        PyObject *packed = PyLong_FromUnsignedLongLong(((uint64_t)ent->rec_len << 32) | ent->rec_off);
+        int prc = packed ? PyDict_SetItem(self->flag_lookup, key, packed) : -1;
+        Py_XDECREF(packed);
+        if (prc < 0)
+            return -1;
+    }
+    return 1;
 }
 
 /* run one top-level evaluation; returns SF_OK/SF_EMALFORMED/SF_EPYTHON */
 static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
-                    const sf_flag_rec_t *f, sf_result_t *res, PyObject *prereq_keys)
+                    const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags)
 {
     memset(e, 0, sizeof(*e));
     memset(res, 0, sizeof(*res));
     e->so = self;
-    e->want_events = prereq_keys == NULL;
-    e->want_keys = prereq_keys != NULL;
-    e->prereq_keys = prereq_keys;
+    e->want_events = !for_all_flags;
+    e->want_keys = for_all_flags;
     e->emap = emap;
     e->top.p = sf_rec_str(rec, f->key);
     e->top.n = f->key.len;
@@ -257,13 +307,11 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *const *args, 
         return NULL;
     }
     PyObject *key = args[0], *ctx = args[1];
-    Py_ssize_t kl;
-    const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
-    if (k == NULL)
-        return NULL;
     sf_rec_t rec;
     const sf_flag_rec_t *f;
-    int found = find_flag(self, k, kl, &rec, &f);
+    int found = find_flag(self, key, &rec, &f);
+    if (found < 0 && PyErr_Occurred())
+        return NULL;
     if (found <= 0) {
         PyObject *reason = error_reason(found == 0 ? sf_c.s_FLAG_NOT_FOUND : sf_c.s_MALFORMED_FLAG);
         if (reason == NULL)
@@ -280,7 +328,7 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *const *args, 
     sf_eval_t e;
     sf_result_t res;
     PyObject *value = NULL, *index = NULL, *reason = NULL, *info = NULL, *prereqs = NULL, *out = NULL;
-    int rc = run_eval(&e, self, emap, &rec, f, &res, NULL);
+    int rc = run_eval(&e, self, emap, &rec, f, &res, 0);
     reason = info = prereqs = NULL;
     if (rc == SF_EPYTHON) {
         /* like ldclient and _pure: an unexpected error is an EXCEPTION result, logged */
@@ -362,19 +410,15 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
 
         sf_eval_t e;
         sf_result_t res;
-        PyObject *keys = PyList_New(0);
-        if (keys == NULL)
-            goto fail;
-        int rc = run_eval(&e, self, emap, &rec, f, &res, keys);
+        int rc = run_eval(&e, self, emap, &rec, f, &res, 1);
+        PyObject *keys = e.prereq_keys;   /* owned; NULL when no prerequisite was seen */
         PyObject *reason = NULL, *value = NULL;
         int exception = 0;
         if (rc == SF_EPYTHON) {
             /* ldclient: an exception while evaluating one flag gives ERROR/EXCEPTION */
             log_exception("Error evaluating flag in all_flags_state", key);
             exception = 1;
-            Py_SETREF(keys, PyList_New(0));
-            if (keys == NULL)
-                goto fail;
+            Py_CLEAR(keys);
         }
         if (rc != SF_OK) {
             memset(&res, 0, sizeof(res));
@@ -427,11 +471,10 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
             if (ok && (with_reasons || exp) && !omit)
                 ok = PyDict_SetItem(meta, sf_c.s_reason, reason) == 0;
             if (ok && !omit) {
-                PyObject *v = PyLong_FromLongLong(f->version);
+                PyObject *v = version_object(self, &rec, f);
                 ok = v != NULL && PyDict_SetItem(meta, sf_c.s_version, v) == 0;
-                Py_XDECREF(v);
             }
-            if (ok && PyList_GET_SIZE(keys) > 0)
+            if (ok && keys != NULL && PyList_GET_SIZE(keys) > 0)
                 ok = PyDict_SetItem(meta, sf_c.s_prerequisites, keys) == 0;
             if (ok && res.variation >= 0) {
                 PyObject *v = PyLong_FromLong(res.variation);
@@ -452,7 +495,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         Py_CLEAR(e.bigseg_status);
         Py_XDECREF(reason);
         Py_XDECREF(value);
-        Py_DECREF(keys);
+        Py_XDECREF(keys);
         if (!ok)
             goto fail;
     }

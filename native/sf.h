@@ -143,6 +143,7 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_VALUE     3u
 #define SF_TAG_REGEX     4u
 #define SF_TAG_INFO      5u
+#define SF_TAG_VERSION   6u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
 /* ---- the Python Snapshot object ---- */
@@ -156,6 +157,7 @@ typedef struct {
     PyObject *parse_time;    /* shmflags.snapshot.compile.parse_time_string */
     PyObject *re_compile;    /* re.compile */
     PyObject *big_segments;  /* BigSegmentsProvider (get_membership) or NULL */
+    PyObject *flag_lookup;   /* exact str key -> PyLong (rec_len << 32 | rec_off): skips the index */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
@@ -190,7 +192,7 @@ typedef struct sf_eval {
     SnapshotObject *so;
     PyObject *emap;           /* kind -> attribute dict (borrowed for the call) */
     PyObject *events;         /* list of prerequisite event tuples, or NULL */
-    PyObject *prereq_keys;    /* depth-0 prerequisite keys (all_flags_state), or NULL */
+    PyObject *prereq_keys;    /* depth-0 prerequisite keys (all_flags_state; owned, lazy) */
     int want_events, want_keys;
     int depth;
     PyObject *bigseg_status;  /* status of the last Big Segment query (owned), or NULL */
