@@ -74,9 +74,11 @@ class Harness:
         self.tmp = tmp_path
         self.name = f"t{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.state_dir = tmp_path / "state"
+        # The test's own settings only, but keep the evaluator choice CI runs the suite with.
+        keep = ("SHMFLAGS_REQUIRE_NATIVE", "SHMFLAGS_EVALUATOR")
         self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("SHMFLAGS_") and k not in ("NOTIFY_SOCKET",
-                                                                   "WATCHDOG_USEC")}
+                    if (k in keep or not k.startswith("SHMFLAGS_"))
+                    and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         self.env.update({"SHMFLAGS_NAME": self.name, "SHMFLAGS_STATE_DIR": str(self.state_dir),
                          "SHMFLAGS_SEND_EVENTS": "false", "PYTHONUNBUFFERED": "1"})
         self.supervisors: List[Supervisor] = []
