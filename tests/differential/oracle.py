@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ldclient.client import LDClient
 from ldclient.config import Config
 from ldclient.context import Context as LDContext
+from ldclient.impl.events.types import EventFactory
 from ldclient.interfaces import UpdateProcessor
 from ldclient.versioned_data_kind import FEATURES, SEGMENTS
 
@@ -39,6 +40,12 @@ class _StubSource(UpdateProcessor):
 
     def is_alive(self) -> bool:
         return True
+
+
+def _event_tuple(e: Any) -> tuple:
+    return (None if e.prereq_of is None else e.prereq_of.key, e.key, e.variation, e.value, e.reason,
+            e.track_events, e.sampling_ratio, e.exclude_from_summaries,
+            e.flag.debug_events_until_date, e.flag.version)
 
 
 class Oracle:
@@ -79,6 +86,30 @@ class Oracle:
     def all_flags(self, context: Dict[str, Any], **options: bool) -> Dict[str, Any]:
         """``all_flags_state(...).to_json_dict()``."""
         return self.client.all_flags_state(LDContext.from_dict(context), **options).to_json_dict()
+
+    def events(self, key: str, context: Dict[str, Any]) -> Optional[List[tuple]]:
+        """The evaluation events ldclient would send for ``variation(key, context)``.
+
+        Runs ldclient's evaluator directly (no event processor). Each event is
+        ``(prereq_of, key, variation, value, reason_or_None, track_events, sampling_ratio,
+        exclude_from_summaries, debug_events_until_date, version)``; prerequisite events first,
+        the flag's own event last (its value and variation omitted: the caller's default is
+        substituted there). ``None`` when the flag does not exist; ``[]`` plus nothing else when
+        evaluation raised (ldclient then reports ``EXCEPTION``).
+        """
+        flag = self._source.store.get(FEATURES, key, lambda x: x)
+        if flag is None:
+            return None
+        ctx = LDContext.from_dict(context)
+        factory = EventFactory(False)
+        try:
+            result = self.client._evaluator.evaluate(flag, ctx, factory)
+        except Exception:  # noqa: BLE001 - ldclient's EXCEPTION path
+            return []
+        out = [_event_tuple(e) for e in (result.events or [])]
+        top = factory.new_eval_event(flag, ctx, result.detail, None)
+        out.append(_event_tuple(top)[:2] + (None, None) + _event_tuple(top)[4:])
+        return out
 
     def close(self) -> None:
         """Close the client."""

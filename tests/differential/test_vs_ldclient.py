@@ -5,7 +5,9 @@ segment nesting with cycles, rollouts and experiments, broken references, out-of
 and, now and then, values of the wrong JSON type) plus single- and multi-kind contexts. Each is
 loaded into ldclient (the oracle) and into ``shmflags.Client.from_data``; for every flag and
 context we require the same value, variation index and reason from ``variation_detail``, and
-the same ``all_flags_state(...).to_json_dict()`` for all eight option combinations.
+the same ``all_flags_state(...).to_json_dict()`` for all eight option combinations, and the
+same evaluation events (prerequisite events in order with ``prereqOf``, tracking and reason
+flags, sampling ratio, ``excludeFromSummaries``, debug date, version) as ldclient's evaluator.
 
 Budget: ``SHMFLAGS_DIFF_EXAMPLES`` examples per run (default 10000, about a minute here);
 ``SHMFLAGS_DIFF_SEED`` fixes the seed (default 0, so CI is repeatable). A longer hunt::
@@ -26,12 +28,13 @@ import itertools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
-from shmflags import Client
+from shmflags import Client, Context
+from shmflags.evaluation.backend import BIT_EXCLUDE_FROM_SUMMARIES, BIT_EXPERIMENT, BIT_TRACK_EVENTS
 from shmflags.model import parse_flag, parse_segment
 from differential import strategies as S
 from differential.oracle import Oracle, OracleRejected
@@ -75,6 +78,25 @@ def _save(flags: Dict[str, Any], segments: Dict[str, Any], contexts: List[Dict[s
     return path
 
 
+def our_events(result: tuple, key: str) -> Optional[List[tuple]]:
+    """Our EvalTuple in the shape of :meth:`Oracle.events`."""
+    value, index, reason, info, prereqs = result
+    if info is None:
+        return None
+    if reason.get("errorKind") == "EXCEPTION":
+        return []
+
+    def shape(prereq_of, k, v, i, r, inf):
+        version, bits, debug, sampling = inf
+        return (prereq_of, k, i, v, r if bits & BIT_EXPERIMENT else None,
+                bool(bits & (BIT_TRACK_EVENTS | BIT_EXPERIMENT)), sampling,
+                bool(bits & BIT_EXCLUDE_FROM_SUMMARIES), debug, version)
+
+    out = [shape(*p) for p in prereqs]
+    out.append(shape(None, key, None, None, reason, info))
+    return out
+
+
 def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
                contexts: List[Dict[str, Any]], save: bool = True) -> None:
     """Assert shmflags and ldclient agree on one data set and its contexts."""
@@ -90,6 +112,14 @@ def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
         return
     client = Client.from_data({"flags": flags, "segments": segments})
     for ctx in contexts:
+        if Context.from_dict(ctx).valid:
+            for key in list(flags) + ["missing"]:
+                expected_events = oracle.events(key, ctx)
+                got_events = our_events(client.backend.evaluate(key, Context.from_dict(ctx)), key)
+                if got_events != expected_events:
+                    if save:
+                        _LAST_FAILURE.append((flags, segments, contexts, f"{key}: events differ"))
+                    assert got_events == expected_events, f"events of {key!r} context {ctx!r}"
         for key in list(flags) + ["missing"]:
             expected = oracle.detail(key, ctx, DEFAULT)
             d = client.variation_detail(key, ctx, DEFAULT)
