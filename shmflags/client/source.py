@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
@@ -47,12 +48,15 @@ class StaticSource:
 
     :param flags: flag key → LD flag JSON.
     :param segments: segment key → LD segment JSON.
+    :param backend: an already-built backend to serve instead (``flags``/``segments`` are
+        then ignored), e.g. the reference ``ModelBackend``.
     """
 
     kind = "static"
 
-    def __init__(self, flags: Mapping[str, dict], segments: Mapping[str, dict]) -> None:
-        self._snapshot = build_backend(flags, segments, 1)
+    def __init__(self, flags: Mapping[str, dict], segments: Mapping[str, dict],
+                 backend: Any = None) -> None:
+        self._snapshot = backend if backend is not None else build_backend(flags, segments, 1)
         self._since = time.time()
 
     def current(self) -> Any:
@@ -97,6 +101,7 @@ class TestDataSource:
         self._generation = 1
         self._snapshot = build_backend(self._flags, self._segments, 1, self._builder)
         self._closed = False
+        self._listener: Any = None
 
     def _on_update(self, kind: str, item: dict) -> None:
         with self._lock:
@@ -113,6 +118,15 @@ class TestDataSource:
             generation = self._generation + 1
             snapshot = build_backend(self._flags, self._segments, generation, self._builder)
             self._snapshot, self._generation = snapshot, generation
+        listener = self._listener
+        if listener is not None:
+            # Like ldclient's TestData: change listeners run during td.update(), so a test
+            # can assert right after it.
+            listener()
+
+    def set_listener(self, listener: Any) -> None:
+        """Call ``listener()`` after each update has been applied (the client's watcher)."""
+        self._listener = listener
 
     def current(self) -> Any:
         """The snapshot of the latest update."""
@@ -161,16 +175,24 @@ class ShmSource:
         self._next_check = 0.0            # monotonic time of the next replaced-block check
         self._since = time.time()
         self._closed = False
+        ref = weakref.ref(self)
+
+        def _child() -> None:
+            source = ref()
+            if source is not None:
+                source._after_fork()
+
+        os.register_at_fork(after_in_child=_child)
 
     # -- hot path ----------------------------------------------------------------------
 
     def current(self) -> Any:
         """The snapshot to evaluate on, or ``None`` when none is published (yet).
 
-        One generation load when attached and unchanged; never raises.
+        One generation load when attached and unchanged, and no system call: the pid is
+        checked only on the slow paths (a fork keeps the mapping valid; only the lock and the
+        log-once state are per process, and an at-fork hook renews them at once).
         """
-        if self._pid != os.getpid():
-            self._after_fork()
         attachment = self._attachment
         if attachment is not None:
             try:
@@ -193,6 +215,8 @@ class ShmSource:
         """Once a second: notice a control block replaced under us (``shmflags cleanup``
         followed by a new supervisor) and reattach to the new one."""
         self._next_check = time.monotonic() + 1.0
+        if self._pid != os.getpid():
+            self._after_fork()
         attachment = self._attachment
         try:
             replaced = attachment is not None and attachment.replaced()
@@ -210,6 +234,8 @@ class ShmSource:
     def _switch(self) -> Any:
         """Attach and/or map the current generation. While a snapshot is being served, other
         threads keep using it instead of waiting for the switch."""
+        if self._pid != os.getpid():
+            self._after_fork()
         if not self._lock.acquire(blocking=self._snapshot is None):
             return self._snapshot
         try:

@@ -288,6 +288,7 @@ class FlagTracker:
         self._watcher = watcher
         self._listeners: List[Callable[[FlagChange], None]] = []
         self._lock = threading.Lock()
+        self._poll_lock = threading.RLock()
         self._seen: Any = None            # snapshot object the digest below describes
         self._digest: Optional[SnapshotDigest] = None
         watcher.add_poller(self.poll)
@@ -323,16 +324,22 @@ class FlagTracker:
 
     def poll(self) -> None:
         """Diff the current snapshot against the last one seen and notify (watcher thread)."""
-        listeners = self._listeners
-        if not listeners:
+        if not self._listeners:
             return
-        snapshot = self._current()
-        if snapshot is self._seen:
-            return
-        digest = SnapshotDigest(snapshot)
-        old = self._digest or SnapshotDigest(None)
-        self._seen, self._digest = snapshot, digest
-        for key in changed_flags(old, digest):
+        # One diff at a time (the watcher thread and a TestData update may both poll); an
+        # RLock, so a listener may itself trigger a poll.
+        with self._poll_lock:
+            snapshot = self._current()
+            if snapshot is self._seen:
+                return
+            digest = SnapshotDigest(snapshot)
+            old = self._digest or SnapshotDigest(None)
+            self._seen, self._digest = snapshot, digest
+            changed = changed_flags(old, digest)
+            self._notify(changed)
+
+    def _notify(self, changed: List[str]) -> None:
+        for key in changed:
             change = FlagChange(key)
             for fn in self._listeners:
                 try:
@@ -341,8 +348,9 @@ class FlagTracker:
                     log.error("flag change listener %r raised: %r", fn, exc)
 
     def after_fork(self) -> None:
-        """Replace the lock in a forked child."""
+        """Replace the locks in a forked child."""
         self._lock = threading.Lock()
+        self._poll_lock = threading.RLock()
 
 
 __all__ = ["FlagChange", "FlagValueChange", "FlagTracker", "FlagValueChangeListener",
