@@ -585,7 +585,8 @@ class Namespace:
         if harakiri:
             cmd += ["--harakiri", str(harakiri)]
         if max_requests:
-            cmd += ["--max-requests", str(max_requests)]
+            # uWSGI 2.0 recycles a worker only after min-worker-lifetime (default 10 s)
+            cmd += ["--max-requests", str(max_requests), "--min-worker-lifetime", "0"]
         cmd += list(extra)
         uenv = self._server_env(env)
         # uWSGI's embedded interpreter does not see the venv unless told
@@ -672,7 +673,167 @@ def mp_driver(argv: List[str]) -> int:
     return 0
 
 
+def celery_driver(argv: List[str]) -> int:
+    """``python -m tests.integration.prefork_helpers celery CONCURRENCY [parent-eval]``
+
+    A Celery app on the in-memory broker (``memory://``) with a prefork worker
+    (``celery.contrib.testing.worker.start_worker(pool="prefork")``) in this process, so the
+    tasks are sent and consumed here and run in billiard's forked pool processes. Each task
+    evaluates a flag and appends its answer to a file (results cannot come back through an
+    in-memory result backend: it would live in the pool process). Same line protocol as
+    :func:`mp_driver`; ``exit`` stops the worker (warm shutdown: the pool processes exit
+    gracefully).
+    """
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    import shmflags
+    concurrency = int(argv[0])
+    out_path = Path(tempfile.mkdtemp(prefix="sfcel.")) / "answers.jsonl"
+    out_path.touch()
+    celery = Celery("prefork_test", broker="memory://", backend=None)
+    celery.conf.update(task_ignore_result=True, worker_hijack_root_logger=False,
+                       worker_prefetch_multiplier=1,
+                       # the memory transport polls its queues once a second by default,
+                       # which would show up as flag latency in the measurement
+                       broker_transport_options={"polling_interval": 0.01})
+
+    @celery.task(name="prefork_test.evaluate")
+    def evaluate(key: str, i: int, tag: str) -> None:
+        answer = _mp_task((key, i))
+        answer["tag"] = tag
+        fd = os.open(str(out_path), os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, (json.dumps(answer) + "\n").encode())  # one write: atomic append
+        finally:
+            os.close(fd)
+
+    parent: Dict[str, Any] = {"pid": os.getpid()}
+    if "parent-eval" in argv:
+        parent["value"] = shmflags.get().variation("f1", {"kind": "user", "key": "p"}, DEFAULT)
+    with start_worker(celery, pool="prefork", concurrency=concurrency,
+                      perform_ping_check=False, shutdown_timeout=10.0) as worker:
+        pool = worker.pool
+        print(json.dumps({"parent": parent,
+                          "workers": sorted(pool.info.get("processes") or [])}), flush=True)
+        rounds = 0
+        for line in sys.stdin:
+            cmd = line.split()
+            if not cmd:
+                continue
+            if cmd[0] == "exit":
+                break
+            rounds += 1
+            tag, n = str(rounds), int(cmd[2])
+            for i in range(n):
+                evaluate.delay(cmd[1], i, tag)
+            deadline = time.monotonic() + 20.0
+            while time.monotonic() < deadline:
+                answers = [json.loads(x) for x in out_path.read_text().splitlines()]
+                answers = [a for a in answers if a["tag"] == tag]
+                if len(answers) >= n:
+                    break
+                time.sleep(0.01)
+            print(json.dumps(answers), flush=True)
+    shutil.rmtree(out_path.parent, ignore_errors=True)
+    print(json.dumps({"closed": True}), flush=True)
+    return 0
+
+
+class Driver:
+    """A driver subprocess (:func:`mp_driver`, :func:`celery_driver`) and its line protocol.
+
+    :param args: the arguments after ``python -m tests.integration.prefork_helpers``.
+    """
+
+    def __init__(self, ns: Namespace, args: List[str]) -> None:
+        cmd = [PY, "-m", "tests.integration.prefork_helpers"] + args
+        self.err_path = ns.dir / f"driver-{args[0]}.log"
+        self.stderr = open(self.err_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=ns.env, cwd=str(ROOT), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                     start_new_session=True)
+        self.hello = self.read()
+
+    def log(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def read(self) -> Any:
+        line = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            self.proc.wait(5)
+            raise AssertionError(f"driver exited {self.proc.returncode}: {self.log()[-3000:]}")
+        return json.loads(line)
+
+    def round(self, key: str, n: int) -> List[Dict[str, Any]]:
+        """Run ``n`` evaluations of ``key`` in the pool; their answers."""
+        self.proc.stdin.write(f"round {key} {n}\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self.read()
+
+    def close(self) -> None:
+        """Ask for a graceful exit; SIGKILL the driver's process group if it hangs."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.stdin.write("exit\n")  # type: ignore[union-attr]
+                self.proc.stdin.flush()  # type: ignore[union-attr]
+                assert self.read() == {"closed": True}
+                self.proc.wait(10)
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(5)
+            self.stderr.close()
+
+
+def pool_follows_patch(fake: Any, driver: Driver, label: str) -> int:
+    """The pool test of :func:`mp_driver` and :func:`celery_driver`: every pool process
+    answers ``v1``, a patch to ``v2`` reaches each within :data:`LATENCY_BOUND`. Returns the
+    number of evaluations performed (the parent's included)."""
+    workers = set(driver.hello["workers"])
+    performed = 1 if "value" in driver.hello["parent"] else 0
+    answers: Dict[int, List[Dict[str, Any]]] = {}
+
+    def add(batch: List[Dict[str, Any]]) -> None:
+        for a in batch:
+            answers.setdefault(a["pid"], []).append(a)
+
+    for _ in range(20):
+        batch = driver.round("f1", 12)
+        performed += len(batch)
+        add(batch)
+        if workers and workers <= set(answers):
+            break
+    workers = workers or set(answers)
+    assert workers <= set(answers), (workers, set(answers))
+    assert {a["value"] for per in answers.values() for a in per} == {"v1"}
+
+    assert fake.wait_for_streams(1)
+    pushed = time.time()
+    fake.push("patch", {"path": "/flags/f1", "data": flag("f1", "v2", 2)})
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        batch = driver.round("f1", 6)
+        performed += len(batch)
+        add(batch)
+        if all(any(a["value"] == "v2" and a["t"] >= pushed for a in answers.get(p, ()))
+               for p in workers):
+            break
+    per_worker = switch_times(answers, "v2", pushed)
+    assert set(per_worker) >= workers, per_worker
+    latency = max(per_worker[p][1] for p in workers)
+    print(f"{label}: patch reached all {len(workers)} pool processes in "
+          f"{latency * 1000:.1f} ms ({fmt_switch(per_worker)})")
+    assert latency < LATENCY_BOUND
+    return performed
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["mp"]:
         sys.exit(mp_driver(sys.argv[2:]))
-    sys.exit(f"usage: {sys.argv[0]} mp START_METHOD PROCESSES [parent-eval]")
+    if sys.argv[1:2] == ["celery"]:
+        sys.exit(celery_driver(sys.argv[2:]))
+    sys.exit(f"usage: {sys.argv[0]} mp START_METHOD PROCESSES [parent-eval] | "
+             "celery CONCURRENCY [parent-eval]")
