@@ -806,7 +806,8 @@ static int check_prereqs(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
             e->depth--;
             if (rc != SF_OK)
                 break;
-            if (!(pf->bits & SF_FLAG_ON) || pres.variation != pr[i].variation)
+            /* no variation (-1) never satisfies a prerequisite, even "variation": -1 */
+            if (!(pf->bits & SF_FLAG_ON) || pres.variation < 0 || pres.variation != pr[i].variation)
                 fail = 1;
             if ((rc = add_prereq_event(e, rec, f, &prec, pf, &pres)) != SF_OK)
                 break;

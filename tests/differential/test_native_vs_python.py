@@ -83,6 +83,58 @@ def test_native_matches_python_reference(data, contexts):
     compare(flags, segments, _contexts(contexts))
 
 
+LD_EXAMPLES = int(os.environ.get("SHMFLAGS_DIFF_EXAMPLES_NATIVE_LD", str(max(1, CASES // 60))))
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    from differential.oracle import Oracle
+
+    o = Oracle()
+    yield o
+    o.close()
+
+
+@seed(SEED + 1)
+@settings(max_examples=LD_EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                 HealthCheck.function_scoped_fixture])
+@given(data=S.datasets(), contexts=S.context_lists(2))
+def test_native_matches_ldclient(oracle, data, contexts):
+    """The C backend against ldclient itself: value, index, reason and all-flags JSON."""
+    from differential.oracle import OracleRejected
+    from shmflags.model import parse_flag, parse_segment
+
+    flags, segments = data
+    try:
+        oracle.load(flags, segments)
+    except OracleRejected:
+        # ldclient refuses the data; our records must mark it malformed too
+        assert (any(parse_flag(f).error for f in flags.values())
+                or any(parse_segment(x).error for x in segments.values()))
+        return
+    native = native_module()
+    snap = native.Snapshot(snapshot_bytes(flags, segments))
+    for raw_ctx in contexts:
+        ctx = coerce(raw_ctx)
+        if not ctx.valid:
+            continue
+        for key in list(flags) + ["missing"]:
+            value, index, reason, _info, _prereqs = snap.evaluate(key, ctx)
+            want = oracle.detail(key, raw_ctx, None)
+            got = {"value": value, "variationIndex": index, "reason": reason}
+            if reason.get("errorKind") == "EXCEPTION":
+                continue     # ldclient also reports EXCEPTION; its value is the default
+            assert same(got, want), f"flag {key!r} ctx {raw_ctx!r}: C {got} ldclient {want}"
+        for opts in OPTIONS:
+            got_all = snap.all_flags_state(ctx, *opts, NOW_MS)
+            want_all = oracle.all_flags(raw_ctx, with_reasons=opts[0], client_side_only=opts[1],
+                                        details_only_for_tracked_flags=opts[2])
+            if opts[2]:
+                continue   # ldclient compares debugEventsUntilDate with its own clock
+            assert got_all == want_all, f"all_flags_state{opts}: C {got_all} ldclient {want_all}"
+
+
 def test_case_budget_was_met():
     """Runs after the property test (file order): the budget must really have been spent."""
     if COUNTER["datasets"] == 0:

@@ -311,3 +311,13 @@ def test_wrong_arguments_raise_not_crash(N):
         c.evaluate("f", object())
     with pytest.raises(TypeError):
         c.evaluate("f")
+
+
+def test_prerequisite_without_variation_fails_even_for_minus_one(N):
+    """Found by the ldclient leg of the differential test: -1 must not equal "no variation"."""
+    parent = flag("p", prerequisites=[{"key": "q", "variation": -1}])
+    child = flag("q", variations=[], fallthrough={"variation": 0})
+    c, py = both(N, {"p": parent, "q": child})
+    got = c.evaluate("p", Context.create("k"))
+    assert got[2] == {"kind": "PREREQUISITE_FAILED", "prerequisiteKey": "q"}
+    assert got == py.evaluate("p", Context.create("k"))
