@@ -11,7 +11,7 @@ import threading
 from typing import Any, Dict, List, Optional
 
 from ldclient.client import LDClient
-from ldclient.config import Config
+from ldclient.config import BigSegmentsConfig, Config
 from ldclient.context import Context as LDContext
 from ldclient.impl.events.types import EventFactory
 from ldclient.interfaces import UpdateProcessor
@@ -54,7 +54,8 @@ class Oracle:
     >>> oracle = Oracle(); oracle.load({"f": {...}}, {}); oracle.client.variation_detail(...)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, big_segments: Any = None) -> None:
+        """:param big_segments: optional ``ldclient`` Big Segment store (membership cache off)."""
         holder: Dict[str, _StubSource] = {}
 
         def factory(config: Config, store: Any, ready: threading.Event) -> _StubSource:
@@ -63,8 +64,11 @@ class Oracle:
 
         logging.getLogger("ldclient").setLevel(logging.CRITICAL)
         logging.getLogger("ldclient.flag").setLevel(logging.CRITICAL)
+        big = None
+        if big_segments is not None:
+            big = BigSegmentsConfig(store=big_segments, context_cache_size=1, context_cache_time=0)
         config = Config("sdk-differential-test", update_processor_class=factory,
-                        send_events=False, diagnostic_opt_out=True)
+                        send_events=False, diagnostic_opt_out=True, big_segments=big)
         self.client = LDClient(config, start_wait=0)
         self._source = holder["source"]
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Tuple
 
 from hypothesis import strategies as st
 
-__all__ = ["FLAG_KEYS", "SEGMENT_KEYS", "json_scalars", "json_values", "clauses", "flags",
+__all__ = ["big_memberships", "FLAG_KEYS", "SEGMENT_KEYS", "json_scalars", "json_values", "clauses", "flags",
            "segments", "contexts", "datasets", "single_contexts"]
 
 FLAG_KEYS = ["f0", "f1", "f2", "f3"]
@@ -244,7 +244,7 @@ def _segment(draw: Any, key: str, segment_keys: List[str]) -> Dict[str, Any]:
     seg["rules"] = rules
     if _rare(draw, 6):
         seg["unbounded"] = True
-        _put(seg, "generation", draw(_pick([None, 1])))
+        _put(seg, "generation", draw(_pick([None, 1, 1, 1])))
         _put(seg, "unboundedContextKind", draw(_pick([None, "user", "org"])))
     return seg
 
@@ -291,12 +291,27 @@ def _break(draw: Any, item: Dict[str, Any], breaks: List[Tuple[Tuple[str, ...], 
 
 
 @st.composite
-def datasets(draw: Any, malformed: bool = True) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """``(flags, segments)`` keyed like an LD payload; occasionally one item has a wrong type."""
+def datasets(draw: Any, malformed: bool = True,
+             big: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """``(flags, segments)`` keyed like an LD payload; occasionally one item has a wrong type.
+
+    With ``big=True`` most segments are Big Segments and every flag starts with a rule that
+    matches one of them (to exercise membership and ``bigSegmentsStatus``).
+    """
     flag_keys = _some(draw, FLAG_KEYS, 4, unique=True) or ["f0"]
     seg_keys = _some(draw, SEGMENT_KEYS, 3, unique=True)
     flag_map = {k: _flag(draw, k, FLAG_KEYS, SEGMENT_KEYS) for k in flag_keys}
     seg_map = {k: _segment(draw, k, SEGMENT_KEYS) for k in seg_keys}
+    if big:
+        for seg in seg_map.values():
+            if not _rare(draw, 4):
+                seg["unbounded"] = True
+                seg["generation"] = draw(_pick([1, 1, 1, None]))
+                _put(seg, "unboundedContextKind", draw(_pick([None, None, "user", "org"])))
+        for flag in flag_map.values():
+            clause = {"attribute": "", "op": "segmentMatch", "negate": _rare(draw, 5),
+                      "values": _some(draw, SEGMENT_KEYS, 2) or ["s0"]}
+            flag["rules"].insert(0, {"id": "big", "clauses": [clause], "variation": draw(_pick(_INDEXES))})
     if malformed and _rare(draw, 20):
         if seg_map and draw(_BOOL):
             _break(draw, seg_map[draw(_pick(sorted(seg_map)))], _SEGMENT_BREAKS)
@@ -355,3 +370,12 @@ def contexts(draw: Any) -> Dict[str, Any]:
 def context_lists(draw: Any, n: int = 2) -> List[Dict[str, Any]]:
     """``n`` contexts."""
     return [_context(draw) for _ in range(n)]
+
+
+@st.composite
+def big_memberships(draw: Any) -> Dict[str, Dict[str, bool]]:
+    """Big Segment membership per context key: ``{key: {"<segment>.g1": bool}}``."""
+    out: Dict[str, Dict[str, bool]] = {}
+    for key in _some(draw, CONTEXT_KEYS, 4, unique=True):
+        out[key] = {f"{seg}.g1": draw(_BOOL) for seg in _some(draw, SEGMENT_KEYS, 3, unique=True)}
+    return out

@@ -145,3 +145,67 @@ def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
 def test_reference_evaluator_matches_ldclient(oracle, data, contexts):
     flags, segments = data
     check_case(oracle, flags, segments, contexts)
+
+
+class _MemoryBigSegments:
+    """The same memberships for both sides: ldclient's store (by context hash) and our provider."""
+
+    def __init__(self) -> None:
+        self.by_key: Dict[str, Dict[str, bool]] = {}
+
+    # ldclient BigSegmentStore
+    def get_metadata(self) -> Any:
+        import time
+
+        from ldclient.interfaces import BigSegmentStoreMetadata
+        return BigSegmentStoreMetadata(int(time.time() * 1000))
+
+    def get_membership(self, context_hash: str) -> Any:
+        import base64
+        for key, membership in self.by_key.items():
+            digest = hashlib.sha256(key.encode("utf-8")).digest()
+            if base64.b64encode(digest).decode("ascii") == context_hash:
+                return membership
+        return None
+
+    def stop(self) -> None:
+        pass
+
+
+class _Provider:
+    def __init__(self, store: _MemoryBigSegments) -> None:
+        self.store = store
+
+    def get_membership(self, key: str) -> Any:
+        return self.store.by_key.get(key, {}), "HEALTHY"
+
+
+@pytest.fixture(scope="module")
+def big_oracle():
+    store = _MemoryBigSegments()
+    o = Oracle(big_segments=store)
+    yield o, store
+    o.close()
+
+
+@seed(SEED)
+@settings(max_examples=max(1, EXAMPLES // 10), deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=S.datasets(malformed=False, big=True), contexts=S.context_lists(2),
+       memberships=S.big_memberships())
+def test_big_segments_match_ldclient(big_oracle, data, contexts, memberships):
+    """Same, with a healthy Big Segment store holding generated memberships (a tenth of the budget)."""
+    oracle, store = big_oracle
+    flags, segments = data
+    store.by_key = memberships
+    try:
+        oracle.load(flags, segments)
+    except OracleRejected:
+        return
+    client = Client.from_data({"flags": flags, "segments": segments}, big_segments=_Provider(store))
+    for ctx in contexts:
+        for key in flags:
+            expected = oracle.detail(key, ctx, DEFAULT)
+            d = client.variation_detail(key, ctx, DEFAULT)
+            assert {"value": d.value, "variationIndex": d.variation_index, "reason": d.reason} == expected, \
+                f"flag {key!r} context {ctx!r} memberships {memberships!r}"
