@@ -3,8 +3,8 @@
 Runs in a worker, in a daemon thread that starts only when a listener is registered, in the
 process that registers it; a forked child that inherited listeners restarts its own thread
 (``os.register_at_fork``, plus a pid check on every registration). Changes are found by
-comparing per-flag and per-segment versions between the snapshot generation last seen and the
-current one, and propagated to every flag that depends on a changed item through
+comparing per-flag and per-segment versions (and a fingerprint of the JSON, for files that edit
+an item without a new version) between the snapshot generation last seen and the current one, and propagated to every flag that depends on a changed item through
 prerequisites or ``segmentMatch`` clauses, transitively (ld-protocol §10.2).
 """
 from __future__ import annotations
@@ -14,6 +14,9 @@ import os
 import threading
 import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+import msgpack
+import xxhash
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,17 @@ def _segment_refs(rules: Any) -> Iterable[str]:
 
 
 def _version(item: Optional[dict]) -> Any:
-    return None if item is None else item.get("version")
+    """What identifies an item's configuration: its version and a fingerprint of its JSON.
+
+    The fingerprint catches edits that keep the version (flag files give every item
+    version 1 unless they say otherwise)."""
+    if item is None:
+        return None
+    try:
+        fingerprint = xxhash.xxh3_64_intdigest(msgpack.packb(item, default=repr))
+    except Exception:  # noqa: BLE001 - unpackable values: fall back to the version alone
+        fingerprint = None
+    return (item.get("version"), fingerprint)
 
 
 class SnapshotDigest:

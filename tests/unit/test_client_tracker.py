@@ -174,3 +174,11 @@ def test_listener_registered_before_fork_fires_in_child() -> None:
     os.close(r)
     assert os.WEXITSTATUS(status) == 0
     assert out == f"{pid}:True\n", out
+
+
+def test_same_version_edit_is_a_change_but_identical_republish_is_not() -> None:
+    base = _digest([_flag("a", value="x"), _flag("b", prereqs=["a"])])
+    edited = _digest([_flag("a", value="y"), _flag("b", prereqs=["a"])])  # version still 1
+    assert changed_flags(base, edited) == ["a", "b"]
+    again = _digest([_flag("a", value="x"), _flag("b", prereqs=["a"])])
+    assert changed_flags(base, again) == []
