@@ -312,3 +312,35 @@ def test_buffer_stays_bounded_while_the_supervisor_is_away(tmp_path):
     assert len(rec._contexts) <= 20 and len(rec._events) <= 20
     assert rec.stats["dropped"] > 0
     assert rec._summary["t"][2][1][0] == 150  # every evaluation still counted
+
+
+def test_sampling_ratio_keeps_one_in_n_with_a_fresh_rng_per_process(sink):
+    rec = recorder(sink.path, events_max_pending=100000)
+    # the parent samples first, so an RNG inherited across fork would repeat its stream
+    rec.record_evaluation("warm", U1, (True, 1, FALLTHROUGH, info(1, 1, None, 2), ()), False, False)
+    patterns = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                for i in range(64):
+                    rec.record_evaluation("s", U1, (i, 0, FALLTHROUGH, info(1, 1, None, 2), ()),
+                                          False, False)
+                rec.close()
+            except BaseException:  # noqa: BLE001
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        got = sink.read()
+        assert sum(c[1] for c in summary_of(got)["s"]["counters"].values()) == 64
+        patterns.append(sorted(e["value"] for e in events_of(got) if e["key"] == "s"))
+    # 1 in 2 kept: 64 draws land in [10, 54] with overwhelming probability
+    assert all(10 <= len(p) <= 54 for p in patterns)
+    assert patterns[0] != patterns[1]
+    for _ in range(2000):
+        rec.record_evaluation("s", U1, (True, 1, FALLTHROUGH, info(1, 1, None, 4), ()), False, False)
+    rec.flush()
+    kept = len([e for e in events_of(sink.read()) if e["key"] == "s"])
+    assert 350 <= kept <= 650
