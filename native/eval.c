@@ -49,6 +49,68 @@ PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
     return o;
 }
 
+/**
+ * sf_flag_key() - the flag's key as a str (borrowed; per-flag cache when known).
+ */
+PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f)
+{
+    sf_flagcache_t *fc = rec->fc;
+    if (fc != NULL && fc->key != NULL)
+        return fc->key;
+    PyObject *k = sf_rec_pystr(so, rec, f->key);
+    if (k != NULL && fc != NULL) {
+        Py_INCREF(k);
+        fc->key = k;
+    }
+    return k;
+}
+
+/**
+ * sf_flag_cache_for() - the per-flag cache slot of a flag entry, or NULL.
+ *
+ * Ranks come from the entry's position: the builder lays flag entries out contiguously in
+ * key order; any other layout (or a corrupt offset) simply gets no slot (NULL), which only
+ * costs speed.  Invariant: a returned slot's rank was verified against the order array.
+ */
+sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent)
+{
+    if (so->fcache == NULL)
+        return NULL;
+    uint32_t off = (uint32_t)((const uint8_t *)ent - so->snap.base);
+    if (off < so->entries_base || (off - so->entries_base) % SF_ENTRY_SIZE != 0)
+        return NULL;
+    uint32_t rank = (off - so->entries_base) / SF_ENTRY_SIZE;
+    const sf_entry_t *at;
+    if (rank >= so->snap.n_flags || sf_snapshot_entry_at(&so->snap, SF_FLAGS, rank, &at) != SF_OK
+        || at != ent)
+        return NULL;
+    sf_flagcache_t *fc = &so->fcache[rank];
+    fc->rec_off = ent->rec_off;
+    fc->rec_len = ent->rec_len;
+    return fc;
+}
+
+void sf_flagcache_free(SnapshotObject *so)
+{
+    if (so->fcache == NULL)
+        return;
+    for (uint32_t i = 0; i < so->snap.n_flags; i++) {
+        sf_flagcache_t *fc = &so->fcache[i];
+        Py_CLEAR(fc->key);
+        Py_CLEAR(fc->version);
+        Py_CLEAR(fc->info[0]);
+        Py_CLEAR(fc->info[1]);
+        if (fc->values != NULL) {
+            for (uint32_t j = 0; j < fc->nvalues; j++)
+                Py_CLEAR(fc->values[j]);
+            PyMem_Free(fc->values);
+            fc->values = NULL;
+        }
+    }
+    PyMem_Free(so->fcache);
+    so->fcache = NULL;
+}
+
 /* Convert "a Python exception is set" into the evaluator's code. */
 #define PYFAIL SF_EPYTHON
 
@@ -658,7 +720,7 @@ PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_r
     /* immutable, so one tuple per (flag, experiment bit) is shared (cache tag INFO) */
     int exp = r != NULL && sf_is_experiment(rec, f, r);
     uint64_t ckey = SF_CACHE_KEY(rec->abs + (exp ? 8u : 0u), SF_TAG_INFO);
-    PyObject *cached = sf_cache_get(&so->cache, ckey);
+    PyObject *cached = rec->fc ? rec->fc->info[exp] : sf_cache_get(&so->cache, ckey);
     if (cached != NULL) {
         Py_INCREF(cached);
         return cached;
@@ -699,8 +761,12 @@ PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_r
     Py_XDECREF(pbits);
     Py_DECREF(debug);
     Py_DECREF(sampling);
-    if (t != NULL && sf_cache_put(&so->cache, ckey, t) < 0)
+    if (t != NULL && rec->fc != NULL) {
+        Py_INCREF(t);
+        rec->fc->info[exp] = t;
+    } else if (t != NULL && sf_cache_put(&so->cache, ckey, t) < 0) {
         Py_CLEAR(t);
+    }
     return t;
 }
 
@@ -711,8 +777,8 @@ static int add_prereq_event(sf_eval_t *e, const sf_rec_t *prec, const sf_flag_re
         return SF_OK;
     if (e->events == NULL && (e->events = PyList_New(0)) == NULL)
         return PYFAIL;
-    PyObject *of = sf_rec_pystr(e->so, prec, parent->key);
-    PyObject *key = sf_rec_pystr(e->so, rec, pf->key);
+    PyObject *of = sf_flag_key(e->so, prec, parent);
+    PyObject *key = sf_flag_key(e->so, rec, pf);
     if (of == NULL || key == NULL)
         return PYFAIL;
     PyObject *value = r->variation >= 0 ? sf_variation_value(e->so, rec, pf, r->variation, 1)
@@ -789,6 +855,7 @@ static int check_prereqs(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
                 rc = SF_EMALFORMED;
                 break;
             }
+            prec.fc = sf_flag_cache_for(e->so, ent);
             if (pf->bits & SF_FLAG_DELETED)
                 pf = NULL;
             else if (pf->bits & SF_FLAG_MALFORMED) {
@@ -1009,7 +1076,16 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
     }
     sf_ref_t v = vars[index];
     uint64_t key = SF_CACHE_KEY(rec->abs + v.off, SF_TAG_VARIATION);
-    PyObject *o = sf_cache_get(&so->cache, key);
+    sf_flagcache_t *fc = rec->fc;
+    if (fc != NULL && fc->values == NULL) {
+        fc->values = PyMem_Calloc(f->variations.len, sizeof(PyObject *));
+        if (fc->values == NULL)
+            return PyErr_NoMemory();
+        fc->nvalues = f->variations.len;
+    }
+    if (fc != NULL && (uint32_t)index >= fc->nvalues)
+        fc = NULL;   /* a record that changed shape cannot happen; stay safe anyway */
+    PyObject *o = fc != NULL ? fc->values[index] : sf_cache_get(&so->cache, key);
     if (o == NULL) {
         const char *blob = sf_rec_str(rec, v);
         if (blob == NULL || v.len == 0) {
@@ -1023,10 +1099,14 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
         Py_DECREF(raw);
         if (o == NULL)
             return NULL;
-        int prc = sf_cache_put(&so->cache, key, o);
-        Py_DECREF(o);
-        if (prc < 0)
-            return NULL;
+        if (fc != NULL) {
+            fc->values[index] = o;   /* the slot owns the reference */
+        } else {
+            int prc = sf_cache_put(&so->cache, key, o);
+            Py_DECREF(o);
+            if (prc < 0)
+                return NULL;
+        }
     }
     if (copy && (PyDict_Check(o) || PyList_Check(o)))
         return sf_deep_copy(o, 0);

@@ -81,6 +81,7 @@ static void Snapshot_dealloc(SnapshotObject *self)
     Py_CLEAR(self->re_compile);
     Py_CLEAR(self->big_segments);
     Py_CLEAR(self->flag_lookup);
+    sf_flagcache_free(self);
     if (self->has_view)
         PyBuffer_Release(&self->view);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -127,6 +128,17 @@ static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds
             Py_DECREF(t);
         }
         goto fail;
+    }
+    if (self->snap.n_flags > 0) {
+        const sf_entry_t *first;
+        if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, 0, &first) == SF_OK) {
+            self->entries_base = (uint32_t)((const uint8_t *)first - self->snap.base);
+            self->fcache = PyMem_Calloc(self->snap.n_flags, sizeof(sf_flagcache_t));
+            if (self->fcache == NULL) {
+                PyErr_NoMemory();
+                goto fail;
+            }
+        }
     }
     self->unpack = call_import("shmflags.snapshot.compile", "unpack_value");
     self->parse_time = call_import("shmflags.snapshot.compile", "parse_time_string");
@@ -215,13 +227,21 @@ static PyObject *context_map(PyObject *ctx)
 /* The flag's version as a cached int object (borrowed), or NULL with an exception. */
 static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const sf_flag_rec_t *f)
 {
+    if (rec->fc != NULL && rec->fc->version != NULL)
+        return rec->fc->version;
     uint64_t ck = SF_CACHE_KEY(rec->abs, SF_TAG_VERSION);
-    PyObject *v = sf_cache_get(&self->cache, ck);
+    PyObject *v = rec->fc ? NULL : sf_cache_get(&self->cache, ck);
     if (v != NULL)
         return v;
     v = PyLong_FromLongLong(f->version);
-    if (v == NULL || sf_cache_put(&self->cache, ck, v) < 0) {
-        Py_XDECREF(v);
+    if (v == NULL)
+        return NULL;
+    if (rec->fc != NULL) {
+        rec->fc->version = v;   /* the slot owns it */
+        return v;
+    }
+    if (sf_cache_put(&self->cache, ck, v) < 0) {
+        Py_DECREF(v);
         return NULL;
     }
     Py_DECREF(v);
@@ -239,13 +259,15 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
     if (self->flag_lookup != NULL && PyUnicode_CheckExact(key)) {
         PyObject *hit = PyDict_GetItemWithError(self->flag_lookup, key);
         if (hit != NULL) {
-            unsigned long long packed = PyLong_AsUnsignedLongLong(hit);
+            /* invariant: only ranks verified by sf_flag_cache_for() are stored */
+            sf_flagcache_t *fc = &self->fcache[PyLong_AsSize_t(hit)];
             sf_entry_t ent;
             memset(&ent, 0, sizeof(ent));
-            ent.rec_off = (uint32_t)packed;
-            ent.rec_len = (uint32_t)(packed >> 32);
+            ent.rec_off = fc->rec_off;
+            ent.rec_len = fc->rec_len;
             if (sf_entry_record(&self->snap, &ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
                 return -1;
+            rec->fc = fc;
             return 1;
         }
         if (PyErr_Occurred())
@@ -263,12 +285,13 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
         return -1;
     if ((*f)->bits & SF_FLAG_DELETED)
         return 0;
-    if (PyUnicode_CheckExact(key)) {
+    rec->fc = sf_flag_cache_for(self, ent);
+    if (rec->fc != NULL && PyUnicode_CheckExact(key)) {
         if (self->flag_lookup == NULL && (self->flag_lookup = PyDict_New()) == NULL)
             return -1;
-        PyObject *packed = PyLong_FromUnsignedLongLong(((uint64_t)ent->rec_len << 32) | ent->rec_off);
-        int prc = packed ? PyDict_SetItem(self->flag_lookup, key, packed) : -1;
-        Py_XDECREF(packed);
+        PyObject *rank = PyLong_FromSize_t((size_t)(rec->fc - self->fcache));
+        int prc = rank ? PyDict_SetItem(self->flag_lookup, key, rank) : -1;
+        Py_XDECREF(rank);
         if (prc < 0)
             return -1;
     }
@@ -400,11 +423,12 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, i, &ent) != SF_OK
             || sf_entry_record(&self->snap, ent, &rec) != SF_OK || sf_flag_header(&rec, &f) != SF_OK)
             continue;   /* corrupt entry: skipped (validated snapshots never have one) */
+        rec.fc = sf_flag_cache_for(self, ent);
         if (f->bits & SF_FLAG_DELETED)
             continue;
         if (client_only && !(f->bits & SF_FLAG_CLIENT_SIDE))
             continue;
-        PyObject *key = sf_rec_pystr(self, &rec, f->key);
+        PyObject *key = sf_flag_key(self, &rec, f);
         if (key == NULL)
             goto fail;
 

@@ -87,11 +87,27 @@ int sf_snapshot_entry_at(const sf_snap_t *s, int which, uint32_t i, const sf_ent
 int sf_entry_key(const sf_snap_t *s, const sf_entry_t *e, const char **key, uint32_t *len);
 int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, uint32_t *len);
 
+/*
+ * sf_flagcache_t - per-flag Python objects of one Snapshot, indexed by the flag's rank in
+ * key order: one cache line to reach everything a result needs, instead of a probe of the
+ * generic cache per object.  Filled lazily; owned by the Snapshot.
+ */
+typedef struct sf_flagcache {
+    PyObject *key;            /* str */
+    PyObject *version;        /* int */
+    PyObject *info[2];        /* info tuples without / with the experiment bit */
+    PyObject **values;        /* decoded variations (nvalues of them), or NULL */
+    uint32_t nvalues;
+    uint32_t rec_off, rec_len;/* record span, 0 until known */
+    uint32_t reserved;
+} sf_flagcache_t;
+
 /* sf_rec_t - a bounds-checked view of one compiled record. */
 typedef struct sf_rec {
     const uint8_t *p;
     uint32_t len;
     uint32_t abs;             /* rec_off in the snapshot (cache keys) */
+    sf_flagcache_t *fc;       /* the flag's cache slot, or NULL (generic cache) */
 } sf_rec_t;
 
 int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out);
@@ -157,7 +173,9 @@ typedef struct {
     PyObject *parse_time;    /* shmflags.snapshot.compile.parse_time_string */
     PyObject *re_compile;    /* re.compile */
     PyObject *big_segments;  /* BigSegmentsProvider (get_membership) or NULL */
-    PyObject *flag_lookup;   /* exact str key -> PyLong (rec_len << 32 | rec_off): skips the index */
+    PyObject *flag_lookup;   /* exact str key -> PyLong rank: skips the index */
+    sf_flagcache_t *fcache;  /* n_flags slots, or NULL when entries are not contiguous */
+    uint32_t entries_base;   /* entry offset of rank 0 */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
@@ -210,6 +228,9 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
 PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
                         const sf_result_t *r);
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref);
+PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f);
+sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent);
+void sf_flagcache_free(SnapshotObject *so);
 PyObject *sf_deep_copy(PyObject *o, int depth);
 int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);
 

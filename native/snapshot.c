@@ -107,6 +107,7 @@ int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out)
     out->p = s->base + e->rec_off;
     out->len = e->rec_len;
     out->abs = e->rec_off;
+    out->fc = NULL;
     return SF_OK;
 }
 
