@@ -8,24 +8,28 @@
 
 static inline uint32_t rol(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
 
+/* One 64-byte block; the message schedule is kept as a rolling 16-word window. */
 static void block(uint32_t h[5], const uint8_t *p)
 {
-    uint32_t w[80];
+    uint32_t w[16];
     for (int i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16
              | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 80; i++)
-        w[i] = rol(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
     uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20) { f = (b & c) | (~b & d); k = 0x5A827999u; }
-        else if (i < 40) { f = b ^ c ^ d; k = 0x6ED9EBA1u; }
-        else if (i < 60) { f = (b & c) | (b & d) | (c & d); k = 0x8F1BBCDCu; }
-        else { f = b ^ c ^ d; k = 0xCA62C1D6u; }
-        uint32_t t = rol(a, 5) + f + e + k + w[i];
-        e = d; d = c; c = rol(b, 30); b = a; a = t;
-    }
+#define W(i) (i < 16 ? w[i] : (w[(i) & 15] = rol(w[((i) - 3) & 15] ^ w[((i) - 8) & 15] \
+                                               ^ w[((i) - 14) & 15] ^ w[(i) & 15], 1)))
+#define STEP(i, f, k) do { uint32_t t = rol(a, 5) + (f) + e + (k) + W(i); \
+                           e = d; d = c; c = rol(b, 30); b = a; a = t; } while (0)
+    for (int i = 0; i < 20; i++)
+        STEP(i, (b & c) | (~b & d), 0x5A827999u);
+    for (int i = 20; i < 40; i++)
+        STEP(i, b ^ c ^ d, 0x6ED9EBA1u);
+    for (int i = 40; i < 60; i++)
+        STEP(i, (b & c) | (b & d) | (c & d), 0x8F1BBCDCu);
+    for (int i = 60; i < 80; i++)
+        STEP(i, b ^ c ^ d, 0xCA62C1D6u);
+#undef STEP
+#undef W
     h[0] += a; h[1] += b; h[2] += c; h[3] += d; h[4] += e;
 }
 
@@ -59,15 +63,16 @@ void sf_sha1_update(sf_sha1_t *s, const void *data, size_t len)
 void sf_sha1_final(sf_sha1_t *s, uint8_t out[20])
 {
     uint64_t bits = s->total * 8;
-    uint8_t pad = 0x80;
-    sf_sha1_update(s, &pad, 1);
-    pad = 0;
-    while (s->used != 56)
-        sf_sha1_update(s, &pad, 1);
-    uint8_t len[8];
+    s->buf[s->used++] = 0x80;
+    if (s->used > 56) {          /* no room for the length: pad this block, then another */
+        memset(s->buf + s->used, 0, 64 - s->used);
+        block(s->h, s->buf);
+        s->used = 0;
+    }
+    memset(s->buf + s->used, 0, 56 - s->used);
     for (int i = 0; i < 8; i++)
-        len[i] = (uint8_t)(bits >> (56 - 8 * i));
-    sf_sha1_update(s, len, 8);
+        s->buf[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    block(s->h, s->buf);
     for (int i = 0; i < 5; i++) {
         out[4 * i] = (uint8_t)(s->h[i] >> 24);
         out[4 * i + 1] = (uint8_t)(s->h[i] >> 16);
