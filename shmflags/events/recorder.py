@@ -25,7 +25,14 @@ import time
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from shmflags.events.sender import SEND_FULL, SEND_OK, DatagramSender, Packed, pack_window
+from shmflags.events.sender import (
+    SEND_FULL,
+    SEND_OK,
+    SEND_TOO_BIG,
+    DatagramSender,
+    Packed,
+    pack_window
+)
 
 __all__ = ["EventRecorder"]
 
@@ -467,6 +474,7 @@ class EventRecorder:
             with self._lock:
                 self._dropped += unsendable
                 self.stats["dropped"] += unsendable
+        total = len(packets)
         deadline = _time() + CLOSE_TIMEOUT
         delay = 0.001
         i = 0
@@ -474,6 +482,13 @@ class EventRecorder:
             status = self._sender.send(packets[i].data)
             if status == SEND_OK:
                 i += 1
+                continue
+            if status == SEND_TOO_BIG:  # cannot succeed later either: drop, count, go on
+                lost = len(packets[i].events) + len(packets[i].contexts) + len(packets[i].flags)
+                with self._lock:
+                    self._dropped += lost + packets[i].dropped
+                    self.stats["dropped"] += lost
+                packets.pop(i)
                 continue
             self.stats["send_failures"] += 1
             # Only a full queue is worth waiting for: with no supervisor listening, exit
@@ -483,7 +498,7 @@ class EventRecorder:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         with self._lock:
-            self._seq = max(self._seq, seq + i)
+            self._seq = max(self._seq, seq + total)  # gaps are fine: diagnostic only
             self.stats["sent"] += i
         if i < len(packets):
             self._put_back(packets[i:], start)

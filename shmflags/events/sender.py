@@ -17,14 +17,17 @@ import msgpack
 
 from shmflags.events.datagram import MAX_DATAGRAM, VERSION
 
-__all__ = ["DatagramSender", "Packed", "pack_window", "SEND_OK", "SEND_FULL", "SEND_MISSING"]
+__all__ = ["DatagramSender", "Packed", "pack_window", "SEND_OK", "SEND_FULL", "SEND_MISSING",
+           "SEND_TOO_BIG"]
 
 SEND_OK = 0
 """The datagram was queued on the supervisor's socket."""
 SEND_FULL = 1
 """The socket queue is full (``EAGAIN``); try again later."""
 SEND_MISSING = 2
-"""No supervisor is listening at the path (``ENOENT``/``ECONNREFUSED``)."""
+"""No supervisor is listening at the path (``ENOENT``/``ECONNREFUSED``, or no permission)."""
+SEND_TOO_BIG = 3
+"""The kernel refused the datagram's size (``EMSGSIZE``); retrying cannot help."""
 
 _HEADROOM = 256  # bytes reserved for the datagram map header, section names and array headers
 _ITEM_LIMIT = MAX_DATAGRAM - _HEADROOM
@@ -206,6 +209,8 @@ class DatagramSender:
         except OSError as exc:
             if exc.errno in (errno.ENOBUFS, errno.EAGAIN):
                 return SEND_FULL
+            if exc.errno == errno.EMSGSIZE:
+                return SEND_TOO_BIG
             return SEND_MISSING
 
     def after_fork(self) -> None:
