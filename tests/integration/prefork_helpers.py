@@ -100,6 +100,40 @@ def app(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
                                   "n": len(values), "t": time.time()})
 
 
+def django_app() -> Callable:
+    """A minimal Django project using ``examples/django_middleware.py`` (gunicorn factory:
+    ``tests.integration.prefork_helpers:django_app()``). ``/`` answers the pid, the value of
+    ``new-checkout`` through ``request.flags`` and every flag through the template processor's
+    object."""
+    import django
+    from django.conf import settings
+    if not settings.configured:
+        settings.configure(
+            DEBUG=False, SECRET_KEY="prefork-test", ALLOWED_HOSTS=["*"], ROOT_URLCONF=__name__,
+            MIDDLEWARE=["examples.django_middleware.FeatureFlagsMiddleware"],
+            INSTALLED_APPS=[], DATABASES={})
+        django.setup()
+    from django.core.wsgi import get_wsgi_application
+    return get_wsgi_application()
+
+
+def _django_view(request: Any) -> Any:
+    from django.http import JsonResponse
+    from examples.django_middleware import flags
+    return JsonResponse({"pid": os.getpid(), "key": request.ld_context.key,
+                         "new_checkout": request.flags.variation("new-checkout", False),
+                         "maintenance": flags(request)["flags"].maintenance_mode})
+
+
+def __getattr__(name: str) -> Any:
+    # Django's ROOT_URLCONF lookup: ``urlpatterns`` is made on first use, so that importing
+    # this module (in gunicorn, uWSGI, pytest) does not need Django.
+    if name == "urlpatterns":
+        from django.urls import path
+        return [path("", _django_view)]
+    raise AttributeError(name)
+
+
 # --------------------------------------------------------------------------- polling
 
 
@@ -256,8 +290,9 @@ class Server(Proc):
             return []
         return sorted(c.pid for c in children if c.status() != psutil.STATUS_ZOMBIE)
 
-    def wait_ready(self, workers: int, timeout: float = 20.0) -> List[int]:
-        """Wait until the master has ``workers`` children and answers ``/import``."""
+    def wait_ready(self, workers: int, timeout: float = 20.0, path: str = "/import"
+                   ) -> List[int]:
+        """Wait until the master has ``workers`` children and answers 200 on ``path``."""
         def ready() -> Optional[List[int]]:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n"
@@ -266,7 +301,7 @@ class Server(Proc):
             if len(pids) < workers:
                 return None
             try:
-                status, _ = self.get("/import", timeout=1.0)
+                status, _ = self.get(path, timeout=1.0)
             except OSError:
                 return None
             return pids if status == 200 else None
@@ -274,11 +309,14 @@ class Server(Proc):
 
     def collect(self, query: str, done: Callable[[Dict[int, List[Any]]], bool],
                 timeout: float, concurrency: int = 4,
-                on_answer: Optional[Callable[[Dict[str, Any]], None]] = None
+                on_answer: Optional[Callable[[Dict[str, Any]], None]] = None,
+                path: str = "/eval", value_of: Optional[Callable[[Any], Any]] = None
                 ) -> Dict[int, List[Any]]:
-        """Send ``/eval?QUERY`` concurrently until ``done(answers)`` holds.
+        """Send ``PATH?QUERY`` concurrently until ``done(answers)`` holds.
 
         :param done: called with pid -> list of answers (dicts, in arrival order per pid).
+        :param value_of: for apps other than :func:`app`: computes an answer's ``value`` from
+            its JSON (its ``t`` is then the time the answer arrived, ``n`` 1).
         :returns: the answers by pid.
         :raises AssertionError: on a non-200 answer or on timeout.
         """
@@ -290,18 +328,27 @@ class Server(Proc):
         def loop() -> None:
             while not stop.is_set():
                 try:
-                    status, body = self.get("/eval?" + query)
+                    status, body = self.get(f"{path}?{query}")
                 except OSError as exc:  # a recycled worker may drop a connection
                     with lock:
                         errors.append(f"connection: {exc!r}")
                     time.sleep(0.01)
                     continue
-                if status != 200 or not isinstance(body, dict):
+                if status != 200 or not isinstance(body, dict) or "pid" not in body:
                     with lock:
                         errors.append(f"HTTP {status}: {str(body)[:300]}")
                     stop.set()
                     return
                 body["received"] = time.monotonic()
+                if value_of is not None:
+                    try:
+                        body.update(value=value_of(body), t=time.time(), n=1,
+                                    consistent=True)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        with lock:
+                            errors.append(f"unexpected answer {body!r}: {exc!r}")
+                        stop.set()
+                        return
                 with lock:
                     answers.setdefault(body["pid"], []).append(body)
                     if on_answer is not None:
@@ -548,7 +595,8 @@ class Namespace:
 
     def gunicorn(self, workers: int = 3, worker_class: str = "sync", threads: int = 1,
                  preload: bool = False, max_requests: int = 0, jitter: int = 0,
-                 env: Optional[Dict[str, str]] = None, wait: bool = True) -> Server:
+                 env: Optional[Dict[str, str]] = None, wait: bool = True,
+                 app: str = "tests.integration.prefork_helpers:app") -> Server:
         """Start gunicorn serving :func:`app` (``-w workers -k worker_class``)."""
         port = free_port()
         cmd = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", str(workers),
@@ -559,13 +607,20 @@ class Namespace:
         if max_requests:
             cmd += ["--max-requests", str(max_requests),
                     "--max-requests-jitter", str(jitter)]
-        cmd.append("tests.integration.prefork_helpers:app")
-        n = sum(1 for p in self.procs if p.name.startswith("gunicorn"))
-        server = Server(f"gunicorn-{n}", cmd, self._server_env(env),
-                        self.dir / f"gunicorn-{n}.log", port)
+        cmd.append(app)
+        return self.server("gunicorn", cmd, port, workers, env, wait)
+
+    def server(self, kind: str, cmd: List[str], port: int, workers: int,
+               env: Optional[Dict[str, str]] = None, wait: bool = True,
+               ready_path: str = "/import") -> Server:
+        """Start any server command listening on ``port``; wait for ``workers`` children
+        and an answer on ``ready_path`` unless ``wait`` is false."""
+        n = sum(1 for p in self.procs if p.name.startswith(kind))
+        server = Server(f"{kind}-{n}", cmd, self._server_env(env),
+                        self.dir / f"{kind}-{n}.log", port)
         self.procs.append(server)
         if wait:
-            server.wait_ready(workers)
+            server.wait_ready(workers, path=ready_path)
         return server
 
     def uwsgi(self, processes: int = 3, lazy_apps: bool = False, harakiri: int = 0,
@@ -592,12 +647,7 @@ class Namespace:
         # uWSGI's embedded interpreter does not see the venv unless told
         uenv.setdefault("VIRTUAL_ENV", str(BIN.parent))
         cmd += ["--virtualenv", str(BIN.parent)]
-        n = sum(1 for p in self.procs if p.name.startswith("uwsgi"))
-        server = Server(f"uwsgi-{n}", cmd, uenv, self.dir / f"uwsgi-{n}.log", port)
-        self.procs.append(server)
-        if wait:
-            server.wait_ready(processes)
-        return server
+        return self.server("uwsgi", cmd, port, processes, uenv, wait)
 
     # -- teardown -------------------------------------------------------------------------
 
