@@ -110,10 +110,12 @@ class Clause:
     :ivar values: pre-parsed values (:class:`~shmflags.evaluation.operators.ClauseValues`)
     """
 
-    __slots__ = ("context_kind", "attribute", "op", "op_code", "negate", "values")
+    __slots__ = ("context_kind", "kind_key", "attribute", "op", "op_code", "negate", "values")
 
     def __init__(self, data: dict) -> None:
         self.context_kind: Optional[str] = _opt_str(data, "contextKind")
+        #: the kind whose context the clause reads (``contextKind`` or ``user``)
+        self.kind_key: str = self.context_kind or "user"
         self.attribute: AttrRef = ref_for(_req_str(data, "attribute"), self.context_kind)
         self.negate: bool = _opt_bool(data, "negate")
         self.op: str = _req_str(data, "op")

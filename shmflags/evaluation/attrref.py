@@ -23,7 +23,7 @@ class AttrRef:
     :ivar raw: the string as written in the flag data
     """
 
-    __slots__ = ("raw", "components", "error", "is_kind", "first")
+    __slots__ = ("raw", "components", "error", "is_kind", "first", "simple")
 
     def __init__(self, raw: str, components: Tuple[str, ...], error: Optional[str]) -> None:
         self.raw = raw
@@ -31,6 +31,8 @@ class AttrRef:
         self.error = error
         self.first = components[0] if components else None
         self.is_kind = error is None and components == ("kind",)
+        #: valid and one component: the value is ``attrs.get(first)`` (the evaluator's fast path)
+        self.simple = error is None and len(components) == 1
 
     @property
     def valid(self) -> bool:

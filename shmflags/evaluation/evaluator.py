@@ -266,10 +266,10 @@ class Evaluator:
                     matched = True
                     break
             return matched != clause.negate
-        attrs = emap.get(clause.context_kind or "user")
+        attrs = emap.get(clause.kind_key)
         if attrs is None:
             return False
-        value = attribute_value(attrs, ref)
+        value = attrs.get(ref.first) if ref.simple else attribute_value(attrs, ref)
         if value is None:
             return False
         if isinstance(value, (list, tuple)):
