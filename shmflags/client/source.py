@@ -167,6 +167,8 @@ class ShmSource:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._attachment: Any = None
+        self._generation_of: Any = None   # the attachment's bound generation() (hot path)
+        self._countdown = 256
         self._snapshot: Any = None
         self._generation = 0
         self._next_attempt = 0.0          # monotonic time of the next attach attempt
@@ -193,14 +195,20 @@ class ShmSource:
         checked only on the slow paths (a fork keeps the mapping valid; only the lock and the
         log-once state are per process, and an at-fork hook renews them at once).
         """
-        attachment = self._attachment
-        if attachment is not None:
+        generation_of = self._generation_of
+        if generation_of is not None:
             try:
-                generation = attachment.generation()
+                generation = generation_of()
             except Exception as exc:  # a closed or broken attachment must not break evaluation
                 log.error("shmflags: reading the control block of %r failed: %r", self._name, exc)
                 return self._snapshot
             if generation == self._generation or generation == self._bad_generation:
+                # Every 256 calls, look at the clock: once a second, check that the control
+                # block was not replaced under us (see _liveness_check).
+                self._countdown -= 1
+                if self._countdown > 0:
+                    return self._snapshot
+                self._countdown = 256
                 if time.monotonic() < self._next_check:
                     return self._snapshot
                 return self._liveness_check()
@@ -226,7 +234,9 @@ class ShmSource:
             log.warning("shmflags: control block of %r was replaced; reattaching", self._name)
             with self._lock:
                 if self._attachment is attachment:
-                    self._attachment = None
+                    # A new namespace numbers its generations afresh: map whatever it serves.
+                    self._attachment = self._generation_of = None
+                    self._generation = self._bad_generation = 0
                     self._next_attempt = 0.0
             return self._switch()
         return self._snapshot
@@ -245,6 +255,8 @@ class ShmSource:
                 if time.monotonic() < self._next_attempt:
                     return self._snapshot
                 self._attachment = self._attach()
+                self._generation_of = (None if self._attachment is None
+                                       else self._attachment.generation)
                 if self._attachment is None:
                     self._next_attempt = time.monotonic() + self._attach_interval
                     self._complain(f"no shmflags supervisor control block for namespace "

@@ -237,3 +237,23 @@ def test_static_and_testdata_sources() -> None:
     source.close()
     td.update(td.flag("b").variation_for_all(False))
     assert source.current().evaluate("b", USER)[0] is True
+
+
+def test_reattaches_when_the_namespace_is_cleaned_up_and_recreated(name: str) -> None:
+    old = shm.Publisher(name, grace=0.1)
+    _publish(old, SnapshotBuilder(), "first")
+    source = ShmSource(_config(name))
+    assert source.current().evaluate("f", USER)[0] == "first"
+    old.close()
+    shm.cleanup(name)  # on purpose; workers keep their mapping
+    assert source.current().evaluate("f", USER)[0] == "first"
+    new = shm.Publisher(name, grace=0.1)
+    try:
+        _publish(new, SnapshotBuilder(), "second")
+        end = time.monotonic() + 3
+        value = None
+        while time.monotonic() < end and value != "second":
+            value = source.current().evaluate("f", USER)[0]
+        assert value == "second"
+    finally:
+        new.close()
