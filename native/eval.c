@@ -28,6 +28,9 @@ static inline double bits_to_double(uint64_t b) { double d; memcpy(&d, &b, 8); r
  */
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
 {
+    /* the default context kind is by far the most common string: no cache probe */
+    if (ref.len == 4 && (uint64_t)ref.off + 5 <= rec->len && memcmp(rec->p + ref.off, "user", 5) == 0)
+        return sf_c.s_user;
     uint64_t key = SF_CACHE_KEY(rec->abs + ref.off, SF_TAG_STR);
     PyObject *o = sf_cache_get(&so->cache, key);
     if (o != NULL)

@@ -128,9 +128,9 @@ PyObject *sf_cache_get(sf_cache_t *c, uint64_t key)
     if (c->cap == 0)
         return NULL;
     size_t i = slot_of(key, c->cap);
-    while (c->keys[i] != 0) {
-        if (c->keys[i] == key)
-            return c->vals[i];
+    while (c->slots[i].key != 0) {
+        if (c->slots[i].key == key)
+            return c->slots[i].val;
         i = (i + 1) & (c->cap - 1);
     }
     return NULL;
@@ -139,27 +139,21 @@ PyObject *sf_cache_get(sf_cache_t *c, uint64_t key)
 static int grow(sf_cache_t *c)
 {
     size_t ncap = c->cap ? c->cap * 2 : 64;
-    uint64_t *nk = PyMem_Calloc(ncap, sizeof(uint64_t));
-    PyObject **nv = PyMem_Calloc(ncap, sizeof(PyObject *));
-    if (nk == NULL || nv == NULL) {
-        PyMem_Free(nk);
-        PyMem_Free(nv);
+    sf_cache_slot_t *ns = PyMem_Calloc(ncap, sizeof(sf_cache_slot_t));
+    if (ns == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     for (size_t i = 0; i < c->cap; i++) {
-        if (c->keys[i] == 0)
+        if (c->slots[i].key == 0)
             continue;
-        size_t j = slot_of(c->keys[i], ncap);
-        while (nk[j] != 0)
+        size_t j = slot_of(c->slots[i].key, ncap);
+        while (ns[j].key != 0)
             j = (j + 1) & (ncap - 1);
-        nk[j] = c->keys[i];
-        nv[j] = c->vals[i];
+        ns[j] = c->slots[i];
     }
-    PyMem_Free(c->keys);
-    PyMem_Free(c->vals);
-    c->keys = nk;
-    c->vals = nv;
+    PyMem_Free(c->slots);
+    c->slots = ns;
     c->cap = ncap;
     return 0;
 }
@@ -170,16 +164,15 @@ int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
     if ((c->used + 1) * 2 > c->cap && grow(c) < 0)
         return -1;
     size_t i = slot_of(key, c->cap);
-    while (c->keys[i] != 0 && c->keys[i] != key)
+    while (c->slots[i].key != 0 && c->slots[i].key != key)
         i = (i + 1) & (c->cap - 1);
-    if (c->keys[i] == key) {
-        Py_INCREF(val);
-        Py_SETREF(c->vals[i], val);
+    Py_INCREF(val);
+    if (c->slots[i].key == key) {
+        Py_SETREF(c->slots[i].val, val);
         return 0;
     }
-    c->keys[i] = key;
-    Py_INCREF(val);
-    c->vals[i] = val;
+    c->slots[i].key = key;
+    c->slots[i].val = val;
     c->used++;
     return 0;
 }
@@ -187,11 +180,9 @@ int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
 void sf_cache_clear(sf_cache_t *c)
 {
     for (size_t i = 0; i < c->cap; i++)
-        if (c->keys[i] != 0)
-            Py_CLEAR(c->vals[i]);
-    PyMem_Free(c->keys);
-    PyMem_Free(c->vals);
-    c->keys = NULL;
-    c->vals = NULL;
+        if (c->slots[i].key != 0)
+            Py_CLEAR(c->slots[i].val);
+    PyMem_Free(c->slots);
+    c->slots = NULL;
     c->cap = c->used = 0;
 }

@@ -413,9 +413,16 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
     PyObject *emap = context_map(ctx);
     if (emap == NULL)
         return NULL;
+    int gc_was_enabled = 0;
+    (void)gc_was_enabled;
     PyObject *out = PyDict_New(), *meta_all = PyDict_New();
     if (out == NULL || meta_all == NULL)
         goto fail;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* thousands of small acyclic dicts would trigger young-generation collections that
+     * traverse the growing result again and again; restored on every exit below */
+    gc_was_enabled = PyGC_Disable();
+#endif
     for (uint32_t i = 0; i < self->snap.n_flags; i++) {
         const sf_entry_t *ent;
         sf_rec_t rec;
@@ -528,11 +535,19 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         goto fail;
     Py_DECREF(meta_all);
     Py_DECREF(emap);
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
     return out;
 fail:
     Py_XDECREF(out);
     Py_XDECREF(meta_all);
     Py_DECREF(emap);
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
     return NULL;
 }
 

@@ -143,9 +143,13 @@ static inline const char *sf_rec_str(const sf_rec_t *r, sf_ref_t ref)
 int sf_strset_has(const sf_rec_t *r, uint32_t off, const char *key, size_t klen, uint64_t hash);
 
 /* ---- Python object cache (per Snapshot): u64 key -> strong ref ---- */
+typedef struct sf_cache_slot {
+    uint64_t key;             /* 0 = empty */
+    PyObject *val;
+} sf_cache_slot_t;
+
 typedef struct sf_cache {
-    uint64_t *keys;
-    PyObject **vals;
+    sf_cache_slot_t *slots;   /* key and value side by side: one cache line per probe */
     size_t cap, used;
 } sf_cache_t;
 
