@@ -16,7 +16,7 @@ ldclient's: an "int" accepts Python ``bool`` too, and ``null`` means "absent".
 """
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, FrozenSet, List, Optional, Tuple
 
 from shmflags.errors import DataError
 from shmflags.evaluation.attrref import AttrRef, ref_for

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from shmflags.client.flags_state import FeatureFlagsState
-from shmflags.context import Context, coerce
+from shmflags.context import coerce
 from shmflags.errors import DataError
 from shmflags.evaluation.backend import ModelBackend
 from shmflags.evaluation.detail import EvaluationDetail, error_reason

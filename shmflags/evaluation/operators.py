@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from shmflags.evaluation.dates import is_number, parse_time
 from shmflags.evaluation.semver import compare as semver_compare

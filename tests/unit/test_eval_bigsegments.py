@@ -5,7 +5,7 @@ import base64
 import hashlib
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import pytest
 from ldclient.client import LDClient
