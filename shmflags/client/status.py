@@ -274,6 +274,58 @@ class BigSegmentStoreStatusProvider:
         self._listeners.remove(listener)
 
 
+class DataStoreStatus:
+    """Whether the data store is available and whether it may be stale (ldclient's shape).
+
+    :param available: the store can be read.
+    :param stale: the store may be missing recent updates.
+    """
+
+    def __init__(self, available: bool, stale: bool) -> None:
+        self.__available = available
+        self.__stale = stale
+
+    @property
+    def available(self) -> bool:
+        """True when the store can be read."""
+        return self.__available
+
+    @property
+    def stale(self) -> bool:
+        """True when the store may be missing recent updates."""
+        return self.__stale
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, DataStoreStatus) and self.available == other.available
+                and self.stale == other.stale)
+
+
+class DataStoreStatusProvider:
+    """``client.data_store_status_provider``: a worker's store is the mapped snapshot, which
+    cannot fail the way a database can, so it is always available and never monitored (what
+    ldclient reports for its in-memory store)."""
+
+    def __init__(self) -> None:
+        self._listeners = _Listeners()
+
+    @property
+    def status(self) -> DataStoreStatus:
+        """Always ``DataStoreStatus(available=True, stale=False)``."""
+        return DataStoreStatus(True, False)
+
+    def is_monitoring_enabled(self) -> bool:
+        """False: there is nothing to monitor."""
+        return False
+
+    def add_listener(self, listener: Callable[[DataStoreStatus], None]) -> None:
+        """Accepted; never called."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Callable[[DataStoreStatus], None]) -> None:
+        """Unregister a listener; unknown listeners are ignored."""
+        self._listeners.remove(listener)
+
+
 def initializing_status(since: Optional[float] = None) -> DataSourceStatus:
     """INITIALIZING with no error, since ``since`` (default now)."""
     return DataSourceStatus(DataSourceState.INITIALIZING, time.time() if since is None else since,
@@ -282,4 +334,5 @@ def initializing_status(since: Optional[float] = None) -> DataSourceStatus:
 
 __all__ = ["BigSegmentStoreStatus", "BigSegmentStoreStatusProvider", "DataSourceErrorInfo",
            "DataSourceErrorKind", "DataSourceState", "DataSourceStatus",
-           "DataSourceStatusProvider", "initializing_status", "state_from_text"]
+           "DataSourceStatusProvider", "DataStoreStatus", "DataStoreStatusProvider",
+           "initializing_status", "state_from_text"]
