@@ -8,10 +8,11 @@ LaunchDarkly's rules require are kept in memory and sent as datagrams (see
 flush too), on :meth:`EventRecorder.flush` and at exit.
 
 Fork safety: the recorder remembers the pid whose data it holds. ``os.register_at_fork``
-resets a child at once; without that hook (a fork from C that skips CPython's handlers) the
-pid is compared before every flush and on the non-evaluation calls (``getpid`` is a system
-call, so evaluations do not check it): the child then drops the inherited window, with what
-it recorded itself until then, and never sends the parent's data.
+resets a child at once; without that hook (a fork from C that skips CPython's handlers, as
+uWSGI does by default) the pid is compared before every flush, on the first call, and then at
+most every :data:`PID_CHECK_INTERVAL` on the calling path (``getpid`` is a system call, so
+not on every evaluation): the child then drops the inherited window, with what it recorded
+itself until then, and never sends the parent's data.
 """
 from __future__ import annotations
 
@@ -45,6 +46,13 @@ CLOSE_TIMEOUT = 2.0
 """Seconds :meth:`EventRecorder.close` keeps retrying a full socket before giving up."""
 
 _RETRY_MIN = 0.01  # first retry of a full socket by the background thread, in seconds
+
+PID_CHECK_INTERVAL = 0.01
+"""Seconds between pid checks on the calling path (one ``getpid`` at most this often).
+
+Bounds what a child forked without CPython's fork handlers (uWSGI without
+``py-call-osafterfork``) can lose when its parent had recorded within this interval before
+the fork: the child's first 10 ms of evaluations."""
 
 
 def _kinds_of(context: Any) -> Tuple[str, ...]:
@@ -103,9 +111,14 @@ class EventRecorder:
         self._seq = 0
         self._new_window()
         self._dropped = 0  # full events dropped, reported in the next datagram
-        # A disabled or closed recorder keeps the deadline at 0 so that the one comparison
-        # on the hot path also routes it to the early return.
-        self._deadline = _time() + self._interval if self._enabled else 0.0
+        now = _time()
+        self._flush_at = now + self._interval
+        # ``_deadline`` is the next time a call does the slow checks (pid, flush interval).
+        # A disabled or closed recorder keeps it at 0 so that the one comparison on the hot
+        # path also routes it to the early return.
+        # The first call after construction checks at once: a recorder built in a prefork
+        # master and inherited without fork handlers is then caught before it counts.
+        self._deadline = now if self._enabled else 0.0
         self._retry_at: Optional[float] = None
         self._retry_delay = 0.0
         self._flush_requested = False
@@ -129,20 +142,26 @@ class EventRecorder:
             self._reset(pid)
 
     def _tick(self, now: float) -> None:
-        """Flush-interval check, done by whichever call first sees the deadline pass.
+        """The slow checks, done by whichever call first sees ``_deadline`` pass.
 
-        The flush itself runs on the daemon thread, so that a request does not pay for
-        packing a window; if that thread is not running, the caller flushes.
+        Every :data:`PID_CHECK_INTERVAL` the pid (a fork without CPython's fork handlers
+        shows only there); every ``flush_interval`` a flush, which runs on the daemon thread
+        so that a request does not pay for packing a window (without a live thread, or for a
+        full buffer, the caller flushes).
         """
-        self._deadline = now + self._interval
+        self._deadline = now + PID_CHECK_INTERVAL
         self._check_pid()
         thread = self._thread
         if self._must_flush:  # a full buffer is flushed by the caller, at once
             self._must_flush = False
+        elif now < self._flush_at:
+            return
         elif thread is not None and thread.is_alive():
+            self._flush_at = now + self._interval
             self._flush_requested = True
             self._wake.set()
             return
+        self._flush_at = now + self._interval
         if thread is None:
             self._start_thread()
         self._flush(block=False)
@@ -565,13 +584,13 @@ class EventRecorder:
         """One pass of the flush thread; returns how long to sleep."""
         now = _time()
         retry = self._retry_at
-        if self._flush_requested or now >= self._deadline or (retry is not None and now >= retry):
+        if self._flush_requested or now >= self._flush_at or (retry is not None and now >= retry):
             self._flush_requested = False
-            if now >= self._deadline:
-                self._deadline = now + self._interval
+            if now >= self._flush_at:
+                self._flush_at = now + self._interval
             self._flush(block=False)
         retry = self._retry_at
-        wake_at = self._deadline if retry is None else min(self._deadline, retry)
+        wake_at = self._flush_at if retry is None else min(self._flush_at, retry)
         return max(0.0, wake_at - _time())
 
 
