@@ -86,6 +86,7 @@ class Supervisor:
         self.lastgood: Optional[lastgood.Writer] = None
         self.events: Any = None
         self.redis_writer: Any = None
+        self.big_segments: Any = None      # issue 11: Big Segments mirror, if configured
         self.metrics: Any = None
         self.notifier = Notifier.from_environ()
         self.state_dir = ""
@@ -154,6 +155,8 @@ class Supervisor:
         self.start_events()
         self.start_metrics()
         self.start_redis_writer()
+        from shmflags.supervisor import bigsegments    # issue 11: Big Segments mirror
+        self.big_segments = bigsegments.start(cfg, self.shm)
         self.start_source()
         self.notifier.status(self.status_text())
 
@@ -269,6 +272,8 @@ class Supervisor:
             self.publisher.stop()
         if self.redis_writer is not None:
             self.redis_writer.stop()
+        if self.big_segments is not None:              # issue 11: Big Segments mirror
+            self.big_segments.stop()
         if self.lastgood is not None:
             self.lastgood.stop()
         self.stop_events()
