@@ -44,12 +44,9 @@ PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
     if (o == NULL)
         return NULL;
     PyUnicode_InternInPlace(&o);
-    if (sf_cache_put(&so->cache, key, o) < 0) {
-        Py_DECREF(o);
-        return NULL;
-    }
+    PyObject *cached = sf_cache_put(&so->cache, key, o);
     Py_DECREF(o);
-    return o;
+    return cached;
 }
 
 /**
@@ -764,13 +761,21 @@ PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_r
     Py_XDECREF(pbits);
     Py_DECREF(debug);
     Py_DECREF(sampling);
-    if (t != NULL && rec->fc != NULL) {
-        Py_INCREF(t);
-        rec->fc->info[exp] = t;
-    } else if (t != NULL && sf_cache_put(&so->cache, ckey, t) < 0) {
-        Py_CLEAR(t);
+    if (t == NULL)
+        return NULL;
+    PyObject *keep;
+    if (rec->fc != NULL) {
+        if (rec->fc->info[exp] == NULL) {
+            Py_INCREF(t);
+            rec->fc->info[exp] = t;
+        }
+        keep = rec->fc->info[exp];
+    } else {
+        keep = sf_cache_put(&so->cache, ckey, t);
     }
-    return t;
+    Py_XINCREF(keep);
+    Py_DECREF(t);
+    return keep;
 }
 
 static int add_prereq_event(sf_eval_t *e, const sf_rec_t *prec, const sf_flag_rec_t *parent,
@@ -1103,12 +1108,17 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
         if (o == NULL)
             return NULL;
         if (fc != NULL) {
-            fc->values[index] = o;   /* the slot owns the reference */
+            if (fc->values[index] == NULL)
+                fc->values[index] = o;   /* the slot owns the reference */
+            else
+                Py_DECREF(o);            /* another evaluation filled it meanwhile */
+            o = fc->values[index];
         } else {
-            int prc = sf_cache_put(&so->cache, key, o);
+            PyObject *cached = sf_cache_put(&so->cache, key, o);
             Py_DECREF(o);
-            if (prc < 0)
+            if (cached == NULL)
                 return NULL;
+            o = cached;
         }
     }
     if (copy && (PyDict_Check(o) || PyList_Check(o)))

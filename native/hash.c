@@ -158,23 +158,23 @@ static int grow(sf_cache_t *c)
     return 0;
 }
 
-int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
+PyObject *sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
 {
     /* invariant: load factor <= 1/2, so probing always finds an empty slot */
     if ((c->used + 1) * 2 > c->cap && grow(c) < 0)
-        return -1;
+        return NULL;
     size_t i = slot_of(key, c->cap);
     while (c->slots[i].key != 0 && c->slots[i].key != key)
         i = (i + 1) & (c->cap - 1);
+    /* invariant: a cached object is never replaced, so borrowed references stay valid
+     * for the Snapshot's life even when two evaluations race to fill the same entry */
+    if (c->slots[i].key == key)
+        return c->slots[i].val;
     Py_INCREF(val);
-    if (c->slots[i].key == key) {
-        Py_SETREF(c->slots[i].val, val);
-        return 0;
-    }
     c->slots[i].key = key;
     c->slots[i].val = val;
     c->used++;
-    return 0;
+    return val;
 }
 
 void sf_cache_clear(sf_cache_t *c)

@@ -237,15 +237,15 @@ static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const
     if (v == NULL)
         return NULL;
     if (rec->fc != NULL) {
-        rec->fc->version = v;   /* the slot owns it */
-        return v;
+        if (rec->fc->version == NULL)
+            rec->fc->version = v;   /* the slot owns it */
+        else
+            Py_DECREF(v);
+        return rec->fc->version;
     }
-    if (sf_cache_put(&self->cache, ck, v) < 0) {
-        Py_DECREF(v);
-        return NULL;
-    }
+    PyObject *cached = sf_cache_put(&self->cache, ck, v);
     Py_DECREF(v);
-    return v;
+    return cached;
 }
 
 /*

@@ -91,12 +91,9 @@ PyObject *sf_clause_value_object(SnapshotObject *so, const sf_rec_t *rec, const 
     }
     if (o == NULL)
         return NULL;
-    if (sf_cache_put(&so->cache, key, o) < 0) {
-        Py_DECREF(o);
-        return NULL;
-    }
-    Py_DECREF(o);   /* the cache holds it */
-    return o;
+    PyObject *cached = sf_cache_put(&so->cache, key, o);
+    Py_DECREF(o);   /* the cache holds it (or an equal one that won a race) */
+    return cached;
 }
 
 /* exact comparison of an int64 and a double, as Python's int == float */
@@ -306,12 +303,9 @@ static PyObject *regex_for(SnapshotObject *so, const sf_rec_t *rec, const sf_val
         pat = Py_None;
         Py_INCREF(pat);
     }
-    if (sf_cache_put(&so->cache, key, pat) < 0) {
-        Py_DECREF(pat);
-        return NULL;
-    }
+    PyObject *cached = sf_cache_put(&so->cache, key, pat);
     Py_DECREF(pat);
-    return pat;
+    return cached;
 }
 
 /**

@@ -154,7 +154,9 @@ typedef struct sf_cache {
 } sf_cache_t;
 
 PyObject *sf_cache_get(sf_cache_t *c, uint64_t key);            /* borrowed or NULL */
-int sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val);    /* steals nothing; INCREFs */
+/* Store @val under @key unless the key is already there; return the cached object (borrowed):
+ * the existing one when another caller got there first (e.g. while Python code ran). */
+PyObject *sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val);
 void sf_cache_clear(sf_cache_t *c);
 
 /* cache key tags */

@@ -321,3 +321,36 @@ def test_prerequisite_without_variation_fails_even_for_minus_one(N):
     got = c.evaluate("p", Context.create("k"))
     assert got[2] == {"kind": "PREREQUISITE_FAILED", "prerequisiteKey": "q"}
     assert got == py.evaluate("p", Context.create("k"))
+
+
+def test_threads_sharing_a_cold_snapshot(N):
+    """Caches fill while Python code (dict-subclass get, regex) lets other threads run."""
+    import threading
+
+    flags = {"h": HOSTILE_FLAG, "d": flag("d", variations=[{"a": [1]}, [2]],
+                                          fallthrough={"variation": 0})}
+    raw = snapshot_bytes(flags, {})
+    want = {k: _pure.Snapshot(raw).evaluate(k, Context.builder("k").set("obj", DictSub(x=1))
+                                             .set("n", "abc").build()) for k in flags}
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(5):
+            s = N.Snapshot(raw)
+            errors = []
+
+            def work():
+                ctx = Context.builder("k").set("obj", DictSub(x=1)).set("n", "abc").build()
+                for _ in range(300):
+                    for k in flags:
+                        if s.evaluate(k, ctx) != want[k]:
+                            errors.append(k)
+
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert not errors
+    finally:
+        sys.setswitchinterval(old)
