@@ -37,9 +37,14 @@ def build_backend(flags: Mapping[str, dict], segments: Mapping[str, dict], gener
     return open_backend(builder.build(flags, segments, generation=generation))
 
 
-def open_backend(buffer: Any) -> Any:
-    """Open snapshot bytes (an mmap, bytes, ...) with the worker's evaluator backend."""
-    from shmflags.backend import open_snapshot
+def open_backend(buffer: Any, big_segments: Any = None) -> Any:
+    """Open snapshot bytes (an mmap, bytes, ...) with the worker's evaluator backend.
+
+    :param big_segments: the Big Segments provider the evaluator queries (issue 11).
+    """
+    from shmflags.backend import Snapshot, open_snapshot
+    if big_segments is not None:   # issue 11: Big Segments provider for the evaluator
+        return Snapshot(buffer, big_segments=big_segments)
     return open_snapshot(buffer)
 
 
@@ -177,6 +182,10 @@ class ShmSource:
         self._next_check = 0.0            # monotonic time of the next replaced-block check
         self._since = time.time()
         self._closed = False
+        # issue 11: Big Segment membership from the supervisor's mirror (NOT_CONFIGURED
+        # until one exists); also behind client.big_segment_store_status_provider.
+        from shmflags.integrations.bigsegments import ShmBigSegments
+        self.big_segments = ShmBigSegments(self._name)
         ref = weakref.ref(self)
 
         def _child() -> None:
@@ -305,7 +314,7 @@ class ShmSource:
                 # The attachment rejected the newer generation and kept ours (it logged why).
                 self._bad_generation = generation
                 return None
-            return open_backend(buffer)
+            return open_backend(buffer, self.big_segments)   # issue 11
         except SnapshotError as exc:
             if self._snapshot is None:
                 self._complain(f"namespace {self._name!r}: no usable snapshot ({exc})")
