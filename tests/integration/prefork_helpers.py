@@ -91,13 +91,15 @@ def app(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
             "initialized": client.is_initialized()})
     context = {"kind": "user", "key": query.get("user", "u1")}
     flag = query.get("flag", "f1")
+    t0 = time.time()
     values = [client.variation(flag, context, DEFAULT) for _ in range(int(query.get("n", "1")))]
+    t = time.time()
     hold = float(query.get("hold", "0"))
     if hold:
         time.sleep(hold)
     return _json(start_response, {"pid": pid, "value": values[-1],
                                   "consistent": all(v == values[0] for v in values),
-                                  "n": len(values), "t": time.time()})
+                                  "n": len(values), "t0": t0, "t": t})
 
 
 def django_app() -> Callable:
@@ -419,12 +421,13 @@ LATENCY_BOUND = 1.0
 
 
 def every_worker(server: Server, value: Any, since: float = 0.0) -> Callable[..., bool]:
-    """``done`` predicate: every live worker pid has evaluated ``value`` at or after the
-    wall-clock time ``since``."""
+    """``done`` predicate: every live worker pid has evaluated ``value`` in an evaluation
+    that started at or after the wall-clock time ``since``."""
     def done(answers: Dict[int, List[Any]]) -> bool:
         pids = server.worker_pids()
         return bool(pids) and all(
-            any(a["value"] == value and a["t"] >= since for a in answers.get(p, ()))
+            any(a["value"] == value and a.get("t0", a["t"]) >= since
+                for a in answers.get(p, ()))
             for p in pids)
     return done
 
@@ -438,22 +441,28 @@ def evaluations(answers: Dict[int, List[Dict[str, Any]]], value: Any = None) -> 
 def switch_times(answers: Dict[int, List[Dict[str, Any]]], value: Any, since: float
                  ) -> Dict[int, Tuple[float, float]]:
     """Per worker pid, when it switched to ``value`` relative to ``since`` (wall clock), as
-    (last evaluation of another value, first evaluation of ``value``): the switch happened
-    in between. Asserts that no worker went back to an older value (ordered by the worker's
-    own evaluation time, so threads answering out of order do not count)."""
+    (start of its last evaluation of another value, end of its first evaluation of
+    ``value``): the switch happened in between.
+
+    Asserts that no worker went back: no evaluation that *started* after an evaluation of
+    ``value`` had *ended* in the same process returned another value (threads of one worker
+    may overlap, so only evaluations strictly after the switch count).
+    """
     out: Dict[int, Tuple[float, float]] = {}
     for pid, per in answers.items():
-        last_old, first_new = float("-inf"), None
-        for a in sorted(per, key=lambda a: a["t"]):
+        for a in per:
             assert a["consistent"], a
-            if a["value"] == value:
-                first_new = a["t"] if first_new is None else first_new
-            else:
-                assert first_new is None, (f"worker {pid} served {a['value']!r} after "
-                                           f"{value!r}")
-                last_old = a["t"]
-        if first_new is not None:
-            out[pid] = (last_old - since, first_new - since)
+        new_ends = [a["t"] for a in per if a["value"] == value]
+        if not new_ends:
+            continue
+        switched = min(new_ends)
+        olds = [a for a in per if a["value"] != value]
+        back = [a for a in olds if a.get("t0", a["t"]) > switched]
+        assert not back, (f"worker {pid} served {back[0]['value']!r} in an evaluation that "
+                          f"started {back[0].get('t0', 0) - switched:.4f} s after it had "
+                          f"served {value!r}")
+        last_old = max((a.get("t0", a["t"]) for a in olds), default=float("-inf"))
+        out[pid] = (last_old - since, switched - since)
     return out
 
 
@@ -683,10 +692,11 @@ def _mp_task(args: Tuple[str, int]) -> Dict[str, Any]:
     """A ``multiprocessing.Pool`` task: evaluate ``flag`` in the pool worker."""
     import shmflags
     key, i = args
+    t0 = time.time()
     value = shmflags.get().variation(key, {"kind": "user", "key": f"u{i}"}, DEFAULT)
     t = time.time()
     time.sleep(0.01)  # keep this worker busy so that the tasks spread over every worker
-    return {"pid": os.getpid(), "value": value, "t": t, "n": 1, "consistent": True}
+    return {"pid": os.getpid(), "value": value, "t0": t0, "t": t, "n": 1, "consistent": True}
 
 
 def mp_driver(argv: List[str]) -> int:
@@ -868,7 +878,7 @@ def pool_follows_patch(fake: Any, driver: Driver, label: str) -> int:
         batch = driver.round("f1", 6)
         performed += len(batch)
         add(batch)
-        if all(any(a["value"] == "v2" and a["t"] >= pushed for a in answers.get(p, ()))
+        if all(any(a["value"] == "v2" and a["t0"] >= pushed for a in answers.get(p, ()))
                for p in workers):
             break
     per_worker = switch_times(answers, "v2", pushed)

@@ -100,7 +100,7 @@ def test_max_requests_recycling_under_load(fake: FakeLD, ns: Namespace) -> None:
     retries2, second = load(server, f"flag=f1&n={per_request}", requests - patch_at,
                             concurrency=4)
     assert all(a["consistent"] for a in first + second)
-    late = [a for a in second if a["t"] > pushed[0] + 0.3]
+    late = [a for a in second if a["t0"] > pushed[0] + 0.3]
     assert late and {a["value"] for a in late} == {"v2"}, {a["value"] for a in late}
     pids = {a["pid"] for a in first + second}
     log = server.log()

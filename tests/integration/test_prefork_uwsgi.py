@@ -113,7 +113,7 @@ def test_max_requests_recycling_under_load(fake: FakeLD, ns: Namespace) -> None:
     fake.push("patch", {"path": "/flags/f1", "data": flag("f1", "v2", 2)})
     time.sleep(0.3)
     retries2, second = load(server, f"flag=f1&n={per_request}", requests - requests // 2)
-    late = [a for a in second if a["t"] > pushed + 0.3]
+    late = [a for a in second if a["t0"] > pushed + 0.3]
     assert late and {a["value"] for a in late} == {"v2"}, {a["value"] for a in late}
     assert all(a["consistent"] for a in first + second)
     pids = {a["pid"] for a in first + second}
