@@ -540,7 +540,8 @@ def _targets(w: _Writer, items: list, user_targets: Optional[List[Tuple[int, lis
         return 0, 0
     base = w.alloc(TARGET_SIZE * len(parsed))
     for i, (kind, var, values) in enumerate(parsed):
-        eff_kind = kind or _DEFAULT_KIND
+        # old-style "targets" always name user keys, whatever contextKind they carry
+        eff_kind = (kind or _DEFAULT_KIND) if user_targets is not None else _DEFAULT_KIND
         if user_targets is not None and eff_kind == _DEFAULT_KIND:
             keys: list = []
             for ut_var, ut_values in user_targets:

@@ -354,3 +354,11 @@ def test_threads_sharing_a_cold_snapshot(N):
             assert not errors
     finally:
         sys.setswitchinterval(old)
+
+
+def test_old_style_targets_ignore_their_context_kind(N):
+    f = flag("t", targets=[{"contextKind": "org", "values": ["k"], "variation": 0}])
+    c, py = both(N, {"t": f})
+    for ctx in (Context.create("k"), Context.create("k", "org")):
+        assert c.evaluate("t", ctx) == py.evaluate("t", ctx)
+    assert c.evaluate("t", Context.create("k"))[2] == {"kind": "TARGET_MATCH"}
