@@ -29,12 +29,15 @@ import mmap
 import os
 import struct
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import posix_ipc
 import xxhash
 
-__all__ = ["ShmBigSegments", "BigSegmentsTable", "ctl_name", "object_name",
+from shmflags.client.status import BigSegmentStoreStatus
+from shmflags.client.status import BigSegmentStoreStatusProvider as _BaseStatusProvider
+
+__all__ = ["ShmBigSegments", "StatusProvider", "BigSegmentsTable", "ctl_name", "object_name",
            "context_hash", "STATUS_NAMES"]
 
 log = logging.getLogger(__name__)
@@ -317,3 +320,50 @@ class ShmBigSegments:
                 "synchronized_on": words[W_SYNCED_MS] or None,
                 "checked": words[W_CHECKED_MS] / 1000.0 if words[W_CHECKED_MS] else None,
                 "contexts": self._table.n_contexts if self._table is not None else None}
+
+
+
+class StatusProvider(_BaseStatusProvider):
+    """``client.big_segment_store_status_provider`` over a :class:`ShmBigSegments`.
+
+    ``status`` comes from the supervisor's mirror; listeners are called (from the client's
+    watcher thread, which calls :meth:`poll` on each tick) when ``available`` or ``stale``
+    changes, as ldclient's are.
+
+    :param big_segments: the worker's provider (``ShmSource.big_segments``).
+    :param ensure_watching: starts the client's watcher thread in this process.
+    """
+
+    def __init__(self, big_segments: ShmBigSegments,
+                 ensure_watching: Optional[Callable[[], None]] = None) -> None:
+        super().__init__()
+        self._big_segments = big_segments
+        self._ensure_watching = ensure_watching
+        self._last: Optional[BigSegmentStoreStatus] = None
+
+    @property
+    def status(self) -> BigSegmentStoreStatus:
+        """``BigSegmentStoreStatus(available, stale)``; ``(False, False)`` without a mirror
+        (no ``big_segments_redis_url`` on the supervisor), as ldclient without a store."""
+        return BigSegmentStoreStatus(*self._big_segments.status())
+
+    def add_listener(self, listener: Callable[[BigSegmentStoreStatus], None]) -> None:
+        """Call ``listener(status)`` on each change (from the watcher thread)."""
+        if self._last is None:
+            self._last = self.status
+        super().add_listener(listener)
+        if self._ensure_watching is not None:
+            self._ensure_watching()
+
+    def has_listeners(self) -> bool:
+        """Whether anyone listens (the watcher may skip :meth:`poll` otherwise)."""
+        return bool(self._listeners)
+
+    def poll(self) -> None:
+        """Notify listeners if the status changed since the last poll."""
+        if not self._listeners:
+            return
+        status, last = self.status, self._last
+        self._last = status
+        if last is not None and status != last:
+            self._listeners.notify(status)

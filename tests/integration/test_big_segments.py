@@ -365,3 +365,60 @@ def test_corrupt_object_is_rejected(server, name, caplog):
         assert fresh.get_membership("inc") == (None, "STORE_ERROR")
     finally:
         mirror.stop()
+
+
+# -- a real supervisor process, a worker reading through ShmSource -------------------------
+
+def test_real_supervisor_end_to_end(tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from supervisor_harness import Harness, wait_for
+
+    from shmflags.client.source import ShmSource
+
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps({"flags": FLAGS, "segments": SEGMENTS}))
+    h = Harness(tmp_path)
+    with RedisServer() as srv:
+        r = redis.Redis.from_url(srv.url)
+        populate(r, int(time.time() * 1000))
+        try:
+            h.start(env={"SHMFLAGS_DATA_FILE": str(flags_file),
+                         "SHMFLAGS_BIG_SEGMENTS_REDIS_URL": srv.url,
+                         "SHMFLAGS_BIG_SEGMENTS_REDIS_PREFIX": PREFIX,
+                         "SHMFLAGS_BIG_SEGMENTS_STATUS_POLL_INTERVAL": "0.2",
+                         "SHMFLAGS_BIG_SEGMENTS_CONTEXT_CACHE_TIME": "0"})
+            source = ShmSource(Config(name=h.name))
+            status = bs.StatusProvider(source.big_segments)
+            wait_for(lambda: source.current() is not None
+                     and status.status.available, 15, 0.05)
+            client = Client(source.current())
+            expected = ld_details(srv.url)
+            for i, ctx in enumerate(CONTEXTS):
+                for key in FLAGS:
+                    d = client.variation_detail(key, ctx, "default")
+                    assert (d.value, d.variation_index, d.reason) == expected[(i, key)], (i, key)
+            assert (status.status.available, status.status.stale) == expected["status"]
+            report = h.status()
+            assert report["big_segments"]["status"] == "HEALTHY"
+            assert report["big_segments"]["available"] is True
+
+            seen: List[Any] = []
+            status.add_listener(seen.append)
+            # Relay finishes a sync: the worker sees it without reopening its snapshot.
+            r.sadd(f"{PREFIX}:big_segment_include:{_hash('absent')}", "big1.g2")
+            r.set(f"{PREFIX}:big_segments_synchronized_on", str(int(time.time() * 1000)))
+            wait_for(lambda: client.variation("f-big1", Context.create("absent"), None), 10,
+                     0.05)
+            srv.stop()
+            wait_for(lambda: client.variation_detail("f-big1", Context.create("inc"), None)
+                     .reason.get("bigSegmentsStatus") == "STORE_ERROR", 10, 0.05)
+            status.poll()
+            assert seen and seen[-1].available is False
+            wait_for(lambda: h.status()["big_segments"]["status"] == "STORE_ERROR", 10, 0.1)
+        finally:
+            h.close()
+            mirror_mod.cleanup(h.name)
+    assert mirror_mod.list_objects(h.name) == (False, [])
