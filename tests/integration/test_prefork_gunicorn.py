@@ -132,8 +132,9 @@ def test_supervisor_kill9_and_restart_changes_only_status(fake: FakeLD, ns: Name
     steady: Dict[str, Any] = {}
 
     def background() -> None:
-        steady["answers"] = server.collect("flag=f1&n=2&hold=0.01", lambda a: stop.is_set(),
-                                           timeout=60.0, concurrency=2)
+        steady["answers"] = server.collect("flag=f1&n=2&hold=0.01",
+                                           lambda a: stop.is_set(), timeout=60.0,
+                                           concurrency=2)
     loader = threading.Thread(target=background, daemon=True)
     loader.start()
     time.sleep(0.3)
