@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from shmflags import shm
+from shmflags.supervisor import lastgood
 from supervisor_harness import Harness, wait_for
+from tests.fakes.fake_ld import FakeLD
 
 
 @pytest.fixture
@@ -134,3 +136,26 @@ def test_second_supervisor_on_same_namespace_exits_3(h, tmp_path):
     assert f"pid {first.pid}" in second.log()
     assert first.proc.poll() is None
     assert h.ctl()["supervisor_pid"] == first.pid
+
+
+def test_cache_then_live_data_from_the_stream(h, tmp_path):
+    serve_file_then_kill9(h, tmp_path)
+    live = {"color": {"key": "color", "version": 5, "on": True, "variations": ["live-blue"],
+                      "fallthrough": {"variation": 0}}}
+    with FakeLD() as fake:
+        fake.set_data(live, {})
+        fake.respond_with(503, path="/all", times=3)  # the stream fails a few times first
+        url = fake.url
+        sup = h.start(env={"SHMFLAGS_SDK_KEY": "sdk-test-key", "SHMFLAGS_STREAM_URI": url,
+                           "SHMFLAGS_BASE_URI": url, "SHMFLAGS_EVENTS_URI": url,
+                           "SHMFLAGS_INITIAL_RECONNECT_DELAY": "0.2"})
+        wait_for(lambda: h.ctl()["supervisor_pid"] == sup.pid and h.ctl()["from_cache"], 2.0)
+        assert h.flag_value("color") == "cached-red"
+        wait_for(lambda: h.flag_value("color") == "live-blue", 10.0)
+        status = h.status()
+        assert status["from_cache"] is False and status["source"] == "streaming"
+        assert status["state"] == "VALID"
+        # The live data replaces the last-known-good file within a second.
+        wait_for(lambda: lastgood.load(str(lastgood_path(h))).flags["color"]["version"] == 5,
+                 1.5)
+        assert sup.stop() == 0
