@@ -521,7 +521,9 @@ class EventRecorder:
             self.stats["sent"] += i
         if i < len(packets):
             self._put_back(packets[i:], start)
-            self._retry_delay = min(max(2 * self._retry_delay, _RETRY_MIN), 1.0, self._interval)
+            # Retry soon while datagrams get through; back off while none does.
+            delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
+            self._retry_delay = min(delay, 1.0, self._interval)
             self._retry_at = _time() + self._retry_delay
             self._wake.set()
             return False

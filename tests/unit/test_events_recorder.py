@@ -23,7 +23,7 @@ class Sink:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
-        self.sock.settimeout(0.2)
+        self.sock.settimeout(0.5)
 
     def read(self) -> List[Dict[str, Any]]:
         out = []
@@ -243,8 +243,10 @@ def test_unencodable_data_is_dropped_and_counted(sink):
 def test_flush_interval_checked_on_calls(sink):
     rec = recorder(sink.path, flush_interval=0.05)
     rec.record_evaluation("f", U1, (True, 1, FALLTHROUGH, info(), ()), False, False)
-    time.sleep(0.3)  # the daemon thread flushes an idle worker
-    got = sink.read()
+    got: List[Dict[str, Any]] = []
+    deadline = time.time() + 5
+    while not got and time.time() < deadline:  # the daemon thread flushes an idle worker
+        got = sink.read()
     assert summary_of(got)["f"]["counters"] == {(1, 1): (True, 1)}
 
 
