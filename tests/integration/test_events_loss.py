@@ -217,7 +217,7 @@ KILLED = textwrap.dedent("""
     t = (True, 1, {"kind": "FALLTHROUGH"}, (1, 0, None, None), ())
     for _ in range(flushed):
         rec.record_evaluation("before", ctx, t, False, False)
-    time.sleep(1.0)   # the daemon thread flushes this window
+    time.sleep(2.0)   # the daemon thread flushes this window (interval 0.2 s)
     for _ in range(unflushed):
         rec.record_evaluation("after", ctx, t, False, False)
     os.kill(os.getpid(), signal.SIGKILL)
