@@ -213,3 +213,18 @@ def test_invalid_context_rejected():
                       "context": {"kind": "kind", "key": "x"}}]))
     assert p.take() == ([], 0)
     assert p.rejected == 2
+
+
+def test_summary_resets_after_each_take():
+    p = processor()
+    p.add(dg(summary=[1, 2, [["f", 0, ["user"], [[0, 1, 0, 3]]]]]))
+    first, _ = p.take()
+    p.add(dg(summary=[5, 6, [["f", 9, ["org"], [[1, 1, 1, 2]]]]]))
+    second, _ = p.take()
+    assert first[-1]["features"]["f"]["counters"] == [{"count": 3, "value": 0, "variation": 0,
+                                                      "version": 1}]
+    assert second[-1]["features"]["f"] == {"default": 9, "contextKinds": ["org"],
+                                           "counters": [{"count": 2, "value": 1, "variation": 1,
+                                                         "version": 1}]}
+    assert (second[-1]["startDate"], second[-1]["endDate"]) == (5, 6)
+    assert p.take() == ([], 0)
