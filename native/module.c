@@ -213,6 +213,17 @@ static PyObject *error_reason(PyObject *error_kind)
 
 static PyObject *context_map(PyObject *ctx)
 {
+    /* Fast path: shmflags.Context caches the map in its _emap slot once built; reading the
+     * slot saves a Python-level call per evaluation.  Anything else (not built yet, another
+     * context class) goes through the contract method _eval_map(). */
+    PyObject *cached = PyObject_GetAttr(ctx, sf_c.s_emap);
+    if (cached != NULL) {
+        if (PyDict_CheckExact(cached))
+            return cached;
+        Py_DECREF(cached);
+    } else {
+        PyErr_Clear();
+    }
     PyObject *m = PyObject_CallMethodNoArgs(ctx, sf_c.s_eval_map);
     if (m == NULL)
         return NULL;
@@ -736,7 +747,7 @@ static int intern(PyObject **slot, const char *s)
 
 PyMODINIT_FUNC PyInit__native(void)
 {
-    if (intern(&sf_c.s_eval_map, "_eval_map") || intern(&sf_c.s_kind, "kind")
+    if (intern(&sf_c.s_eval_map, "_eval_map") || intern(&sf_c.s_emap, "_emap") || intern(&sf_c.s_kind, "kind")
         || intern(&sf_c.s_key, "key") || intern(&sf_c.s_get, "get")
         || intern(&sf_c.s_search, "search") || intern(&sf_c.s_errorKind, "errorKind")
         || intern(&sf_c.s_ruleIndex, "ruleIndex") || intern(&sf_c.s_ruleId, "ruleId")

@@ -186,7 +186,7 @@ typedef struct {
 
 /* interned strings and constant objects, created once at module init */
 typedef struct sf_consts {
-    PyObject *s_eval_map, *s_kind, *s_key, *s_get, *s_search;
+    PyObject *s_eval_map, *s_emap, *s_kind, *s_key, *s_get, *s_search;
     PyObject *s_errorKind, *s_ruleIndex, *s_ruleId, *s_inExperiment, *s_prerequisiteKey;
     PyObject *s_bigSegmentsStatus, *s_NOT_CONFIGURED, *s_get_membership;
     PyObject *s_OFF, *s_FALLTHROUGH, *s_TARGET_MATCH, *s_RULE_MATCH, *s_PREREQUISITE_FAILED,
