@@ -38,8 +38,10 @@ SHM_DIR = "/dev/shm"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-#: Seqlock read attempts before :class:`SnapshotBusy`; the writer's section lasts microseconds.
-READ_RETRIES = 10000
+#: Seconds a seqlock read keeps retrying before :class:`SnapshotBusy`. A write section lasts
+#: microseconds, but the supervisor can be descheduled inside one on a busy host; a writer that
+#: died inside one keeps readers busy until a new supervisor takes over.
+READ_TIMEOUT = 0.2
 
 _STATE_CODES = {n: i for i, n in enumerate(fmt.STATE_NAMES)}
 _ERROR_CODES = {n: i for i, n in enumerate(fmt.ERROR_KIND_NAMES) if n}
@@ -174,10 +176,16 @@ def _make_fence() -> Callable[[], None]:
 
 
 def _read_consistent(mm: mmap.mmap, words: memoryview, start: int, end: int,
-                     retries: int = READ_RETRIES) -> bytes:
-    """Consistent copy of control-block bytes [start, end) under the seqlock ([R1]..[R3])."""
+                     timeout: float = READ_TIMEOUT) -> bytes:
+    """Consistent copy of control-block bytes [start, end) under the seqlock ([R1]..[R3]).
+
+    Spins briefly, then yields, then sleeps in 0.1 ms steps (so a descheduled writer gets a
+    CPU) until ``timeout`` seconds have passed.
+    """
     seq = fmt.CTL_WORD_SEQ
-    for attempt in range(retries):
+    attempt = 0
+    deadline = 0.0
+    while True:
         s1 = words[seq]                        # [R1] one aligned 8-byte load
         if not s1 & 1:
             raw = mm[start:end]                # [R2] copy (may be torn; checked next)
@@ -185,15 +193,25 @@ def _read_consistent(mm: mmap.mmap, words: memoryview, start: int, end: int,
             # program order; a C reader needs atomic_thread_fence(acquire) here.
             if words[seq] == s1:
                 return raw
-        if attempt >= 16:
-            os.sched_yield()                   # let a descheduled writer finish
-    raise SnapshotBusy(f"control block kept changing over {retries} reads (seq "
-                       f"{words[seq]}); is a supervisor stuck inside a write?")
+        attempt += 1
+        if attempt < 32:
+            continue
+        if attempt == 32:
+            deadline = time.monotonic() + timeout
+        elif time.monotonic() > deadline:
+            break
+        if attempt < 256:
+            os.sched_yield()
+        else:
+            time.sleep(0.0001)
+    raise SnapshotBusy(f"control block kept changing for {timeout:.3f} s (seq {words[seq]}); "
+                       f"is a supervisor stuck inside a write?")
 
 
-def _read_control(mm: mmap.mmap, words: memoryview, retries: int = READ_RETRIES) -> fmt.Control:
+def _read_control(mm: mmap.mmap, words: memoryview,
+                  timeout: float = READ_TIMEOUT) -> fmt.Control:
     """Consistent decoded copy of a whole control block."""
-    return fmt.unpack_control(_read_consistent(mm, words, 0, fmt.CTL_SIZE, retries))
+    return fmt.unpack_control(_read_consistent(mm, words, 0, fmt.CTL_SIZE, timeout))
 
 
 def _control_status(ctl: fmt.Control) -> Dict[str, Any]:
@@ -756,7 +774,7 @@ class Attachment:
     def control(self) -> fmt.Control:
         """A consistent copy of the control block.
 
-        :raises SnapshotBusy: it changed on every one of :data:`READ_RETRIES` attempts.
+        :raises SnapshotBusy: it kept changing for :data:`READ_TIMEOUT` seconds.
         """
         if self._mm is None or self._words is None:
             raise SnapshotError("attachment is closed")
