@@ -21,7 +21,7 @@ A datagram is one msgpack map (schema version :data:`VERSION`)::
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import msgpack
 
@@ -272,13 +272,3 @@ def validate(obj: Any) -> None:
         for event in _check_list(obj["events"], "events"):
             _check_event(event)
 
-
-def size_of(obj: Any) -> Optional[int]:
-    """Encoded size of one item, or ``None`` when msgpack cannot encode it.
-
-    :param obj: any value that would go inside a datagram
-    """
-    try:
-        return len(msgpack.packb(obj, use_bin_type=True))
-    except (TypeError, ValueError, OverflowError):
-        return None
