@@ -204,14 +204,16 @@ def run(reads: int, readers: int = 2, backend: str = "python", unsynced: bool = 
             procs.append(subprocess.Popen(
                 [py, me, "--role", "reader", "--name", name, "--reads", str(per),
                  "--snapshot-every", str(snapshot_every), "--backend", backend]
-                + (["--unsynced"] if unsynced else []), stdout=subprocess.PIPE, text=True))
+                + (["--unsynced"] if unsynced else []), stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True))
         results = []
         started = time.monotonic()
         for p in procs:
             left_s = None if timeout is None else max(1.0, timeout - (time.monotonic() - started))
-            out, _ = p.communicate(timeout=left_s)
+            out, err = p.communicate(timeout=left_s)
             if p.returncode != 0:
-                raise RuntimeError(f"reader pid {p.pid} exited with {p.returncode}")
+                raise RuntimeError(f"reader pid {p.pid} exited with {p.returncode}: "
+                                   f"{err.strip()[-800:]}")
             results.append(json.loads(out.strip().splitlines()[-1]))
         out, _ = w.communicate(timeout=60)      # closes the writer's stdin: it stops
         if w.returncode != 0:
