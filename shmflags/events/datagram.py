@@ -85,7 +85,12 @@ def decode(data: bytes) -> Dict[str, Any]:
                               timestamp=0)
     except Exception as exc:  # msgpack raises several types for malformed input
         raise DatagramError(f"not msgpack: {type(exc).__name__}") from None
-    validate(obj)
+    try:
+        validate(obj)
+    except DatagramError:
+        raise
+    except (TypeError, ValueError, RecursionError) as exc:  # a rule written too trustingly
+        raise DatagramError(f"malformed datagram: {type(exc).__name__}") from None
     return obj
 
 
@@ -155,7 +160,7 @@ def _check_event(event: Any) -> None:
     if type(event) is not dict:
         _fail("event must be a map")
     kind = event.get("kind")
-    if kind not in EVENT_KINDS:
+    if type(kind) is not str or kind not in EVENT_KINDS:
         _fail(f"unknown event kind {kind!r}")
     if not _is_int(event.get("creationDate")):
         _fail("creationDate must be a non-negative integer")

@@ -96,6 +96,11 @@ class DatagramReceiver:
             self.invalid += 1
             self.last_invalid = str(exc)
             return
+        except Exception as exc:  # noqa: BLE001 - junk must never stop the receiver
+            self.invalid += 1
+            self.last_invalid = f"{type(exc).__name__}: {exc}"
+            log.exception("unexpected error validating an event datagram")
+            return
         self.received += 1
         try:
             self._handler(datagram)

@@ -228,3 +228,50 @@ def test_summary_resets_after_each_take():
                                                          "version": 1}]}
     assert (second[-1]["startDate"], second[-1]["endDate"]) == (5, 6)
     assert p.take() == ([], 0)
+
+
+# -- property: decode only ever raises DatagramError, and what it accepts processes ------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70),
+                  st.floats(allow_nan=True), st.text(max_size=5), st.binary(max_size=5),
+                  st.sampled_from(["feature", "debug", "custom", "identify", "migration_op",
+                                   "user", "kind", "key", "context", "summary", "events",
+                                   "contexts", "v", "pid", "seq"]))
+_any = st.recursive(_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.sampled_from(["v", "pid", "seq", "kind", "key", "context", "value",
+                                     "default", "creationDate", "summary", "events",
+                                     "contexts", "dropped", "x"]), inner, max_size=5)),
+    max_leaves=25)
+
+
+@st.composite
+def _datagramish(draw):
+    base = {"v": 1, "pid": draw(st.integers(-1, 5)), "seq": draw(st.integers(-1, 5))}
+    for name in draw(st.lists(st.sampled_from(["summary", "events", "contexts", "dropped", "x"]),
+                              max_size=3)):
+        base[name] = draw(_any)
+    if draw(st.booleans()):
+        base["events"] = [{"kind": draw(_any), "creationDate": draw(_any),
+                           "context": draw(st.one_of(_any, st.just(USER))),
+                           "key": draw(_any), "value": draw(_any), "default": draw(_any)}]
+    return base
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=st.one_of(_any, _datagramish()))
+def test_decode_raises_only_datagram_error_and_accepted_input_processes(obj):
+    try:
+        data = msgpack.packb(obj, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError):
+        return
+    try:
+        d = decode(data)
+    except DatagramError:
+        return
+    p = processor()
+    p.add(d)  # must not raise
+    p.take()
