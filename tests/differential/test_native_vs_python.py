@@ -5,7 +5,9 @@ Hypothesis generates flag/segment data sets and contexts (``strategies.py``, sha
 ``shmflags._native`` and ``shmflags._pure``; for every context and flag (plus an unknown key)
 the whole ``EvalTuple`` must be identical (value and its type, variation index, reason, event
 info, prerequisite events), and ``all_flags_state`` must be identical for all eight option
-combinations. A sample of data sets is also checked against ldclient itself.
+combinations. A sample of data sets is also checked against ldclient itself; a disagreement
+with ldclient is saved as ``tests/corpus/found-<hash>.json`` (ldclient's answers as the
+expectation) before the test fails, so it becomes a permanent corpus case.
 
 Budget: ``SHMFLAGS_DIFF_EXAMPLES_NATIVE`` evaluations (default 100000; each data set gives
 dozens), seed ``SHMFLAGS_DIFF_SEED`` (default 0). A case count below the budget fails the run,
@@ -125,7 +127,11 @@ def test_native_matches_ldclient(oracle, data, contexts):
             got = {"value": value, "variationIndex": index, "reason": reason}
             if reason.get("errorKind") == "EXCEPTION":
                 continue     # ldclient also reports EXCEPTION; its value is the default
-            assert same(got, want), f"flag {key!r} ctx {raw_ctx!r}: C {got} ldclient {want}"
+            if not same(got, want):
+                from differential.test_vs_ldclient import _save
+
+                path = _save(flags, segments, contexts, oracle, f"C evaluator, {key}: {got} != {want}")
+                assert same(got, want), f"flag {key!r} ctx {raw_ctx!r}: C {got} ldclient {want} (saved {path})"
         for opts in OPTIONS:
             got_all = snap.all_flags_state(ctx, *opts, NOW_MS)
             want_all = oracle.all_flags(raw_ctx, with_reasons=opts[0], client_side_only=opts[1],
