@@ -1,6 +1,6 @@
 """Test helper: real preforking servers (gunicorn, uWSGI) beside a real supervisor.
 
-Used by ``tests/integration/test_prefork_*.py``. It holds three things:
+Used by ``tests/integration/test_prefork_*.py``. It holds:
 
 * :func:`app` — the WSGI application the servers run (``tests.integration.prefork_helpers:app``).
   Every request calls ``shmflags.get()`` — no ``post_fork`` hook, no ``postfork()`` — and
@@ -11,7 +11,11 @@ Used by ``tests/integration/test_prefork_*.py``. It holds three things:
 * process starters: :meth:`Namespace.supervisor` (``shmflags-supervisor`` on the fake
   LaunchDarkly service or a flag file), :meth:`Namespace.gunicorn`, :meth:`Namespace.uwsgi`,
   each in its own session so that :meth:`Proc.stop` can signal the process group of a server
-  master, plus polling helpers (:func:`wait_for`, :meth:`Server.collect`).
+  master, plus polling helpers (:func:`wait_for`, :meth:`Server.collect`, :func:`load`);
+* the measurements: :func:`switch_times` (when each worker switched to a new value, and that
+  none went back), :func:`summary_counts` (evaluations counted in the fake's ``/bulk``);
+* drivers for pools that have no HTTP front: ``python -m tests.integration.prefork_helpers
+  mp|celery ...`` (:func:`mp_driver`, :func:`celery_driver`, driven by :class:`Driver`).
 
 Every process is stopped by its pid (or its own process group) in :meth:`Namespace.close`.
 """
@@ -98,8 +102,14 @@ def app(environ: Dict[str, Any], start_response: Callable) -> Iterable[bytes]:
     if hold:
         time.sleep(hold)
     return _json(start_response, {"pid": pid, "value": values[-1],
-                                  "consistent": all(v == values[0] for v in values),
+                                  # a patch may land between two of the n evaluations,
+                                  # but a value never comes back once replaced
+                                  "consistent": _changes(values) <= 1,
                                   "n": len(values), "t0": t0, "t": t})
+
+
+def _changes(values: List[Any]) -> int:
+    return sum(1 for a, b in zip(values, values[1:]) if a != b)
 
 
 def django_app() -> Callable:
