@@ -43,6 +43,7 @@ MAX_ITEMS = 16384
 """Most flags, counters, contexts or events in one datagram."""
 
 MAX_INT = 2 ** 63 - 1
+_INF = float("inf")
 _MIN_INT = -(2 ** 63)
 
 EVENT_KINDS = frozenset(["feature", "debug", "custom", "identify", "migration_op"])
@@ -101,7 +102,11 @@ def _fail(message: str) -> None:
 def _check_json(value: Any, depth: int) -> None:
     """Accept JSON-compatible values only (no bytes, ext types, huge ints, deep nesting)."""
     t = type(value)
-    if value is None or t is bool or t is str or t is float:
+    if value is None or t is bool or t is str:
+        return
+    if t is float:
+        if value != value or value in (_INF, -_INF):
+            _fail("NaN or infinite number")
         return
     if t is int:
         if not _MIN_INT <= value <= MAX_INT:

@@ -9,6 +9,7 @@ that the recorder can put back what could not be sent.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 from typing import Any, Dict, List, Optional, Tuple
@@ -54,7 +55,25 @@ class Packed:
         self.dropped = dropped
 
 
+def _finite(obj: Any, depth: int = 0) -> bool:
+    """False when a float is NaN or infinite anywhere inside (JSON cannot carry it)."""
+    t = type(obj)
+    if t is float:
+        return math.isfinite(obj)
+    if depth > 64:
+        return False
+    if t is dict:
+        return all(_finite(v, depth + 1) for v in obj.values())
+    if t is list or t is tuple:
+        return all(_finite(v, depth + 1) for v in obj)
+    return True
+
+
 def _encode(obj: Any) -> Optional[bytes]:
+    """msgpack bytes of one item, or ``None`` when it is not JSON-like (then it is dropped:
+    the supervisor would reject the whole datagram, and LaunchDarkly the whole payload)."""
+    if not _finite(obj):
+        return None
     try:
         return msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError):

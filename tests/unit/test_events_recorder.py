@@ -369,3 +369,14 @@ def test_a_datagram_the_kernel_refuses_as_too_big_is_dropped_not_retried(sink, m
     got = sink.read()
     assert [e["key"] for e in events_of(got)] == ["d"]
     assert got[0]["dropped"] == 2
+
+
+def test_non_finite_numbers_are_dropped_at_the_worker(sink):
+    rec = recorder(sink.path)
+    rec.record_custom("nan", U1, {"x": float("nan")})
+    rec.record_custom("inf", U1, None, float("inf"))
+    rec.record_custom("ok", U1, {"x": 1.5}, 2.0)
+    rec.flush()
+    got = sink.read()  # decode() in Sink.read rejects NaN, so this also checks the datagrams
+    assert [e["key"] for e in events_of(got)] == ["ok"]
+    assert rec.stats["dropped"] == 2
