@@ -25,7 +25,8 @@ from tests.fakes.fake_ld import FakeLD
 from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations,
                                                every_worker, flag, fmt_switch, load,
                                                propagate_patch,
-                                               summary_counts, wait_counts, wait_for)
+                                               summary_counts, switch_times, wait_counts,
+                                               wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -188,3 +189,29 @@ def test_supervisor_kill9_and_restart_changes_only_status(fake: FakeLD, ns: Name
     print(f"events across the supervisor kill: {performed} evaluations performed, {got} "
           f"counted ({performed - got} lost with the killed supervisor)")
     assert after_restart <= got <= performed
+
+
+def test_workers_started_before_the_supervisor_attach_by_themselves(fake: FakeLD,
+                                                                    ns: Namespace) -> None:
+    server = ns.gunicorn(workers=3)
+    answers = server.collect("flag=f1&hold=0.005", every_worker(server, "default"),
+                             timeout=10.0, concurrency=6)
+    assert {a["value"] for per in answers.values() for a in per} == {"default"}
+    _, st = server.get("/status")
+    assert st["initialized"] is False, st
+
+    sup = ns.supervisor(fake, wait=False)
+    wait_for(lambda: (ns.control() or {}).get("generation"), 10.0, 0.005,
+             "the first generation")
+    published = time.time()
+    answers = server.collect("flag=f1&hold=0.005", every_worker(server, "v1", published),
+                             timeout=10.0, concurrency=6)
+    per_worker = switch_times(answers, "v1", published)
+    latency = max(per_worker[p][1] for p in server.worker_pids())
+    print(f"workers started before the supervisor served real values {latency * 1000:.0f} ms "
+          f"after its first publish ({fmt_switch(per_worker)})")
+    assert latency < 0.5 + 0.2  # DESIGN §12: within 0.5 s; 0.2 s for the test's polling
+    complaints = server.log().count("no shmflags supervisor control block")
+    print(f"'no control block' lines in the gunicorn log: {complaints} (3 workers)")
+    assert 1 <= complaints <= 3, server.log()[-3000:]
+    assert sup.alive()
