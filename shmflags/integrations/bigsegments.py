@@ -74,6 +74,9 @@ assert HEADER.size == HEADER_SIZE
 #: How long without a sign of life (beyond three poll intervals) before a worker stops
 #: trusting HEALTHY and reports STALE: the supervisor is gone or stuck.
 LIVENESS_SLACK_MS = 5000
+#: Context keys whose membership a worker memoises per membership object.
+CACHE_SIZE = 4096
+_MISS: Any = object()
 #: Minimum seconds between attempts to open a missing (or replaced) control block.
 REOPEN_INTERVAL = 1.0
 
@@ -146,16 +149,18 @@ class BigSegmentsTable:
         """The context's membership map, or ``None`` when the store has nothing for it.
 
         Excluded references map to ``False``, included ones to ``True`` (include wins,
-        as in ldclient's Redis store).
+        as in ldclient's Redis store). Slots are compared on their first 8 bytes (the probe
+        hash) before the whole digest.
         """
-        mv, words, mask = self._mv, self._words, self._mask
-        i = int.from_bytes(digest[:8], "little") & mask
+        words, mask = self._words, self._mask
+        h = int.from_bytes(digest[:8], "little")
+        i = h & mask
         for _probe in range(mask + 1):
-            off = HEADER_SIZE + i * SLOT_SIZE
-            list_off = words[(off + 32) >> 3]
+            w = (HEADER_SIZE >> 3) + i * (SLOT_SIZE >> 3)
+            list_off = words[w + 4]
             if list_off == 0:
                 return None
-            if mv[off:off + 32] == digest:
+            if words[w] == h and self._mv[w << 3:(w << 3) + 32] == digest:
                 return self._read_list(list_off)
             i = (i + 1) & mask
         return None
@@ -217,6 +222,7 @@ class ShmBigSegments:
         self._table: Optional[BigSegmentsTable] = None
         self._table_gen = 0
         self._bad_gen = 0
+        self._cache: Dict[str, Optional[dict]] = {}   # context key -> membership, this table
 
     # -- control block -----------------------------------------------------------------
 
@@ -267,18 +273,34 @@ class ShmBigSegments:
     # -- provider interface ------------------------------------------------------------
 
     def get_membership(self, context_key: str) -> Tuple[Optional[dict], str]:
-        """``(membership | None, status)`` for the context with this key (see the class doc)."""
-        words = self._current_words()
-        if words is None:
-            return None, STATUS_NAMES[ST_NOT_CONFIGURED]
+        """``(membership | None, status)`` for the context with this key (see the class doc).
+
+        Results are memoised per membership object (at most :data:`CACHE_SIZE` keys, then
+        the memo starts afresh); the maps returned are shared, so callers must not modify
+        them (the evaluators only read them).
+        """
+        words = self._words
+        if words is None or self._suspect or words[W_STATUS] == ST_NOT_CONFIGURED:
+            words = self._current_words()
+            if words is None:
+                return None, STATUS_NAMES[ST_NOT_CONFIGURED]
         try:
             code = self._status_code(words)
-            if code in (ST_NOT_CONFIGURED, ST_STORE_ERROR):
+            if code == ST_NOT_CONFIGURED or code == ST_STORE_ERROR:
                 return None, STATUS_NAMES[code]
-            table = self._table_for(words[W_GENERATION])
-            if table is None:
-                return None, STATUS_NAMES[ST_STORE_ERROR]
-            return table.membership(context_hash(context_key)), STATUS_NAMES[code]
+            if words[W_GENERATION] != self._table_gen:
+                self._table_for(words[W_GENERATION])
+            cache = self._cache
+            membership = cache.get(context_key, _MISS)
+            if membership is _MISS:
+                table = self._table
+                if table is None:
+                    return None, STATUS_NAMES[ST_STORE_ERROR]
+                membership = table.membership(context_hash(context_key))
+                if len(cache) >= CACHE_SIZE:
+                    cache.clear()
+                cache[context_key] = membership
+            return membership, STATUS_NAMES[code]
         except Exception as exc:  # noqa: BLE001 - evaluation must go on
             log.error("shmflags: Big Segment lookup failed: %r", exc)
             return None, STATUS_NAMES[ST_STORE_ERROR]
@@ -298,7 +320,7 @@ class ShmBigSegments:
                       object_name(self.name, generation), exc, self._table_gen)
             self._bad_gen = generation
             return self._table
-        self._table, self._table_gen = table, generation
+        self._table, self._table_gen, self._cache = table, generation, {}
         return table
 
     def status(self) -> Tuple[bool, bool]:

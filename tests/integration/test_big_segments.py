@@ -422,3 +422,65 @@ def test_real_supervisor_end_to_end(tmp_path):
             h.close()
             mirror_mod.cleanup(h.name)
     assert mirror_mod.list_objects(h.name) == (False, [])
+
+
+def test_pipeline_fallback_when_scripts_are_refused(server, name):
+    r = redis.Redis.from_url(server.url)
+    populate(r, int(time.time() * 1000))
+    mirror = make_mirror(name, server.url)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise redis.exceptions.ResponseError("NOPERM this user has no permissions to run "
+                                             "the 'evalsha' command")
+
+    mirror.store._script = refuse
+    try:
+        assert mirror.poll_once() == "HEALTHY"
+        assert mirror.store._script is None
+        assert mirror.contexts == 7
+        assert_same(name, server.url, expect_status="HEALTHY")
+    finally:
+        mirror.stop()
+
+
+def test_table_round_trip_property():
+    """Random memberships: every context reads back as ldclient's Redis store would build
+    it (excludes false, includes true, include wins), absent ones as None; bytes are
+    deterministic."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+    refs = st.sampled_from(["a.g1", "b.g2", "c.g3", "ü.g4", "long-segment-key.g123456"])
+    memberships = st.dictionaries(st.text(max_size=12),
+                                  st.tuples(st.frozensets(refs), st.frozensets(refs)),
+                                  max_size=60)
+
+    @hypothesis.settings(max_examples=150, deadline=None)
+    @hypothesis.given(memberships, st.lists(st.text(max_size=12), max_size=10))
+    def check(by_key: Dict[str, Any], others: List[str]) -> None:
+        members = {bs.context_hash(k): v for k, v in by_key.items()}
+        raw = mirror_mod.build_table(members, built_ms=1)
+        assert raw == mirror_mod.build_table(dict(reversed(list(members.items()))),
+                                             built_ms=1)
+        table = bs.BigSegmentsTable(bytes(raw))
+        for key, (inc, exc) in by_key.items():
+            expect: Optional[Dict[str, bool]] = {r: False for r in exc}
+            expect.update({r: True for r in inc})
+            assert table.membership(bs.context_hash(key)) == (expect or None)
+        for key in others:
+            if key not in by_key:
+                assert table.membership(bs.context_hash(key)) is None
+
+    check()
+
+
+def test_damaged_objects_are_refused():
+    raw = bytes(mirror_mod.build_table({bs.context_hash("k"): ({"a.g1"}, set())}))
+    bs.BigSegmentsTable(raw)
+    for cut in (0, 50, bs.HEADER_SIZE, len(raw) - 8):
+        with pytest.raises(ValueError):
+            bs.BigSegmentsTable(raw[:cut])
+    for offset in (0, 8, 16, 56, 72, 88, len(raw) - 1):
+        bad = bytearray(raw)
+        bad[offset] ^= 0x5A
+        with pytest.raises(ValueError):
+            bs.BigSegmentsTable(bytes(bad))
