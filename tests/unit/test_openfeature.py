@@ -359,3 +359,15 @@ def test_same_details_as_launchdarkly_provider(ld_of_client, ctx_index):
             assert _shape(got) == _shape(expect), (method, key, ctx)
     finally:
         api.clear_providers()
+
+
+def test_example_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "examples" / "openfeature_example.py")],
+                         capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[0] == "True 1 RULE_MATCH {'variationIndex': 1, " \
+                                         "'ruleIndex': 0, 'ruleId': 'pro-plan'}"
