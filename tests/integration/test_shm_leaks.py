@@ -65,6 +65,7 @@ def test_publish_switch_cycles_do_not_leak():
     reader = subprocess.Popen([sys.executable, "-c", READER.format(root=ROOT, name=name)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     samples = []
+    fds_before = len(os.listdir("/proc/self/fd"))
     try:
         started = time.monotonic()
         for _ in range(CYCLES):
@@ -79,6 +80,8 @@ def test_publish_switch_cycles_do_not_leak():
                 # Superseded generations are unlinked as soon as their (zero) grace is over.
                 assert shm.list_objects(name) == (True, [gen])
         elapsed = time.monotonic() - started
+        fds_after = len(os.listdir("/proc/self/fd"))
+        pending = pub.pending()
         reader.stdin.write("0\n")
         reader.stdin.flush()
         final = json.loads(reader.stdout.readline())
@@ -92,6 +95,7 @@ def test_publish_switch_cycles_do_not_leak():
         shm.cleanup(name)
     print(f"\n{CYCLES} cycles in {elapsed:.1f} s; first {samples[0]}, last {samples[-1]}")
     assert left == (True, [CYCLES])
+    assert pending == [] and fds_after == fds_before      # the publisher keeps nothing either
     warm, last = samples[1], samples[-1]
     assert last["shm_maps"] <= 2          # control block + the current generation
     assert last["shm_maps"] <= warm["shm_maps"]

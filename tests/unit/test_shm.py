@@ -458,3 +458,51 @@ def test_seq_is_odd_inside_every_write_section_and_even_outside(ns):
             att.control_bytes(0, fmt.CTL_SIZE + 1)
         assert att.control_bytes(24, 32) == struct.pack("<Q", 1)
         att.close()
+
+
+def test_concurrent_writer_threads_keep_reads_consistent(ns):
+    """publish, set_status and heartbeat from several threads share one seqlock writer."""
+    import threading
+    with shm.Publisher(ns, grace=0) as pub:
+        att = shm.Attachment(ns)
+        stop = threading.Event()
+        errors = []
+
+        def publisher():
+            b = SnapshotBuilder(use_default_compilers=False)
+            while not stop.is_set():
+                n = pub.generation + 1
+                pub.publish(b.build({f"f{i}": {"key": f"f{i}", "version": 1}
+                                     for i in range(n % 4 + 1)}, {}, payload_version=n))
+
+        def statuser():
+            i = 0
+            while not stop.is_set():
+                i += 1
+                pub.set_status(error={"kind": "UNKNOWN", "statusCode": i % 600,
+                                      "message": str(i % 600) * 3})
+                pub.heartbeat()
+
+        threads = [threading.Thread(target=f) for f in (publisher, statuser, statuser)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 1.5
+            reads = 0
+            while time.monotonic() < deadline:
+                c = att.control()
+                reads += 1
+                if c.generation and (c.payload_version != c.generation
+                                     or c.n_flags != c.generation % 4 + 1
+                                     or c.data_name != shm.data_name(ns, c.generation)):
+                    errors.append(("publish", c.generation, c.payload_version, c.n_flags))
+                if c.error_kind and c.error_message != str(c.error_status) * 3:
+                    errors.append(("status", c.error_status, c.error_message))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert errors == []
+        assert reads > 100 and pub.generation > 5
+        assert c.seq % 2 == 0
+        att.close()
