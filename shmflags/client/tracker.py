@@ -176,9 +176,13 @@ class Watcher:
 
     :param interval: seconds between polls.
     :param name: thread name, for debugging.
+    :param threaded: false for sources that announce their own changes (in-process data):
+        then no thread is ever started and pollers run only through :meth:`poll_once`.
     """
 
-    def __init__(self, interval: float = 0.1, name: str = "shmflags-watcher") -> None:
+    def __init__(self, interval: float = 0.1, name: str = "shmflags-watcher",
+                 threaded: bool = True) -> None:
+        self._threaded = threaded
         self._interval = max(0.005, float(interval))
         self._name = name
         self._pollers: List[Callable[[], None]] = []
@@ -210,6 +214,8 @@ class Watcher:
         if self._pid != os.getpid():
             self._after_fork_in_child()
         self._wanted = True
+        if not self._threaded:
+            return
         thread = self._thread
         if thread is not None and thread.is_alive():
             return
@@ -302,8 +308,9 @@ class FlagTracker:
         self._listeners: List[Callable[[FlagChange], None]] = []
         self._lock = threading.Lock()
         self._poll_lock = threading.RLock()
-        self._seen: Any = None            # snapshot object the digest below describes
-        self._digest: Optional[SnapshotDigest] = None
+        self._watching = False
+        self._seen: Any = None            # snapshot object last seen (kept until the next)
+        self._digest: Optional[SnapshotDigest] = None  # its digest, once computed
         watcher.add_poller(self.poll)
         watcher.on_fork(self.after_fork)
 
@@ -311,9 +318,10 @@ class FlagTracker:
         """Call ``listener(FlagChange)`` for each flag whose configuration (or a dependency's)
         changes. Called from the watcher thread; registering it again has no effect."""
         with self._lock:
-            if self._digest is None:
-                self._seen = self._current()
-                self._digest = SnapshotDigest(self._seen)
+            if not self._watching:
+                # Remember the snapshot now; its digest is computed by the watcher when the
+                # first change comes (registration stays cheap).
+                self._seen, self._digest, self._watching = self._current(), None, True
             if listener not in self._listeners:
                 self._listeners = self._listeners + [listener]
         self._watcher.ensure_running()
@@ -345,8 +353,8 @@ class FlagTracker:
             snapshot = self._current()
             if snapshot is self._seen:
                 return
+            old = self._digest if self._digest is not None else SnapshotDigest(self._seen)
             digest = SnapshotDigest(snapshot)
-            old = self._digest or SnapshotDigest(None)
             self._seen, self._digest = snapshot, digest
             changed = changed_flags(old, digest)
             self._notify(changed)
