@@ -218,6 +218,8 @@ def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
                          f"serves namespace {config.name!r}; stop it first or use --force\n")
         return EXIT_NOT_SERVED
     removed = shm.cleanup(config.name)
+    from shmflags.supervisor import bigsegments   # issue 11: the Big Segments mirror's objects
+    removed += bigsegments.cleanup(config.name)
     print(f"namespace {config.name!r}: removed {len(removed)} shared-memory objects")
     return EXIT_OK
 
