@@ -19,7 +19,7 @@ from openfeature.flag_evaluation import Reason  # noqa: E402
 from openfeature.provider import ProviderStatus  # noqa: E402
 from openfeature.track import TrackingEventDetails  # noqa: E402
 
-from shmflags import Client, Context  # noqa: E402
+from shmflags import Client  # noqa: E402
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind,  # noqa: E402
                                     DataSourceState, DataSourceStatus)
 from shmflags.evaluation import EvaluationDetail  # noqa: E402
