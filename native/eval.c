@@ -37,12 +37,14 @@ PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
         return o;
     const char *s = sf_rec_str(rec, ref);
     if (s == NULL) {
-        PyErr_SetString(PyExc_ValueError, "corrupt record string");
+        PyErr_SetString(sf_c.exc_corrupt, "corrupt record string");
         return NULL;
     }
     o = PyUnicode_DecodeUTF8(s, ref.len, "surrogatepass");
-    if (o == NULL)
+    if (o == NULL) {
+        PyErr_SetString(sf_c.exc_corrupt, "record string is not UTF-8");
         return NULL;
+    }
     PyUnicode_InternInPlace(&o);
     PyObject *cached = sf_cache_put(&so->cache, key, o);
     Py_DECREF(o);
@@ -1009,6 +1011,8 @@ PyObject *sf_make_reason(sf_eval_t *e, const sf_rec_t *rec, const sf_result_t *r
             goto fail;
     } else if (r->kind == SF_R_PREREQUISITE_FAILED) {
         PyObject *k = PyUnicode_DecodeUTF8(r->prereq_key, r->prereq_len, "surrogatepass");
+        if (k == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_SetString(sf_c.exc_corrupt, "prerequisite key is not UTF-8");
         if (k == NULL || PyDict_SetItem(d, sf_c.s_prerequisiteKey, k) < 0) {
             Py_XDECREF(k);
             goto fail;
@@ -1079,7 +1083,7 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
     int bad = 0;
     const sf_ref_t *vars = sf_rec_array(rec, f->variations, sizeof(sf_ref_t), &bad);
     if (bad || index < 0 || (uint32_t)index >= f->variations.len) {
-        PyErr_SetString(PyExc_ValueError, "corrupt variation");
+        PyErr_SetString(sf_c.exc_corrupt, "corrupt variation");
         return NULL;
     }
     sf_ref_t v = vars[index];
@@ -1097,7 +1101,7 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
     if (o == NULL) {
         const char *blob = sf_rec_str(rec, v);
         if (blob == NULL || v.len == 0) {
-            PyErr_SetString(PyExc_ValueError, "corrupt variation");
+            PyErr_SetString(sf_c.exc_corrupt, "corrupt variation");
             return NULL;
         }
         PyObject *raw = PyBytes_FromStringAndSize(blob, v.len);
@@ -1105,8 +1109,12 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
             return NULL;
         o = PyObject_CallOneArg(so->unpack, raw);
         Py_DECREF(raw);
-        if (o == NULL)
+        if (o == NULL) {
+            /* compile.py wrote this blob: failing to decode it means damaged bytes */
+            if (!PyErr_ExceptionMatches(PyExc_MemoryError))
+                PyErr_SetString(sf_c.exc_corrupt, "variation blob does not decode");
             return NULL;
+        }
         if (fc != NULL) {
             if (fc->values[index] == NULL)
                 fc->values[index] = o;   /* the slot owns the reference */

@@ -309,6 +309,15 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
     return 1;
 }
 
+/* A corrupt record found while running Python-facing code: clear it, report 1. */
+static int corrupt_cleared(void)
+{
+    if (!PyErr_ExceptionMatches(sf_c.exc_corrupt))
+        return 0;
+    PyErr_Clear();
+    return 1;
+}
+
 /* run one top-level evaluation; returns SF_OK/SF_EMALFORMED/SF_EPYTHON */
 static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
                     const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags)
@@ -324,6 +333,8 @@ static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf
     if (e->top.p == NULL)
         return SF_EMALFORMED;
     int rc = sf_eval_flag(e, rec, f, res);
+    if (rc == SF_EPYTHON && corrupt_cleared())
+        rc = SF_EMALFORMED;   /* damaged record bytes: a malformed flag, not an exception */
     if (rc == SF_EMALFORMED || rc == SF_EDEPTH || rc == SF_ECORRUPT) {
         memset(res, 0, sizeof(*res));
         res->kind = SF_R_ERROR;
@@ -381,7 +392,15 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *const *args, 
     }
     if (res.variation >= 0) {
         value = sf_variation_value(self, &rec, f, res.variation, 1);
-        index = PyLong_FromLong(res.variation);
+        if (value == NULL && corrupt_cleared()) {
+            memset(&res, 0, sizeof(res));
+            res.kind = SF_R_ERROR;
+            res.variation = -1;
+            Py_CLEAR(e.bigseg_status);
+        }
+    }
+    if (res.variation >= 0) {
+        index = value ? PyLong_FromLong(res.variation) : NULL;
     } else {
         value = Py_None;
         Py_INCREF(value);
@@ -399,6 +418,24 @@ static PyObject *Snapshot_evaluate(SnapshotObject *self, PyObject *const *args, 
         goto done;
     out = PyTuple_Pack(5, value, index, reason, info, prereqs);
 done:
+    if (out == NULL && corrupt_cleared()) {
+        /* damaged bytes met while building the result objects: MALFORMED_FLAG */
+        PyObject *r = error_reason(sf_c.s_MALFORMED_FLAG), *empty = PyTuple_New(0);
+        sf_result_t bad;
+        memset(&bad, 0, sizeof(bad));
+        bad.kind = SF_R_ERROR;
+        bad.variation = -1;
+        PyObject *inf = r && empty ? sf_info_tuple(self, &rec, f, &bad) : NULL;
+        if (inf == NULL && corrupt_cleared()) {
+            inf = Py_None;
+            Py_INCREF(inf);
+        }
+        if (inf != NULL)
+            out = PyTuple_Pack(5, Py_None, Py_None, r, inf, empty);
+        Py_XDECREF(r);
+        Py_XDECREF(empty);
+        Py_XDECREF(inf);
+    }
     Py_XDECREF(e.events);
     Py_XDECREF(e.bigseg_status);
     Py_XDECREF(e.bigseg_cache);
@@ -447,8 +484,11 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
         if (client_only && !(f->bits & SF_FLAG_CLIENT_SIDE))
             continue;
         PyObject *key = sf_flag_key(self, &rec, f);
-        if (key == NULL)
+        if (key == NULL) {
+            if (corrupt_cleared())
+                continue;   /* a damaged record cannot even be named: left out */
             goto fail;
+        }
 
         sf_eval_t e;
         sf_result_t res;
@@ -481,10 +521,25 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
             if (reason != NULL && e.bigseg_status
                 && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
                 Py_CLEAR(reason);
+            if (reason == NULL && corrupt_cleared()) {
+                res.kind = SF_R_ERROR;   /* damaged record: MALFORMED_FLAG */
+                res.variation = -1;
+                res.in_experiment = 0;
+                reason = error_reason(sf_c.s_MALFORMED_FLAG);
+            }
         }
-        if (res.variation >= 0)
+        if (res.variation >= 0) {
             value = sf_variation_value(self, &rec, f, res.variation, 1);
-        else {
+            if (value == NULL && corrupt_cleared()) {
+                res.variation = -1;   /* damaged value blob: MALFORMED_FLAG */
+                res.kind = SF_R_ERROR;
+                res.in_experiment = 0;
+                Py_CLEAR(reason);
+                reason = with_reasons ? error_reason(sf_c.s_MALFORMED_FLAG) : (Py_INCREF(Py_None), Py_None);
+                value = Py_None;
+                Py_INCREF(value);
+            }
+        } else {
             value = Py_None;
             Py_INCREF(value);
         }
@@ -507,7 +562,7 @@ static PyObject *Snapshot_all_flags_state(SnapshotObject *self, PyObject *args, 
                     dd = d->type == SF_V_TRUE;
                     debug = PyBool_FromLong(d->type == SF_V_TRUE);
                 }
-                ok = debug != NULL;
+                ok = !(debug == NULL && PyErr_Occurred());   /* another type: damaged, none */
             }
             int omit = details_only && !track && !exp && !(debug != NULL && dd > (double)now_ms);
             if (ok && (with_reasons || exp) && !omit)
@@ -767,6 +822,9 @@ PyMODINIT_FUNC PyInit__native(void)
         || intern(&sf_c.s_debugEventsUntilDate, "debugEventsUntilDate")
         || intern(&sf_c.s_prerequisites, "prerequisites") || intern(&sf_c.s_flagsState, "$flagsState")
         || intern(&sf_c.s_valid, "$valid") || intern(&sf_c.s_user, "user"))
+        return NULL;
+    sf_c.exc_corrupt = PyErr_NewException("shmflags._native.CorruptRecord", PyExc_ValueError, NULL);
+    if (sf_c.exc_corrupt == NULL)
         return NULL;
     if (PyType_Ready(&SnapshotType) < 0)
         return NULL;

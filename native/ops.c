@@ -65,17 +65,19 @@ PyObject *sf_clause_value_object(SnapshotObject *so, const sf_rec_t *rec, const 
         sf_ref_t r = {(uint32_t)v->payload, v->len};
         const char *s = sf_rec_str(rec, r);
         if (s == NULL || v->payload > UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "corrupt clause value");
+            PyErr_SetString(sf_c.exc_corrupt, "corrupt clause value");
             return NULL;
         }
         o = PyUnicode_DecodeUTF8(s, r.len, "surrogatepass");
+        if (o == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+            PyErr_SetString(sf_c.exc_corrupt, "clause string is not UTF-8");
         break;
     }
     case SF_V_PACKED: {
         const uint8_t *b = v->payload <= UINT32_MAX && v->len > 0
             ? (const uint8_t *)sf_rec_str(rec, (sf_ref_t){(uint32_t)v->payload, v->len}) : NULL;
         if (b == NULL) {
-            PyErr_SetString(PyExc_ValueError, "corrupt clause value");
+            PyErr_SetString(sf_c.exc_corrupt, "corrupt clause value");
             return NULL;
         }
         PyObject *raw = PyBytes_FromStringAndSize((const char *)b, v->len);
@@ -83,10 +85,12 @@ PyObject *sf_clause_value_object(SnapshotObject *so, const sf_rec_t *rec, const 
             return NULL;
         o = PyObject_CallOneArg(so->unpack, raw);
         Py_DECREF(raw);
+        if (o == NULL && !PyErr_ExceptionMatches(PyExc_MemoryError))
+            PyErr_SetString(sf_c.exc_corrupt, "clause value does not decode");
         break;
     }
     default:
-        PyErr_SetString(PyExc_ValueError, "opaque clause value");
+        PyErr_SetString(sf_c.exc_corrupt, "opaque clause value");
         return NULL;
     }
     if (o == NULL)
@@ -173,7 +177,7 @@ static int op_in(SnapshotObject *so, const sf_rec_t *rec, PyObject *u, const sf_
             int eq = s != NULL && (size_t)n == r.len && memcmp(p, s, r.len) == 0;
             Py_XDECREF(tmp);
             if (s == NULL) {
-                PyErr_SetString(PyExc_ValueError, "corrupt clause value");
+                PyErr_SetString(sf_c.exc_corrupt, "corrupt clause value");
                 return -1;
             }
             return eq;
@@ -324,7 +328,7 @@ int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObjec
     int bad = 0;
     const sf_value_t *vals = sf_rec_array(rec, c->values, sizeof(sf_value_t), &bad);
     if (bad) {
-        PyErr_SetString(PyExc_ValueError, "corrupt clause");
+        PyErr_SetString(sf_c.exc_corrupt, "corrupt clause");
         return -1;
     }
     uint32_t n = c->values.len;
@@ -343,7 +347,7 @@ int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObjec
             int r = sf_strset_has(rec, c->set, p, (size_t)len, sf_xxh64(p, (size_t)len, 0));
             Py_XDECREF(tmp);
             if (r < 0) {
-                PyErr_SetString(PyExc_ValueError, "corrupt clause set");
+                PyErr_SetString(sf_c.exc_corrupt, "corrupt clause set");
                 return -1;
             }
             return r;
@@ -372,7 +376,7 @@ int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObjec
             const char *s = sf_rec_str(rec, r);
             if (s == NULL || vals[i].payload > UINT32_MAX) {
                 Py_XDECREF(tmp);
-                PyErr_SetString(PyExc_ValueError, "corrupt clause value");
+                PyErr_SetString(sf_c.exc_corrupt, "corrupt clause value");
                 return -1;
             }
             /* byte-wise tests on UTF-8 agree with code-point tests on str */
@@ -483,7 +487,7 @@ int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObjec
             continue;
         sf_semver_t cv;
         if (semver_clause(rec, &vals[i], &cv) < 0) {
-            PyErr_SetString(PyExc_ValueError, "corrupt semver value");
+            PyErr_SetString(sf_c.exc_corrupt, "corrupt semver value");
             result = -1;
             break;
         }

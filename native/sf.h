@@ -193,6 +193,7 @@ typedef struct sf_consts {
              *s_ERROR, *s_MALFORMED_FLAG, *s_FLAG_NOT_FOUND, *s_EXCEPTION;
     PyObject *s_variation, *s_version, *s_reason, *s_trackEvents, *s_trackReason,
              *s_debugEventsUntilDate, *s_prerequisites, *s_flagsState, *s_valid, *s_user;
+    PyObject *exc_corrupt;   /* raised for record bytes that fail a check; becomes MALFORMED_FLAG */
 } sf_consts_t;
 extern sf_consts_t sf_c;
 

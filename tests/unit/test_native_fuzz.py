@@ -3,7 +3,8 @@
 The fuzzer mutates a valid snapshot (random byte flips and u32 overwrites inside compiled
 records, entries, indexes and header fields; truncations), recomputes both checksums so the
 bytes pass validation, and evaluates every flag for several contexts plus
-``all_flags_state``. Python exceptions are fine; the child process must not die. Run directly
+``all_flags_state``. The child process must not die, and damaged records must evaluate to
+``MALFORMED_FLAG`` (never raise, never report ``EXCEPTION``). Run directly
 for a longer hunt: ``python tests/unit/test_native_fuzz.py ITERATIONS SEED``.
 """
 from __future__ import annotations
@@ -67,8 +68,12 @@ def _restamp(buf: bytearray) -> bytes:
     return bytes(buf)
 
 
-def fuzz(iterations: int, seed: int) -> int:
-    """Mutate and evaluate ``iterations`` times; return how many snapshots opened."""
+def fuzz(iterations: int, seed: int) -> tuple:
+    """Mutate and evaluate ``iterations`` times.
+
+    :returns: (snapshots that opened, evaluations that raised or reported EXCEPTION); damaged
+        records must evaluate as MALFORMED_FLAG, so the second number should be 0.
+    """
     from shmflags import _native
     from shmflags.context import Context
     from shmflags.snapshot.builder import SnapshotBuilder
@@ -79,7 +84,7 @@ def fuzz(iterations: int, seed: int) -> int:
                 Context.builder("u3").set("email", "a@x.com").set("obj", {"x": "3"})
                 .set("ver", "1.0.0").set("d", 1).set("n", "abc").build(),
                 Context.create_multi(Context.create("u2"), Context.create("o1", "org"))]
-    opened = 0
+    opened = bad = 0
     for _ in range(iterations):
         buf = bytearray(base)
         for _ in range(rng.choice([1, 1, 2, 4, 16])):
@@ -106,16 +111,22 @@ def fuzz(iterations: int, seed: int) -> int:
         for ctx in contexts:
             for key in ("a", "b", "c", "zz"):
                 try:
-                    snap.evaluate(key, ctx)
+                    if snap.evaluate(key, ctx)[2].get("errorKind") == "EXCEPTION":
+                        bad += 1
                 except Exception:  # noqa: BLE001
-                    pass
+                    bad += 1
             try:
-                snap.all_flags_state(ctx, True, False, False, 0)
+                state = snap.all_flags_state(ctx, True, False, False, 0)
+                bad += sum(1 for m in state["$flagsState"].values()
+                           if m.get("reason", {}).get("errorKind") == "EXCEPTION")
+            except Exception:  # noqa: BLE001
+                bad += 1
+            try:
                 snap.flag_keys()
-                snap.raw_flag("a")
+                snap.raw_flag("a")    # msgpack of damaged raw bytes may raise: allowed
             except Exception:  # noqa: BLE001
                 pass
-    return opened
+    return opened, bad
 
 
 def _child_env() -> dict:
@@ -135,8 +146,9 @@ def test_fuzzed_snapshots_never_crash_the_process():
     proc = subprocess.run([sys.executable, str(HERE), str(FUZZ_ITERATIONS), "1"], cwd="/",
                           capture_output=True, text=True, timeout=600, env=_child_env())
     assert proc.returncode == 0, f"child died ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    opened = int(proc.stdout.strip().splitlines()[-1])
+    opened, bad = map(int, proc.stdout.strip().splitlines()[-1].split())
     assert opened > FUZZ_ITERATIONS // 4, "most mutated snapshots should open (checksums redone)"
+    assert bad == 0, f"{bad} evaluations raised or reported EXCEPTION on damaged records"
 
 
 def test_rss_flat_over_a_million_calls():
@@ -176,4 +188,4 @@ print(before, after)
 
 
 if __name__ == "__main__":
-    print(fuzz(int(sys.argv[1]), int(sys.argv[2])))
+    print(*fuzz(int(sys.argv[1]), int(sys.argv[2])))
