@@ -209,3 +209,73 @@ def test_example_runs():
                          capture_output=True, text=True, timeout=60, cwd=root)
     assert out.returncode == 0, out.stderr
     assert '"feature_flag.key": "new-checkout"' in out.stdout
+
+
+# -- the same spans and events as LaunchDarkly's ldotel hook on ldclient -----------------------
+
+def _ld_client():
+    import logging
+    import threading
+
+    from ldclient.client import LDClient
+    from ldclient.config import Config as LDConfig
+    from ldclient.interfaces import UpdateProcessor
+    from ldclient.versioned_data_kind import FEATURES, SEGMENTS
+
+    class Stub(UpdateProcessor):
+        def __init__(self, config, store, ready: threading.Event):
+            store.init({FEATURES: FLAGS["flags"], SEGMENTS: {}})
+            self._ready = ready
+
+        def start(self):
+            self._ready.set()
+
+        def stop(self):
+            pass
+
+        def initialized(self):
+            return True
+
+        def is_alive(self):
+            return True
+
+    logging.getLogger("ldclient").setLevel(logging.CRITICAL)
+    return LDClient(LDConfig("sdk-key", update_processor_class=Stub, send_events=False,
+                             diagnostic_opt_out=True), start_wait=1)
+
+
+def _recorded(exporter):
+    out = []
+    for span in exporter.get_finished_spans():
+        out.append((span.name, dict(span.attributes or {}),
+                    [(e.name, dict(e.attributes)) for e in span.events]))
+    return out
+
+
+@pytest.mark.parametrize("options", [{}, {"include_value": True}, {"add_spans": True},
+                                     {"add_spans": True, "include_value": True,
+                                      "environment_id": "env-1"}])
+def test_same_telemetry_as_ldotel(exporter, tracer, options):
+    ldotel = pytest.importorskip("ldotel.tracing")
+    from ldclient.context import Context as LDContext
+    ld = _ld_client()
+    try:
+        ld.add_hook(ldotel.Hook(ldotel.HookOptions(**options)))
+        ours = make_client(Hook(HookOptions(**options)))
+        contexts = [ORG, Context.create("u1"),
+                    Context.create_multi(Context.create("u2"), Context.create("o", "org"))]
+        calls = [("variation", "boolean", False), ("variation_detail", "json", None),
+                 ("variation_detail", "experiment", "d"), ("variation", "missing", 3)]
+        recorded = []
+        for client, convert in ((ld, lambda c: LDContext.from_dict(c.to_dict())),
+                                (ours, lambda c: c)):
+            exporter.clear()
+            for ctx in contexts:
+                for method, key, default in calls:
+                    with tracer.start_as_current_span("request"):
+                        getattr(client, method)(key, convert(ctx), default)
+            recorded.append(_recorded(exporter))
+        assert recorded[1] == recorded[0]
+        assert any(events for _n, _a, events in recorded[0])
+    finally:
+        ld.close()
