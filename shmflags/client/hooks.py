@@ -1,7 +1,8 @@
-"""Evaluation hooks with ldclient's interface, and the runner that calls them around an evaluation.
+"""Evaluation hooks with ldclient's interface, the runner that calls them around an evaluation,
+and the plugin metadata through which ldclient-style plugins contribute hooks.
 
-Safe in any worker; no threads, no sockets. A hook that raises is logged and ignored, so a
-faulty hook can never change a flag value or make ``variation()`` raise.
+Safe in any worker; no threads, no sockets. A hook (or plugin) that raises is logged and
+ignored, so a faulty one can never change a flag value or make ``variation()`` raise.
 """
 from __future__ import annotations
 
@@ -158,5 +159,77 @@ def _stage(hook: Any, stage: str, series: EvaluationSeriesContext, data: Any,
         return {}
 
 
-__all__: Sequence[str] = ("EvaluationSeriesContext", "Hook", "Metadata", "HookRunner",
-                          "is_hook", "hook_name")
+@dataclass
+class SdkMetadata:
+    """The SDK a plugin runs in (ldclient's ``SdkMetadata``)."""
+
+    name: str
+    version: str
+    wrapper_name: Optional[str] = None
+    wrapper_version: Optional[str] = None
+
+
+@dataclass
+class ApplicationMetadata:
+    """The application, from the ``application`` setting."""
+
+    id: Optional[str] = None
+    version: Optional[str] = None
+
+
+@dataclass
+class EnvironmentMetadata:
+    """What plugins are told about the environment (ldclient's ``EnvironmentMetadata``)."""
+
+    sdk: SdkMetadata
+    sdk_key: Optional[str] = None
+    application: Optional[ApplicationMetadata] = None
+
+
+def environment_metadata(config: Any) -> EnvironmentMetadata:
+    """The :class:`EnvironmentMetadata` of a client with ``config``."""
+    from shmflags import __version__
+    app = config.application
+    return EnvironmentMetadata(
+        sdk=SdkMetadata("shmflags", __version__, config.wrapper_name, config.wrapper_version),
+        sdk_key=config.sdk_key or None,
+        application=ApplicationMetadata(app.get("id"), app.get("version")) if app else None)
+
+
+def plugin_hooks(plugins: Iterable[Any], metadata: EnvironmentMetadata) -> List[Any]:
+    """The hooks every plugin contributes (``plugin.get_hooks(metadata)``); a plugin that
+    raises is logged and skipped."""
+    out: List[Any] = []
+    for plugin in plugins or ():
+        get_hooks = getattr(plugin, "get_hooks", None)
+        if get_hooks is None:
+            continue
+        try:
+            out.extend(get_hooks(metadata) or ())
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the client
+            log.error("plugin %s: get_hooks raised %r", _plugin_name(plugin), exc)
+    return out
+
+
+def register_plugins(plugins: Iterable[Any], client: Any, metadata: EnvironmentMetadata) -> None:
+    """Call ``plugin.register(client, metadata)`` for each plugin, logging failures."""
+    for plugin in plugins or ():
+        register = getattr(plugin, "register", None)
+        if register is None:
+            continue
+        try:
+            register(client, metadata)
+        except Exception as exc:  # noqa: BLE001
+            log.error("plugin %s: register raised %r", _plugin_name(plugin), exc)
+
+
+def _plugin_name(plugin: Any) -> str:
+    try:
+        return str(plugin.metadata.name)
+    except Exception:  # noqa: BLE001
+        return type(plugin).__name__
+
+
+__all__: Sequence[str] = ("ApplicationMetadata", "EnvironmentMetadata", "EvaluationSeriesContext",
+                          "Hook", "HookRunner", "Metadata", "SdkMetadata", "environment_metadata",
+                          "hook_name", "is_hook", "plugin_hooks", "register_plugins")
