@@ -27,7 +27,7 @@ import msgpack
 
 __all__ = [
     "VERSION", "MAX_DATAGRAM", "MAX_DEPTH", "MAX_ITEMS", "DatagramError", "encode", "decode",
-    "validate", "EVENT_KINDS",
+    "validate", "check_event", "check_context_entry", "check_summary_flag", "EVENT_KINDS",
 ]
 
 VERSION = 1
@@ -161,7 +161,11 @@ def _optional_int(event: Dict[str, Any], name: str, minimum: int = 0) -> None:
         _fail(f"{name} must be an integer >= {minimum}")
 
 
-def _check_event(event: Any) -> None:
+def check_event(event: Any) -> None:
+    """Check one event map (workers call this before sending, the supervisor on receipt).
+
+    :raises DatagramError: naming the rule that fails
+    """
     if type(event) is not dict:
         _fail("event must be a map")
     kind = event.get("kind")
@@ -225,36 +229,52 @@ def _check_summary(summary: Any) -> None:
     if not _is_int(start) or not _is_int(end) or end < start:
         _fail("summary dates must be integers with start <= end")
     for flag in _check_list(flags, "summary flags"):
-        if type(flag) is not list or len(flag) != 4:
-            _fail("summary flag must be [key, default, kinds, counters]")
-        key, default, kinds, counters = flag
-        _check_str(key, "flag key")
-        _check_json(default, 0)
-        for kind in _check_list(kinds, "contextKinds"):
-            _check_str(kind, "context kind")
-        if not counters:
-            _fail("summary flag without counters")
-        for counter in _check_list(counters, "counters"):
-            if type(counter) is not list or len(counter) != 4:
-                _fail("counter must be [variation, version, value, count]")
-            variation, version, value, count = counter
-            if variation is not None and not _is_int(variation):
-                _fail("counter variation must be nil or a non-negative integer")
-            if version is not None and not _is_int(version, _MIN_INT):
-                _fail("counter version must be nil or an integer")
-            _check_json(value, 0)
-            if not _is_int(count, 1):
-                _fail("counter count must be a positive integer")
+        check_summary_flag(flag)
+
+
+def check_summary_flag(flag: Any) -> None:
+    """Check one ``[key, default, kinds, counters]`` summary item.
+
+    :raises DatagramError: naming the rule that fails
+    """
+    if type(flag) is not list or len(flag) != 4:
+        _fail("summary flag must be [key, default, kinds, counters]")
+    key, default, kinds, counters = flag
+    _check_str(key, "flag key")
+    _check_json(default, 0)
+    for kind in _check_list(kinds, "contextKinds"):
+        _check_str(kind, "context kind")
+    if not counters:
+        _fail("summary flag without counters")
+    for counter in _check_list(counters, "counters"):
+        if type(counter) is not list or len(counter) != 4:
+            _fail("counter must be [variation, version, value, count]")
+        variation, version, value, count = counter
+        if variation is not None and not _is_int(variation):
+            _fail("counter variation must be nil or a non-negative integer")
+        if version is not None and not _is_int(version, _MIN_INT):
+            _fail("counter version must be nil or an integer")
+        _check_json(value, 0)
+        if not _is_int(count, 1):
+            _fail("counter count must be a positive integer")
+
+
+def check_context_entry(entry: Any) -> None:
+    """Check one ``[context, first_ms, count, index]`` sighting.
+
+    :raises DatagramError: naming the rule that fails
+    """
+    if type(entry) is not list or len(entry) != 4:
+        _fail("context entry must be [context, first_ms, count, index]")
+    context, first, count, index = entry
+    _check_context(context)
+    if not _is_int(first) or not _is_int(count) or type(index) is not bool:
+        _fail("context entry has a bad timestamp, count or index flag")
 
 
 def _check_contexts(contexts: Any) -> None:
     for entry in _check_list(contexts, "contexts"):
-        if type(entry) is not list or len(entry) != 4:
-            _fail("context entry must be [context, first_ms, count, index]")
-        context, first, count, index = entry
-        _check_context(context)
-        if not _is_int(first) or not _is_int(count) or type(index) is not bool:
-            _fail("context entry has a bad timestamp, count or index flag")
+        check_context_entry(entry)
 
 
 def validate(obj: Any) -> None:
@@ -280,5 +300,5 @@ def validate(obj: Any) -> None:
         _check_contexts(obj["contexts"])
     if "events" in obj:
         for event in _check_list(obj["events"], "events"):
-            _check_event(event)
+            check_event(event)
 

@@ -327,7 +327,7 @@ class EventRecorder:
                                  "value": value, "default": default, "version": version}
         if variation is not None:
             event["variation"] = variation
-        if with_reason or bits & 2:
+        if (with_reason or bits & 2) and reason is not None:
             event["reason"] = reason
         if prereq_of is not None:
             event["prereqOf"] = prereq_of

@@ -12,11 +12,18 @@ import errno
 import math
 import os
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import msgpack
 
-from shmflags.events.datagram import MAX_DATAGRAM, VERSION
+from shmflags.events.datagram import (
+    MAX_DATAGRAM,
+    VERSION,
+    DatagramError,
+    check_context_entry,
+    check_event,
+    check_summary_flag
+)
 
 __all__ = ["DatagramSender", "Packed", "pack_window", "SEND_OK", "SEND_FULL", "SEND_MISSING",
            "SEND_TOO_BIG"]
@@ -69,14 +76,18 @@ def _finite(obj: Any, depth: int = 0) -> bool:
     return True
 
 
-def _encode(obj: Any) -> Optional[bytes]:
-    """msgpack bytes of one item, or ``None`` when it is not JSON-like (then it is dropped:
-    the supervisor would reject the whole datagram, and LaunchDarkly the whole payload)."""
+def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
+    """msgpack bytes of one item, or ``None`` when the schema would refuse it.
+
+    Such an item is dropped here: the supervisor would reject the whole datagram (and
+    LaunchDarkly a whole payload for a NaN).
+    """
     if not _finite(obj):
         return None
     try:
+        check(obj)
         return msgpack.packb(obj, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError):
+    except (DatagramError, TypeError, ValueError, OverflowError):
         return None
 
 
@@ -86,13 +97,13 @@ def _flag_items(key: str, entry: list) -> List[Tuple[bytes, list]]:
     rows = [[ck[0], ck[1], c[1], c[0]] if type(ck) is tuple else [ck, version, c[1], c[0]]
             for ck, c in counters.items()]
     item = [key, default, kinds, rows]
-    data = _encode(item)
+    data = _encode(item, check_summary_flag)
     if data is not None and len(data) <= _ITEM_LIMIT:
         return [(data, item)]
     out = []
     for row in rows:
         one = [key, default, kinds, [row]]
-        data = _encode(one)
+        data = _encode(one, check_summary_flag)
         if data is not None and len(data) <= _ITEM_LIMIT:
             out.append((data, one))
     return out
@@ -172,13 +183,13 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
         for data, item in items:
             add("flags", data, item)
     for fq, entry in contexts.items():
-        data = _encode(entry[:4])
+        data = _encode(entry[:4], check_context_entry)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue
         add("contexts", data, (fq, entry))
     for event in events:
-        data = _encode(event)
+        data = _encode(event, check_event)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue

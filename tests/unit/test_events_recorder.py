@@ -380,3 +380,17 @@ def test_non_finite_numbers_are_dropped_at_the_worker(sink):
     got = sink.read()  # decode() in Sink.read rejects NaN, so this also checks the datagrams
     assert [e["key"] for e in events_of(got)] == ["ok"]
     assert rec.stats["dropped"] == 2
+
+
+def test_items_the_schema_refuses_are_dropped_alone(sink):
+    rec = recorder(sink.path)
+    rec.record_custom("", U1)                                                  # empty key
+    rec.record_evaluation("", U1, (True, 1, FALLTHROUGH, info(1, 1), ()), False, False)
+    rec.record_evaluation("f", U1, (True, 1, None, info(1, 1), ()), False, True)  # no reason
+    rec.record_custom("ok", U1)
+    rec.flush()
+    got = sink.read()
+    assert sorted(e["key"] for e in events_of(got)) == ["f", "ok"]
+    assert "reason" not in [e for e in events_of(got) if e["key"] == "f"][0]
+    assert set(summary_of(got)) == {"f"}
+    assert rec.stats["dropped"] == 3  # the custom event, the feature event, the summary item
