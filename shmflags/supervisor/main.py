@@ -51,7 +51,8 @@ RESTART_SETTINGS = frozenset({
 #: Settings whose change does not need the data source restarted on SIGHUP.
 NOT_SOURCE_SETTINGS = RESTART_SETTINGS | frozenset(
     {"log_format", "log_level", "metrics_addr"}
-    | {s.name for s in SETTINGS if s.reads == "worker"})
+    | {s.name for s in SETTINGS if s.reads == "worker"}
+    | {s.name for s in SETTINGS if s.name.startswith("big_segments_")})  # issue 11: own restart
 
 #: Seconds between heartbeats (DESIGN §12).
 TICK = 1.0
@@ -254,6 +255,11 @@ class Supervisor:
         if "metrics_addr" in changed:
             self.stop_metrics()
             self.start_metrics()
+        if any(k.startswith("big_segments_") for k in changed):   # issue 11: Big Segments
+            if self.big_segments is not None:
+                self.big_segments.stop()
+            from shmflags.supervisor import bigsegments
+            self.big_segments = bigsegments.start(new, self.shm)
         self.notifier.ready(self.status_text())
 
     # ------------------------------------------------------------------ shutdown
