@@ -570,27 +570,35 @@ class BigSegmentsMirror:
                 or synced != self._scanned_synced or since >= RESCAN_INTERVAL)
 
     def _scan(self, synced: Optional[int]) -> bool:
+        """Scan and publish; ``False`` when the store failed (the status is then
+        STORE_ERROR). A publish that fails (``/dev/shm`` full) is logged and retried at the
+        next poll; it says nothing about the store, and workers keep the previous object."""
         started = time.monotonic()
         self._last_scan = started
         try:
             members, skipped = self.store.scan(self.writer.touch)
-            table = build_table(members, synced_ms=synced or 0)
-            self.scans += 1
-            if skipped:
-                log.warning("Big Segment store: %d keys skipped (hash not canonical base64 "
-                            "of SHA-256, or not a set)", skipped)
-            changed = struct.unpack_from("<Q", table, 24)[0] != self.writer.checksum
-            if changed or self.writer.generation == 0:
-                gen = self.writer.publish(table)
-                log.info("Big Segments: published generation %d (%d contexts, %d bytes, "
-                         "%.3f s)", gen, len(members), len(table), time.monotonic() - started)
-            self.contexts = len(members)
         except Exception as exc:  # noqa: BLE001 - a failed scan is a store error
             self._scan_failed = True
             self._note_error(f"Big Segment store scan failed: {exc!r}")
             return False
         finally:
             self._scan_cost = time.monotonic() - started
+        self.scans += 1
+        if skipped:
+            log.warning("Big Segment store: %d keys skipped (hash not canonical base64 of "
+                        "SHA-256, or not a set)", skipped)
+        try:
+            table = build_table(members, synced_ms=synced or 0)
+            changed = struct.unpack_from("<Q", table, 24)[0] != self.writer.checksum
+            if changed or self.writer.generation == 0:
+                gen = self.writer.publish(table)
+                log.info("Big Segments: published generation %d (%d contexts, %d bytes, "
+                         "%.3f s)", gen, len(members), len(table), time.monotonic() - started)
+        except (OSError, ValueError, posix_ipc.Error) as exc:
+            self._scan_failed = True
+            log.error("Big Segments: cannot publish the membership table: %s", exc)
+            return True
+        self.contexts = len(members)
         self._scan_failed = False
         self._scanned_synced = synced
         return True

@@ -484,3 +484,41 @@ def test_damaged_objects_are_refused():
         bad[offset] ^= 0x5A
         with pytest.raises(ValueError):
             bs.BigSegmentsTable(bytes(bad))
+
+
+def test_sighup_turns_the_mirror_on_and_off(tmp_path):
+    import json
+    import signal
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from supervisor_harness import Harness, wait_for
+
+    flags_file = tmp_path / "flags.json"
+    flags_file.write_text(json.dumps({"flags": FLAGS, "segments": SEGMENTS}))
+    config = tmp_path / "shmflags.toml"
+    config.write_text(f'data_file = ["{flags_file}"]\n')
+    h = Harness(tmp_path)
+    worker = bs.ShmBigSegments(h.name)
+    with RedisServer() as srv:
+        populate(redis.Redis.from_url(srv.url), int(time.time() * 1000))
+        try:
+            sup = h.start("--config", str(config))
+            wait_for(lambda: h.flag_value("f-plain") == "a", 10)
+            assert worker.get_membership("inc") == (None, "NOT_CONFIGURED")
+            config.write_text(f'data_file = ["{flags_file}"]\n'
+                              f'big_segments_redis_url = "{srv.url}"\n'
+                              f'big_segments_redis_prefix = "{PREFIX}"\n'
+                              'big_segments_status_poll_interval = 0.2\n')
+            sup.signal(signal.SIGHUP)
+            wait_for(lambda: worker.get_membership("inc")[1] == "HEALTHY", 10, 0.05)
+            assert worker.get_membership("inc")[0] == {"big1.g2": True, "big2.g1": True}
+            assert "takes effect on restart" not in sup.log()
+            config.write_text(f'data_file = ["{flags_file}"]\n')
+            sup.signal(signal.SIGHUP)
+            wait_for(lambda: worker.get_membership("inc") == (None, "NOT_CONFIGURED"), 10, 0.05)
+            assert mirror_mod.list_objects(h.name) == (False, [])
+            assert sup.proc.poll() is None
+        finally:
+            h.close()
+            mirror_mod.cleanup(h.name)
