@@ -9,7 +9,6 @@ that the recorder can put back what could not be sent.
 from __future__ import annotations
 
 import errno
-import math
 import os
 import socket
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -62,30 +61,14 @@ class Packed:
         self.dropped = dropped
 
 
-def _finite(obj: Any, depth: int = 0) -> bool:
-    """False when a float is NaN or infinite anywhere inside (JSON cannot carry it)."""
-    t = type(obj)
-    if t is float:
-        return math.isfinite(obj)
-    if depth > 64:
-        return False
-    if t is dict:
-        return all(_finite(v, depth + 1) for v in obj.values())
-    if t is list or t is tuple:
-        return all(_finite(v, depth + 1) for v in obj)
-    return True
-
-
 def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
     """msgpack bytes of one item, or ``None`` when the schema would refuse it.
 
     Such an item is dropped here: the supervisor would reject the whole datagram (and
     LaunchDarkly a whole payload for a NaN).
     """
-    if not _finite(obj):
-        return None
     try:
-        check(obj)
+        check(obj)  # includes the JSON rules: no NaN or infinity, bounded depth
         return msgpack.packb(obj, use_bin_type=True)
     except (DatagramError, TypeError, ValueError, OverflowError):
         return None
