@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping
 
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
                                     DataSourceStatus, state_from_text)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from shmflags.client.source import TestDataSource, build_backend
 from shmflags.client.tracker import (FlagChange, FlagTracker, SnapshotDigest, Watcher,
