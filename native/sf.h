@@ -37,8 +37,9 @@
 
 const char *sf_strerror(int code);
 
-/* Deepest prerequisite or segment nesting followed before giving up (MALFORMED). */
-#define SF_MAX_DEPTH 64
+/* Deepest prerequisite or segment nesting followed before giving up (MALFORMED_FLAG); below
+ * the depth where the Python evaluators hit RecursionError (about 330 levels). */
+#define SF_MAX_DEPTH 200
 
 /* ---- hashing ---- */
 uint64_t sf_xxh64(const void *data, size_t len, uint64_t seed);

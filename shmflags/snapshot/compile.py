@@ -585,6 +585,51 @@ def compile_flag(flag: Any) -> bytes:
         return _malformed_flag(flag)
 
 
+def _event_fields(flag: dict) -> Dict[str, Any]:
+    """The event fields of a malformed flag that a field-by-field parser reaches.
+
+    ``shmflags.model`` (like ldclient's model) parses a flag's properties in document order
+    and stops at the first bad one; the event fields come late (trackEvents onward), so they
+    count only when everything before them parsed. Events for a malformed flag then carry
+    the same version/trackEvents/excludeFromSummaries/debug/sampling in both evaluators.
+    """
+    out: Dict[str, Any] = {}
+    try:
+        _req(flag, "version", int)
+        if _opt_bool(flag, "deleted"):
+            return out
+        key = _req(flag, "key", str)
+        _opt_list(flag, "variations")
+        _opt_bool(flag, "on")
+        _opt(flag, "offVariation", int)
+        scratch = _Writer(0)
+        _vor(scratch, scratch.alloc(16), _opt(flag, "fallthrough", dict), key, "")
+        for p in _list_of(_opt_list(flag, "prerequisites"), dict):
+            _req(p, "key", str)
+            _req(p, "variation", int)
+        for r in _list_of(_opt_list(flag, "rules"), dict):
+            _opt(r, "id", str)
+            _vor(scratch, scratch.alloc(16), r, key, "")
+            _clauses(scratch, _req(r, "clauses", list))
+            _opt_bool(r, "trackEvents")
+        for name in ("targets", "contextTargets"):
+            for t in _list_of(_opt_list(flag, name), dict):
+                _opt(t, "contextKind", str)
+                _req(t, "variation", int)
+                _list_of(_req(t, "values", list), str)
+        _opt(flag, "salt", str)
+        out["track"] = _opt_bool(flag, "trackEvents")
+        _opt_bool(flag, "trackEventsFallthrough")
+        out["debug"] = _opt(flag, "debugEventsUntilDate", (int, float))
+        if "migration" in flag:
+            _opt(_opt(flag, "migration", dict) or {}, "checkRatio", int)
+        out["exclude"] = _opt_bool(flag, "excludeFromSummaries")
+        out["sampling"] = _opt(flag, "samplingRatio", int)
+    except Exception:  # noqa: BLE001 - stop at the first property that does not parse
+        pass
+    return out
+
+
 def _malformed_flag(flag: Any) -> bytes:
     w = _Writer(FLAG_REC_SIZE)
     key = flag.get("key") if isinstance(flag, dict) else None
@@ -593,7 +638,21 @@ def _malformed_flag(flag: Any) -> bytes:
     v = _i64(version) if isinstance(version, int) else 0
     refs = [0] * 17
     refs[0], refs[1] = k
-    _flag_header(w, FLAG_MALFORMED, v, 1, b"\0" * 24, 0, refs)
+    bits, sampling, debug_raw = FLAG_MALFORMED, 1, b"\0" * 24
+    ev = _event_fields(flag) if isinstance(flag, dict) else {}
+    if ev.get("track"):
+        bits |= FLAG_TRACK_EVENTS
+    if ev.get("exclude"):
+        bits |= FLAG_EXCLUDE_SUMMARIES
+    if ev.get("sampling") is not None:
+        bits |= FLAG_HAS_SAMPLING
+        sampling = _i64(ev["sampling"])
+    if ev.get("debug") is not None:
+        bits |= FLAG_HAS_DEBUG
+        tmp = _Writer(24)
+        _value(tmp, 0, ev["debug"], 0)
+        debug_raw = bytes(tmp.buf[:24])
+    _flag_header(w, bits, v, sampling, debug_raw, 0, refs)
     return bytes(w.buf)
 
 

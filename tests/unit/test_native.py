@@ -362,3 +362,27 @@ def test_old_style_targets_ignore_their_context_kind(N):
     for ctx in (Context.create("k"), Context.create("k", "org")):
         assert c.evaluate("t", ctx) == py.evaluate("t", ctx)
     assert c.evaluate("t", Context.create("k"))[2] == {"kind": "TARGET_MATCH"}
+
+
+def test_long_prerequisite_and_segment_chains(N):
+    """150 levels: both evaluators follow them; beyond MAX_DEPTH C reports MALFORMED_FLAG."""
+    n = 150
+    flags = {f"p{i}": flag(f"p{i}", prerequisites=[{"key": f"p{i + 1}", "variation": 1}])
+             for i in range(n)}
+    flags[f"p{n}"] = flag(f"p{n}")
+    segs = {f"s{i}": {"key": f"s{i}", "version": 1, "rules": [{"clauses": [
+        {"attribute": "", "op": "segmentMatch", "values": [f"s{i + 1}"]}]}]} for i in range(n)}
+    segs[f"s{n}"] = {"key": f"s{n}", "version": 1, "included": ["k"]}
+    flags["seg"] = flag("seg", rules=[{"id": "r", "variation": 0, "clauses": [
+        {"attribute": "", "op": "segmentMatch", "values": ["s0"]}]}])
+    c, py = both(N, flags, segs)
+    ctx = Context.create("k")
+    for key in ("p0", "seg"):
+        got = c.evaluate(key, ctx)
+        assert got == py.evaluate(key, ctx)
+        assert got[2]["kind"] in ("FALLTHROUGH", "RULE_MATCH")
+    assert len(c.evaluate("p0", ctx)[4]) == n
+    deep = {f"q{i}": flag(f"q{i}", prerequisites=[{"key": f"q{i + 1}", "variation": 1}])
+            for i in range(N.MAX_DEPTH + 5)}
+    c2, _ = both(N, deep)
+    assert c2.evaluate("q0", ctx)[2] == {"kind": "ERROR", "errorKind": "MALFORMED_FLAG"}
