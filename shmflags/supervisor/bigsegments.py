@@ -294,7 +294,8 @@ def _gid(group: Any) -> Optional[int]:
 class BigSegmentsShm:
     """Writes namespace ``name``'s Big Segments control block and membership objects.
 
-    Opening creates the control block (status NOT_CONFIGURED, generation 0) or takes over
+    Opening creates the control block (status STORE_ERROR until the first poll, generation
+    0) or takes over
     the one a previous supervisor left, whose current object keeps serving until the first
     publish; leftover objects are unlinked ``grace`` seconds later by :meth:`reap`. Single
     writer: the supervisor holds the namespace lock. Not for use across fork.
@@ -350,6 +351,9 @@ class BigSegmentsShm:
         if fresh:
             for i in range(2, fmt.CTL_SIZE // 8):
                 words[i] = 0
+            # Configured but not polled yet: membership cannot be answered (ldclient's first
+            # query would wait for the store), which is STORE_ERROR, not NOT_CONFIGURED.
+            words[fmt.W_STATUS] = fmt.ST_STORE_ERROR
             struct.pack_into("<II", mm, 8, fmt.CTL_FORMAT_WORD, 0)
             mm[0:8] = fmt.CTL_MAGIC            # last: readers ignore a block without it
         return mm, words
