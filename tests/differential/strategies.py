@@ -291,12 +291,14 @@ def _break(draw: Any, item: Dict[str, Any], breaks: List[Tuple[Tuple[str, ...], 
 
 
 @st.composite
-def datasets(draw: Any, malformed: bool = True,
-             big: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def datasets(draw: Any, malformed: bool = True, big: bool = False,
+             tombstones: bool = False) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(flags, segments)`` keyed like an LD payload; occasionally one item has a wrong type.
 
     With ``big=True`` most segments are Big Segments and every flag starts with a rule that
-    matches one of them (to exercise membership and ``bigSegmentsStatus``).
+    matches one of them (to exercise membership and ``bigSegmentsStatus``). With
+    ``tombstones=True`` an item is now and then a deleted-item tombstone
+    (``{"key", "version", "deleted": true}``), which must behave as missing.
     """
     flag_keys = _some(draw, FLAG_KEYS, 4, unique=True) or ["f0"]
     seg_keys = _some(draw, SEGMENT_KEYS, 3, unique=True)
@@ -312,6 +314,11 @@ def datasets(draw: Any, malformed: bool = True,
             clause = {"attribute": "", "op": "segmentMatch", "negate": _rare(draw, 5),
                       "values": _some(draw, SEGMENT_KEYS, 2) or ["s0"]}
             flag["rules"].insert(0, {"id": "big", "clauses": [clause], "variation": draw(_pick(_INDEXES))})
+    if tombstones:
+        for items in (flag_map, seg_map):
+            for key in list(items):
+                if _rare(draw, 12):
+                    items[key] = {"key": key, "version": draw(_ints(1, 5)), "deleted": True}
     if malformed and _rare(draw, 20):
         if seg_map and draw(_BOOL):
             _break(draw, seg_map[draw(_pick(sorted(seg_map)))], _SEGMENT_BREAKS)

@@ -141,7 +141,7 @@ def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
 @seed(SEED)
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=S.datasets(), contexts=S.context_lists(2))
+@given(data=S.datasets(tombstones=True), contexts=S.context_lists(2))
 def test_reference_evaluator_matches_ldclient(oracle, data, contexts):
     flags, segments = data
     check_case(oracle, flags, segments, contexts)
