@@ -18,7 +18,8 @@ over ldclient, so an application can switch providers without seeing a differenc
   built-ins; datetimes become RFC 3339 strings in UTC; everything else is a custom attribute.
 * reasons: ``OFF`` → ``DISABLED``, ``TARGET_MATCH`` → ``TARGETING_MATCH``, ``ERROR`` →
   ``ERROR``; ``FALLTHROUGH``, ``RULE_MATCH`` and ``PREREQUISITE_FAILED`` are passed through
-  as LaunchDarkly's provider does (OpenFeature reasons are open strings).
+  as LaunchDarkly's provider does (OpenFeature reasons are open strings);
+  ``standard_reasons=True`` reports ``RULE_MATCH`` as ``TARGETING_MATCH``.
 * error codes: ``FLAG_NOT_FOUND``; ``CLIENT_NOT_READY`` → ``PROVIDER_NOT_READY``;
   ``MALFORMED_FLAG`` → ``PARSE_ERROR``; ``USER_NOT_SPECIFIED`` (no key, invalid context) →
   ``TARGETING_KEY_MISSING``; ``WRONG_TYPE`` and a value of the wrong type for the typed call →
@@ -155,8 +156,12 @@ def to_ld_context(evaluation_context: EvaluationContext) -> Context:
 
 # -- EvaluationDetail → resolution ---------------------------------------------------------
 
-def to_resolution_details(detail: Any) -> FlagResolutionDetails:
-    """OpenFeature resolution details for an LD evaluation detail (see the module doc)."""
+def to_resolution_details(detail: Any, standard_reasons: bool = False) -> FlagResolutionDetails:
+    """OpenFeature resolution details for an LD evaluation detail (see the module doc).
+
+    :param standard_reasons: also map ``RULE_MATCH`` to ``TARGETING_MATCH`` (OpenFeature's
+        reason for any dynamic targeting) instead of passing it through.
+    """
     reason = detail.reason if isinstance(detail.reason, dict) else {}
     kind = reason.get("kind")
     kind = kind if isinstance(kind, str) else ""
@@ -175,7 +180,9 @@ def to_resolution_details(detail: Any) -> FlagResolutionDetails:
         if isinstance(value, typ) and not isinstance(value, bool):
             metadata[name] = value
     return FlagResolutionDetails(value=detail.value, error_code=error_code, error_message=None,
-                                 reason=_REASONS.get(kind, kind),
+                                 reason=(Reason.TARGETING_MATCH
+                                         if standard_reasons and kind == "RULE_MATCH"
+                                         else _REASONS.get(kind, kind)),
                                  variant=None if index is None else str(index),
                                  flag_metadata=metadata)
 
@@ -206,11 +213,16 @@ class ShmflagsProvider(AbstractProvider):
         set in a preforking server's master keeps working in every worker.
     :param start_wait: seconds :meth:`initialize` waits for the client's first snapshot
         before reporting the provider not ready (it becomes ready by itself later).
+    :param standard_reasons: report ``RULE_MATCH`` as ``TARGETING_MATCH``, OpenFeature's
+        standard reason for rule and individual targeting; off by default, so the answers
+        are exactly those of LaunchDarkly's provider.
     """
 
-    def __init__(self, client: Any = None, start_wait: float = 5.0) -> None:
+    def __init__(self, client: Any = None, start_wait: float = 5.0,
+                 standard_reasons: bool = False) -> None:
         super().__init__()
         self._client = client
+        self._standard_reasons = bool(standard_reasons)
         self._start_wait = float(start_wait)
         self._lock = threading.Lock()
         self._last_state: Optional[str] = None
@@ -363,7 +375,8 @@ class ShmflagsProvider(AbstractProvider):
             return FlagResolutionDetails(value=default_value, reason=Reason.ERROR,
                                          error_code=ErrorCode.TYPE_MISMATCH)
         return to_resolution_details(
-            EvaluationDetail(value, detail.variation_index, detail.reason))
+            EvaluationDetail(value, detail.variation_index, detail.reason),
+            self._standard_reasons)
 
 
 def _initialized(client: Any) -> bool:

@@ -371,3 +371,12 @@ def test_example_runs():
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0] == "True 1 RULE_MATCH {'variationIndex': 1, " \
                                          "'ruleIndex': 0, 'ruleId': 'pro-plan'}"
+
+
+def test_standard_reasons_option():
+    provider = ShmflagsProvider(Client.from_data({"flags": FLAGS}), standard_reasons=True)
+    ctx = EvaluationContext("bob", {"plan": "pro"})
+    d = provider.resolve_string_details("ruled", "dflt", ctx)
+    assert (d.value, d.reason, d.flag_metadata["ruleId"]) == ("z", Reason.TARGETING_MATCH, "r-pro")
+    assert provider.resolve_boolean_details("bool", False, ctx).reason == "FALLTHROUGH"
+    assert provider.resolve_boolean_details("bool-off", True, ctx).reason == Reason.DISABLED
