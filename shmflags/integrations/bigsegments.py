@@ -248,6 +248,10 @@ class ShmBigSegments:
         if magic != CTL_MAGIC or form != CTL_FORMAT_WORD or len(mm) < CTL_SIZE:
             mm.close()   # being created (magic written last) or another layout
             return self._words
+        if self._words is not None:
+            # A new block (cleanup, then another supervisor): its generations start afresh,
+            # so forget the object mapped under the old one.
+            self._table, self._table_gen, self._bad_gen, self._cache = None, 0, 0, {}
         self._ctl, self._words, self._ino = mm, memoryview(mm)[:CTL_SIZE].cast("Q"), ino
         return self._words
 

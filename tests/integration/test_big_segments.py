@@ -522,3 +522,27 @@ def test_sighup_turns_the_mirror_on_and_off(tmp_path):
         finally:
             h.close()
             mirror_mod.cleanup(h.name)
+
+
+def test_worker_follows_a_recreated_namespace(server, name):
+    """cleanup + a new supervisor: generation numbers restart, the worker must not keep the
+    old object because the new one has the same number."""
+    r = redis.Redis.from_url(server.url)
+    populate(r, int(time.time() * 1000))
+    first = make_mirror(name, server.url)
+    first.poll_once()
+    first.stop()
+    worker = bs.ShmBigSegments(name)
+    assert worker.get_membership("inc")[0] == {"big1.g2": True, "big2.g1": True}
+    assert worker.info()["generation"] == 1
+    mirror_mod.cleanup(name)
+    r.delete(f"{PREFIX}:big_segment_include:{_hash('inc')}")
+    second = make_mirror(name, server.url)
+    try:
+        second.poll_once()
+        assert second.writer.generation == 1
+        worker._suspect = True                       # what the liveness check would set
+        worker._next_open = 0.0
+        assert worker.get_membership("inc") == (None, "HEALTHY")
+    finally:
+        second.stop()
