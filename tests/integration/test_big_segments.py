@@ -546,3 +546,30 @@ def test_worker_follows_a_recreated_namespace(server, name):
         assert worker.get_membership("inc") == (None, "HEALTHY")
     finally:
         second.stop()
+
+
+def test_provider_survives_fork(server, name):
+    import multiprocessing
+    r = redis.Redis.from_url(server.url)
+    populate(r, int(time.time() * 1000))
+    mirror = make_mirror(name, server.url)
+    try:
+        mirror.poll_once()
+        worker = bs.ShmBigSegments(name)
+        assert worker.get_membership("inc")[1] == "HEALTHY"      # mapped before fork
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+
+        def child() -> None:
+            queue.put((worker.get_membership("inc"), worker.get_membership("exc"),
+                       worker.status()))
+
+        proc = ctx.Process(target=child)
+        proc.start()
+        got = queue.get(timeout=20)
+        proc.join(20)
+        assert proc.exitcode == 0
+        assert got == (({"big1.g2": True, "big2.g1": True}, "HEALTHY"),
+                       ({"big1.g2": False, "big2.g1": False}, "HEALTHY"), (True, False))
+    finally:
+        mirror.stop()
