@@ -9,6 +9,8 @@ variation indexes, empty rollouts and (with ``malformed=True``) values of the wr
 """
 from __future__ import annotations
 
+import copy
+import itertools
 from typing import Any, Dict, List, Tuple
 
 from hypothesis import strategies as st
@@ -169,6 +171,30 @@ def _variation_or_rollout(draw: Any, target: Dict[str, Any]) -> None:
         target["rollout"] = _rollout(draw)
 
 
+def _flag_metas() -> List[Dict[str, Any]]:
+    out = []
+    for track, fallthrough, debug, client, exclude, sampling in itertools.product(
+            [None, False, True], [None, False, True], [None, None, 1000, 4102444800000],
+            ["absent", False, True, "both-false", "both-true"], [None, False, True], [None, 1, 2, 0]):
+        meta: Dict[str, Any] = {}
+        _put(meta, "trackEvents", track)
+        _put(meta, "trackEventsFallthrough", fallthrough)
+        _put(meta, "debugEventsUntilDate", debug)
+        if client in (False, True):
+            meta["clientSide"] = client
+        elif client != "absent":
+            value = client == "both-true"
+            meta["clientSide"] = value
+            meta["clientSideAvailability"] = {"usingEnvironmentId": value, "usingMobileKey": not value}
+        _put(meta, "excludeFromSummaries", exclude)
+        _put(meta, "samplingRatio", sampling)
+        out.append(meta)
+    return out
+
+
+_FLAG_META = st.sampled_from(_flag_metas())
+
+
 def _flag(draw: Any, key: str, flag_keys: List[str], segment_keys: List[str]) -> Dict[str, Any]:
     flag: Dict[str, Any] = {"key": key, "version": draw(_ints(1, 5)),
                             "on": draw(_pick([True, True, True, False, None]))}
@@ -197,17 +223,9 @@ def _flag(draw: Any, key: str, flag_keys: List[str], segment_keys: List[str]) ->
         rules.append(rule)
     flag["rules"] = rules
     flag["salt"] = draw(_pick(["", "salt", "saltyA", "ü"]))
-    _put(flag, "trackEvents", draw(_pick([None, False, True])))
-    _put(flag, "trackEventsFallthrough", draw(_pick([None, False, True])))
-    _put(flag, "debugEventsUntilDate", draw(_pick([None, None, 1000, 4102444800000])))
-    client_side = draw(_pick([None, False, True]))
-    if client_side is not None:
-        flag["clientSide"] = client_side
-        if draw(_BOOL):
-            flag["clientSideAvailability"] = {"usingEnvironmentId": client_side,
-                                              "usingMobileKey": draw(_BOOL)}
-    _put(flag, "excludeFromSummaries", draw(_pick([None, False, True])))
-    _put(flag, "samplingRatio", draw(_pick([None, 1, 2, 0])))
+    # The event-related fields are drawn as one combination: one draw instead of eight keeps
+    # the 10,000-example budget affordable.
+    flag.update(copy.deepcopy(draw(_FLAG_META)))
     return flag
 
 
