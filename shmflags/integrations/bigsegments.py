@@ -314,12 +314,12 @@ class ShmBigSegments:
             return self._table
         if generation == 0 or generation == self._bad_gen:
             return self._table
-        opened = _open_readonly(object_name(self.name, generation))
-        if opened is None:          # superseded and unlinked already: the block moved on
-            return self._table
         try:
+            opened = _open_readonly(object_name(self.name, generation))
+            if opened is None:      # superseded and unlinked already: the block moved on
+                return self._table
             table = BigSegmentsTable(opened[0])
-        except ValueError as exc:
+        except (ValueError, OSError, posix_ipc.Error) as exc:
             log.error("shmflags: %s rejected (%s); keeping generation %d",
                       object_name(self.name, generation), exc, self._table_gen)
             self._bad_gen = generation
