@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     """``shmflags status [--json]``."""
     from shmflags.supervisor.status import read_report
-    report = read_report(config.name)
+    report = read_report(config.name, config.heartbeat_timeout)
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
@@ -193,7 +193,7 @@ def cmd_watch(config: Config, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     last = None
     while True:
-        report = read_report(config.name)
+        report = read_report(config.name, config.heartbeat_timeout)
         error = report.get("last_error") or {}
         view = (report.get("generation"), report.get("state"), report.get("source"),
                 error.get("message"), report.get("supervisor_alive"))
@@ -212,7 +212,7 @@ def cmd_cleanup(config: Config, args: argparse.Namespace) -> int:
     """``shmflags cleanup [--force]``: unlink the control block and every generation."""
     from shmflags import shm
     from shmflags.supervisor.status import read_report
-    report = read_report(config.name)
+    report = read_report(config.name, config.heartbeat_timeout)
     if report.get("supervisor_alive") and not args.force:
         sys.stderr.write(f"shmflags cleanup: supervisor pid {report['supervisor_pid']} still "
                          f"serves namespace {config.name!r}; stop it first or use --force\n")

@@ -454,7 +454,7 @@ class Supervisor:
 
     def report(self) -> Dict[str, Any]:
         """The ``/status`` object (as ``shmflags status --json``) plus internal counters."""
-        doc = status.read_report(self.config.name)
+        doc = status.read_report(self.config.name, self.config.heartbeat_timeout)
         counters = self.event_counters()
         if doc.get("events") is not None and counters is not None:  # fresher than the file
             doc["events"] = {k: counters.get(k, 0) for k in status.EVENT_COUNTERS}

@@ -44,25 +44,38 @@ def read_stats(socket_path: str) -> Optional[Dict[str, int]]:
     return {k: int(v) for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
-def build_report(name: str, shm_status: Mapping[str, Any], evaluator: str) -> Dict[str, Any]:
+def build_report(name: str, shm_status: Mapping[str, Any], evaluator: str,
+                 heartbeat_timeout: float = 5.0) -> Dict[str, Any]:
     """The status object from :meth:`shmflags.shm.Attachment.status` plus what it lacks.
 
     Adds ``name``, ``serving`` (a snapshot is published), ``evaluator`` and the ``events``
-    counters (``None`` when events are off). Times are Unix seconds, as in ldclient's
-    data-source status.
+    counters (``None`` when events are off). ``state``, ``state_since`` and ``last_error`` are
+    what a worker reports: ``INTERRUPTED`` with a heartbeat error once the supervisor's
+    heartbeat is older than ``heartbeat_timeout`` (the same rule as the client's); the
+    control block's own state is then kept as ``supervisor_state``. Times are Unix seconds,
+    as in ldclient's data-source status.
 
     :param name: the namespace.
     :param shm_status: the control block as :mod:`shmflags.shm` decodes it.
     :param evaluator: the evaluator backend this process would use.
+    :param heartbeat_timeout: the ``heartbeat_timeout`` setting.
     """
+    from shmflags.client.source import status_from_control
     report = {k: v for k, v in shm_status.items() if k != "mapped_generation"}
     socket_path = report.get("socket") or ""
     events = None
     if socket_path:
         stats = read_stats(socket_path) or {}
         events = {k: stats.get(k, 0) for k in EVENT_COUNTERS}
-    report.update(name=name, serving=int(report.get("generation") or 0) > 0,
-                  evaluator=evaluator, events=events)
+    serving = int(report.get("generation") or 0) > 0
+    report.update(name=name, serving=serving, evaluator=evaluator, events=events)
+    seen = status_from_control(report, heartbeat_timeout, serving)
+    if seen.state.name != report.get("state") and report.get("state") is not None:
+        error = seen.error
+        report.update(supervisor_state=report["state"], state=seen.state.name,
+                      state_since=seen.since, last_error=error and {
+                          "kind": error.kind.name, "statusCode": error.status_code or None,
+                          "time": error.time, "message": error.message})
     return report
 
 
@@ -77,7 +90,7 @@ def absent_report(name: str, evaluator: str, error: str) -> Dict[str, Any]:
             "evaluator": evaluator, "socket": None, "events": None}
 
 
-def read_report(name: str) -> Dict[str, Any]:
+def read_report(name: str, heartbeat_timeout: float = 5.0) -> Dict[str, Any]:
     """The status report of namespace ``name`` (what ``shmflags status --json`` prints)."""
     from shmflags import shm
     evaluator = evaluator_backend()
@@ -86,7 +99,7 @@ def read_report(name: str) -> Dict[str, Any]:
     except ShmflagsError as exc:  # absent namespace, permissions, another layout
         return absent_report(name, evaluator, str(exc))
     try:
-        return build_report(name, attachment.status(), evaluator)
+        return build_report(name, attachment.status(), evaluator, heartbeat_timeout)
     finally:
         attachment.close()
 

@@ -1,6 +1,7 @@
 """Supervisor restarts: last-known-good after kill -9, corrupt cache, SIGTERM, cleanup, the lock."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -159,3 +160,15 @@ def test_cache_then_live_data_from_the_stream(h, tmp_path):
         wait_for(lambda: lastgood.load(str(lastgood_path(h))).flags["color"]["version"] == 5,
                  1.5)
         assert sup.stop() == 0
+
+
+def test_status_reports_interrupted_once_the_heartbeat_is_stale(h, tmp_path):
+    generation = serve_file_then_kill9(h, tmp_path)
+    env = {"SHMFLAGS_HEARTBEAT_TIMEOUT": "1"}
+    wait_for(lambda: h.ctl()["heartbeat_age_s"] > 1.2, 5.0)
+    out = h.cli("status", "--json", env=env)
+    assert out.returncode == 0  # the last generation is still served
+    status = json.loads(out.stdout)
+    assert status["state"] == "INTERRUPTED" and status["supervisor_state"] == "VALID"
+    assert "stopped its heartbeat" in status["last_error"]["message"]
+    assert status["generation"] == generation and status["supervisor_alive"] is False
