@@ -12,6 +12,8 @@ from typing import Any, List
 import msgpack
 import pytest
 
+import shmflags
+
 from shmflags.config import Config
 from shmflags.errors import EventsError
 from shmflags.events.delivery import EventDelivery, is_recoverable
@@ -88,11 +90,27 @@ def test_gzip_and_headers(fake):
     assert len(req.headers["X-LaunchDarkly-Instance-Id"]) == 36
 
 
+def test_same_instance_id_as_the_stream_and_settings_per_request(fake, monkeypatch):
+    """Events and the data sources of one supervisor report one instance id; the ``http_*``
+    settings win over REQUESTS_CA_BUNDLE and environment proxies (passed per request)."""
+    from shmflags.supervisor import http
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")   # would refuse the connection
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    d = EventDelivery(config(fake, http={"http_proxy": fake.url}))
+    assert d.post_bulk([{"kind": "identify"}])
+    req = bulk_requests(fake)[0]
+    assert req.headers["X-LaunchDarkly-Instance-Id"] == http.process_instance_id()
+    assert d.instance_id == http.process_instance_id()
+
+
 def test_configured_wrapper_wins(fake):
     d = EventDelivery(config(fake, wrapper_name="Flask", wrapper_version="2"))
     d.post_diagnostic({"kind": "diagnostic"})
     req = fake.requests_to("/diagnostic")[0]
-    assert req.headers["X-LaunchDarkly-Wrapper"] == "Flask/2"
+    # the shared header helper (shmflags/supervisor/http.py): the wrapper, then shmflags
+    assert req.headers["X-LaunchDarkly-Wrapper"] == f"Flask/2 shmflags/{shmflags.__version__}"
     assert "X-LaunchDarkly-Payload-ID" not in req.headers
     assert "X-LaunchDarkly-Event-Schema" not in req.headers
 
