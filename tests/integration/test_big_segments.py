@@ -158,6 +158,8 @@ def ld_details(url: Optional[str], stale_after: float = 120.0) -> Dict[tuple, tu
             for key in FLAGS:
                 d = client.variation_detail(key, ld_ctx, "default")
                 out[(i, key)] = (d.value, d.variation_index, d.reason)
+            out[(i, "all_flags_state")] = client.all_flags_state(
+                ld_ctx, with_reasons=True).to_json_dict()
         status = client.big_segment_store_status_provider.status
         out["status"] = (status.available, status.stale)
         return out
@@ -191,6 +193,8 @@ def our_details(name: str) -> List[Dict[Any, tuple]]:
             for key in FLAGS:
                 d = client.variation_detail(key, ctx, "default")
                 out[(i, key)] = (d.value, d.variation_index, d.reason)
+            out[(i, "all_flags_state")] = client.all_flags_state(
+                ctx, with_reasons=True).to_json_dict()
         out["status"] = bs.ShmBigSegments(name).status()
         results.append(out)
     return results
@@ -229,7 +233,8 @@ def assert_same(name: str, url: Optional[str], stale_after: float = 120.0,
         diffs = {k: (got[k], expected[k]) for k in expected if got[k] != expected[k]}
         assert not diffs, diffs
     if expect_status is not None:
-        reasons = [v[2] for k, v in expected.items() if k != "status"]
+        reasons = [v[2] for k, v in expected.items()
+                   if k != "status" and k[1] != "all_flags_state"]
         assert {r.get("bigSegmentsStatus") for r in reasons} >= {expect_status}
 
 
