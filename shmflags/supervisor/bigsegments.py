@@ -621,6 +621,9 @@ def start(config: Any, control: Any = None) -> Optional[BigSegmentsMirror]:
     if not getattr(config, "big_segments_redis_url", None):
         try:
             disable(config.name)
+            if control is not None:   # a previous configuration's status must not linger
+                control.set_status(big_segments={"status": "NOT_CONFIGURED",
+                                                 "available": False, "synchronized_on": 0})
         except Exception:  # noqa: BLE001
             log.exception("cannot remove the Big Segments objects of %r", config.name)
         return None

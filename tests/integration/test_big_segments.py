@@ -518,11 +518,13 @@ def test_sighup_turns_the_mirror_on_and_off(tmp_path):
             sup.signal(signal.SIGHUP)
             wait_for(lambda: worker.get_membership("inc")[1] == "HEALTHY", 10, 0.05)
             assert worker.get_membership("inc")[0] == {"big1.g2": True, "big2.g1": True}
+            wait_for(lambda: h.status()["big_segments"]["status"] == "HEALTHY", 10, 0.1)
             assert "takes effect on restart" not in sup.log()
             config.write_text(f'data_file = ["{flags_file}"]\n')
             sup.signal(signal.SIGHUP)
             wait_for(lambda: worker.get_membership("inc") == (None, "NOT_CONFIGURED"), 10, 0.05)
             assert mirror_mod.list_objects(h.name) == (False, [])
+            assert h.status()["big_segments"]["status"] == "NOT_CONFIGURED"
             assert sup.proc.poll() is None
         finally:
             h.close()
