@@ -322,7 +322,9 @@ static int corrupt_cleared(void)
 static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
                     const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags)
 {
-    memset(e, 0, sizeof(*e));
+    /* not memset: the two key stacks are SF_MAX_DEPTH entries each and only read below np/ns */
+    e->events = e->prereq_keys = e->bigseg_status = e->bigseg_cache = NULL;
+    e->depth = e->np = e->ns = 0;
     memset(res, 0, sizeof(*res));
     e->so = self;
     e->want_events = !for_all_flags;
