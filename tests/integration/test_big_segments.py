@@ -580,3 +580,56 @@ def test_provider_survives_fork(server, name):
                        ({"big1.g2": False, "big2.g1": False}, "HEALTHY"), (True, False))
     finally:
         mirror.stop()
+
+
+def test_lookups_during_continuous_republishing(server, name):
+    """A worker process looks up while the mirror keeps publishing alternating memberships
+    (and unlinking the superseded objects): every answer is one of the two published ones."""
+    import multiprocessing
+    r = redis.Redis.from_url(server.url)
+    populate(r, int(time.time() * 1000))
+    mirror = make_mirror(name, server.url)
+    key = f"{PREFIX}:big_segment_include:{_hash('flip')}"
+    r.sadd(key, "big1.g2")
+    mirror.poll_once()
+    valid = [{"big1.g2": True}, {"big2.g1": True}]
+    ctx = multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    queue = ctx.Queue()
+
+    def reader() -> None:
+        worker = bs.ShmBigSegments(name)
+        seen, bad, gens = 0, [], set()
+        while not stop.is_set():
+            membership, status = worker.get_membership("flip")
+            worker._cache.clear()                   # look at the table every time
+            gens.add(worker.info()["generation"])
+            if membership not in valid or status != "HEALTHY":
+                bad.append((membership, status))
+            seen += 1
+        queue.put((seen, bad[:5], len(gens)))
+
+    proc = ctx.Process(target=reader)
+    proc.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        flips = 0
+        while time.monotonic() < deadline:
+            r.delete(key)
+            r.sadd(key, "big2.g1" if flips % 2 == 0 else "big1.g2")
+            r.set(f"{PREFIX}:big_segments_synchronized_on", str(int(time.time() * 1000)))
+            mirror.poll_once()
+            flips += 1
+        stop.set()
+        seen, bad, generations = queue.get(timeout=20)
+        proc.join(20)
+        time.sleep(0.6)                                   # generation_grace
+        mirror.poll_once()
+        assert mirror_mod.list_objects(name)[1] == [mirror.writer.generation]
+    finally:
+        stop.set()
+        if proc.is_alive():
+            proc.kill()
+        mirror.stop()
+    assert bad == []
+    assert seen > 100 and flips > 5 and generations > 2
