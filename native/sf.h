@@ -242,6 +242,10 @@ void sf_flagcache_free(SnapshotObject *so);
 PyObject *sf_deep_copy(PyObject *o, int depth);
 int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);
 
+/* Python-facing results (result.c) */
+PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
+PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
+
 /* operators (ops.c): 1 match, 0 no match, -1 Python error set */
 int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObject *value);
 PyObject *sf_clause_value_object(SnapshotObject *so, const sf_rec_t *rec, const sf_value_t *v);

@@ -1,0 +1,470 @@
+/*
+ * result.c - the Python results of evaluations: the EvalTuple returned by
+ * Snapshot.evaluate() and the dict returned by Snapshot.all_flags_state()
+ * (ldclient's FeatureFlagsState.to_json_dict()), plus the mapping of
+ * evaluator outcomes to them (MALFORMED_FLAG, EXCEPTION, Big Segment status).
+ *
+ * Invariants: results never share a mutable object with the Snapshot's caches
+ * (variation dicts/lists are deep-copied, reason and meta dicts are fresh);
+ * damaged record bytes surface as MALFORMED_FLAG, never as an exception.
+ * Runs in workers.
+ */
+#include "sf.h"
+
+/* Log the pending exception through logging.getLogger("shmflags._native") and clear it. */
+static void log_exception(const char *what, PyObject *key)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *logging = PyImport_ImportModule("logging");
+    PyObject *logger = logging ? PyObject_GetAttrString(logging, "getLogger") : NULL;
+    Py_XDECREF(logging);
+    PyObject *lg = logger ? PyObject_CallFunction(logger, "s", "shmflags._native") : NULL;
+    PyObject *r = lg ? PyObject_CallMethod(lg, "error", "ssOO", "%s \"%s\": %r", what, key,
+                                           value ? value : Py_None) : NULL;
+    Py_XDECREF(r);
+    Py_XDECREF(lg);
+    Py_XDECREF(logger);
+    PyErr_Clear();
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+static PyObject *error_reason(PyObject *error_kind)
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    if (PyDict_SetItem(d, sf_c.s_kind, sf_c.s_ERROR) < 0
+        || PyDict_SetItem(d, sf_c.s_errorKind, error_kind) < 0) {
+        Py_DECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static PyObject *context_map(PyObject *ctx)
+{
+    /* Fast path: shmflags.Context caches the map in its _emap slot once built; reading the
+     * slot saves a Python-level call per evaluation.  Anything else (not built yet, another
+     * context class) goes through the contract method _eval_map(). */
+    PyObject *cached = PyObject_GetAttr(ctx, sf_c.s_emap);
+    if (cached != NULL) {
+        if (PyDict_CheckExact(cached))
+            return cached;
+        Py_DECREF(cached);
+    } else {
+        PyErr_Clear();
+    }
+    PyObject *m = PyObject_CallMethodNoArgs(ctx, sf_c.s_eval_map);
+    if (m == NULL)
+        return NULL;
+    if (!PyDict_Check(m)) {
+        Py_DECREF(m);
+        PyErr_SetString(PyExc_TypeError, "context._eval_map() must return a dict");
+        return NULL;
+    }
+    return m;
+}
+
+/* The flag's version as a cached int object (borrowed), or NULL with an exception. */
+static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const sf_flag_rec_t *f)
+{
+    if (rec->fc != NULL && rec->fc->version != NULL)
+        return rec->fc->version;
+    uint64_t ck = SF_CACHE_KEY(rec->abs, SF_TAG_VERSION);
+    PyObject *v = rec->fc ? NULL : sf_cache_get(&self->cache, ck);
+    if (v != NULL)
+        return v;
+    v = PyLong_FromLongLong(f->version);
+    if (v == NULL)
+        return NULL;
+    if (rec->fc != NULL) {
+        if (rec->fc->version == NULL)
+            rec->fc->version = v;   /* the slot owns it */
+        else
+            Py_DECREF(v);
+        return rec->fc->version;
+    }
+    PyObject *cached = sf_cache_put(&self->cache, ck, v);
+    Py_DECREF(v);
+    return cached;
+}
+
+/*
+ * Look a flag up by its str key; 1 found (rec, f set), 0 absent/deleted, -1 corrupt or error.
+ * Found records are remembered in flag_lookup (exact str keys only), so a repeated key costs
+ * one dict lookup instead of hash + slot + entry + key bytes (four cache misses in a large
+ * snapshot).  The record is still validated on every use.
+ */
+static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const sf_flag_rec_t **f)
+{
+    if (self->flag_lookup != NULL && PyUnicode_CheckExact(key)) {
+        PyObject *hit = PyDict_GetItemWithError(self->flag_lookup, key);
+        if (hit != NULL) {
+            /* invariant: only ranks verified by sf_flag_cache_for() are stored */
+            sf_flagcache_t *fc = &self->fcache[PyLong_AsSize_t(hit)];
+            sf_entry_t ent;
+            memset(&ent, 0, sizeof(ent));
+            ent.rec_off = fc->rec_off;
+            ent.rec_len = fc->rec_len;
+            if (sf_entry_record(&self->snap, &ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
+                return -1;
+            rec->fc = fc;
+            return 1;
+        }
+        if (PyErr_Occurred())
+            return -1;
+    }
+    Py_ssize_t kl;
+    const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
+    if (k == NULL)
+        return -1;
+    const sf_entry_t *ent;
+    int rc = sf_snapshot_find(&self->snap, SF_FLAGS, k, (size_t)kl, &ent);
+    if (rc == SF_ENOTFOUND)
+        return 0;
+    if (rc != SF_OK || sf_entry_record(&self->snap, ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
+        return -1;
+    if ((*f)->bits & SF_FLAG_DELETED)
+        return 0;
+    rec->fc = sf_flag_cache_for(self, ent);
+    if (rec->fc != NULL && PyUnicode_CheckExact(key)) {
+        if (self->flag_lookup == NULL && (self->flag_lookup = PyDict_New()) == NULL)
+            return -1;
+        PyObject *rank = PyLong_FromSize_t((size_t)(rec->fc - self->fcache));
+        int prc = rank ? PyDict_SetItem(self->flag_lookup, key, rank) : -1;
+        Py_XDECREF(rank);
+        if (prc < 0)
+            return -1;
+    }
+    return 1;
+}
+
+/* A corrupt record found while running Python-facing code: clear it, report 1. */
+static int corrupt_cleared(void)
+{
+    if (!PyErr_ExceptionMatches(sf_c.exc_corrupt))
+        return 0;
+    PyErr_Clear();
+    return 1;
+}
+
+/* run one top-level evaluation; returns SF_OK/SF_EMALFORMED/SF_EPYTHON */
+static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
+                    const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags)
+{
+    /* not memset: the two key stacks are SF_MAX_DEPTH entries each and only read below np/ns */
+    e->events = e->prereq_keys = e->bigseg_status = e->bigseg_cache = NULL;
+    e->depth = e->np = e->ns = 0;
+    memset(res, 0, sizeof(*res));
+    e->so = self;
+    e->want_events = !for_all_flags;
+    e->want_keys = for_all_flags;
+    e->emap = emap;
+    e->top.p = sf_rec_str(rec, f->key);
+    e->top.n = f->key.len;
+    if (e->top.p == NULL)
+        return SF_EMALFORMED;
+    int rc = sf_eval_flag(e, rec, f, res);
+    if (rc == SF_EPYTHON && corrupt_cleared())
+        rc = SF_EMALFORMED;   /* damaged record bytes: a malformed flag, not an exception */
+    if (rc == SF_EMALFORMED || rc == SF_EDEPTH || rc == SF_ECORRUPT) {
+        memset(res, 0, sizeof(*res));
+        res->kind = SF_R_ERROR;
+        res->variation = -1;
+        Py_CLEAR(e->bigseg_status);   /* ldclient adds the status only to a completed detail */
+        rc = SF_EMALFORMED;
+    }
+    return rc;
+}
+
+/**
+ * sf_py_evaluate() - Snapshot.evaluate(key, context): the EvalTuple of docs/internals.md.
+ * @self: the Snapshot.
+ * @args: key (str) and context (anything with _eval_map()).
+ * @nargs: 2.
+ *
+ * Unexpected Python errors become an EXCEPTION result (logged), damaged record bytes a
+ * MALFORMED_FLAG result; only wrong arguments raise.
+ * Context: worker; holds the GIL.
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "evaluate(key: str, context)");
+        return NULL;
+    }
+    PyObject *key = args[0], *ctx = args[1];
+    sf_rec_t rec;
+    const sf_flag_rec_t *f;
+    int found = find_flag(self, key, &rec, &f);
+    if (found < 0 && PyErr_Occurred())
+        return NULL;
+    if (found <= 0) {
+        PyObject *reason = error_reason(found == 0 ? sf_c.s_FLAG_NOT_FOUND : sf_c.s_MALFORMED_FLAG);
+        if (reason == NULL)
+            return NULL;
+        PyObject *empty = PyTuple_New(0);
+        PyObject *t = empty ? PyTuple_Pack(5, Py_None, Py_None, reason, Py_None, empty) : NULL;
+        Py_DECREF(reason);
+        Py_XDECREF(empty);
+        return t;
+    }
+    PyObject *emap = context_map(ctx);
+    if (emap == NULL)
+        return NULL;
+    sf_eval_t e;
+    sf_result_t res;
+    PyObject *value = NULL, *index = NULL, *reason = NULL, *info = NULL, *prereqs = NULL, *out = NULL;
+    int rc = run_eval(&e, self, emap, &rec, f, &res, 0);
+    reason = info = prereqs = NULL;
+    if (rc == SF_EPYTHON) {
+        /* like ldclient and _pure: an unexpected error is an EXCEPTION result, logged */
+        log_exception("Unexpected error while evaluating feature flag", key);
+        memset(&res, 0, sizeof(res));
+        res.kind = SF_R_ERROR;
+        res.variation = -1;
+        Py_CLEAR(e.events);
+        Py_CLEAR(e.bigseg_status);
+        reason = error_reason(sf_c.s_EXCEPTION);
+        info = reason ? sf_info_tuple(self, &rec, f, &res) : NULL;
+        prereqs = info ? PyTuple_New(0) : NULL;
+        if (prereqs != NULL)
+            out = PyTuple_Pack(5, Py_None, Py_None, reason, info, prereqs);
+        goto done;
+    }
+    if (res.variation >= 0) {
+        value = sf_variation_value(self, &rec, f, res.variation, 1);
+        if (value == NULL && corrupt_cleared()) {
+            memset(&res, 0, sizeof(res));
+            res.kind = SF_R_ERROR;
+            res.variation = -1;
+            Py_CLEAR(e.bigseg_status);
+        }
+    }
+    if (res.variation >= 0) {
+        index = value ? PyLong_FromLong(res.variation) : NULL;
+    } else {
+        value = Py_None;
+        Py_INCREF(value);
+        index = Py_None;
+        Py_INCREF(index);
+    }
+    reason = sf_make_reason(&e, &rec, &res);
+    if (value == NULL || index == NULL || reason == NULL)
+        goto done;
+    if (e.bigseg_status && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
+        goto done;
+    info = sf_info_tuple(self, &rec, f, &res);
+    prereqs = e.events ? PyList_AsTuple(e.events) : PyTuple_New(0);
+    if (info == NULL || prereqs == NULL)
+        goto done;
+    out = PyTuple_Pack(5, value, index, reason, info, prereqs);
+done:
+    if (out == NULL && corrupt_cleared()) {
+        /* damaged bytes met while building the result objects: MALFORMED_FLAG */
+        PyObject *r = error_reason(sf_c.s_MALFORMED_FLAG), *empty = PyTuple_New(0);
+        sf_result_t bad;
+        memset(&bad, 0, sizeof(bad));
+        bad.kind = SF_R_ERROR;
+        bad.variation = -1;
+        PyObject *inf = r && empty ? sf_info_tuple(self, &rec, f, &bad) : NULL;
+        if (inf == NULL && corrupt_cleared()) {
+            inf = Py_None;
+            Py_INCREF(inf);
+        }
+        if (inf != NULL)
+            out = PyTuple_Pack(5, Py_None, Py_None, r, inf, empty);
+        Py_XDECREF(r);
+        Py_XDECREF(empty);
+        Py_XDECREF(inf);
+    }
+    Py_XDECREF(e.events);
+    Py_XDECREF(e.bigseg_status);
+    Py_XDECREF(e.bigseg_cache);
+    Py_XDECREF(value);
+    Py_XDECREF(index);
+    Py_XDECREF(reason);
+    Py_XDECREF(info);
+    Py_XDECREF(prereqs);
+    Py_DECREF(emap);
+    return out;
+}
+
+/**
+ * sf_py_all_flags_state() - Snapshot.all_flags_state(...): ldclient's
+ * FeatureFlagsState.to_json_dict() for a valid context, built in C (no events).
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"context", "with_reasons", "client_side_only",
+                             "details_only_for_tracked_flags", "now_ms", NULL};
+    PyObject *ctx;
+    int with_reasons = 0, client_only = 0, details_only = 0;
+    long long now_ms = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pppL:all_flags_state", kwlist, &ctx,
+                                     &with_reasons, &client_only, &details_only, &now_ms))
+        return NULL;
+    PyObject *emap = context_map(ctx);
+    if (emap == NULL)
+        return NULL;
+    int gc_was_enabled = 0;
+    (void)gc_was_enabled;
+    PyObject *out = PyDict_New(), *meta_all = PyDict_New();
+    if (out == NULL || meta_all == NULL)
+        goto fail;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* thousands of small acyclic dicts would trigger young-generation collections that
+     * traverse the growing result again and again; restored on every exit below */
+    gc_was_enabled = PyGC_Disable();
+#endif
+    for (uint32_t i = 0; i < self->snap.n_flags; i++) {
+        const sf_entry_t *ent;
+        sf_rec_t rec;
+        const sf_flag_rec_t *f;
+        if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, i, &ent) != SF_OK
+            || sf_entry_record(&self->snap, ent, &rec) != SF_OK || sf_flag_header(&rec, &f) != SF_OK)
+            continue;   /* corrupt entry: skipped (validated snapshots never have one) */
+        rec.fc = sf_flag_cache_for(self, ent);
+        if (f->bits & SF_FLAG_DELETED)
+            continue;
+        if (client_only && !(f->bits & SF_FLAG_CLIENT_SIDE))
+            continue;
+        PyObject *key = sf_flag_key(self, &rec, f);
+        if (key == NULL) {
+            if (corrupt_cleared())
+                continue;   /* a damaged record cannot even be named: left out */
+            goto fail;
+        }
+
+        sf_eval_t e;
+        sf_result_t res;
+        int rc = run_eval(&e, self, emap, &rec, f, &res, 1);
+        PyObject *keys = e.prereq_keys;   /* owned; NULL when no prerequisite was seen */
+        PyObject *reason = NULL, *value = NULL;
+        int exception = 0;
+        if (rc == SF_EPYTHON) {
+            /* ldclient: an exception while evaluating one flag gives ERROR/EXCEPTION */
+            log_exception("Error evaluating flag in all_flags_state", key);
+            exception = 1;
+            Py_CLEAR(keys);
+        }
+        if (rc != SF_OK) {
+            memset(&res, 0, sizeof(res));
+            res.kind = SF_R_ERROR;
+            res.variation = -1;
+            Py_CLEAR(e.bigseg_status);
+        }
+        Py_CLEAR(e.events);
+        Py_CLEAR(e.bigseg_cache);
+        int exp = exception ? 0 : sf_is_experiment(&rec, f, &res);
+        if (!(with_reasons || exp)) {
+            reason = Py_None;   /* not emitted: skip building it */
+            Py_INCREF(reason);
+        } else if (exception) {
+            reason = error_reason(sf_c.s_EXCEPTION);
+        } else {
+            reason = sf_make_reason(&e, &rec, &res);
+            if (reason != NULL && e.bigseg_status
+                && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
+                Py_CLEAR(reason);
+            if (reason == NULL && corrupt_cleared()) {
+                res.kind = SF_R_ERROR;   /* damaged record: MALFORMED_FLAG */
+                res.variation = -1;
+                res.in_experiment = 0;
+                reason = error_reason(sf_c.s_MALFORMED_FLAG);
+            }
+        }
+        if (res.variation >= 0) {
+            value = sf_variation_value(self, &rec, f, res.variation, 1);
+            if (value == NULL && corrupt_cleared()) {
+                res.variation = -1;   /* damaged value blob: MALFORMED_FLAG */
+                res.kind = SF_R_ERROR;
+                res.in_experiment = 0;
+                Py_CLEAR(reason);
+                reason = with_reasons ? error_reason(sf_c.s_MALFORMED_FLAG) : (Py_INCREF(Py_None), Py_None);
+                value = Py_None;
+                Py_INCREF(value);
+            }
+        } else {
+            value = Py_None;
+            Py_INCREF(value);
+        }
+        PyObject *meta = PyDict_New();
+        int ok = reason != NULL && value != NULL && meta != NULL
+                 && PyDict_SetItem(out, key, value) == 0;
+        if (ok) {
+            int track = (f->bits & SF_FLAG_TRACK_EVENTS) || exp;
+            PyObject *debug = NULL;
+            double dd = 0;
+            if (f->bits & SF_FLAG_HAS_DEBUG) {
+                const sf_value_t *d = &f->debug_date;
+                if (d->type == SF_V_INT) {
+                    debug = PyLong_FromLongLong((int64_t)d->payload);
+                    dd = (double)(int64_t)d->payload;
+                } else if (d->type == SF_V_FLOAT) {
+                    memcpy(&dd, &d->payload, 8);
+                    debug = PyFloat_FromDouble(dd);
+                } else if (d->type == SF_V_TRUE || d->type == SF_V_FALSE) {
+                    dd = d->type == SF_V_TRUE;
+                    debug = PyBool_FromLong(d->type == SF_V_TRUE);
+                }
+                ok = !(debug == NULL && PyErr_Occurred());   /* another type: damaged, none */
+            }
+            int omit = details_only && !track && !exp && !(debug != NULL && dd > (double)now_ms);
+            if (ok && (with_reasons || exp) && !omit)
+                ok = PyDict_SetItem(meta, sf_c.s_reason, reason) == 0;
+            if (ok && !omit) {
+                PyObject *v = version_object(self, &rec, f);
+                ok = v != NULL && PyDict_SetItem(meta, sf_c.s_version, v) == 0;
+            }
+            if (ok && keys != NULL && PyList_GET_SIZE(keys) > 0)
+                ok = PyDict_SetItem(meta, sf_c.s_prerequisites, keys) == 0;
+            if (ok && res.variation >= 0) {
+                PyObject *v = PyLong_FromLong(res.variation);
+                ok = v != NULL && PyDict_SetItem(meta, sf_c.s_variation, v) == 0;
+                Py_XDECREF(v);
+            }
+            if (ok && track)
+                ok = PyDict_SetItem(meta, sf_c.s_trackEvents, Py_True) == 0;
+            if (ok && exp)
+                ok = PyDict_SetItem(meta, sf_c.s_trackReason, Py_True) == 0;
+            if (ok && debug != NULL)
+                ok = PyDict_SetItem(meta, sf_c.s_debugEventsUntilDate, debug) == 0;
+            Py_XDECREF(debug);
+            if (ok)
+                ok = PyDict_SetItem(meta_all, key, meta) == 0;
+        }
+        Py_XDECREF(meta);
+        Py_CLEAR(e.bigseg_status);
+        Py_XDECREF(reason);
+        Py_XDECREF(value);
+        Py_XDECREF(keys);
+        if (!ok)
+            goto fail;
+    }
+    if (PyDict_SetItem(out, sf_c.s_flagsState, meta_all) < 0
+        || PyDict_SetItem(out, sf_c.s_valid, Py_True) < 0)
+        goto fail;
+    Py_DECREF(meta_all);
+    Py_DECREF(emap);
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
+    return out;
+fail:
+    Py_XDECREF(out);
+    Py_XDECREF(meta_all);
+    Py_DECREF(emap);
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
+    return NULL;
+}
