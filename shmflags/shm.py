@@ -736,6 +736,8 @@ class Attachment:
             raise SnapshotUnavailable(f"cannot open {cname}: {exc}") from None
         try:
             st = os.fstat(shm.fd)
+            if st.st_size == 0:     # created, not yet sized by the supervisor
+                raise SnapshotUnavailable(f"{cname} is being created; try again")
             if st.st_size < fmt.CTL_SIZE:
                 raise SnapshotFormatError(f"{cname}: expected {fmt.CTL_SIZE} bytes, got "
                                           f"{st.st_size}")

@@ -425,7 +425,10 @@ def test_replaced_detects_recreated_namespace(ns):
 
 
 def test_control_block_being_created_is_unavailable_not_corrupt(ns):
-    o = posix_ipc.SharedMemory(shm.ctl_name(ns), posix_ipc.O_CREX, size=fmt.CTL_SIZE)
+    o = posix_ipc.SharedMemory(shm.ctl_name(ns), posix_ipc.O_CREX)
+    with pytest.raises(SnapshotUnavailable, match="being created"):
+        shm.Attachment(ns)                          # not sized yet
+    os.ftruncate(o.fd, fmt.CTL_SIZE)
     o.close_fd()
     with pytest.raises(SnapshotUnavailable, match="being created"):
         shm.Attachment(ns)
