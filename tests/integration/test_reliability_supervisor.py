@@ -234,3 +234,33 @@ def test_200_rapid_publishes_leave_at_most_3_objects(h: Harness) -> None:
         assert f"shmflags.{h.name}.{first + 200}" in left
         assert len(left) <= 3, left
         assert sup.proc.poll() is None
+
+
+# -- last-known-good before any source -------------------------------------------------------
+
+def test_restart_publishes_last_good_before_contacting_the_source(h: Harness,
+                                                                  tmp_path: Path) -> None:
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("flagValues:\n  color: cached-red\n")
+    first = h.start(env={"SHMFLAGS_DATA_FILE": str(flags)})
+    wait_for(lambda: h.flag_value("color") == "cached-red", 10)
+    wait_for(lambda: (h.state_dir / f"{h.name}.lastgood").exists(), 1.0)
+    old_generation = h.ctl()["generation"]
+    first.kill9()
+    with FakeLD(heartbeat_interval=0.5) as fake:
+        fake.set_data({"color": flag("color", 7, "live-blue")}, {})
+        fake.respond_with(503, path="/all")           # LaunchDarkly having a bad day
+        sup = h.start(env=ld_env(fake))
+        wait_for(lambda: h.ctl()["supervisor_pid"] == sup.pid
+                 and h.ctl()["generation"] > old_generation, 2.0)
+        published = h.ctl()["last_update"]
+        assert fake.wait_for_requests("/all", 1)
+        contacted = min(r.time for r in fake.requests_to("/all"))
+        assert published <= contacted, (published, contacted)
+        assert h.flag_value("color") == "cached-red"
+        st = h.status()
+        assert st["source"] == "cache" and st["from_cache"] is True, st
+        fake.clear_failures()
+        wait_for(lambda: h.flag_value("color") == "live-blue", 15)
+        st = h.status()
+        assert st["source"] == "streaming" and st["from_cache"] is False, st
