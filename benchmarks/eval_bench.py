@@ -1,8 +1,20 @@
-"""Evaluation speed: ns per variation by category and for the mix, variation_detail, all flags.
+"""Evaluation speed: ns per ``variation`` by flag category and for the mix, events off and on;
+``variation_detail``; ``all_flags_state``. shmflags against ldclient, same data, same run.
 
-Benchmarks only. Each implementation runs in its own process (``--impl``) on the same seeded
-data, so that backends chosen at import (``SHMFLAGS_EVALUATOR``) and memory do not interfere;
-``benchmarks.__main__`` collects the JSON lines and computes ratios.
+Benchmarks only. The driver (:func:`bench`) starts the services once per data size — the fake
+LaunchDarkly, a real ``shmflags-supervisor`` streaming from it into shared memory, and a Redis
+holding the same data in LD's schema — then measures each implementation in its own fresh
+process (``--impl``), so that the evaluator chosen at import (``SHMFLAGS_EVALUATOR``) and the
+memory of one do not affect another:
+
+* ``shmflags-c`` / ``shmflags-python``: a worker client attached to the supervisor's snapshot;
+  ``+events``: with analytics events on (datagrams to the supervisor, which posts ``/bulk``);
+* ``ldclient``: LDClient streaming from the fake (data in its in-memory store); ``+events``:
+  events on, delivered to the fake's ``/bulk``;
+* ``ldclient-redis-cached`` / ``ldclient-redis-uncached``: daemon mode (``use_ldd=True``) over
+  the Redis store, with a cache holding all the data (60 s) or without one.
+
+Every implementation evaluates the same (context, flag) pairs, drawn with a fixed seed.
 """
 from __future__ import annotations
 
@@ -12,100 +24,192 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from benchmarks.datagen import Dataset, generate
+from benchmarks import common
+from benchmarks.datagen import generate
 
-IMPLS = ("shmflags-c", "shmflags-python", "ldclient")
-
-
-def _time_calls(fn: Callable[[Any, str], Any], pairs: Sequence[Tuple[Any, str]],
-                min_seconds: float) -> float:
-    """Median-of-3 ns per call of ``fn(ctx, key)`` over ``pairs``, repeating to ``min_seconds``."""
-    results = []
-    for _ in range(3):
-        calls = 0
-        start = time.perf_counter_ns()
-        deadline = start + int(min_seconds * 1e9 / 3)
-        while True:
-            for ctx, key in pairs:
-                fn(ctx, key)
-            calls += len(pairs)
-            now = time.perf_counter_ns()
-            if now >= deadline:
-                break
-        results.append((now - start) / calls)
-    results.sort()
-    return results[1]
+#: implementation -> (environment, events on)
+IMPLS: Dict[str, Tuple[Dict[str, str], bool]] = {
+    "shmflags-c": ({"SHMFLAGS_EVALUATOR": "c"}, False),
+    "shmflags-c+events": ({"SHMFLAGS_EVALUATOR": "c"}, True),
+    "shmflags-python": ({"SHMFLAGS_EVALUATOR": "python"}, False),
+    "ldclient": ({}, False),
+    "ldclient+events": ({}, True),
+    "ldclient-redis-cached": ({}, False),
+    "ldclient-redis-uncached": ({}, False),
+}
+#: implementations whose every category is measured; the others measure the mix only
+FULL_IMPLS = ("shmflags-c", "shmflags-python", "ldclient", "ldclient-redis-cached",
+              "ldclient-redis-uncached")
 
 
-def _make_client(impl: str, data: Dataset) -> Tuple[Any, Callable[[Dict[str, Any]], Any]]:
-    if impl == "ldclient":
-        from benchmarks.oracle import ld_context, ldclient_on_data
-
-        return ldclient_on_data(data.payload()), ld_context
+def _make_client(impl: str, args: argparse.Namespace, payload: Dict[str, Any]
+                 ) -> Tuple[Any, Callable[[Dict[str, Any]], Any], str]:
+    events = IMPLS[impl][1]
+    if impl.startswith("ldclient"):
+        from benchmarks.oracle import ld_context
+        if impl.startswith("ldclient-redis"):
+            client = common.ldclient_redis(args.redis, cached=impl.endswith("-cached"))
+            how = "LDClient(use_ldd=True, Redis store)"
+        else:
+            client = common.ldclient_streaming(args.fake, send_events=events)
+            how = "LDClient streaming from the fake LD"
+        return client, ld_context, how
     import shmflags
-
-    expected = "c" if impl == "shmflags-c" else "python"
+    expected = "c" if impl.startswith("shmflags-c") else "python"
     if shmflags.evaluator_backend() != expected:
-        raise SystemExit(f"{impl}: evaluator backend is {shmflags.evaluator_backend()!r}; "
-                         f"run with SHMFLAGS_EVALUATOR={expected}")
-    client = shmflags.Client.from_data(data.payload())
-    return client, shmflags.Context.from_dict
+        raise SystemExit(f"{impl}: evaluator backend is {shmflags.evaluator_backend()!r}")
+    client, how = common.shmflags_client(args.name, send_events=events, socket=args.socket)
+    return client, shmflags.Context.from_dict, how
 
 
-def run(impl: str, n_flags: int, *, quick: bool, seed: int = 1) -> Dict[str, Any]:
-    """Measure one implementation; returns a JSON-able dict of ns figures."""
-    data = generate(n_flags, seed=seed)
-    client, to_ctx = _make_client(impl, data)
-    rng = random.Random(seed + 1)
-    n_ctx = 200 if quick else 1000
-    raw_contexts = data.contexts[:n_ctx]
+def run(impl: str, args: argparse.Namespace) -> Dict[str, Any]:
+    """Measure one implementation in this process; a JSON-able dict of ns figures."""
+    data = generate(args.flags, seed=1, n_contexts=1000)
+    client, to_ctx, how = _make_client(impl, args, data.payload())
+    rng = random.Random(2)
+    raw = data.contexts[:200 if args.quick else 1000]
     t0 = time.perf_counter_ns()
-    contexts = [to_ctx(c) for c in raw_contexts]
-    context_ns = (time.perf_counter_ns() - t0) / len(raw_contexts)
-    budget = 0.3 if quick else 1.5
-    if impl == "shmflags-python" or impl == "ldclient":
-        budget /= 2  # slow implementations need fewer repetitions for the same precision
+    contexts = [to_ctx(c) for c in raw]
+    context_ns = (time.perf_counter_ns() - t0) / len(raw)
+    common.wait_valid(client, contexts[0])
+    slow = impl in ("shmflags-python",) or impl.startswith("ldclient")
+    budget = (0.3 if args.quick else 1.2) * (0.6 if slow else 1.0)
+    if impl == "ldclient-redis-uncached":
+        budget = 0.3 if args.quick else 0.6
 
-    out: Dict[str, Any] = {"impl": impl, "flags": n_flags, "context_build_ns": context_ns,
-                           "variation_ns": {}}
+    out: Dict[str, Any] = {"impl": impl, "flags": args.flags, "client": how,
+                           "context_build_ns": context_ns, "variation_ns": {},
+                           "load_before": common.load_average()}
     variation = client.variation
-    for cat, keys in sorted(data.keys_by_category().items()):
-        pairs = [(rng.choice(contexts), rng.choice(keys)) for _ in range(500)]
-        out["variation_ns"][cat] = _time_calls(lambda c, k: variation(k, c, None), pairs, budget)
+    by_cat = data.keys_by_category()
+    cat_pairs = {cat: [(rng.choice(contexts), rng.choice(keys)) for _ in range(500)]
+                 for cat, keys in sorted(by_cat.items())}
     all_keys = list(data.flags)
     mix = [(rng.choice(contexts), rng.choice(all_keys)) for _ in range(2000)]
-    out["variation_ns"]["mix"] = _time_calls(lambda c, k: variation(k, c, None), mix, budget)
+    if impl in FULL_IMPLS:
+        for cat, pairs in cat_pairs.items():
+            out["variation_ns"][cat] = common.time_calls(lambda c, k: variation(k, c, None),
+                                                         pairs, budget)
+    out["variation_ns"]["mix"] = common.time_calls(lambda c, k: variation(k, c, None), mix, budget)
     detail = client.variation_detail
-    out["variation_detail_ns"] = _time_calls(lambda c, k: detail(k, c, None), mix, budget)
+    out["variation_detail_ns"] = common.time_calls(lambda c, k: detail(k, c, None), mix, budget)
 
-    # all_flags_state: a few contexts, repeated.
-    ctx_sample = contexts[:20]
-    reps = 3 if (quick or n_flags >= 10_000) else 10
-    times = []
+    # all_flags_state: a few contexts, each state checked for validity once.
+    reps = 2 if args.flags >= 10_000 else 5
+    n_ctx = 4 if args.flags >= 10_000 else 10
+    times: List[float] = []
     for _ in range(reps):
-        for ctx in ctx_sample[: (5 if n_flags >= 10_000 else 20)]:
+        for ctx in contexts[:n_ctx]:
             t0 = time.perf_counter_ns()
-            client.all_flags_state(ctx)
+            state = client.all_flags_state(ctx)
             times.append(time.perf_counter_ns() - t0)
+            if not state.valid:
+                raise RuntimeError(f"{impl}: all_flags_state invalid")
     times.sort()
     out["all_flags_state_ns"] = times[len(times) // 2]
+    out["load_after"] = common.load_average()
     close = getattr(client, "close", None)
     if close:
         close()
     return out
 
 
-def main(argv: List[str] | None = None) -> None:
+def bench(quick: bool, sizes: Optional[List[int]] = None) -> Dict[str, Any]:
+    """Run every implementation at each size (quick: 1,000 flags; full: 1,000 and 10,000)."""
+    sizes = sizes or ([1000] if quick else [1000, 10_000])
+    out: Dict[str, Any] = {"sizes": {}}
+    for n in sizes:
+        data = generate(n, seed=1, n_contexts=10)
+        row: Dict[str, Any] = {}
+        with common.Services(data.payload(), supervisor=True, redis=True,
+                             label="ev") as services:
+            for impl, (env, _) in IMPLS.items():
+                print(f"  eval {n} flags: {impl}", file=sys.stderr, flush=True)
+                args = ["--impl", impl, "--flags", str(n)] + services.worker_args()
+                if quick:
+                    args.append("--quick")
+                try:
+                    row[impl] = common.run_json("eval_bench", args, env)
+                except Exception as exc:  # noqa: BLE001 - report, go on with the others
+                    row[impl] = {"error": str(exc)[-2000:]}
+        out["sizes"][str(n)] = row
+    out["markdown"] = markdown(out)
+    return out
+
+
+def _ns(res: Dict[str, Any], *path: str) -> float:
+    cur: Any = res
+    for p in path:
+        if not isinstance(cur, dict) or p not in cur:
+            return float("nan")
+        cur = cur[p]
+    return float(cur)
+
+
+def _fmt(ns: float) -> str:
+    if ns != ns:
+        return "—"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.1f} ms"
+    if ns >= 1e4:
+        return f"{ns / 1e3:.0f} µs"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.1f} µs"
+    return f"{ns:.0f} ns"
+
+
+def markdown(out: Dict[str, Any]) -> str:
+    lines = ["### Evaluation (time per call; ratio = ldclient ÷ shmflags C, same run)", ""]
+    for n, row in out["sizes"].items():
+        c = row.get("shmflags-c", {})
+        lines += [f"**{n} flags** (shmflags client: {c.get('client', '?')}; load "
+                  f"{c.get('load_before', ['?'])[0]})", "",
+                  "| measure | shmflags C | shmflags Python | ldclient | ratio | ldclient Redis "
+                  "cached | ratio | ldclient Redis uncached | ratio |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        measures: List[Tuple[str, Tuple[str, ...]]] = []
+        cats = sorted((c.get("variation_ns") or {}).keys(), key=lambda k: (k == "mix", k))
+        measures += [(f"variation: {cat}", ("variation_ns", cat)) for cat in cats]
+        measures += [("variation_detail (mix)", ("variation_detail_ns",)),
+                     ("all_flags_state", ("all_flags_state_ns",)),
+                     ("context from dict", ("context_build_ns",))]
+        for label, path in measures:
+            s = _ns(c, *path)
+            p = _ns(row.get("shmflags-python", {}), *path)
+            ld = _ns(row.get("ldclient", {}), *path)
+            rc = _ns(row.get("ldclient-redis-cached", {}), *path)
+            ru = _ns(row.get("ldclient-redis-uncached", {}), *path)
+            lines.append(f"| {label} | {_fmt(s)} | {_fmt(p)} | {_fmt(ld)} | "
+                         f"{common.ratio(s, ld)} | {_fmt(rc)} | {common.ratio(s, rc)} | "
+                         f"{_fmt(ru)} | {common.ratio(s, ru)} |")
+        se = _ns(row.get("shmflags-c+events", {}), "variation_ns", "mix")
+        le = _ns(row.get("ldclient+events", {}), "variation_ns", "mix")
+        lines.append(f"| variation: mix, events on | {_fmt(se)} | — | {_fmt(le)} | "
+                     f"{common.ratio(se, le)} | — | — | — | — |")
+        errors = {k: v["error"].splitlines()[-1] for k, v in row.items()
+                  if isinstance(v, dict) and "error" in v}
+        for impl, err in errors.items():
+            lines.append(f"\n{impl} failed: `{err[:200]}`")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--impl", choices=IMPLS, required=True)
+    parser.add_argument("--impl", choices=sorted(IMPLS))
     parser.add_argument("--flags", type=int, default=1000)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--name")
+    parser.add_argument("--socket")
+    parser.add_argument("--fake")
+    parser.add_argument("--redis")
     args = parser.parse_args(argv)
-    if args.impl == "shmflags-python":
-        os.environ.setdefault("SHMFLAGS_EVALUATOR", "python")
-    json.dump(run(args.impl, args.flags, quick=args.quick), sys.stdout)
+    if args.impl is None:  # the whole benchmark at one size
+        json.dump(bench(args.quick, [args.flags]), sys.stdout)
+    else:
+        json.dump(run(args.impl, args), sys.stdout)
     sys.stdout.write("\n")
 
 
