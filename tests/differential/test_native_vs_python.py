@@ -146,3 +146,67 @@ def test_case_budget_was_met():
     if COUNTER["datasets"] == 0:
         pytest.skip("property test not run in this session")
     assert COUNTER["evaluations"] >= CASES * 0.5, COUNTER
+
+
+# ---------------------------------------------------------------------------- operators
+_DIGITS = st.integers(0, 99).map(str)
+_date_strings = st.builds(
+    lambda y, mo, d, h, mi, s, frac, sep, tz: f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}{frac}{tz}",
+    st.integers(0, 10000), st.integers(0, 13), st.integers(0, 32), st.integers(0, 24),
+    st.integers(0, 60), st.integers(0, 60),
+    st.sampled_from(["", ".5", ".123", ".123456", ".1234567", ".123456789", "."]),
+    st.sampled_from(["T", "t", " ", "x"]),
+    st.sampled_from(["Z", "z", "+00:00", "-07:00", "+14:00", "+5", "", "+0530", "Z\n"]))
+_semver_strings = st.builds(
+    lambda a, b, c, pre, build: f"{a}{b}{c}{pre}{build}",
+    st.sampled_from(["0", "1", "2", "01", "10", "v1", ""]),
+    st.sampled_from(["", ".0", ".1", ".01", ".10"]),
+    st.sampled_from(["", ".0", ".2", ".0.0"]),
+    st.sampled_from(["", "-rc", "-rc.1", "-rc.01", "-alpha.beta", "-0", "-1.2.3", "-x-y", "-"]),
+    st.sampled_from(["", "+b", "+b.1", "+", "+b..c"]))
+_scalars = st.one_of(
+    st.text(st.sampled_from(list("aAbB.-_@üß€ \n*^$[]()?+\\d")), max_size=8),
+    _date_strings, _semver_strings,
+    st.integers(-(2 ** 70), 2 ** 70), st.sampled_from([0, 1, -1, 2 ** 53, 2 ** 53 + 1, 2 ** 63, -(2 ** 63) - 1]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, -0.0, 1.0, 0.5, 1e300]),
+    st.booleans(), st.none())
+_values = st.one_of(_scalars, st.lists(_scalars, max_size=3),
+                    st.dictionaries(st.sampled_from(["a", "b"]), _scalars, max_size=2))
+_OPS = ["in", "startsWith", "endsWith", "contains", "matches", "lessThan", "lessThanOrEqual",
+        "greaterThan", "greaterThanOrEqual", "before", "after", "semVerEqual", "semVerLessThan",
+        "semVerGreaterThan", "unknown"]
+OP_EXAMPLES = int(os.environ.get("SHMFLAGS_DIFF_EXAMPLES_NATIVE_OPS", str(max(1, CASES // 50))))
+
+
+@seed(SEED + 2)
+@settings(max_examples=OP_EXAMPLES, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(_OPS), values=st.lists(_values, max_size=4), attr=_values,
+       negate=st.booleans(), bucket_by=st.sampled_from([None, "attr"]), echo=st.booleans())
+def test_operators_match_ldclient(oracle, op, values, attr, negate, bucket_by, echo):
+    """One clause (and a rollout bucketed by the same attribute) against ldclient."""
+    if echo:
+        values = values + [attr]   # near misses and hits, not only unrelated values
+    rollout = {"variations": [{"variation": 0, "weight": 30000}, {"variation": 1, "weight": 70000}]}
+    if bucket_by:
+        rollout["bucketBy"] = bucket_by
+    f = {"key": "f", "version": 1, "on": True, "salt": "s", "variations": ["no", "yes"],
+         "fallthrough": {"rollout": rollout},
+         "rules": [{"id": "r", "variation": 1, "clauses": [
+             {"attribute": "attr", "op": op, "values": values, "negate": negate}]}]}
+    from differential.oracle import OracleRejected
+
+    try:
+        oracle.load({"f": f}, {})
+    except OracleRejected:
+        return     # e.g. a date value beyond float range: refused by both (compile tests it)
+    raw_ctx = {"kind": "user", "key": "k", "attr": attr}
+    ctx = coerce(raw_ctx)
+    assert ctx.valid
+    snap = native_module().Snapshot(snapshot_bytes({"f": f}, {}))
+    value, index, reason, _info, _prereqs = snap.evaluate("f", ctx)
+    want = oracle.detail("f", raw_ctx, None)
+    if want["reason"].get("errorKind") == "EXCEPTION":
+        assert reason.get("errorKind") == "EXCEPTION"
+        return
+    assert same({"value": value, "variationIndex": index, "reason": reason}, want), (op, values, attr)
