@@ -23,8 +23,8 @@ import pytest
 
 from tests.fakes.fake_ld import FakeLD
 from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations,
-                                               every_worker, flag, fmt_switch, load,
-                                               propagate_patch,
+                                               every_worker, flag, fmt_switch, free_port,
+                                               http_json, load, propagate_patch,
                                                summary_counts, switch_times, wait_counts,
                                                wait_for)
 
@@ -52,7 +52,8 @@ def ns() -> Iterator[Namespace]:
 def test_patch_reaches_every_worker_and_events_add_up(fake: FakeLD, ns: Namespace,
                                                       worker_class: str, threads: int,
                                                       preload: bool) -> None:
-    sup = ns.supervisor(fake)
+    metrics_port = free_port()
+    sup = ns.supervisor(fake, env={"SHMFLAGS_METRICS_ADDR": f"127.0.0.1:{metrics_port}"})
     workers = 3
     server = ns.gunicorn(workers=workers, worker_class=worker_class, threads=threads,
                          preload=preload, env={"PREFORK_EVAL_AT_IMPORT": "imp"})
@@ -83,6 +84,24 @@ def test_patch_reaches_every_worker_and_events_add_up(fake: FakeLD, ns: Namespac
     assert got_imp == expected_imp, (got_imp, expected_imp)
     st = ns.status()
     assert st["state"] == "VALID" and st["supervisor_pid"] == sup.pid, st
+    assert st["events"]["received"] > 0 and st["events"]["invalid"] == 0, st
+    metrics = scrape(metrics_port)
+    assert metrics["shmflags_generation"] == st["generation"], metrics
+    assert metrics['shmflags_data_source_state{state="VALID"}'] == 1.0, metrics
+    assert metrics["shmflags_events_received_total"] > 0, metrics
+    assert metrics["shmflags_events_sent_total"] > 0, metrics
+
+
+def scrape(port: int) -> Dict[str, float]:
+    """The supervisor's ``/metrics``: series -> value."""
+    code, text = http_json(port, "/metrics")
+    assert code == 200, text
+    out: Dict[str, float] = {}
+    for line in str(text).splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
 
 
 def test_max_requests_recycling_under_load(fake: FakeLD, ns: Namespace) -> None:
