@@ -100,6 +100,11 @@ static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     if (PyObject_GetBuffer(buffer, &self->view, PyBUF_SIMPLE) < 0)
         goto fail;
     self->has_view = 1;
+    if (((uintptr_t)self->view.buf & 7u) != 0) {
+        /* every struct read assumes 8-byte alignment (mmap and bytes objects provide it) */
+        raise_code(SF_EFORMAT, "buffer must start 8-byte aligned (pass the whole mapping)");
+        goto fail;
+    }
     int rc = sf_snapshot_open(&self->snap, self->view.buf, (size_t)self->view.len);
     if (rc != SF_OK) {
         raise_code(rc, "header rejected");

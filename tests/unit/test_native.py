@@ -386,3 +386,10 @@ def test_long_prerequisite_and_segment_chains(N):
             for i in range(N.MAX_DEPTH + 5)}
     c2, _ = both(N, deep)
     assert c2.evaluate("q0", ctx)[2] == {"kind": "ERROR", "errorKind": "MALFORMED_FLAG"}
+
+
+def test_misaligned_buffer_is_refused_with_a_reason(N):
+    raw = snapshot_bytes({"f": flag("f")}, {})
+    shifted = memoryview(b"\0" + raw)[1:]
+    with pytest.raises(SnapshotFormatError, match="aligned"):
+        N.Snapshot(shifted)
