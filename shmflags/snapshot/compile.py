@@ -298,6 +298,26 @@ def _list_of(items: list, types: Any) -> list:
     return items
 
 
+def _check_prerequisite_graph(flag: dict) -> None:
+    """ldclient's store walks every flag's ``prerequisites`` (tombstones too) to order a
+    payload before storing it: the property must iterate (``null`` does not) into objects
+    whose ``key`` can be looked up; otherwise the data is refused."""
+    if "prerequisites" not in flag:
+        return
+    prereqs = flag["prerequisites"]
+    if isinstance(prereqs, (str, dict)) and not prereqs:
+        return
+    if not isinstance(prereqs, list):
+        raise _Bad("prerequisites")
+    for item in prereqs:
+        if not isinstance(item, dict):
+            raise _Bad("prerequisites")
+        try:
+            hash(item.get("key"))
+        except TypeError:
+            raise _Bad("prerequisite key") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # Record writer
 # ---------------------------------------------------------------------------------------------
@@ -596,6 +616,7 @@ def _event_fields(flag: dict) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     try:
         _req(flag, "version", int)
+        _check_prerequisite_graph(flag)
         if _opt_bool(flag, "deleted"):
             return out
         key = _req(flag, "key", str)
@@ -660,6 +681,7 @@ def _compile_flag(flag: Any) -> bytes:
     if not isinstance(flag, dict):
         raise _Bad("flag")
     version = _req(flag, "version", int)
+    _check_prerequisite_graph(flag)
     w = _Writer(FLAG_REC_SIZE)
     refs = [0] * 17
     if _opt_bool(flag, "deleted"):
