@@ -1,0 +1,206 @@
+"""gunicorn, 8 sync workers, 20 flag evaluations per request: requests/s and latency with
+shmflags and with ldclient, against the same app without any SDK. Same data, same run.
+
+Benchmarks only. One supervisor streams the data from the fake LaunchDarkly into shared memory;
+the shmflags app calls ``shmflags.get()`` (no ``post_fork`` hook). The ldclient app makes its
+client in gunicorn's master and calls ``postfork()`` in ``post_fork`` (LaunchDarkly's documented
+set-up), each worker then streaming from the fake. Each variant runs with analytics events off
+and on (shmflags: datagrams to the supervisor, which posts to the fake's ``/bulk``; ldclient:
+each worker posts to ``/bulk``). Load: ``wrk`` (2 threads, 16 connections, 1,000 user keys in
+rotation) on 127.0.0.1, after a warm-up run that is not counted; variants run in turn, twice in
+a full run three times (8 s each), and the pass with the median requests/s counts. The load generator shares the 2 cores with the server.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+from typing import Any, Dict, List, Optional
+
+from benchmarks import common
+from benchmarks.datagen import generate
+
+WORKERS = 8
+VARIANTS = ("none", "shmflags", "shmflags+events", "ldclient", "ldclient+events")
+
+_LUA = r"""
+local i = 0
+request = function()
+  i = (i + 1) % 1000
+  return wrk.format("GET", "/?u=user-" .. string.format("%06d", i))
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('RESULT {"requests": %d, "duration_us": %d, "errors": %d, ' ..
+    '"non2xx": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "mean_us": %f}\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.mean))
+end
+"""
+
+
+def _wrk(port: int, seconds: float, script: str) -> Dict[str, Any]:
+    proc = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds:.0f}s", "--timeout", "5s", "-s",
+                           script, f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                          timeout=seconds + 60)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[7:])
+            res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+            return res
+    raise RuntimeError(f"wrk gave no result: {proc.stdout[-1000:]} {proc.stderr[-1000:]}")
+
+
+def _builtin_load(port: int, seconds: float) -> Dict[str, Any]:
+    """Threads sending GETs on fresh connections; used only where ``wrk`` is missing."""
+    lat: List[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def loop(offset: int) -> None:
+        i = offset
+        while time.monotonic() < stop:
+            i = (i + 1) % 1000
+            t0 = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", f"/?u=user-{i:06d}")
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                ok = resp.status == 200
+            except OSError:
+                ok = False
+            dt = time.perf_counter() - t0
+            with lock:
+                if ok:
+                    lat.append(dt * 1e6)
+                else:
+                    errors[0] += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(k * 100,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    duration = time.monotonic() - start
+    return {"requests": len(lat), "duration_us": duration * 1e6, "errors": errors[0],
+            "non2xx": 0, "p50_us": common.percentile(lat, 50),
+            "p90_us": common.percentile(lat, 90), "p99_us": common.percentile(lat, 99),
+            "mean_us": sum(lat) / len(lat) if lat else float("nan"),
+            "rps": len(lat) / duration}
+
+
+def _start(services: common.Services, variant: str, flags: List[str]) -> Any:
+    from tests.integration.prefork_helpers import BIN, free_port
+    sdk = variant.split("+")[0]
+    events = variant.endswith("+events")
+    env = {"BENCH_SDK": sdk, "BENCH_FLAGS": ",".join(flags),
+           "BENCH_FAKE_URL": services.fake.url,
+           "SHMFLAGS_SEND_EVENTS": "true" if events else "false",
+           "BENCH_LD_EVENTS": "true" if events else "false"}
+    if sdk == "shmflags" and events:
+        env.update(SHMFLAGS_SDK_KEY=common.SDK_KEY)
+    port = free_port()
+    cmd = [str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", str(WORKERS), "-k", "sync",
+           "--log-level", "warning", "--graceful-timeout", "5", "--timeout", "60",
+           "--backlog", "2048", "-c", os.path.join(common.ROOT, "benchmarks", "wsgi_app.py"),
+           "benchmarks.wsgi_app:app"]
+    server = services.ns.server(f"gunicorn-{variant}", cmd, port, WORKERS, env,
+                                ready_path="/?u=user-000001")
+    if sdk != "none":  # the SDK answers real values, not defaults
+        deadline = time.monotonic() + 30
+        while True:
+            status, body = server.get("/?u=user-000001")
+            if status == 200 and None not in body["values"]:
+                break
+            if time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"{variant}: the app answers defaults: {body}")
+            time.sleep(0.05)
+    return server
+
+
+def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
+    n_flags = n_flags or 1000
+    seconds = 5 if quick else 8
+    passes = 1 if quick else 3
+    data = generate(n_flags, seed=1, n_contexts=10)
+    flags = random.Random(3).sample(sorted(data.flags), 20)
+    use_wrk = shutil.which("wrk") is not None
+    script = os.path.join(tempfile.mkdtemp(prefix="bench-wrk."), "rotate.lua")
+    with open(script, "w") as fh:
+        fh.write(_LUA)
+    runs: Dict[str, List[Dict[str, Any]]] = {v: [] for v in VARIANTS}
+    out: Dict[str, Any] = {"flags": n_flags, "workers": WORKERS, "evals_per_request": 20,
+                           "seconds": seconds, "passes": passes,
+                           "load_generator": "wrk -t2 -c16" if use_wrk else "built-in (16 threads)",
+                           "load_before": common.load_average()}
+    try:
+        with common.Services(data.payload(), supervisor=True, label="gu") as services:
+            for _ in range(passes):
+                for variant in VARIANTS:
+                    print(f"  gunicorn: {variant}", file=sys.stderr, flush=True)
+                    server = _start(services, variant, flags)
+                    try:
+                        load = (lambda s: _wrk(server.port, s, script)) if use_wrk else \
+                            (lambda s: _builtin_load(server.port, s))
+                        load(2)  # warm-up: every worker attached / initialized, caches hot
+                        res = load(seconds)
+                        res["load"] = common.load_average()
+                        runs[variant].append(res)
+                    finally:
+                        server.stop()
+    finally:
+        shutil.rmtree(os.path.dirname(script), ignore_errors=True)
+    out["runs"] = runs
+    # the pass with the median requests/s (the machine is shared: single passes jump)
+    out["best"] = {v: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for v, r in runs.items() if r}
+    out["load_after"] = common.load_average()
+    out["markdown"] = markdown(out)
+    base = out["best"]["none"]["rps"]
+    s = out["best"]["shmflags"]["rps"]
+    se = out["best"]["shmflags+events"]["rps"]
+    out["targets"] = [{
+        "target": "gunicorn throughput with shmflags ≥ 95 % of the no-SDK baseline",
+        "measured": f"{100 * s / base:.0f} % events off, {100 * se / base:.0f} % events on "
+                    f"(ldclient {100 * out['best']['ldclient']['rps'] / base:.0f} % / "
+                    f"{100 * out['best']['ldclient+events']['rps'] / base:.0f} %)",
+        "met": s / base >= 0.95}]
+    return out
+
+
+def markdown(out: Dict[str, Any]) -> str:
+    best = out["best"]
+    base = best["none"]["rps"]
+    names = {"none": "no SDK (baseline)", "shmflags": "shmflags, events off",
+             "shmflags+events": "shmflags, events on", "ldclient": "ldclient + postfork, "
+             "events off", "ldclient+events": "ldclient + postfork, events on"}
+    rows = [f"### gunicorn: {out['workers']} sync workers, {out['evals_per_request']} evaluations "
+            f"per request, {out['flags']} flags ({out['load_generator']}, {out['seconds']} s, "
+            f"median of {out['passes']} passes; load {out['load_before'][0]})", "",
+            "| app | requests/s | % of baseline | p50 latency | p99 latency | errors |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for v in VARIANTS:
+        r = best.get(v)
+        if not r:
+            continue
+        rows.append(f"| {names[v]} | {r['rps']:.0f} | {100 * r['rps'] / base:.0f} % | "
+                    f"{r['p50_us'] / 1e3:.1f} ms | {r['p99_us'] / 1e3:.1f} ms | "
+                    f"{r['errors'] + r['non2xx']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    flags_arg = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--flags=")), None)
+    json.dump(bench("--full" not in sys.argv, flags_arg), sys.stdout)
+    sys.stdout.write("\n")
