@@ -14,7 +14,13 @@
   (default 5 s; the full run is 20 s);
 * 100,000 junk datagrams while a worker evaluates and tracks: the supervisor keeps
   publishing and delivering, every junk datagram is counted invalid, the summary counts and
-  custom events delivered are exact, no worker call waits.
+  custom events delivered are exact, no worker call waits;
+* a full event socket (supervisor stopped): calls never wait, the summary stays exact, full
+  events past ``events_max_pending`` are dropped and counted;
+* 200 rapid publishes: at most 3 objects of the namespace once ``generation_grace`` is over,
+  and a worker maps at most 2 (the control block and one generation);
+* ``/dev/shm`` too small (a 256 KiB tmpfs in a private mount namespace): the workers keep the
+  previous generation, report INTERRUPTED, never fault; ``last_error`` gives the bytes needed.
 
 The workers are this file run as a script (``python test_reliability_workers.py MODE ...``):
 they print one JSON object per line on stdout. Every process is stopped by its pid.
@@ -666,3 +672,85 @@ def test_200_rapid_publishes_leave_3_objects_and_a_worker_maps_2(h, workers, tmp
     assert len(left) <= 3, left
     assert result["most"] <= 2, result          # the control block and one generation
     assert result["values"] >= 20, result       # it did follow the publishes
+
+
+# -- /dev/shm too small -----------------------------------------------------------------------
+
+DEVSHM_DRIVER = r'''
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import test_reliability_workers as t
+from supervisor_harness import Harness, wait_for
+
+tmp = Path(sys.argv[1])
+h = Harness(tmp)
+flags = tmp / "flags.json"
+small = {"tier": t.tier_flag(1), "color": t.value_flag("color", 1, "red")}
+flags.write_text(json.dumps({"flags": small}))
+workers, out = [], {}
+try:
+    sup = h.start(env={"SHMFLAGS_DATA_FILE": str(flags), "SHMFLAGS_GENERATION_GRACE": "0.2"})
+    wait_for(lambda: h.raw_flag("color") is not None, 10)
+    stop = tmp / "stop"
+    pool = t.start_workers(workers, h, 2, "watch", str(stop))
+    for w in pool:
+        wait_for(lambda: any(e["state"] == "VALID" for e in w.events("state")), 20, 0.05)
+    out["first_generation"] = h.ctl()["generation"]
+    # the same answers plus 200 big flags: more than the 256 KiB tmpfs holds
+    big = dict(small, tier=t.tier_flag(2), **{f"pad{i}": t.value_flag(f"pad{i}", 1, "x" * 2000)
+                                               for i in range(200)})
+    flags.write_text(json.dumps({"flags": big}))
+    ctl = wait_for(lambda: (h.ctl()["last_error"] or {}).get("kind") == "STORE_ERROR"
+                   and h.ctl(), 10)
+    out["error"] = ctl["last_error"]["message"]
+    time.sleep(1.5)
+    out["generation_while_full"] = h.ctl()["generation"]
+    out["tier_version_while_full"] = h.raw_flag("tier")["version"]
+    out["worker_states"] = [[e["state"] for e in w.events("state")] for w in pool]
+    flags.write_text(json.dumps({"flags": dict(small, tier=t.tier_flag(3))}))
+    wait_for(lambda: h.raw_flag("tier")["version"] == 3, 10)
+    out["state_after"] = h.ctl()["state"]
+    time.sleep(0.5)
+    stop.write_text("")
+    out["results"] = [w.done() for w in pool]
+    out["exit_codes"] = [w.proc.returncode for w in pool]
+    out["supervisor_alive"] = sup.proc.poll() is None
+    out["log"] = sup.log()[-4000:]
+finally:
+    for w in workers:
+        w.stop()
+    h.close()
+print(json.dumps(out))
+'''
+
+
+def test_dev_shm_too_small_workers_keep_the_previous_generation(tmp_path):
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here (needs root/CAP_SYS_ADMIN)")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DEVSHM_DRIVER)
+    script = ("mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm && "
+              f"exec {sys.executable} {driver} {tmp_path} {HERE}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHMFLAGS_")
+           or k in ("SHMFLAGS_REQUIRE_NATIVE", "SHMFLAGS_EVALUATOR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(ROOT),
+                                                      os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\n/dev/shm full: {out['error']}; worker states {out['worker_states']}")
+    assert "No space left on device" in out["error"] and "bytes needed" in out["error"]
+    assert out["generation_while_full"] == out["first_generation"]
+    assert out["tier_version_while_full"] == 1          # the previous generation serves
+    assert all("INTERRUPTED" in states for states in out["worker_states"]), out
+    assert out["state_after"] == "VALID" and out["supervisor_alive"]
+    assert out["exit_codes"] == [0, 0]                   # no SIGBUS, no crash
+    assert [r["wrong"] for r in out["results"]] == [0, 0], out["results"]
+    assert "publish failed" in out["log"]
