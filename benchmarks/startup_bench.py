@@ -43,9 +43,9 @@ def _import(impl: str) -> Any:
     if impl.startswith("shmflags"):
         import shmflags
         return shmflags
-    import ldclient  # noqa: F401
-    from ldclient.client import LDClient  # noqa: F401
-    from ldclient.config import Config  # noqa: F401
+    import ldclient
+    import ldclient.client  # noqa: F401
+    import ldclient.config  # noqa: F401
     if "redis" in impl:
         import ldclient.integrations  # noqa: F401
     return ldclient

@@ -66,11 +66,8 @@ def _worker(impl: str, args: argparse.Namespace, out_fd: int) -> None:
 
 def driver(impl: str, args: argparse.Namespace) -> None:
     """Fork :data:`WORKERS` workers writing to stdout; wait for them."""
-    if impl == "shmflags":
-        import shmflags  # noqa: F401 - imported by the master, as a preforking server would
-    else:
-        import ldclient  # noqa: F401
-        from ldclient.client import LDClient  # noqa: F401
+    # the SDK is imported by the master, as a preforking server does
+    __import__("shmflags" if impl == "shmflags" else "ldclient.client")
     out_fd = sys.stdout.fileno()
     pids = []
     for _ in range(args.workers):
