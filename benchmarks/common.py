@@ -65,7 +65,11 @@ def ratio(shm: float, ld: float) -> str:
     if not shm or shm != shm or not ld or ld != ld:
         return "n/a"
     r = ld / shm
-    return f"{r:.0f}×" if r >= 100 else f"{r:.1f}×"
+    if r >= 100:
+        return f"{r:.0f}×"
+    if r >= 1:
+        return f"{r:.1f}×"
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.3f}×"
 
 
 def run_json(module: str, args: List[str], env: Optional[Dict[str, str]] = None,
