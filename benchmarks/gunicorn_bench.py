@@ -7,8 +7,9 @@ client in gunicorn's master and calls ``postfork()`` in ``post_fork`` (LaunchDar
 set-up), each worker then streaming from the fake. Each variant runs with analytics events off
 and on (shmflags: datagrams to the supervisor, which posts to the fake's ``/bulk``; ldclient:
 each worker posts to ``/bulk``). Load: ``wrk`` (2 threads, 16 connections, 1,000 user keys in
-rotation) on 127.0.0.1, after a warm-up run that is not counted; variants run in turn, twice in
-a full run three times (8 s each), and the pass with the median requests/s counts. The load generator shares the 2 cores with the server.
+rotation) on 127.0.0.1, after a warm-up run that is not counted; the variants run in turn (in a
+full run three rounds of 8 s each) and the pass with the median requests/s counts. The load
+generator shares the 2 cores with the server.
 """
 from __future__ import annotations
 
