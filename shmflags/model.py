@@ -4,9 +4,9 @@ Safe in any process; parsing is pure and nothing here is shared between processe
 
 Parsing never raises. Data that ldclient would refuse to store (a wrong JSON type, a missing
 required property) yields an object whose ``error`` says why; evaluating such a flag, or a
-flag that reaches such a segment, gives ``MALFORMED_FLAG``. Use :func:`validate_flag` and
-:func:`validate_segment` to refuse such data up front (the supervisor does, as ldclient does
-for a whole payload). Problems that ldclient only meets while evaluating (a variation index out
+flag that reaches such a segment, gives ``MALFORMED_FLAG``. Use :func:`validate_payload` (or
+:func:`validate_flag` and :func:`validate_segment` for single items) to refuse such data up
+front, as ldclient refuses a whole payload. Problems that ldclient only meets while evaluating (a variation index out
 of range, an empty rollout, a bad attribute reference, cycles) are kept as data here and handled
 by :mod:`shmflags.evaluation` exactly where ldclient handles them.
 
@@ -16,7 +16,7 @@ ldclient's: an "int" accepts Python ``bool`` too, and ``null`` means "absent".
 """
 from __future__ import annotations
 
-from typing import Any, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from shmflags.errors import DataError
 from shmflags.evaluation.attrref import AttrRef, ref_for
@@ -25,7 +25,7 @@ from shmflags.evaluation.operators import OP_SEGMENT_MATCH, ClauseValues, op_cod
 __all__ = [
     "Flag", "Segment", "Prerequisite", "Target", "Rule", "Clause", "Rollout",
     "WeightedVariation", "SegmentRule", "SegmentTarget", "parse_flag", "parse_segment",
-    "validate_flag", "validate_segment",
+    "validate_flag", "validate_segment", "validate_payload",
 ]
 
 
@@ -96,6 +96,29 @@ def _object(data: Any) -> dict:
     if not isinstance(data, dict):
         raise DataError(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _check_prerequisite_graph(data: dict) -> None:
+    """What ldclient's store needs to order flags by prerequisites before storing them.
+
+    It walks ``prerequisites`` of every flag, tombstones included, before any other check: the
+    property must be iterable (``null`` is not), each entry an object whose ``key`` can be
+    looked up.
+    """
+    if "prerequisites" not in data:
+        return
+    prereqs = data["prerequisites"]
+    if isinstance(prereqs, (str, dict)) and not prereqs:
+        return  # iterates nothing
+    if not isinstance(prereqs, list):
+        raise DataError('property "prerequisites" should be an array')
+    for item in prereqs:
+        if not isinstance(item, dict):
+            raise DataError('property "prerequisites" should be an array of objects')
+        try:
+            hash(item.get("key"))
+        except TypeError:
+            raise DataError('prerequisite "key" should be a string') from None
 
 
 # -- pieces -----------------------------------------------------------------------------------
@@ -281,6 +304,7 @@ class Flag:
     def _parse(self, data: dict) -> None:
         self.version = _req_int(data, "version")
         self.deleted = _opt_bool(data, "deleted")
+        _check_prerequisite_graph(data)
         if self.deleted:
             self.key = _opt_str(data, "key") or ""
             return
@@ -393,6 +417,29 @@ def validate_flag(data: Any) -> Flag:
     if flag.error is not None:
         raise DataError(f"flag {flag.key!r}: {flag.error}")
     return flag
+
+
+def validate_payload(flags: Any, segments: Any) -> Tuple[Dict[str, Flag], Dict[str, Segment]]:
+    """Parse a whole LD payload and refuse it where ldclient would refuse to store it.
+
+    Besides every item's own validation, each flag must sit under its own ``key`` (ldclient's
+    store is keyed by the flag's ``key`` property; a mismatch makes it refuse the payload).
+    Segments are stored under their payload key.
+
+    :param flags: ``{key: flag JSON}``; :param segments: ``{key: segment JSON}``
+    :returns: the parsed ``(flags, segments)``, keyed as given
+    :raises shmflags.errors.DataError: naming the first offending item
+    """
+    if not isinstance(flags, dict) or not isinstance(segments, dict):
+        raise DataError('"flags" and "segments" must be JSON objects')
+    parsed_flags: Dict[str, Flag] = {}
+    for key, item in flags.items():
+        flag = validate_flag(item)
+        if item.get("key") != key:
+            raise DataError(f"flag {key!r}: its \"key\" property is {item.get('key')!r}")
+        parsed_flags[key] = flag
+    parsed_segments = {key: validate_segment(item) for key, item in segments.items()}
+    return parsed_flags, parsed_segments
 
 
 def validate_segment(data: Any) -> Segment:

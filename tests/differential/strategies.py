@@ -284,7 +284,8 @@ _FLAG_BREAKS: List[Tuple[Tuple[str, ...], Any]] = [
     (("rules",), [{"clauses": [{"op": "in", "values": []}], "variation": 0}]),
     (("contextTargets",), [{"values": [1], "variation": 0}]),
     (("fallthrough", "rollout"), {"variations": [{"variation": 0}]}),
-    (("migration",), {"checkRatio": "x"}), (("deleted",), "no"),
+    (("migration",), {"checkRatio": "x"}), (("deleted",), "no"), (("prerequisites",), "NULL"),
+    (("key",), "not-its-key"), (("prerequisites",), [{"key": ["f0"], "variation": 0}]),
     (("rules",), [{"clauses": [{"attribute": "n", "op": "after", "values": [HUGE]}], "variation": 0}]),
 ]
 _SEGMENT_BREAKS: List[Tuple[Tuple[str, ...], Any]] = [
@@ -304,6 +305,8 @@ def _break(draw: Any, item: Dict[str, Any], breaks: List[Tuple[Tuple[str, ...], 
         target = nxt
     if value is None:
         target.pop(path[-1], None)
+    elif value == "NULL":
+        target[path[-1]] = None
     else:
         target[path[-1]] = value
 
@@ -337,6 +340,14 @@ def datasets(draw: Any, malformed: bool = True, big: bool = False,
             for key in list(items):
                 if _rare(draw, 12):
                     items[key] = {"key": key, "version": draw(_ints(1, 5)), "deleted": True}
+    if malformed and tombstones and flag_map and _rare(draw, 40):
+        # what ldclient's store checks even on tombstones: prerequisites shape and the key
+        key = draw(_pick(sorted(flag_map)))
+        flag_map[key] = dict({"version": 1, "deleted": True},
+                             **draw(_pick([{}, {"prerequisites": [1]}, {"prerequisites": None},
+                                           {"prerequisites": {}}, {"prerequisites": [{"key": 5}]}])))
+        if draw(_BOOL):
+            flag_map[key]["key"] = key
     if malformed and _rare(draw, 20):
         if seg_map and draw(_BOOL):
             _break(draw, seg_map[draw(_pick(sorted(seg_map)))], _SEGMENT_BREAKS)

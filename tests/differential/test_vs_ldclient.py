@@ -35,7 +35,8 @@ from hypothesis import HealthCheck, given, seed, settings
 
 from shmflags import Client, Context
 from shmflags.evaluation.backend import BIT_EXCLUDE_FROM_SUMMARIES, BIT_EXPERIMENT, BIT_TRACK_EVENTS
-from shmflags.model import parse_flag, parse_segment
+from shmflags.errors import DataError
+from shmflags.model import validate_payload
 from differential import strategies as S
 from differential.oracle import Oracle, OracleRejected
 
@@ -100,8 +101,11 @@ def our_events(result: tuple, key: str) -> Optional[List[tuple]]:
 def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
                contexts: List[Dict[str, Any]], save: bool = True) -> None:
     """Assert shmflags and ldclient agree on one data set and its contexts."""
-    ours_refuse = (any(parse_flag(f).error for f in flags.values())
-                   or any(parse_segment(s).error for s in segments.values()))
+    try:
+        validate_payload(flags, segments)
+        ours_refuse = False
+    except DataError:
+        ours_refuse = True
     try:
         oracle.load(flags, segments)
         theirs_refuse = False

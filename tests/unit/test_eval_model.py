@@ -12,7 +12,8 @@ from differential.oracle import Oracle, OracleRejected  # noqa: E402
 
 from shmflags import Client  # noqa: E402
 from shmflags.errors import DataError  # noqa: E402
-from shmflags.model import parse_flag, parse_segment, validate_flag, validate_segment  # noqa: E402
+from shmflags.model import (parse_flag, parse_segment, validate_flag,  # noqa: E402
+                            validate_payload, validate_segment)
 
 GOOD_FLAG = {"key": "f", "version": 1, "on": True, "variations": [False, True], "offVariation": 0,
              "fallthrough": {"variation": 1}, "salt": "s",
@@ -150,3 +151,36 @@ def test_clause_values_are_preparsed_once():
     assert dates.values.parsed == (1000.0, 5.0)
     assert [v.core for v in versions.values.parsed] == [(2, 0, 0)]
     assert numbers.values.nums == (1.0,) and numbers.attribute.components == ("a", "b")
+
+
+@pytest.mark.parametrize("flags, refused", [
+    ({"f": {"key": "f", "version": 1, "deleted": True, "prerequisites": [1]}}, True),
+    ({"f": {"key": "f", "version": 1, "deleted": True, "prerequisites": None}}, True),
+    ({"f": {"key": "f", "version": 1, "deleted": True, "prerequisites": {}}}, False),
+    ({"f": {"key": "f", "version": 1, "deleted": True, "prerequisites": [{"key": 5}]}}, False),
+    ({"f": {"key": "f", "version": 1, "deleted": True, "prerequisites": [{"key": [5]}]}}, True),
+    ({"f": {"version": 1, "deleted": True}}, True),
+    ({"f": dict(GOOD_FLAG, prerequisites=None)}, True),
+    ({"g": GOOD_FLAG}, True),
+    ({"f": GOOD_FLAG}, False),
+], ids=lambda x: repr(x)[:60])
+def test_payload_level_refusals_match_ldclient(oracle, flags, refused):
+    """ldclient's store orders flags by prerequisites (tombstones too) and keys them by "key"."""
+    try:
+        oracle.load(flags, {})
+        theirs = False
+    except OracleRejected:
+        theirs = True
+    try:
+        validate_payload(flags, {})
+        ours = False
+    except DataError:
+        ours = True
+    assert theirs is refused and ours is refused
+
+
+def test_segments_keep_their_payload_key(oracle):
+    segment = dict(GOOD_SEGMENT, key="other")
+    oracle.load({}, {"s": segment})
+    flags, segments = validate_payload({}, {"s": segment})
+    assert segments["s"].key == "other"
