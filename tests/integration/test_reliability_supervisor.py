@@ -228,3 +228,56 @@ def test_restart_publishes_last_good_before_contacting_the_source(h: Harness,
         wait_for(lambda: h.flag_value("color") == "live-blue", 15)
         st = h.status()
         assert st["source"] == "streaming" and st["from_cache"] is False, st
+
+
+# -- SDK key rejected, fixed, reloaded ---------------------------------------------------------
+
+def test_sighup_with_a_fixed_sdk_key_resumes_event_delivery(h: Harness, tmp_path: Path) -> None:
+    """The events service rejected the key (401 disables sending, as in ldclient); the operator
+    fixes ``sdk_key`` in the configuration file and reloads: events flow again, with the new
+    key, without a restart."""
+    import signal
+    import tempfile
+
+    from shmflags.config import Config
+    from shmflags.context import Context
+    from shmflags.events.recorder import EventRecorder
+
+    flags = tmp_path / "flags.yaml"
+    flags.write_text("flagValues:\n  color: red\n")
+    config = tmp_path / "shmflags.toml"
+    config.write_text('[shmflags]\nsdk_key = "sdk-revoked"\n')
+    sock_dir = Path(tempfile.mkdtemp(prefix="shmrel"))
+    sock = sock_dir / "ev.sock"
+    try:
+        with FakeLD(heartbeat_interval=None) as fake:
+            fake.respond_with(401, path="/bulk", times=1)
+            sup = h.start("--config", str(config), env={
+                "SHMFLAGS_DATA_FILE": str(flags), "SHMFLAGS_EVENTS_URI": fake.url,
+                "SHMFLAGS_SEND_EVENTS": "true", "SHMFLAGS_SOCKET": str(sock),
+                "SHMFLAGS_FLUSH_INTERVAL": "0.2", "SHMFLAGS_DIAGNOSTIC_OPT_OUT": "true"})
+            wait_for(lambda: h.flag_value("color") == "red", 10)
+            wait_for(sock.exists, 10)
+            recorder = EventRecorder(Config(socket=str(sock), flush_interval=0.1))
+            recorder.record_custom("before-fix", Context.create("u1"))
+            recorder.flush()
+            wait_for(lambda: "event sending is disabled" in sup.log(), 10)
+
+            config.write_text('[shmflags]\nsdk_key = "sdk-fixed"\n')
+            sup.signal(signal.SIGHUP)
+            wait_for(lambda: "SIGHUP: configuration reloaded" in sup.log(), 10)
+            recorder.record_custom("after-fix", Context.create("u1"))
+            recorder.flush()
+
+            def accepted() -> list:
+                return [r for r in fake.requests_to("/bulk") if r.status < 300
+                        and r.headers.get("Authorization") == "sdk-fixed"]
+            wait_for(accepted, 10)
+            recorder.close()
+            keys = [e.get("key") for p in fake.events for e in p.payload]
+            assert "after-fix" in keys, keys
+            assert sup.proc.poll() is None
+    finally:
+        for child in sock_dir.iterdir():
+            child.unlink()
+        sock_dir.rmdir()
