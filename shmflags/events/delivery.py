@@ -72,6 +72,28 @@ class EventDelivery:
         self.last_status: Optional[int] = None
         self.last_error: Optional[str] = None
 
+    def reconfigure(self, config: Any) -> bool:
+        """Take a reloaded configuration's SDK key, wrapper, application and ``http_*``
+        settings (supervisor SIGHUP).
+
+        When they differ from the current ones, requests use them from the next post on, and
+        sending resumes if an unrecoverable status (a revoked key) had disabled it: the
+        operator fixed the key, so the events service deserves another try.
+
+        :returns: whether anything changed.
+        """
+        headers = base_headers(config, self.instance_id)
+        timeout, options = http.timeouts(config), http.request_options(config)
+        if (headers, timeout, options) == (self._headers, self._timeout, self._options):
+            return False
+        self._session = http.make_session(config)
+        self._headers, self._timeout, self._options = headers, timeout, options
+        self._config = config
+        if self.disabled:
+            log.info("event sending resumes with the reloaded SDK key and HTTP settings")
+        self.disabled = False
+        return True
+
     def post_bulk(self, events: List[Dict[str, Any]]) -> bool:
         """POST one analytics payload to ``/bulk``.
 

@@ -252,6 +252,8 @@ class Supervisor:
             self.start_source()
         elif hasattr(self.source, "reload"):
             self.source.reload()  # type: ignore[union-attr]
+        if self.events is not None:   # a fixed sdk_key (after a 401) or new http_* for /bulk too
+            self.events.delivery.reconfigure(new)
         if "metrics_addr" in changed:
             self.stop_metrics()
             self.start_metrics()

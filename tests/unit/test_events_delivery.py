@@ -105,6 +105,18 @@ def test_same_instance_id_as_the_stream_and_settings_per_request(fake, monkeypat
     assert d.instance_id == http.process_instance_id()
 
 
+def test_reconfigure_takes_a_new_key_and_resumes_after_401(fake):
+    fake.respond_with(401, "/bulk", times=1)
+    d = EventDelivery(config(fake), sleep=lambda s: None)
+    assert not d.post_bulk([{"kind": "identify"}]) and d.disabled
+    assert not d.reconfigure(config(fake))           # nothing changed: still disabled
+    assert d.disabled
+    assert d.reconfigure(config(fake).copy(sdk_key="sdk-fixed-000001"))
+    assert not d.disabled
+    assert d.post_bulk([{"kind": "identify"}])
+    assert bulk_requests(fake)[-1].headers["Authorization"] == "sdk-fixed-000001"
+
+
 def test_configured_wrapper_wins(fake):
     d = EventDelivery(config(fake, wrapper_name="Flask", wrapper_version="2"))
     d.post_diagnostic({"kind": "diagnostic"})
