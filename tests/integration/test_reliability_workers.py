@@ -454,6 +454,22 @@ def test_all_flags_state_is_always_one_generation(h, workers, tmp_path):
     assert all(r["checks"] >= 50 for r in results), results
 
 
+def scrape(port: int) -> Dict[str, float]:
+    """The supervisor's /metrics samples without labels (empty when it does not answer)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: Dict[str, float] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and not line.startswith("#") and "{" not in parts[0]:
+            out[parts[0]] = float(parts[1])
+    return out
+
+
 # -- junk datagrams ---------------------------------------------------------------------------
 
 JUNK = 100_000
@@ -488,11 +504,12 @@ def test_junk_datagrams_while_a_worker_evaluates_and_tracks(h, workers, tmp_path
     with FakeLD(heartbeat_interval=0.5) as fake:
         fake.set_data({"f1": value_flag("f1", 1, "v1")}, {})
         url = fake.url
+        metrics_port = closed_port()
         env = {"SHMFLAGS_SDK_KEY": "sdk-reliability", "SHMFLAGS_STREAM_URI": url,
                "SHMFLAGS_BASE_URI": url, "SHMFLAGS_EVENTS_URI": url,
                "SHMFLAGS_SEND_EVENTS": "true", "SHMFLAGS_SOCKET": str(sock),
                "SHMFLAGS_FLUSH_INTERVAL": "0.5", "SHMFLAGS_DIAGNOSTIC_OPT_OUT": "true"}
-        sup = h.start(env=env)
+        sup = h.start(env={**env, "SHMFLAGS_METRICS_ADDR": f"127.0.0.1:{metrics_port}"})
         wait_for(lambda: h.raw_flag("f1") is not None, 15)
         wait_for(sock.exists, 10)
         assert fake.wait_for_streams(1)
@@ -533,7 +550,10 @@ def test_junk_datagrams_while_a_worker_evaluates_and_tracks(h, workers, tmp_path
         events = wait_for(lambda: (lambda e: e if e and e["invalid"] >= JUNK
                                    and e["sent"] >= n_track else None)(h.status().get("events")),
                           10, 0.2)
+        metrics = wait_for(lambda: (lambda m: m if m.get("shmflags_events_invalid_total", 0)
+                                    >= JUNK else None)(scrape(metrics_port)), 10, 0.2)
         assert sup.proc.poll() is None
+    assert metrics["shmflags_events_invalid_total"] == JUNK, metrics
     print(f"\n{JUNK} junk datagrams: events {events}; worker {result['evaluations']} "
           f"evaluations and {result['tracks']} tracks in {result['elapsed']:.1f} s, slowest "
           f"call {result['slowest'] * 1000:.1f} ms, values {result['values']}")
