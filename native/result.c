@@ -11,6 +11,9 @@
  */
 #include "sf.h"
 
+/* how many flags ahead all_flags_state prefetches record headers */
+#define SF_PREFETCH_AHEAD 4
+
 /* Log the pending exception through logging.getLogger("shmflags._native") and clear it. */
 static void log_exception(const char *what, PyObject *key)
 {
@@ -324,6 +327,17 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
     gc_was_enabled = PyGC_Disable();
 #endif
     for (uint32_t i = 0; i < self->snap.n_flags; i++) {
+#if defined(__GNUC__)
+        /* records lie far apart in a large snapshot: start loading a later flag's header
+         * while this one is evaluated (a hint only; the read itself is checked later) */
+        const sf_entry_t *ahead;
+        if (i + SF_PREFETCH_AHEAD < self->snap.n_flags
+            && sf_snapshot_entry_at(&self->snap, SF_FLAGS, i + SF_PREFETCH_AHEAD, &ahead) == SF_OK
+            && (uint64_t)ahead->rec_off + SF_FLAG_REC_SIZE <= self->snap.size) {
+            __builtin_prefetch(self->snap.base + ahead->rec_off);
+            __builtin_prefetch(self->snap.base + ahead->rec_off + 64);
+        }
+#endif
         const sf_entry_t *ent;
         sf_rec_t rec;
         const sf_flag_rec_t *f;
