@@ -73,6 +73,13 @@ BAD_MESSAGES = {
     "patch-without-version": sse_frame("patch", {"path": "/flags/color",
                                                  "data": {"key": "color", "on": False}}),
     "patch-not-an-object": sse_frame("patch", [1, 2, 3]),
+    # shapes ldclient's store refuses (a list where an object is required, and so on)
+    "put-flag-variations-not-a-list": sse_frame("put", {"path": "/", "data": {
+        "flags": {"color": dict(flag("color", 9, "x"), variations="red")}, "segments": {}}}),
+    "patch-flag-rules-not-a-list": sse_frame("patch", {"path": "/flags/color", "data": dict(
+        flag("color", 9, "x"), rules={"clauses": []})}),
+    "patch-segment-included-not-a-list": sse_frame("patch", {"path": "/segments/s", "data": {
+        "key": "s", "version": 9, "included": "u1"}}),
     "oversized": sse_frame("patch", {"path": "/flags/color",
                                      "data": flag("color", 9, "huge", description="x" * 10000)}),
 }
