@@ -3,9 +3,10 @@
 Runs in the supervisor only (streaming and polling sources). Only the shape the store relies
 on is checked here: a put needs ``flags`` and ``segments`` objects whose items are objects
 with a string ``key`` equal to their map key and an integer ``version``; a patch needs a
-string ``path`` and such an item; a delete needs a ``path`` and an integer ``version``. Deeper
-validation of flag contents belongs to the model. Anything else raises :class:`InvalidData`,
-and nothing invalid ever reaches the sink.
+string ``path`` and such an item; a delete needs a ``path`` and an integer ``version``. Each
+item's contents are then checked by the model (``validate_flag`` / ``validate_segment``), which
+refuses exactly what ldclient's store refuses (a JSON type where its parser checks one).
+Anything else raises :class:`InvalidData`, and nothing invalid ever reaches the sink.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import json
 from typing import Any, Dict, Optional, Tuple
 
 from shmflags.errors import DataError
+from shmflags.model import validate_flag, validate_segment
 
 __all__ = ["InvalidData", "parse_put", "parse_patch", "parse_delete", "parse_all_data", "parse_path"]
 
@@ -43,6 +45,10 @@ def _check_item(kind: str, key: str, item: Any) -> Dict[str, Any]:
         raise InvalidData(f"{kind} item {key!r} has key {item.get('key')!r}")
     if not _is_int(item.get("version")):
         raise InvalidData(f"{kind} item {key!r} has no integer version")
+    try:   # what ldclient's store would refuse (DESIGN §9: never publish unvalidated data)
+        (validate_flag if kind == "flags" else validate_segment)(item)
+    except DataError as exc:
+        raise InvalidData(str(exc)) from None
     return item
 
 
