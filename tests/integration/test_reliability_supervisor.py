@@ -288,3 +288,30 @@ def test_sighup_with_a_fixed_sdk_key_resumes_event_delivery(h: Harness, tmp_path
         for child in sock_dir.iterdir():
             child.unlink()
         sock_dir.rmdir()
+
+
+# -- flag file with data ldclient refuses ------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [
+    {"flags": {"color": {"key": "color", "version": 2, "on": True, "variations": "blue",
+                         "fallthrough": {"variation": 0}}}},
+    {"flags": {"color": {"key": "color", "version": 2, "on": True, "variations": ["blue"],
+                         "fallthrough": {"variation": 0}, "targets": {"values": ["u1"]}}}},
+    {"flagValues": {"color": "blue"}, "segments": {"s": {"included": "u1"}}},
+], ids=["variations-not-a-list", "targets-not-a-list", "segment-included-not-a-list"])
+def test_flag_file_with_data_ldclient_refuses_keeps_the_previous_data(
+        h: Harness, tmp_path: Path, bad: Dict[str, Any]) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({"flagValues": {"color": "red"}}))
+    sup = h.start(env={"SHMFLAGS_DATA_FILE": str(path)})
+    wait_for(lambda: h.flag_value("color") == "red", 10)
+    generation = h.ctl()["generation"]
+    path.write_text(json.dumps(bad))
+    st = wait_for(lambda: (lambda s: s if s.get("state") == "INTERRUPTED" else None)(
+        h.status()), 5)
+    assert st["last_error"]["kind"] == "INVALID_DATA", st
+    assert st["generation"] == generation and h.flag_value("color") == "red"
+    assert "cannot load flag data" in sup.log()
+    path.write_text(json.dumps({"flagValues": {"color": "green"}}))   # fixed: picked up
+    wait_for(lambda: h.flag_value("color") == "green", 5)
+    wait_for(lambda: h.status().get("state") == "VALID", 5)
