@@ -826,6 +826,13 @@ static int check_prereqs(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
     const char *fkey = sf_rec_str(rec, f->key);
     if (fkey == NULL)
         return SF_EMALFORMED;
+    if (e->top.p == NULL) {
+        /* the top-level key is read only when a prerequisite needs the cycle check */
+        e->top.p = sf_rec_str(&e->top_rec, e->top_f->key);
+        e->top.n = e->top_f->key.len;
+        if (e->top.p == NULL)
+            return SF_EMALFORMED;
+    }
     int pushed = 0;
     if (!(f->key.len == e->top.n && memcmp(fkey, e->top.p, e->top.n) == 0)) {
         if ((rc = push_key(e->pstack, &e->np, fkey, f->key.len)) != SF_OK)
@@ -948,10 +955,7 @@ int sf_eval_flag(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f, sf_r
         }
     }
     out->kind = SF_R_FALLTHROUGH;
-    const sf_vor_t *ft = f->fallthrough ? sf_rec_at(rec, f->fallthrough, sizeof(sf_vor_t)) : NULL;
-    if (f->fallthrough && ft == NULL)
-        return SF_EMALFORMED;
-    return vor_value(e, rec, f, ft, out);
+    return vor_value(e, rec, f, &f->fallthrough, out);
 }
 
 /* ---- Python objects of a result ---- */

@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SF_REC_VERSION        1u
+#define SF_REC_VERSION        2u
 #define SF_FLAG_MAGIC         0x52464653u   /* "SFFR" */
 #define SF_SEGMENT_MAGIC      0x52534653u   /* "SFSR" */
 #define SF_FLAG_REC_SIZE      128u
@@ -188,26 +188,28 @@ typedef struct sf_semver_rec {
     sf_ref_t major, minor, patch, pre;
 } sf_semver_rec_t;
 
-/* sf_flag_rec_t - at offset 0 of a flag record. */
+/*
+ * sf_flag_rec_t - at offset 0 of a flag record.  The first 64 bytes (one cache line) hold
+ * what every evaluation reads; the second line the fallthrough and the fields only events
+ * and reasons need.  compile.py places the variations array right after the header.
+ */
 typedef struct sf_flag_rec {
     uint32_t   magic;            /*   0 SF_FLAG_MAGIC */
     uint16_t   rec_version;      /*   4 SF_REC_VERSION */
     uint16_t   reserved0;        /*   6 */
     uint32_t   bits;             /*   8 SF_FLAG_* */
-    uint32_t   reserved1;        /*  12 */
-    int64_t    version;          /*  16 */
-    int64_t    sampling_ratio;   /*  24 (1 when absent) */
-    sf_value_t debug_date;       /*  32 debugEventsUntilDate (SF_FLAG_HAS_DEBUG) */
-    int32_t    off_variation;    /*  56 (SF_FLAG_HAS_OFF) */
-    sf_ref_t   key;              /*  60 */
-    sf_ref_t   prefix;           /*  68 "<key>.<salt>" */
-    sf_ref_t   variations;       /*  76 sf_ref_t[] msgpack blobs; len 0 = unencodable */
-    sf_ref_t   prereqs;          /*  84 sf_prereq_t[] */
-    sf_ref_t   targets;          /*  92 sf_target_t[] (old user targets) */
-    sf_ref_t   context_targets;  /* 100 sf_target_t[] */
-    sf_ref_t   rules;            /* 108 sf_rule_t[] */
-    uint32_t   fallthrough;      /* 116 offset of sf_vor_t */
-    uint32_t   reserved2[2];     /* 120 */
+    int32_t    off_variation;    /*  12 (SF_FLAG_HAS_OFF) */
+    sf_ref_t   variations;       /*  16 sf_ref_t[] msgpack blobs; len 0 = unencodable */
+    sf_ref_t   prereqs;          /*  24 sf_prereq_t[] */
+    sf_ref_t   targets;          /*  32 sf_target_t[] (old user targets) */
+    sf_ref_t   context_targets;  /*  40 sf_target_t[] */
+    sf_ref_t   rules;            /*  48 sf_rule_t[] */
+    uint32_t   reserved1[2];     /*  56 */
+    sf_vor_t   fallthrough;      /*  64 */
+    sf_ref_t   key;              /*  80 */
+    int64_t    version;          /*  88 */
+    int64_t    sampling_ratio;   /*  96 (1 when absent) */
+    sf_value_t debug_date;       /* 104 debugEventsUntilDate (SF_FLAG_HAS_DEBUG) */
 } sf_flag_rec_t;
 
 /* sf_segrule_t */
@@ -254,11 +256,13 @@ _Static_assert(sizeof(sf_strset_t) == 8, "strset");
 _Static_assert(sizeof(sf_setslot_t) == 16, "setslot (SLOT_SIZE)");
 _Static_assert(sizeof(sf_semver_rec_t) == 32, "semver (SEMVER_SIZE)");
 _Static_assert(sizeof(sf_flag_rec_t) == SF_FLAG_REC_SIZE, "flag record");
-_Static_assert(offsetof(sf_flag_rec_t, debug_date) == 32, "flag.debug_date");
-_Static_assert(offsetof(sf_flag_rec_t, off_variation) == 56, "flag.off_variation");
-_Static_assert(offsetof(sf_flag_rec_t, key) == 60, "flag.key");
-_Static_assert(offsetof(sf_flag_rec_t, rules) == 108, "flag.rules");
-_Static_assert(offsetof(sf_flag_rec_t, fallthrough) == 116, "flag.fallthrough");
+_Static_assert(offsetof(sf_flag_rec_t, off_variation) == 12, "flag.off_variation");
+_Static_assert(offsetof(sf_flag_rec_t, variations) == 16, "flag.variations");
+_Static_assert(offsetof(sf_flag_rec_t, rules) == 48, "flag.rules");
+_Static_assert(offsetof(sf_flag_rec_t, fallthrough) == 64, "flag.fallthrough");
+_Static_assert(offsetof(sf_flag_rec_t, key) == 80, "flag.key");
+_Static_assert(offsetof(sf_flag_rec_t, version) == 88, "flag.version");
+_Static_assert(offsetof(sf_flag_rec_t, debug_date) == 104, "flag.debug_date");
 _Static_assert(sizeof(sf_segrule_t) == 32, "segrule (SEGRULE_SIZE)");
 _Static_assert(sizeof(sf_segment_rec_t) == SF_SEGMENT_REC_SIZE, "segment record");
 _Static_assert(offsetof(sf_segment_rec_t, key) == 32, "segment.key");

@@ -167,10 +167,10 @@ static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf
     e->want_events = !for_all_flags;
     e->want_keys = for_all_flags;
     e->emap = emap;
-    e->top.p = sf_rec_str(rec, f->key);
-    e->top.n = f->key.len;
-    if (e->top.p == NULL)
-        return SF_EMALFORMED;
+    e->top.p = NULL;
+    e->top.n = 0;
+    e->top_rec = *rec;
+    e->top_f = f;
     int rc = sf_eval_flag(e, rec, f, res);
     if (rc == SF_EPYTHON && corrupt_cleared())
         rc = SF_EMALFORMED;   /* damaged record bytes: a malformed flag, not an exception */

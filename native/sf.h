@@ -223,7 +223,9 @@ typedef struct sf_eval {
     int depth;
     PyObject *bigseg_status;  /* status of the last Big Segment query (owned), or NULL */
     PyObject *bigseg_cache;   /* context key -> membership for this evaluation, or NULL */
-    sf_keyref_t top;
+    sf_keyref_t top;          /* top-level flag key, resolved lazily from top_rec/top_f */
+    sf_rec_t top_rec;
+    const sf_flag_rec_t *top_f;
     sf_keyref_t pstack[SF_MAX_DEPTH]; int np;
     sf_keyref_t sstack[SF_MAX_DEPTH]; int ns;
 } sf_eval_t;

@@ -40,7 +40,7 @@ __all__ = [
 
 #: Record format version; the container header stores :data:`RECORD_FORMAT`, which folds it
 #: with the two record-header sizes (``native/record.h`` ``SF_RECORD_FORMAT``).
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 FLAG_MAGIC = 0x52464653  # "SFFR" little-endian
 SEGMENT_MAGIC = 0x52534653  # "SFSR" little-endian
 FLAG_REC_SIZE = 128
@@ -579,13 +579,18 @@ def _targets(w: _Writer, items: list, user_targets: Optional[List[Tuple[int, lis
 # Flags
 # ---------------------------------------------------------------------------------------------
 
-_FLAG_HDR = "<IHHIIqq24si17I"
+#: sf_flag_rec_t: hot line (magic, version, bits, offVariation, five array refs), then the
+#: fallthrough (written by _vor at FALLTHROUGH_OFF), key, version, samplingRatio, debug date.
+_FLAG_HDR = "<IHHIi10I2I16sIIqq24s"
+FALLTHROUGH_OFF = 64
 
 
 def _flag_header(w: _Writer, bits: int, version: int, sampling: int, debug: bytes, off_var: int,
                  refs: List[int]) -> None:
-    struct.pack_into(_FLAG_HDR, w.buf, 0, FLAG_MAGIC, RECORD_VERSION, 0, bits, 0,
-                     version, sampling, debug, off_var, *refs)
+    """Pack the header; ``refs``: key off/len, (unused), variations, prereqs, targets,
+    contextTargets, rules (off/count pairs)."""
+    struct.pack_into(_FLAG_HDR, w.buf, 0, FLAG_MAGIC, RECORD_VERSION, 0, bits, off_var,
+                     *refs[4:14], 0, 0, b"\0" * 16, refs[0], refs[1], version, sampling, debug)
 
 
 def _i64(v: int) -> int:
@@ -742,9 +747,8 @@ def _compile_flag(flag: Any) -> bytes:
         _value(tmp, 0, debug, 0)
         debug_raw[:] = tmp.buf[:24]
 
-    refs[0], refs[1] = w.string(key)
-    refs[2], refs[3] = w.string("%s.%s" % (key, salt))
-    # variations: array of (off, len) msgpack blobs; len 0 = unencodable (MALFORMED at eval)
+    # variations first: right after the header, in the cache lines an evaluation reads next
+    # (array of (off, len) msgpack blobs; len 0 = unencodable, MALFORMED at eval)
     if variations:
         v_base = w.alloc(8 * len(variations))
         for i, value in enumerate(variations):
@@ -755,6 +759,7 @@ def _compile_flag(flag: Any) -> bytes:
             else:
                 w.put(v_base + 8 * i, "<II", *w.bytes_(blob))
         refs[4], refs[5] = v_base, len(variations)
+    refs[0], refs[1] = w.string(key)
     if prereqs:
         p_base = w.alloc(PREREQ_SIZE * len(prereqs))
         for i, (pkey, pvar) in enumerate(prereqs):
@@ -782,11 +787,9 @@ def _compile_flag(flag: Any) -> bytes:
             w.put(roff, "<IIIIII", id_off, id_len, rbits, 0, c_off, c_n)
             _vor(w, roff + 24, r, key, salt)
         refs[12], refs[13] = r_base, len(parsed_rules)
-    ft_tmp = w.alloc(16)
-    _vor(w, ft_tmp, fallthrough, key, salt)
-    refs[14] = ft_tmp
     _flag_header(w, bits, _i64(version), _i64(sampling) if sampling is not None else 1,
                  bytes(debug_raw), _clamp_i32(off_var) if off_var is not None else 0, refs)
+    _vor(w, FALLTHROUGH_OFF, fallthrough, key, salt)
     return bytes(w.buf)
 
 
