@@ -16,6 +16,7 @@ import os
 from typing import Any, Dict, Iterable, List, Tuple
 
 from shmflags.errors import DataError
+from shmflags.model import validate_flag, validate_segment
 
 #: Largest flag file read; LaunchDarkly payloads reach tens of MB, a flag file should not.
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -143,6 +144,11 @@ def _item(key: Any, item: Any, path: str, kind: str) -> Dict[str, Any]:
     version = item["version"]
     if isinstance(version, bool) or not isinstance(version, int):
         raise DataError(f"{path}: {kind} '{key}' version must be an integer, got {version!r}")
+    # What ldclient's store refuses (a wrong JSON type), ldclient's file source refuses too.
+    try:
+        (validate_flag if kind == "flags" else validate_segment)(item)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
     return item
 
 
