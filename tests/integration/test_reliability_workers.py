@@ -220,7 +220,31 @@ def worker_maps(stop_file: str) -> None:
     _emit(ev="done", most=most, samples=samples, values=len(values))
 
 
-WORKERS = {"watch": worker_watch, "before": worker_before, "torn": worker_torn,
+def worker_follow(stop_file: str) -> None:
+    """Evaluate ``color`` until ``stop_file`` exists; report every change of value (with the
+    reason) and of the data source state."""
+    import shmflags
+    client = shmflags.get()
+    ctx = {"kind": "user", "key": "follow"}
+    last_value: Any = object()
+    last_state = None
+    evaluations = 0
+    while not os.path.exists(stop_file):
+        detail = client.variation_detail("color", ctx, "default")
+        evaluations += 1
+        if detail.value != last_value:
+            last_value = detail.value
+            _emit(ev="value", value=detail.value, reason=detail.reason, t=time.time())
+        if evaluations % 20 == 0:
+            state = client.data_source_status_provider.status.state.name
+            if state != last_state:
+                last_state = state
+                _emit(ev="state", state=state, t=time.time())
+        time.sleep(0.001)
+    _emit(ev="done", evaluations=evaluations)
+
+
+WORKERS = {"follow": worker_follow, "watch": worker_watch, "before": worker_before, "torn": worker_torn,
            "events": worker_events, "maps": worker_maps}
 
 if __name__ == "__main__":
@@ -774,3 +798,55 @@ def test_dev_shm_too_small_workers_keep_the_previous_generation(tmp_path):
     assert out["exit_codes"] == [0, 0]                   # no SIGBUS, no crash
     assert [r["wrong"] for r in out["results"]] == [0, 0], out["results"]
     assert "publish failed" in out["log"]
+
+
+# -- a hung supervisor; a namespace removed and recreated ---------------------------------------
+
+def test_hung_supervisor_is_reported_and_recovers(h, workers, tmp_path):
+    sup = h.start(env={"SHMFLAGS_DATA_FILE": str(flags_file(tmp_path))})
+    wait_for(lambda: h.raw_flag("tier") is not None, 15)
+    stop = tmp_path / "stop"
+    pool = start_workers(workers, h, 2, "watch", str(stop),
+                         env={"SHMFLAGS_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT)})
+    for w in pool:
+        wait_for(lambda: any(e["state"] == "VALID" for e in w.events("state")), 20, 0.05)
+    sup.signal(signal.SIGSTOP)            # alive but stuck: the heartbeat stops
+    try:
+        for w in pool:
+            wait_for(lambda: any(e["state"] == "INTERRUPTED" for e in w.events("state")),
+                     HEARTBEAT_TIMEOUT + 5, 0.05)
+        st = h.status()
+        assert st["supervisor_alive"] is True and st["heartbeat_age_s"] > HEARTBEAT_TIMEOUT - 1
+    finally:
+        sup.signal(signal.SIGCONT)
+    for w in pool:                       # the heartbeat resumes: VALID again, by itself
+        wait_for(lambda: w.events("state")[-1]["state"] == "VALID", 5, 0.05)
+    stop.write_text("")
+    results = [w.done() for w in pool]
+    assert [r["wrong"] for r in results] == [0, 0], [r["bad"] for r in results]
+
+
+def test_cleanup_and_a_new_supervisor_are_followed_without_a_restart(h, workers, tmp_path):
+    data = tmp_path / "flags.yaml"
+    data.write_text("flagValues:\n  color: before\n")
+    sup = h.start(env={"SHMFLAGS_DATA_FILE": str(data)})
+    wait_for(lambda: h.flag_value("color") == "before", 15)
+    stop = tmp_path / "stop"
+    pool = start_workers(workers, h, 2, "follow", str(stop))
+    for w in pool:
+        wait_for(lambda: any(e["value"] == "before" for e in w.events("value")), 20, 0.05)
+    assert sup.stop() == 0
+    out = h.cli("cleanup")
+    assert out.returncode == 0, out.stderr
+    time.sleep(0.5)                       # workers keep their (unlinked) mapping meanwhile
+    data.write_text("flagValues:\n  color: after\n")
+    (h.state_dir / f"{h.name}.lastgood").unlink()
+    h.start(env={"SHMFLAGS_DATA_FILE": str(data)})
+    wait_for(lambda: h.flag_value("color") == "after", 15)
+    assert h.ctl()["generation"] == 1     # a new namespace counts afresh
+    for w in pool:
+        wait_for(lambda: any(e["value"] == "after" for e in w.events("value")), 5, 0.05)
+    stop.write_text("")
+    for w in pool:
+        w.done()
+        assert [e["value"] for e in w.events("value")] == ["before", "after"], w.lines
