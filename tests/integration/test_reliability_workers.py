@@ -244,8 +244,8 @@ def worker_follow(stop_file: str) -> None:
     _emit(ev="done", evaluations=evaluations)
 
 
-WORKERS = {"follow": worker_follow, "watch": worker_watch, "before": worker_before, "torn": worker_torn,
-           "events": worker_events, "maps": worker_maps}
+WORKERS = {"follow": worker_follow, "watch": worker_watch, "before": worker_before,
+           "torn": worker_torn, "events": worker_events, "maps": worker_maps}
 
 if __name__ == "__main__":
     WORKERS[sys.argv[1]](*sys.argv[2:])
