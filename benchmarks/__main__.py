@@ -1,95 +1,104 @@
-"""``python -m benchmarks --quick | --full``: shmflags next to ldclient, ratios from one run.
+"""``python -m benchmarks --quick | --full [--only NAME ...]``: shmflags next to ldclient, ratios
+from one run.
 
-Benchmarks only. Writes ``benchmarks/results/latest.json`` and ``latest.md`` (the tables the
-README's Performance section quotes). This machine is shared and noisy, so every figure is
-compared with ldclient measured in the same run, and ratios are what we report.
+Benchmarks only. Every ``benchmarks/<name>_bench.py`` module that defines ``bench(quick) ->
+dict`` is a benchmark (``"markdown"`` holds its table, ``"targets"`` its verdicts on the goals of
+issue 10). Results go to ``benchmarks/results/latest.json`` and ``latest.md`` plus PNG plots; a
+run with ``--only`` replaces those benchmarks' results and keeps the others', each stamped with
+its own time and load average. This machine is shared and noisy, so every figure is compared
+with ldclient measured in the same run, and ratios are what we report.
 """
 from __future__ import annotations
 
 import argparse
+import glob
+import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Any, Callable, Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+#: the order benchmarks run in (others found on disk follow, alphabetically)
+ORDER = ("eval", "publish", "startup", "update", "memory", "gunicorn")
+
+BENCHES: Dict[str, Callable[[bool], Dict[str, Any]]] = {}
 
 
-def _sub(module: str, args: List[str], env: Dict[str, str] | None = None,
-         timeout: float = 900) -> Any:
-    """Run ``python -m benchmarks.<module> args`` and parse its last JSON line."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args], cwd=ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmarks.{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def bench_eval(quick: bool) -> Dict[str, Any]:
-    sizes = [100, 1000] if quick else [100, 1000, 10_000]
-    out: Dict[str, Any] = {}
-    for n in sizes:
-        row = {}
-        for impl, env in (("shmflags-c", {"SHMFLAGS_EVALUATOR": "c"}),
-                          ("shmflags-python", {"SHMFLAGS_EVALUATOR": "python"}),
-                          ("ldclient", {})):
-            args = ["--impl", impl, "--flags", str(n)] + (["--quick"] if quick else [])
-            row[impl] = _sub("eval_bench", args, env)
-        out[str(n)] = row
-    return out
-
-
-BENCHES: Dict[str, Callable[[bool], Dict[str, Any]]] = {"eval": bench_eval}
-
-
-def _optional_benches() -> None:
-    """Register the benchmarks whose modules exist (they land as features land)."""
-    for name, module, attr in (("memory", "benchmarks.memory_bench", "bench"),
-                               ("publish", "benchmarks.publish_bench", "bench"),
-                               ("startup", "benchmarks.startup_bench", "bench"),
-                               ("update", "benchmarks.update_bench", "bench"),
-                               ("events", "benchmarks.events_bench", "bench"),
-                               ("gunicorn", "benchmarks.gunicorn_bench", "bench")):
+def discover() -> Dict[str, Callable[[bool], Dict[str, Any]]]:
+    """Register every ``benchmarks/<name>_bench.py`` that exposes ``bench(quick)``."""
+    found = sorted(os.path.basename(p)[:-len("_bench.py")]
+                   for p in glob.glob(os.path.join(ROOT, "benchmarks", "*_bench.py")))
+    names = [n for n in ORDER if n in found] + [n for n in found if n not in ORDER]
+    for name in names:
         try:
-            mod = __import__(module, fromlist=[attr])
-        except ImportError:
+            mod = importlib.import_module(f"benchmarks.{name}_bench")
+        except ImportError as exc:
+            print(f"benchmark {name}: cannot import ({exc})", file=sys.stderr)
             continue
-        BENCHES[name] = getattr(mod, attr)
+        fn = getattr(mod, "bench", None)
+        if callable(fn):
+            BENCHES[name] = fn
+    return BENCHES
 
 
-def _ratio(a: float, b: float) -> str:
-    return f"{b / a:.1f}×" if a > 0 else "n/a"
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), platform.processor())
+    except OSError:
+        cpu = platform.processor()
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
+def versions() -> str:
+    out = []
+    for dist in ("launchdarkly-server-sdk", "gunicorn", "redis"):
+        try:
+            from importlib.metadata import version
+            out.append(f"{dist} {version(dist)}")
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        import shmflags
+        out.append(f"shmflags {shmflags.__version__} (evaluator {shmflags.evaluator_backend()})")
+    except Exception:  # noqa: BLE001
+        pass
+    return ", ".join(out)
 
 
 def markdown(results: Dict[str, Any]) -> str:
-    """Tables of the results, ratios against ldclient."""
-    lines = [f"Machine: {results['machine']}; run {results['date']} "
-             f"({'quick' if results['quick'] else 'full'}).", ""]
-    ev = results.get("eval")
-    if ev:
-        lines += ["### Evaluation (ns per call; speed-up = ldclient ÷ shmflags C)", "",
-                  "| flags | measure | shmflags C | shmflags Python | ldclient | speed-up |",
-                  "|---|---|---:|---:|---:|---:|"]
-        for n, row in ev.items():
-            c, p, ld = row["shmflags-c"], row["shmflags-python"], row["ldclient"]
-            for cat in c["variation_ns"]:
-                lines.append(f"| {n} | variation: {cat} | {c['variation_ns'][cat]:.0f} | "
-                             f"{p['variation_ns'][cat]:.0f} | {ld['variation_ns'][cat]:.0f} | "
-                             f"{_ratio(c['variation_ns'][cat], ld['variation_ns'][cat])} |")
-            for m in ("variation_detail_ns", "all_flags_state_ns", "context_build_ns"):
-                lines.append(f"| {n} | {m[:-3]} | {c[m]:.0f} | {p[m]:.0f} | {ld[m]:.0f} | "
-                             f"{_ratio(c[m], ld[m])} |")
+    """The report: machine, the targets' verdicts, then each benchmark's table."""
+    lines = [f"Machine: {results['machine']}.", f"Software: {results.get('versions', '')}.", ""]
+    benches = results.get("benchmarks", {})
+    stamps = [f"{name}: {res.get('_date', '?')}, {'quick' if res.get('_quick') else 'full'}, "
+              f"load {res.get('_load', ['?'])[0]}" for name, res in benches.items()]
+    if stamps:
+        lines += ["Runs (UTC date, mode, 1-minute load average at the start): "
+                  + "; ".join(stamps) + ".", ""]
+    targets = [t for res in benches.values() for t in res.get("targets", [])]
+    if targets:
+        lines += ["### Targets (issue 10)", "", "| target | measured | met |", "|---|---|:-:|"]
+        lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |"
+                  for t in targets]
         lines.append("")
-    for name, res in results.items():
-        if isinstance(res, dict) and "markdown" in res:
+    for name, res in benches.items():
+        if "markdown" in res:
             lines += [res["markdown"], ""]
+        elif "error" in res:
+            lines += [f"### {name}: failed", "", "```", res["error"][-1500:], "```", ""]
+    plots = results.get("plots") or []
+    if plots:
+        lines += ["Plots: " + ", ".join(f"`benchmarks/results/{p}`" for p in plots) + ".", ""]
     return "\n".join(lines)
 
 
@@ -98,28 +107,47 @@ def main(argv: List[str] | None = None) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, short runs (default)")
     mode.add_argument("--full", action="store_true", help="all sizes, longer runs")
-    parser.add_argument("--only", action="append", help="run only these benchmarks")
+    parser.add_argument("--only", action="append", help="run only this benchmark (repeatable); "
+                        "the other benchmarks' previous results are kept")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)
     quick = not args.full
-    _optional_benches()
-    results: Dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}, {platform.system()} {platform.release()}",
-        "quick": quick,
-    }
+    discover()
+    if args.list:
+        print("\n".join(BENCHES))
+        return
+    os.makedirs(RESULTS, exist_ok=True)
+    latest = os.path.join(RESULTS, "latest.json")
+    results: Dict[str, Any] = {"benchmarks": {}}
+    if args.only and os.path.exists(latest):
+        with open(latest) as fh:
+            old = json.load(fh)
+        results["benchmarks"].update(old.get("benchmarks", {}))
+    results.update(machine=machine(), versions=versions())
     for name, fn in BENCHES.items():
         if args.only and name not in args.only:
             continue
         print(f"benchmark {name} ...", file=sys.stderr, flush=True)
+        stamp = {"_date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "_quick": quick,
+                 "_load": [round(x, 2) for x in os.getloadavg()]}
+        t0 = time.monotonic()
         try:
-            results[name] = fn(quick)
+            res = fn(quick)
         except Exception as exc:  # noqa: BLE001 - report and go on with the others
-            results[name] = {"error": str(exc)}
+            import traceback
+            res = {"error": traceback.format_exc()}
             print(f"benchmark {name} failed: {exc}", file=sys.stderr)
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "latest.json"), "w") as fh:
-        json.dump(results, fh, indent=2, sort_keys=True)
+        res.update(stamp, _seconds=round(time.monotonic() - t0, 1))
+        results["benchmarks"][name] = res
+        with open(latest, "w") as fh:  # after each benchmark: a crash keeps what was measured
+            json.dump(results, fh, indent=1, sort_keys=True)
+    try:
+        from benchmarks.plots import plot_all
+        results["plots"] = plot_all(results, RESULTS)
+    except Exception as exc:  # noqa: BLE001 - plots are optional (matplotlib: bench extra)
+        print(f"plots skipped: {exc}", file=sys.stderr)
+    with open(latest, "w") as fh:
+        json.dump(results, fh, indent=1, sort_keys=True)
     md = markdown(results)
     with open(os.path.join(RESULTS, "latest.md"), "w") as fh:
         fh.write(md)

@@ -7,9 +7,10 @@ client in gunicorn's master and calls ``postfork()`` in ``post_fork`` (LaunchDar
 set-up), each worker then streaming from the fake. Each variant runs with analytics events off
 and on (shmflags: datagrams to the supervisor, which posts to the fake's ``/bulk``; ldclient:
 each worker posts to ``/bulk``). Load: ``wrk`` (2 threads, 16 connections, 1,000 user keys in
-rotation) on 127.0.0.1, after a warm-up run that is not counted; the variants run in turn (in a
-full run three rounds of 8 s each) and the pass with the median requests/s counts. The load
-generator shares the 2 cores with the server.
+rotation) on 127.0.0.1. The five servers run side by side; after a warm-up run of each (not
+counted) the load visits them in turn, pass after pass (a full run: 7 passes of 4 s per
+variant), and each variant's pass with the median requests/s counts. The load generator shares
+the 2 cores with the servers.
 """
 from __future__ import annotations
 
@@ -131,10 +132,37 @@ def _start(services: common.Services, variant: str, flags: List[str]) -> Any:
     return server
 
 
+def app_time(variant: str, name: str, fake_url: str, flags: List[str], n: int = 3000
+             ) -> Dict[str, Any]:
+    """In this process, without HTTP: µs per call of the WSGI app (context + 20 evaluations +
+    JSON), median of 5 rounds. Explains the throughput figures without the servers' noise."""
+    import importlib
+    os.environ.update(BENCH_SDK=variant.split("+")[0], BENCH_FLAGS=",".join(flags),
+                      SHMFLAGS_NAME=name, BENCH_FAKE_URL=fake_url,
+                      SHMFLAGS_SEND_EVENTS="true" if variant.endswith("+events") else "false",
+                      BENCH_LD_EVENTS="true" if variant.endswith("+events") else "false")
+    from benchmarks import wsgi_app
+    app = importlib.reload(wsgi_app)
+    app.on_starting(None)
+    environ = {"QUERY_STRING": "u=user-000001"}
+    deadline = time.monotonic() + 60
+    while None in json.loads(app.app(environ, lambda *a: None)[0])["values"] and \
+            variant != "none" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for i in range(n):
+            environ["QUERY_STRING"] = f"u=user-{i % 1000:06d}"
+            app.app(environ, lambda *a: None)
+        rounds.append((time.perf_counter() - t0) / n * 1e6)
+    return {"app_us": sorted(rounds)[2]}
+
+
 def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
     n_flags = n_flags or 1000
-    seconds = 5 if quick else 8
-    passes = 1 if quick else 3
+    seconds = 3 if quick else 4
+    passes = 2 if quick else 7
     data = generate(n_flags, seed=1, n_contexts=10)
     flags = random.Random(3).sample(sorted(data.flags), 20)
     use_wrk = shutil.which("wrk") is not None
@@ -146,21 +174,34 @@ def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
                            "seconds": seconds, "passes": passes,
                            "load_generator": "wrk -t2 -c16" if use_wrk else "built-in (16 threads)",
                            "load_before": common.load_average()}
+
+    def load(port: int, secs: float) -> Dict[str, Any]:
+        return _wrk(port, secs, script) if use_wrk else _builtin_load(port, secs)
+
     try:
         with common.Services(data.payload(), supervisor=True, label="gu") as services:
-            for _ in range(passes):
-                for variant in VARIANTS:
-                    print(f"  gunicorn: {variant}", file=sys.stderr, flush=True)
-                    server = _start(services, variant, flags)
-                    try:
-                        load = (lambda s: _wrk(server.port, s, script)) if use_wrk else \
-                            (lambda s: _builtin_load(server.port, s))
-                        load(2)  # warm-up: every worker attached / initialized, caches hot
-                        res = load(seconds)
-                        res["load"] = common.load_average()
-                        runs[variant].append(res)
-                    finally:
-                        server.stop()
+            # All five servers run side by side (idle ones cost nothing) and the load visits
+            # them in turn, pass after pass, so that the machine's other load drifts over all.
+            servers = {}
+            for variant in VARIANTS:
+                print(f"  gunicorn: start {variant}", file=sys.stderr, flush=True)
+                servers[variant] = _start(services, variant, flags)
+                load(servers[variant].port, 2)  # warm-up: workers attached, caches hot
+            for i in range(passes):
+                print(f"  gunicorn: pass {i + 1}/{passes}", file=sys.stderr, flush=True)
+                order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
+                for variant in order:
+                    res = load(servers[variant].port, seconds)
+                    res["load"] = common.load_average()
+                    runs[variant].append(res)
+            for server in servers.values():
+                server.stop()
+            out["app_us"] = {}
+            for variant in VARIANTS:
+                args = ["--app-time", variant, "--name", services.name, "--fake",
+                        services.fake.url, "--flags-list", ",".join(flags)]
+                out["app_us"][variant] = common.run_json(
+                    "gunicorn_bench", args, {"SHMFLAGS_SOCKET": services.socket})["app_us"]
     finally:
         shutil.rmtree(os.path.dirname(script), ignore_errors=True)
     out["runs"] = runs
@@ -189,19 +230,32 @@ def markdown(out: Dict[str, Any]) -> str:
     rows = [f"### gunicorn: {out['workers']} sync workers, {out['evals_per_request']} evaluations "
             f"per request, {out['flags']} flags ({out['load_generator']}, {out['seconds']} s, "
             f"median of {out['passes']} passes; load {out['load_before'][0]})", "",
-            "| app | requests/s | % of baseline | p50 latency | p99 latency | errors |",
-            "|---|---:|---:|---:|---:|---:|"]
+            "| app | requests/s | % of baseline | p50 latency | p99 latency | errors | app "
+            "alone, µs/request (in-process, no HTTP) |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    app_us = out.get("app_us", {})
     for v in VARIANTS:
         r = best.get(v)
         if not r:
             continue
         rows.append(f"| {names[v]} | {r['rps']:.0f} | {100 * r['rps'] / base:.0f} % | "
                     f"{r['p50_us'] / 1e3:.1f} ms | {r['p99_us'] / 1e3:.1f} ms | "
-                    f"{r['errors'] + r['non2xx']} |")
+                    f"{r['errors'] + r['non2xx']} | {app_us.get(v, float('nan')):.0f} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
+    if "--app-time" in sys.argv:
+        import argparse
+        ap = argparse.ArgumentParser()
+        ap.add_argument("--app-time")
+        ap.add_argument("--name")
+        ap.add_argument("--fake")
+        ap.add_argument("--flags-list")
+        a = ap.parse_args()
+        res = app_time(a.app_time, a.name, a.fake, a.flags_list.split(","))
+        print(json.dumps(res), flush=True)
+        os._exit(0)
     flags_arg = next((int(a.split("=")[1]) for a in sys.argv if a.startswith("--flags=")), None)
     json.dump(bench("--full" not in sys.argv, flags_arg), sys.stdout)
     sys.stdout.write("\n")
