@@ -328,6 +328,14 @@ static PyObject *mod_semver_cmp(PyObject *m, PyObject *args)
     return r;
 }
 
+static PyObject *mod_sha1_setup(PyObject *m, PyObject *args)
+{
+    int allow;
+    if (!PyArg_ParseTuple(args, "p", &allow))
+        return NULL;
+    return PyBool_FromLong(sf_sha1_setup(allow));
+}
+
 static PyObject *mod_xxh64(PyObject *m, PyObject *args)
 {
     Py_buffer b;
@@ -350,6 +358,8 @@ static PyMethodDef module_methods[] = {
     {"_bucket", mod_bucket, METH_VARARGS, "_bucket(prefix, value) -> float (test hook)"},
     {"_semver_compare", mod_semver_cmp, METH_VARARGS, "_semver_compare(a, b) -> -1|0|1|None (test hook)"},
     {"_xxh64", mod_xxh64, METH_VARARGS, "_xxh64(bytes) -> int (test hook)"},
+    {"_sha1_setup", mod_sha1_setup, METH_VARARGS,
+     "_sha1_setup(allow_sha_extensions) -> bool: choose the SHA-1 code (test hook)"},
     {"_strerror", mod_strerror, METH_VARARGS, "_strerror(code) -> str"},
     {NULL, NULL, 0, NULL}
 };
@@ -389,6 +399,8 @@ PyMODINIT_FUNC PyInit__native(void)
         || intern(&sf_c.s_prerequisites, "prerequisites") || intern(&sf_c.s_flagsState, "$flagsState")
         || intern(&sf_c.s_valid, "$valid") || intern(&sf_c.s_user, "user"))
         return NULL;
+    if (getenv("SHMFLAGS_NO_SHA_NI") == NULL)
+        sf_sha1_setup(1);
     sf_c.exc_corrupt = PyErr_NewException("shmflags._native.CorruptRecord", PyExc_ValueError, NULL);
     if (sf_c.exc_corrupt == NULL)
         return NULL;

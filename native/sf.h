@@ -16,6 +16,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "layout.h"
@@ -50,6 +51,7 @@ typedef struct sf_sha1 {
     uint8_t  buf[64];
     size_t   used;
 } sf_sha1_t;
+int sf_sha1_setup(int allow_ni);
 void sf_sha1_init(sf_sha1_t *s);
 void sf_sha1_update(sf_sha1_t *s, const void *data, size_t len);
 void sf_sha1_final(sf_sha1_t *s, uint8_t out[20]);

@@ -393,3 +393,20 @@ def test_misaligned_buffer_is_refused_with_a_reason(N):
     shifted = memoryview(b"\0" + raw)[1:]
     with pytest.raises(SnapshotFormatError, match="aligned"):
         N.Snapshot(shifted)
+
+
+@pytest.mark.parametrize("allow_ni", [False, True])
+def test_sha1_both_implementations_match_hashlib(N, allow_ni):
+    """Portable SHA-1 and the x86 SHA-extension path (when the CPU has it) give hashlib's bits."""
+    import random
+
+    rng = random.Random(5)
+    try:
+        N._sha1_setup(allow_ni)
+        for n in list(range(0, 200)) + [1000, 4096]:
+            value = "".join(chr(rng.randrange(32, 0x2FF)) for _ in range(n))
+            raw = ("pfx." + value).encode("utf-8")
+            want = int(hashlib.sha1(raw).hexdigest()[:15], 16) / float(0xFFFFFFFFFFFFFFF)
+            assert N._bucket("pfx", value) == want, n
+    finally:
+        N._sha1_setup(True)
