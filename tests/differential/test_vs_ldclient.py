@@ -79,6 +79,11 @@ def _save(flags: Dict[str, Any], segments: Dict[str, Any], contexts: List[Dict[s
     return path
 
 
+def _strict(value: Any) -> str:
+    """JSON text with sorted keys: tells ``true`` from ``1`` and ``1.0`` from ``1`` at any depth."""
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
 def our_events(result: tuple, key: str) -> Optional[List[tuple]]:
     """Our EvalTuple in the shape of :meth:`Oracle.events`."""
     value, index, reason, info, prereqs = result
@@ -120,26 +125,25 @@ def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
             for key in list(flags) + ["missing"]:
                 expected_events = oracle.events(key, ctx)
                 got_events = our_events(client.backend.evaluate(key, Context.from_dict(ctx)), key)
-                if got_events != expected_events:
+                if _strict(got_events) != _strict(expected_events):
                     if save:
                         _LAST_FAILURE.append((flags, segments, contexts, f"{key}: events differ"))
-                    assert got_events == expected_events, f"events of {key!r} context {ctx!r}"
+                    assert _strict(got_events) == _strict(expected_events), f"events of {key!r} context {ctx!r}"
         for key in list(flags) + ["missing"]:
             expected = oracle.detail(key, ctx, DEFAULT)
             d = client.variation_detail(key, ctx, DEFAULT)
             got = {"value": d.value, "variationIndex": d.variation_index, "reason": d.reason}
-            if got != expected or type(got["value"]) is not type(expected["value"]):
+            if _strict(got) != _strict(expected):
                 if save:
                     _LAST_FAILURE.append((flags, segments, contexts, f"{key}: {got} != {expected}"))
-                assert got == expected, f"flag {key!r} context {ctx!r}"
-                assert type(got["value"]) is type(expected["value"])
+                assert _strict(got) == _strict(expected), f"flag {key!r} context {ctx!r}"
         for opts in OPTIONS:
             expected_all = oracle.all_flags(ctx, **opts)
             got_all = client.all_flags_state(ctx, **opts).to_json_dict()
-            if got_all != expected_all:
+            if _strict(got_all) != _strict(expected_all):
                 if save:
                     _LAST_FAILURE.append((flags, segments, contexts, f"all_flags_state {opts}"))
-                assert got_all == expected_all, f"all_flags_state {opts} context {ctx!r}"
+                assert _strict(got_all) == _strict(expected_all), f"all_flags_state {opts} context {ctx!r}"
 
 
 @seed(SEED)
