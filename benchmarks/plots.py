@@ -28,7 +28,7 @@ def plot_all(results: Dict[str, Any], outdir: str) -> List[str]:
 def plot_eval(res: Dict[str, Any], path: str) -> str:
     import matplotlib.pyplot as plt
     sizes = list(res["sizes"])
-    fig, axes = plt.subplots(len(sizes), 1, figsize=(11, 4.2 * len(sizes)), squeeze=False)
+    fig, axes = plt.subplots(len(sizes), 1, figsize=(13, 4.2 * len(sizes)), squeeze=False)
     for ax, n in zip(axes[:, 0], sizes):
         row = res["sizes"][n]
         base = row.get("shmflags-c", {}).get("variation_ns", {})
@@ -52,7 +52,7 @@ def plot_eval(res: Dict[str, Any], path: str) -> str:
         load = row.get("shmflags-c", {}).get("load_before", ["?"])[0]
         ax.set_title(f"variation by flag category, {n} flags (load {load})")
         ax.grid(axis="y", which="both", alpha=0.3)
-        ax.legend(fontsize=8, ncol=3)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
