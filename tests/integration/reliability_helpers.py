@@ -219,10 +219,14 @@ def worker_follow(stop_file: str) -> None:
             last_value = detail.value
             _emit(ev="value", value=detail.value, reason=detail.reason, t=time.time())
         if evaluations % 20 == 0:
-            state = client.data_source_status_provider.status.state.name
+            status = client.data_source_status_provider.status
+            error = status.error
+            state = (status.state.name, error and error.kind.name,
+                     error and error.status_code)
             if state != last_state:
                 last_state = state
-                _emit(ev="state", state=state, t=time.time())
+                _emit(ev="state", state=state[0], error_kind=state[1], status_code=state[2],
+                      message=error and error.message, t=time.time())
         time.sleep(0.001)
     _emit(ev="done", evaluations=evaluations)
 

@@ -14,6 +14,10 @@
   (default 5 s; the full run is 20 s);
 * 200 rapid publishes: at most 3 objects of the namespace once ``generation_grace`` is over,
   and a worker maps at most 2 (the control block and one generation);
+* a source failing before any data (SDK key rejected, LaunchDarkly unreachable): workers serve
+  defaults with ``CLIENT_NOT_READY`` and report ``OFF`` / ``INITIALIZING`` with the error;
+* a hung supervisor (SIGSTOP) is reported INTERRUPTED and recovers; ``shmflags cleanup`` and a
+  new supervisor are followed without a worker restart;
 * ``/dev/shm`` too small (a 256 KiB tmpfs in a private mount namespace): the workers keep the
   previous generation, report INTERRUPTED, never fault; ``last_error`` gives the bytes needed.
 
@@ -348,3 +352,35 @@ def test_cleanup_and_a_new_supervisor_are_followed_without_a_restart(h, workers,
     for w in pool:
         w.done()
         assert [e["value"] for e in w.events("value")] == ["before", "after"], w.lines
+
+
+# -- the source fails before the first data --------------------------------------------------
+
+@pytest.mark.parametrize("failure", ["sdk-key-rejected", "unreachable"])
+def test_source_failing_from_the_start_gives_defaults_and_the_error(h, workers, tmp_path,
+                                                                    failure):
+    with FakeLD(heartbeat_interval=0.5) as fake:
+        fake.set_data({"color": value_flag("color", 1, "red")}, {})
+        url = fake.url
+        if failure == "sdk-key-rejected":
+            fake.respond_with(401, path="/all")
+        else:
+            url = f"http://127.0.0.1:{closed_port()}"
+        h.start(env={"SHMFLAGS_SDK_KEY": "sdk-reliability", "SHMFLAGS_STREAM_URI": url,
+                     "SHMFLAGS_BASE_URI": url, "SHMFLAGS_EVENTS_URI": url})
+        stop = tmp_path / "stop"
+        (worker,) = start_workers(workers, h, 1, "follow", str(stop))
+        want = ("OFF", "ERROR_RESPONSE") if failure == "sdk-key-rejected" \
+            else ("INITIALIZING", "NETWORK_ERROR")
+        state = wait_for(lambda: [e for e in worker.events("state")
+                                  if (e["state"], e["error_kind"]) == want], 20, 0.05)[0]
+        if failure == "sdk-key-rejected":
+            assert state["status_code"] == 401 and "invalid SDK key" in state["message"], state
+        st = h.status()
+        assert (st["state"], st["last_error"]["kind"]) == want, st
+        assert h.cli("status").returncode == 1          # nothing served
+        stop.write_text("")
+        worker.done()
+    values = worker.events("value")
+    assert [v["value"] for v in values] == ["default"], values
+    assert values[0]["reason"] == {"kind": "ERROR", "errorKind": "CLIENT_NOT_READY"}
