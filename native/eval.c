@@ -167,25 +167,82 @@ static int context_key(PyObject *ctxd, const char **p, Py_ssize_t *n, PyObject *
     return sf_utf8(k, p, n, tmp) < 0 ? PYFAIL : SF_OK;
 }
 
+void sf_kmemo_clear(sf_kmemo_t *m)
+{
+    for (int i = 0; i < m->n; i++)
+        Py_CLEAR(m->e[i].owner);
+    m->n = 0;
+}
+
+/*
+ * The key of the context of @kind (interned str) as UTF-8 and its xxh64, memoized.
+ * Return: 1 present, 0 no such context (or a non-str key), <0 code.  *@tmp_out is an owned
+ * object to release when the memo was full (else NULL).
+ */
+static int kind_key(sf_eval_t *e, PyObject *kind, const char **p, Py_ssize_t *n, uint64_t *h,
+                    PyObject **tmp_out)
+{
+    sf_kmemo_t *m = e->kmemo;
+    *tmp_out = NULL;
+    for (int i = 0; m != NULL && i < m->n; i++) {
+        if (m->e[i].kind == kind) {
+            if (m->e[i].key == NULL)
+                return 0;
+            *p = m->e[i].key;
+            *n = m->e[i].len;
+            *h = m->e[i].hash;
+            return 1;
+        }
+    }
+    PyObject *ctxd = PyDict_GetItemWithError(e->emap, kind);
+    PyObject *tmp = NULL, *ko = NULL;
+    *p = NULL;
+    if (ctxd == NULL && PyErr_Occurred())
+        return PYFAIL;
+    if (ctxd != NULL) {
+        int rc = context_key(ctxd, p, n, &tmp, &ko);
+        if (rc != SF_OK)
+            return rc;
+    }
+    if (*p != NULL)
+        *h = sf_xxh64(*p, (size_t)*n, 0);
+    if (m != NULL && m->n < SF_KMEMO) {
+        /* the memo owns what keeps the bytes alive, whatever the context does meanwhile */
+        m->e[m->n].kind = kind;
+        m->e[m->n].key = *p;
+        m->e[m->n].len = *p ? *n : 0;
+        m->e[m->n].hash = *p ? *h : 0;
+        m->e[m->n].owner = tmp != NULL ? tmp : (*p != NULL ? (Py_INCREF(ko), ko) : NULL);
+        m->n++;
+    } else {
+        *tmp_out = tmp;
+    }
+    return *p != NULL;
+}
+
 /* is the key of the context of @kind in the set at @set_off? 1/0, or <0 code */
+static int key_in_set_obj(sf_eval_t *e, const sf_rec_t *rec, PyObject *kind, uint32_t set_off)
+{
+    if (set_off == 0)
+        return 0;
+    const char *p;
+    Py_ssize_t n;
+    uint64_t h;
+    PyObject *tmp;
+    int rc = kind_key(e, kind, &p, &n, &h, &tmp);
+    if (rc <= 0)
+        return rc;
+    int r = sf_strset_has(rec, set_off, p, (size_t)n, h);
+    Py_XDECREF(tmp);
+    return r < 0 ? SF_EMALFORMED : r;
+}
+
 static int key_in_set(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t kind, uint32_t set_off)
 {
     if (set_off == 0)
         return 0;
-    int rc;
-    PyObject *ctxd = individual(e, rec, kind, &rc);
-    if (ctxd == NULL)
-        return rc;
-    const char *p;
-    Py_ssize_t n;
-    PyObject *tmp, *ko;
-    if ((rc = context_key(ctxd, &p, &n, &tmp, &ko)) != SF_OK)
-        return rc;
-    if (p == NULL)
-        return 0;
-    int r = sf_strset_has(rec, set_off, p, (size_t)n, sf_xxh64(p, (size_t)n, 0));
-    Py_XDECREF(tmp);
-    return r < 0 ? SF_EMALFORMED : r;
+    PyObject *k = sf_rec_pystr(e->so, rec, kind);
+    return k == NULL ? PYFAIL : key_in_set_obj(e, rec, k, set_off);
 }
 
 /* attribute value by compiled reference: new reference (None when missing) */
@@ -420,20 +477,7 @@ static int rule_clauses_match(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t clause
 /* user key in a segment's included/excluded set: 1/0, or <0 code */
 static int user_key_in(sf_eval_t *e, const sf_rec_t *rec, uint32_t set_off)
 {
-    if (set_off == 0)
-        return 0;
-    PyObject *ctxd = PyDict_GetItemWithError(e->emap, sf_c.s_user);
-    if (ctxd == NULL)
-        return PyErr_Occurred() ? PYFAIL : 0;
-    const char *p;
-    Py_ssize_t n;
-    PyObject *tmp, *ko;
-    int rc = context_key(ctxd, &p, &n, &tmp, &ko);
-    if (rc != SF_OK || p == NULL)
-        return rc;
-    int r = sf_strset_has(rec, set_off, p, (size_t)n, sf_xxh64(p, (size_t)n, 0));
-    Py_XDECREF(tmp);
-    return r < 0 ? SF_EMALFORMED : r;
+    return key_in_set_obj(e, rec, sf_c.s_user, set_off);
 }
 
 /* any sf_target_t entry whose context key is in its set: 1/0, or <0 code */

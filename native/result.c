@@ -157,8 +157,9 @@ static int corrupt_cleared(void)
 
 /* run one top-level evaluation; returns SF_OK/SF_EMALFORMED/SF_EPYTHON */
 static int run_eval(sf_eval_t *e, SnapshotObject *self, PyObject *emap, const sf_rec_t *rec,
-                    const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags)
+                    const sf_flag_rec_t *f, sf_result_t *res, int for_all_flags, sf_kmemo_t *memo)
 {
+    e->kmemo = memo;
     /* not memset: the two key stacks are SF_MAX_DEPTH entries each and only read below np/ns */
     e->events = e->prereq_keys = e->bigseg_status = e->bigseg_cache = NULL;
     e->depth = e->np = e->ns = 0;
@@ -223,7 +224,9 @@ PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t
     sf_eval_t e;
     sf_result_t res;
     PyObject *value = NULL, *index = NULL, *reason = NULL, *info = NULL, *prereqs = NULL, *out = NULL;
-    int rc = run_eval(&e, self, emap, &rec, f, &res, 0);
+    sf_kmemo_t memo;
+    memo.n = 0;
+    int rc = run_eval(&e, self, emap, &rec, f, &res, 0, &memo);
     reason = info = prereqs = NULL;
     if (rc == SF_EPYTHON) {
         /* like ldclient and _pure: an unexpected error is an EXCEPTION result, logged */
@@ -268,6 +271,7 @@ PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t
         goto done;
     out = PyTuple_Pack(5, value, index, reason, info, prereqs);
 done:
+    sf_kmemo_clear(&memo);
     if (out == NULL && corrupt_cleared()) {
         /* damaged bytes met while building the result objects: MALFORMED_FLAG */
         PyObject *r = error_reason(sf_c.s_MALFORMED_FLAG), *empty = PyTuple_New(0);
@@ -318,6 +322,8 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
         return NULL;
     int gc_was_enabled = 0;
     (void)gc_was_enabled;
+    sf_kmemo_t memo;   /* one context for every flag: its keys are hashed once per call */
+    memo.n = 0;
     PyObject *out = PyDict_New(), *meta_all = PyDict_New();
     if (out == NULL || meta_all == NULL)
         goto fail;
@@ -358,7 +364,7 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
 
         sf_eval_t e;
         sf_result_t res;
-        int rc = run_eval(&e, self, emap, &rec, f, &res, 1);
+        int rc = run_eval(&e, self, emap, &rec, f, &res, 1, &memo);
         PyObject *keys = e.prereq_keys;   /* owned; NULL when no prerequisite was seen */
         PyObject *reason = NULL, *value = NULL;
         int exception = 0;
@@ -466,6 +472,7 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
         || PyDict_SetItem(out, sf_c.s_valid, Py_True) < 0)
         goto fail;
     Py_DECREF(meta_all);
+    sf_kmemo_clear(&memo);
     Py_DECREF(emap);
 #if PY_VERSION_HEX >= 0x030A0000
     if (gc_was_enabled)
@@ -475,6 +482,7 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
 fail:
     Py_XDECREF(out);
     Py_XDECREF(meta_all);
+    sf_kmemo_clear(&memo);
     Py_DECREF(emap);
 #if PY_VERSION_HEX >= 0x030A0000
     if (gc_was_enabled)

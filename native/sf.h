@@ -216,6 +216,24 @@ typedef struct sf_result {
 
 typedef struct sf_keyref { const char *p; uint32_t n; } sf_keyref_t;
 
+/*
+ * sf_kmemo_t - context keys already looked up in this call, by kind (interned str, compared
+ * by identity): UTF-8 bytes and xxh64, so target and segment lists hash a key once.  Valid
+ * while the context map is held (one evaluate() or one all_flags_state() call).
+ */
+#define SF_KMEMO 8
+typedef struct sf_kmemo {
+    int n;
+    struct {
+        PyObject *kind;       /* borrowed interned str */
+        const char *key;      /* NULL: no context of this kind (or a non-str key) */
+        Py_ssize_t len;
+        uint64_t hash;
+        PyObject *owner;      /* owned: the key str, or its "surrogatepass" bytes */
+    } e[SF_KMEMO];
+} sf_kmemo_t;
+void sf_kmemo_clear(sf_kmemo_t *m);
+
 typedef struct sf_eval {
     SnapshotObject *so;
     PyObject *emap;           /* kind -> attribute dict (borrowed for the call) */
@@ -225,6 +243,7 @@ typedef struct sf_eval {
     int depth;
     PyObject *bigseg_status;  /* status of the last Big Segment query (owned), or NULL */
     PyObject *bigseg_cache;   /* context key -> membership for this evaluation, or NULL */
+    sf_kmemo_t *kmemo;        /* the caller's context-key memo */
     sf_keyref_t top;          /* top-level flag key, resolved lazily from top_rec/top_f */
     sf_rec_t top_rec;
     const sf_flag_rec_t *top_f;

@@ -282,9 +282,13 @@ HOSTILE_FLAG = flag("h", rules=[
 
 
 def test_hostile_contexts_give_the_python_answer(N):
-    c, py = both(N, {"h": HOSTILE_FLAG, "t": flag("t", targets=[{"values": ["k"], "variation": 0}])})
+    org = flag("o", contextTargets=[{"contextKind": "org", "values": ["\udfff", "x"], "variation": 0},
+                                    {"contextKind": "org", "values": ["\udfff"], "variation": 1}])
+    c, py = both(N, {"h": HOSTILE_FLAG, "t": flag("t", targets=[{"values": ["k"], "variation": 0}]),
+                     "o": org})
+    assert c.evaluate("o", Context.create("\udfff", "org"))[2] == {"kind": "TARGET_MATCH"}
     for ctx in _hostile_contexts():
-        for key in ("h", "t"):
+        for key in ("h", "t", "o"):
             try:
                 want = py.evaluate(key, ctx)
             except Exception as exc:  # noqa: BLE001 - then C must raise the same type
