@@ -7,7 +7,10 @@
   (``socket_mode``), ``shm_group`` applied; an unprivileged user cannot open a data object
   unless it is in ``shm_group``, and can never open one for writing;
 * a restarted supervisor publishes the last-known-good data before its first request to the
-  source.
+  source;
+* after a 401 from the events service, a fixed ``sdk_key`` and SIGHUP resume event delivery;
+* a flag file with data ldclient refuses keeps the previous data;
+* Redis down in daemon mode: the last data stays, INTERRUPTED, recovery by itself.
 
 The other rows of §12 are proven where their module owners put them; the map is in
 ``docs/failure-modes.md``. Each test uses its own namespace, state directory, socket and
@@ -315,3 +318,46 @@ def test_flag_file_with_data_ldclient_refuses_keeps_the_previous_data(
     path.write_text(json.dumps({"flagValues": {"color": "green"}}))   # fixed: picked up
     wait_for(lambda: h.flag_value("color") == "green", 5)
     wait_for(lambda: h.status().get("state") == "VALID", 5)
+
+
+# -- Redis down (daemon mode) ------------------------------------------------------------------
+
+def test_redis_down_keeps_the_data_and_recovers(h: Harness) -> None:
+    from tests.fakes.redis_server import RedisServer, redis_server_available
+    if not redis_server_available():
+        pytest.skip("redis-server not installed")
+    redis = pytest.importorskip("redis")
+    prefix = f"rel{os.getpid()}"
+
+    def fill(url: str, value: str, version: int) -> None:
+        client = redis.Redis.from_url(url)
+        client.hset(f"{prefix}:features", "color", json.dumps(flag("color", version, value)))
+        client.set(f"{prefix}:$inited", "")
+        client.close()
+
+    server = RedisServer()
+    server.start()
+    port = server.port
+    try:
+        fill(server.url, "red", 1)
+        sup = h.start(env={"SHMFLAGS_USE_LDD": "true", "SHMFLAGS_REDIS_URL": server.url,
+                           "SHMFLAGS_REDIS_PREFIX": prefix,
+                           "SHMFLAGS_REDIS_REFRESH_INTERVAL": "0.2"})
+        wait_for(lambda: color(h) == "red", 15)
+        generation = h.ctl()["generation"]
+        server.stop()                                   # Redis goes away
+        st = wait_for(lambda: (lambda s: s if s.get("state") == "INTERRUPTED" else None)(
+            h.status()), 10)
+        assert st["last_error"]["kind"] == "NETWORK_ERROR" and "Redis" in \
+            st["last_error"]["message"], st
+        time.sleep(0.5)
+        assert color(h) == "red" and h.ctl()["generation"] == generation
+        assert "Redis read failed" in sup.log()
+        server = RedisServer(port=port)                 # back, with newer data
+        server.start()
+        fill(server.url, "blue", 2)
+        wait_for(lambda: color(h) == "blue", 10)
+        wait_for(lambda: h.status().get("state") == "VALID", 5)
+        assert sup.proc.poll() is None
+    finally:
+        server.stop()
