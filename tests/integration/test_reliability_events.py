@@ -5,7 +5,9 @@ and worker processes on the public client API (``tests/integration/reliability_h
   publishing and delivering, every junk datagram is counted invalid (``status --json`` and
   ``/metrics``), the summary counts and custom events delivered are exact, no worker call waits;
 * a full event socket (supervisor stopped): calls never wait, the summary stays exact, full
-  events past ``events_max_pending`` are dropped and counted.
+  events past ``events_max_pending`` are dropped and counted;
+* an event socket missing while a worker evaluates (no supervisor yet): the summary waits in
+  the worker and is delivered whole once a supervisor listens.
 
 Every process is stopped by its pid.
 """
@@ -210,3 +212,49 @@ def test_full_event_socket_never_blocks_and_keeps_summaries(h, workers, tmp_path
     assert result["slowest"] < 0.25, result
 
 
+
+
+# -- event socket missing ----------------------------------------------------------------------
+
+def test_missing_socket_then_supervisor_every_evaluation_counted(h, workers, tmp_path,
+                                                                 short_dir):
+    """A worker that evaluates before any supervisor listens keeps its summary and delivers
+    it once the socket exists; its not-ready evaluations count too, as in ldclient."""
+    sock = short_dir / "ev.sock"
+    with FakeLD(heartbeat_interval=0.5) as fake:
+        fake.set_data({"f1": value_flag("f1", 1, "v1")}, {})
+        url = fake.url
+        env = {"SHMFLAGS_SDK_KEY": "sdk-reliability", "SHMFLAGS_STREAM_URI": url,
+               "SHMFLAGS_BASE_URI": url, "SHMFLAGS_EVENTS_URI": url,
+               "SHMFLAGS_SEND_EVENTS": "true", "SHMFLAGS_SOCKET": str(sock),
+               "SHMFLAGS_FLUSH_INTERVAL": "0.2", "SHMFLAGS_DIAGNOSTIC_OPT_OUT": "true",
+               "SHMFLAGS_START_WAIT": "0"}
+        stop, go = tmp_path / "stop", tmp_path / "go"
+        (worker,) = start_workers(workers, h, 1, "events", str(stop), str(go), "0", env=env)
+        wait_for(lambda: worker.events("started"), 60, 0.05)
+        time.sleep(1.0)                   # flushes meet a missing socket meanwhile
+        assert not sock.exists()
+        h.start(env=env)
+        wait_for(lambda: h.raw_flag("f1") is not None, 15)
+        time.sleep(0.5)                   # the worker attaches and serves v1
+        stop.write_text("")
+        go.write_text("")
+        result = worker.done(60)
+
+        def counted() -> Dict[str, int]:
+            out: Dict[str, int] = {}
+            for p in fake.events:
+                for e in p.payload:
+                    if e["kind"] == "summary":
+                        for c in e["features"].get("f1", {}).get("counters", []):
+                            label = "unknown" if c.get("unknown") else c.get("value")
+                            out[label] = out.get(label, 0) + c["count"]
+            return out
+        wait_for(lambda: sum(counted().values()) >= result["evaluations"], 20, 0.1)
+        time.sleep(0.5)
+        got = counted()
+    print(f"\nmissing socket, then a supervisor: {result['evaluations']} evaluations, counted "
+          f"{got}, values {result['values']}")
+    assert result["values"] == ["default", "v1"], result
+    assert sum(got.values()) == result["evaluations"], got
+    assert got.get("unknown", 0) > 0 and got.get("v1", 0) > 0, got
