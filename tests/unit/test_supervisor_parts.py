@@ -311,3 +311,20 @@ def test_file_source_missing_at_start_then_created_is_loaded(tmp_path):
         assert store.status()["state"] == "VALID"
     finally:
         source.stop()
+
+
+def test_file_source_survives_unexpected_errors(tmp_path, monkeypatch):
+    path = tmp_path / "f.yaml"
+    path.write_text("flagValues: {a: 1}\n")
+    store = Store()
+    source = FileSource(Config(environ={}, data_file=[str(path)]), store)
+    assert source.load()
+
+    def boom(paths):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("shmflags.filedata.load_files", boom)
+    assert not source.load()
+    assert store.status()["last_error"]["kind"] == "UNKNOWN"
+    assert "RecursionError" in store.status()["last_error"]["message"]
+    assert store.get("flags", "a") is not None

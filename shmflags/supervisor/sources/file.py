@@ -64,17 +64,21 @@ class FileSource:
         try:
             flags, segments = filedata.load_files(self.paths)
         except DataError as exc:
-            log.error("cannot load flag data: %s", exc)
-            self._sink.set_status("INTERRUPTED", {
-                "kind": "INVALID_DATA", "statusCode": 0, "message": str(exc),
-                "time": int(time.time() * 1000)})
-            return False
+            return self._failed("INVALID_DATA", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the watcher thread must survive any file
+            return self._failed("UNKNOWN", f"{type(exc).__name__}: {exc}")
         self._sink.init(flags, segments)
         self._sink.set_status("VALID")
         self.loads += 1
         log.info("loaded %d flags and %d segments from %s", len(flags), len(segments),
                  ", ".join(self.paths))
         return True
+
+    def _failed(self, kind: str, message: str) -> bool:
+        log.error("cannot load flag data: %s", message)
+        self._sink.set_status("INTERRUPTED", {"kind": kind, "statusCode": 0, "message": message,
+                                              "time": int(time.time() * 1000)})
+        return False
 
     def _run(self) -> None:
         self.load()
