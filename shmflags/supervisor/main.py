@@ -350,7 +350,8 @@ class Supervisor:
             return
         if self.events is not None and hasattr(self.source, "on_stream_init"):
             # Diagnostic events report each stream connection (ldclient's streamInits).
-            self.source.on_stream_init = self.events.record_stream_init  # type: ignore[attr-defined]
+            self.source.on_stream_init = (  # type: ignore[attr-defined]
+                self.events.record_stream_init)
         self.source.start()
 
     def stop_source(self) -> None:

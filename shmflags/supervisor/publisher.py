@@ -108,11 +108,13 @@ class SnapshotPublisher:
         try:
             generation = self.shm.publish(data, source=status["source"],
                                           from_cache=status["from_cache"])
-        except (SnapshotError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - SnapshotError (e.g. /dev/shm full) or worse:
+            # either way the thread must live on and retry, or workers would go stale silently
             self.errors += 1
             self._store_error = True
             self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_MAX)
-            message = str(exc)
+            message = (str(exc) if isinstance(exc, SnapshotError)
+                       else f"{type(exc).__name__}: {exc}")
             log.error("publish failed (%s); previous generation %d keeps serving; "
                       "retrying in %.1f s", message, self.generation, self._retry_delay)
             self.store.set_status("INTERRUPTED", _error("STORE_ERROR", message))

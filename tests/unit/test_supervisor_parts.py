@@ -328,3 +328,23 @@ def test_file_source_survives_unexpected_errors(tmp_path, monkeypatch):
     assert store.status()["last_error"]["kind"] == "UNKNOWN"
     assert "RecursionError" in store.status()["last_error"]["message"]
     assert store.get("flags", "a") is not None
+
+
+def test_publisher_thread_survives_an_unexpected_publish_error():
+    class Flaky(FakeShm):
+        def publish(self, data, source=None, from_cache=None):
+            if not self.published and self.fail:
+                self.fail -= 1
+                raise RuntimeError("unexpected")
+            return super().publish(data, source, from_cache)
+
+    store, fake = Store(), Flaky()
+    fake.fail = 1
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    pub.start()
+    try:
+        store.init({}, {})
+        wait(lambda: pub.generation == 1)
+        assert pub.errors == 1
+    finally:
+        pub.stop()

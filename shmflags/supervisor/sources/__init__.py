@@ -2,8 +2,8 @@
 
 Runs in the supervisor only. Each source feeds a :class:`SourceSink` (the store) from its own
 daemon thread. :func:`create_source` picks one from the configuration, in this order:
-``data_file`` → file; ``use_ldd`` → Redis (daemon mode); ``offline`` → offline; ``stream`` →
-streaming; otherwise polling. Network sources are imported only when chosen.
+``data_file`` → file; ``use_ldd`` → Redis (daemon mode); ``offline`` → offline;
+``stream`` → streaming; otherwise polling. Network sources are imported only when chosen.
 """
 from __future__ import annotations
 
