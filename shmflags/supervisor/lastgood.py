@@ -160,6 +160,6 @@ class Writer:
         try:
             save(self.path, encode(flags, segments, source))
             self.writes += 1
-        except (OSError, ValueError, TypeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - disk full, odd data: log, keep the thread
             self.errors += 1
             log.error("cannot write last-known-good file %s: %s", self.path, exc)
