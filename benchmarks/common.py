@@ -71,7 +71,8 @@ def ratio(shm: float, ld: float) -> str:
         return f"{r:.0f}×"
     if r >= 1:
         return f"{r:.1f}×"
-    return f"{r:.2f}×" if r >= 0.1 else f"{r:.3f}×"
+    # below 1: shmflags is slower; "1/40" reads better than "0.025×"
+    return f"{r:.2f}×" if r >= 0.1 else f"1/{1 / r:.0f}"
 
 
 def run_json(module: str, args: List[str], env: Optional[Dict[str, str]] = None,
