@@ -461,7 +461,9 @@ class Publisher:
         """Publish ``data`` (snapshot bytes from the builder) as the next generation.
 
         The generation number is stamped into the header here. The previous generation is
-        unlinked ``grace`` seconds later (by :meth:`reap`, which this also calls).
+        unlinked ``grace`` seconds later (by :meth:`reap`, which this also calls), or at the
+        next publish if that comes first: older generations are unlinked before the new
+        object is created, so the namespace holds at most two generations.
 
         :param source: also set the control block's ``source`` in the same write section.
         :param from_cache: also set ``from_cache``.
@@ -478,6 +480,14 @@ class Publisher:
                 raise SnapshotError("publisher is closed")
             gen = self._next
             name = data_name(self.name, gen)
+            # Issue 12: generations older than the current one go now, before the new object
+            # takes space, so a burst of publishes keeps at most the current and the previous
+            # generation in /dev/shm. Safe: a reader that read such a name gets ENOENT and
+            # rereads the control block; mappings survive unlink.
+            for _due, old in self._due:
+                if old != self._current_name:
+                    _unlink(old)
+            self._due = []
             self._create_object(name, gen, mv, total)
             mm = self._mm
             now = _now_ms()
