@@ -199,6 +199,11 @@ static PyObject *keys_of(SnapshotObject *self, int which)
             return raise_code(SF_ECORRUPT, "order array");
         }
         PyObject *s = PyUnicode_DecodeUTF8(k, kl, "surrogatepass");
+        if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {
+            PyErr_Clear();
+            Py_DECREF(list);
+            return raise_code(SF_ECORRUPT, "key is not UTF-8");
+        }
         if (s == NULL || PyList_Append(list, s) < 0) {
             Py_XDECREF(s);
             Py_DECREF(list);
@@ -248,6 +253,15 @@ static PyObject *raw_item(SnapshotObject *self, PyObject *args, int which)
         return NULL;
     PyObject *o = PyObject_CallOneArg(self->unpack, b);
     Py_DECREF(b);
+    if (o == NULL && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        /* the builder wrote valid msgpack: damaged bytes are a format error */
+        PyErr_Clear();
+        return raise_code(SF_ECORRUPT, "raw entry does not decode");
+    }
+    if (o != NULL && !PyDict_Check(o)) {
+        Py_DECREF(o);
+        return raise_code(SF_ECORRUPT, "raw entry is not an object");
+    }
     return o;
 }
 
