@@ -337,6 +337,13 @@ static int bucket(sf_eval_t *e, const sf_rec_t *rec, sf_ref_t prefix, sf_ref_t k
 
 /* ---- flag parts ---- */
 
+/**
+ * sf_flag_header() - check a flag record's header (size, magic, version).
+ * @rec: the record.
+ * @out: the header, on success.
+ *
+ * Return: SF_OK or SF_ECORRUPT.
+ */
 int sf_flag_header(const sf_rec_t *rec, const sf_flag_rec_t **out)
 {
     if (rec->len < sizeof(sf_flag_rec_t))
@@ -760,6 +767,16 @@ static int check_targets(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
 
 /* ---- prerequisites ---- */
 
+/**
+ * sf_info_tuple() - the EvalTuple's info: (version, bits, debugEventsUntilDate, samplingRatio)
+ * with bits 1 trackEvents, 2 experiment, 4 excludeFromSummaries (docs/internals.md).
+ * @so: the Snapshot (its caches).
+ * @rec: the flag's record.
+ * @f: its header.
+ * @r: the result (NULL: no experiment bit).
+ *
+ * Return: new reference (shared, immutable), or NULL with an exception set.
+ */
 PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
                         const sf_result_t *r)
 {
@@ -1004,6 +1021,13 @@ int sf_eval_flag(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f, sf_r
 
 /* ---- Python objects of a result ---- */
 
+/**
+ * sf_is_experiment() - does the result need its reason in events (LD protocol 6.3)?
+ *
+ * inExperiment, or a rule match on a rule with trackEvents, or a fallthrough of a flag with
+ * trackEventsFallthrough; never for errors.
+ * Return: 1 or 0.
+ */
 int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r)
 {
     if (r->kind == SF_R_ERROR)

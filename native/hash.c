@@ -123,6 +123,13 @@ static size_t slot_of(uint64_t key, size_t cap)
     return (size_t)key & (cap - 1);
 }
 
+/**
+ * sf_cache_get() - the object cached under @key, or NULL.
+ * @c: a Snapshot's cache.
+ * @key: SF_CACHE_KEY(absolute offset, tag).
+ *
+ * Return: borrowed reference (valid for the Snapshot's life: entries are never replaced).
+ */
 PyObject *sf_cache_get(sf_cache_t *c, uint64_t key)
 {
     if (c->cap == 0)
@@ -158,6 +165,14 @@ static int grow(sf_cache_t *c)
     return 0;
 }
 
+/**
+ * sf_cache_put() - remember @val under @key unless the key is taken.
+ * @c: a Snapshot's cache.
+ * @key: SF_CACHE_KEY(absolute offset, tag).
+ * @val: the object (the cache takes its own reference).
+ *
+ * Return: the cached object (borrowed; @val or the one stored first), NULL when out of memory.
+ */
 PyObject *sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
 {
     /* invariant: load factor <= 1/2, so probing always finds an empty slot */
@@ -177,6 +192,7 @@ PyObject *sf_cache_put(sf_cache_t *c, uint64_t key, PyObject *val)
     return val;
 }
 
+/** sf_cache_clear() - release every cached object (Snapshot deallocation). */
 void sf_cache_clear(sf_cache_t *c)
 {
     for (size_t i = 0; i < c->cap; i++)
