@@ -159,6 +159,19 @@ def app_time(variant: str, name: str, fake_url: str, flags: List[str], n: int = 
     return {"app_us": sorted(rounds)[2]}
 
 
+def _workers_cpu(server: Any) -> float:
+    """User + system seconds used so far by the server's workers."""
+    import psutil
+    total = 0.0
+    for pid in server.worker_pids():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
     n_flags = n_flags or 1000
     seconds = 3 if quick else 4
@@ -191,7 +204,11 @@ def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
                 print(f"  gunicorn: pass {i + 1}/{passes}", file=sys.stderr, flush=True)
                 order = VARIANTS if i % 2 == 0 else VARIANTS[::-1]
                 for variant in order:
+                    cpu0 = _workers_cpu(servers[variant])
                     res = load(servers[variant].port, seconds)
+                    # CPU the workers spent per request: hardly moved by other processes
+                    res["cpu_us"] = (_workers_cpu(servers[variant]) - cpu0) / \
+                        max(res["requests"], 1) * 1e6
                     res["load"] = common.load_average()
                     runs[variant].append(res)
             for server in servers.values():
@@ -230,9 +247,9 @@ def markdown(out: Dict[str, Any]) -> str:
     rows = [f"### gunicorn: {out['workers']} sync workers, {out['evals_per_request']} evaluations "
             f"per request, {out['flags']} flags ({out['load_generator']}, {out['seconds']} s, "
             f"median of {out['passes']} passes; load {out['load_before'][0]})", "",
-            "| app | requests/s | % of baseline | p50 latency | p99 latency | errors | app "
-            "alone, µs/request (in-process, no HTTP) |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "| app | requests/s | % of baseline | p50 latency | p99 latency | errors | worker "
+            "CPU µs/request (median pass) | app alone, µs/request (in-process, no HTTP) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     app_us = out.get("app_us", {})
     for v in VARIANTS:
         r = best.get(v)
@@ -240,7 +257,9 @@ def markdown(out: Dict[str, Any]) -> str:
             continue
         rows.append(f"| {names[v]} | {r['rps']:.0f} | {100 * r['rps'] / base:.0f} % | "
                     f"{r['p50_us'] / 1e3:.1f} ms | {r['p99_us'] / 1e3:.1f} ms | "
-                    f"{r['errors'] + r['non2xx']} | {app_us.get(v, float('nan')):.0f} |")
+                    f"{r['errors'] + r['non2xx']} | "
+                    f"{common.percentile([x.get('cpu_us', float('nan')) for x in out['runs'][v]], 50):.0f} | "
+                    f"{app_us.get(v, float('nan')):.0f} |")
     return "\n".join(rows)
 
 

@@ -58,6 +58,9 @@ def worker(impl: str, name: str, fake_url: str) -> None:
     common.wait_valid(client, ctx, timeout=300)
     state = client.all_flags_state(ctx)
     assert state.valid, "client has no data"
+    del state  # the result is the caller's memory, not the SDK's
+    import gc
+    gc.collect()
     sys.stdout.write("loaded\n")
     sys.stdout.flush()
     sys.stdin.readline()
