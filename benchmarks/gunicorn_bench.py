@@ -8,7 +8,7 @@ set-up), each worker then streaming from the fake. Each variant runs with analyt
 and on (shmflags: datagrams to the supervisor, which posts to the fake's ``/bulk``; ldclient:
 each worker posts to ``/bulk``). Load: ``wrk`` (2 threads, 16 connections, 1,000 user keys in
 rotation) on 127.0.0.1. The five servers run side by side; after a warm-up run of each (not
-counted) the load visits them in turn, pass after pass (a full run: 7 passes of 4 s per
+counted) the load visits them in turn, pass after pass (a full run: 5 passes of 4 s per
 variant), and each variant's pass with the median requests/s counts. The load generator shares
 the 2 cores with the servers.
 """
@@ -175,7 +175,7 @@ def _workers_cpu(server: Any) -> float:
 def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
     n_flags = n_flags or 1000
     seconds = 3 if quick else 4
-    passes = 2 if quick else 7
+    passes = 2 if quick else 5
     data = generate(n_flags, seed=1, n_contexts=10)
     flags = random.Random(3).sample(sorted(data.flags), 20)
     use_wrk = shutil.which("wrk") is not None
