@@ -360,6 +360,16 @@ static PyObject *mod_xxh64(PyObject *m, PyObject *args)
     return PyLong_FromUnsignedLongLong(h);
 }
 
+#if defined(__GNUC__)
+/* fence() - a full memory barrier for shm.py's seqlock readers (docs/snapshot-format.md 2.1):
+ * atomic_thread_fence(memory_order_seq_cst), spelled as the GCC/Clang builtin in C99. */
+static PyObject *mod_fence(PyObject *m, PyObject *unused)
+{
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    Py_RETURN_NONE;
+}
+#endif
+
 static PyObject *mod_strerror(PyObject *m, PyObject *args)
 {
     int code;
@@ -375,6 +385,9 @@ static PyMethodDef module_methods[] = {
     {"_sha1_setup", mod_sha1_setup, METH_VARARGS,
      "_sha1_setup(allow_sha_extensions) -> bool: choose the SHA-1 code (test hook)"},
     {"_strerror", mod_strerror, METH_VARARGS, "_strerror(code) -> str"},
+#if defined(__GNUC__)
+    {"fence", mod_fence, METH_NOARGS, "fence(): full memory barrier (seq_cst), for shm.py's seqlock"},
+#endif
     {NULL, NULL, 0, NULL}
 };
 
@@ -427,7 +440,8 @@ PyMODINIT_FUNC PyInit__native(void)
     if (PyModule_AddObject(m, "Snapshot", (PyObject *)&SnapshotType) < 0
         || PyModule_AddIntConstant(m, "RECORD_FORMAT", (long)SF_RECORD_FORMAT) < 0
         || PyModule_AddIntConstant(m, "FORMAT_WORD", (long)SF_FORMAT_WORD) < 0
-        || PyModule_AddIntConstant(m, "MAX_DEPTH", SF_MAX_DEPTH) < 0) {
+        || PyModule_AddIntConstant(m, "MAX_DEPTH", SF_MAX_DEPTH) < 0
+        || PyModule_AddObject(m, "__all__", Py_BuildValue("[s]", "Snapshot")) < 0) {
         Py_DECREF(m);
         return NULL;
     }
