@@ -18,9 +18,10 @@ from typing import Any, Iterator
 import pytest
 
 from tests.integration.prefork_helpers import (BIN, PY, ROOT, Namespace, Server, every_worker,
-                                               free_port, switch_times)
+                                               free_port, require_worker_client, switch_times)
 
 pytestmark = pytest.mark.slow
+require_worker_client()
 
 FILE_LATENCY_BOUND = 2.5
 NO_EVENTS = {"SHMFLAGS_SEND_EVENTS": "false"}

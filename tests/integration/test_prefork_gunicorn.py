@@ -22,13 +22,13 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 from tests.fakes.fake_ld import FakeLD
-from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations,
-                                               every_worker, flag, fmt_switch, free_port,
-                                               http_json, load, propagate_patch,
-                                               summary_counts, switch_times, wait_counts,
-                                               wait_for)
+from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations, every_worker,
+                                               flag, fmt_switch, free_port, http_json, load,
+                                               propagate_patch, require_worker_client,
+                                               summary_counts, switch_times, wait_counts, wait_for)
 
 pytestmark = pytest.mark.slow
+require_worker_client()
 
 @pytest.fixture
 def fake() -> Iterator[FakeLD]:

@@ -14,9 +14,10 @@ import pytest
 
 from tests.fakes.fake_ld import FakeLD
 from tests.integration.prefork_helpers import (Driver, Namespace, flag, pool_follows_patch,
-                                               summary_counts, wait_counts)
+                                               require_worker_client, summary_counts, wait_counts)
 
 pytestmark = pytest.mark.slow
+require_worker_client()
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ from typing import Iterator
 import pytest
 
 from tests.fakes.fake_ld import FakeLD
-from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations,
-                                               every_worker, flag, fmt_switch, load,
-                                               propagate_patch, summary_counts, wait_counts,
+from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations, every_worker,
+                                               flag, fmt_switch, load, propagate_patch,
+                                               require_worker_client, summary_counts, wait_counts,
                                                wait_for)
 
 pytestmark = pytest.mark.slow
+require_worker_client()
 
 
 @pytest.fixture
