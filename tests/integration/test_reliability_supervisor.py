@@ -76,6 +76,7 @@ BAD_MESSAGES = {
     "patch-without-version": sse_frame("patch", {"path": "/flags/color",
                                                  "data": {"key": "color", "on": False}}),
     "patch-not-an-object": sse_frame("patch", [1, 2, 3]),
+    "patch-not-utf8": b"event: patch\ndata: {\"path\": \"/flags/\xff\xfe\"}\n\n",
     # shapes ldclient's store refuses (a list where an object is required, and so on)
     "put-flag-variations-not-a-list": sse_frame("put", {"path": "/", "data": {
         "flags": {"color": dict(flag("color", 9, "x"), variations="red")}, "segments": {}}}),
