@@ -446,10 +446,17 @@ static int vor_value(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f,
 
 static int clause_matches(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, int *match);
 
+/* Too deep: ldclient (and the Python backends) hit RecursionError, reported as EXCEPTION. */
+static int too_deep(void)
+{
+    PyErr_SetString(PyExc_RecursionError, "prerequisite or segment nesting deeper than 200");
+    return SF_EPYTHON;
+}
+
 static int push_key(sf_keyref_t *stack, int *n, const char *p, uint32_t len)
 {
     if (*n >= SF_MAX_DEPTH)
-        return SF_EMALFORMED;
+        return too_deep();
     stack[*n].p = p;
     stack[*n].n = len;
     (*n)++;
@@ -986,6 +993,10 @@ int sf_eval_flag(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t *f, sf_r
     int rc, hit, bad = 0;
     out->variation = -1;
     out->in_experiment = 0;
+    /* invariant: recursion is bounded even where no key is pushed (a flag stored under
+     * another key than its own can reach itself without tripping the cycle check) */
+    if (e->depth >= SF_MAX_DEPTH)
+        return too_deep();
     if (f->bits & SF_FLAG_MALFORMED)
         return SF_EMALFORMED;
     if (!(f->bits & SF_FLAG_ON)) {

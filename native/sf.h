@@ -38,8 +38,9 @@
 
 const char *sf_strerror(int code);
 
-/* Deepest prerequisite or segment nesting followed before giving up (MALFORMED_FLAG); below
- * the depth where the Python evaluators hit RecursionError (about 330 levels). */
+/* Deepest prerequisite or segment nesting followed; deeper raises RecursionError inside the
+ * evaluation, reported as ERROR/EXCEPTION like ldclient's own RecursionError (which the
+ * Python evaluators hit at about 330 levels). */
 #define SF_MAX_DEPTH 200
 
 /* ---- hashing ---- */

@@ -390,7 +390,21 @@ def test_long_prerequisite_and_segment_chains(N):
     deep = {f"q{i}": flag(f"q{i}", prerequisites=[{"key": f"q{i + 1}", "variation": 1}])
             for i in range(N.MAX_DEPTH + 5)}
     c2, _ = both(N, deep)
-    assert c2.evaluate("q0", ctx)[2] == {"kind": "ERROR", "errorKind": "MALFORMED_FLAG"}
+    assert c2.evaluate("q0", ctx)[2] == {"kind": "ERROR", "errorKind": "EXCEPTION"}
+
+
+def test_flag_stored_under_another_key_reaching_itself(N):
+    """Found by the differential hunt (a stack overflow before): ldclient's cycle check
+    compares flag keys, so f0 (key "other") with prerequisite "f0" recurses until
+    RecursionError, an EXCEPTION result; C bounds the depth and reports the same."""
+    f = flag("other", prerequisites=[{"key": "f0", "variation": 0}])
+    c, py = both(N, {"f0": f})
+    ctx = Context.create("k")
+    got = c.evaluate("f0", ctx)
+    assert got[2] == {"kind": "ERROR", "errorKind": "EXCEPTION"}
+    assert got == py.evaluate("f0", ctx)
+    state = c.all_flags_state(ctx, True, False, False, 0)
+    assert state["$flagsState"]["other"]["reason"] == {"kind": "ERROR", "errorKind": "EXCEPTION"}
 
 
 def test_misaligned_buffer_is_refused_with_a_reason(N):
