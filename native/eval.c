@@ -1116,7 +1116,7 @@ fail:
  */
 PyObject *sf_deep_copy(PyObject *o, int depth)
 {
-    if (depth > 200) {
+    if (depth > 600) {   /* beyond msgpack's 511-level packing limit: never for stored values */
         PyErr_SetString(PyExc_RecursionError, "variation value nested too deeply");
         return NULL;
     }

@@ -429,3 +429,13 @@ def test_sha1_both_implementations_match_hashlib(N, allow_ni):
             assert N._bucket("pfx", value) == want, n
     finally:
         N._sha1_setup(True)
+
+
+def test_deeply_nested_variation_values_are_copied(N):
+    deep: Any = 1
+    for _ in range(400):
+        deep = [deep]
+    c, py = both(N, {"d": flag("d", variations=[deep], fallthrough={"variation": 0})})
+    got = c.evaluate("d", Context.create("k"))
+    assert got == py.evaluate("d", Context.create("k"))
+    assert got[0] == deep and got[0] is not deep
