@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from shmflags.snapshot.reader import SnapshotReader
 
 PY = sys.executable
 BIN = Path(PY).parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
@@ -159,3 +162,29 @@ class Harness:
         """Value of a ``flagValues`` flag (its only variation), or None."""
         flag = self.raw_flag(key)
         return flag["variations"][0] if flag else None
+
+
+def run_with_small_dev_shm(driver: Path, args: List[str], size: str = "256k",
+                           timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run ``python driver ARGS`` in a private mount namespace whose /dev/shm is a ``size``
+    tmpfs, so a test can fill "/dev/shm" without touching the machine's.
+
+    Calls ``pytest.skip`` when ``unshare`` is missing or not permitted (needs root or
+    CAP_SYS_ADMIN). The driver can import this module and ``shmflags``.
+    """
+    import pytest
+
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a mount namespace here (needs root/CAP_SYS_ADMIN)")
+    script = (f"mount -t tmpfs -o size={size},mode=1777 tmpfs /dev/shm && "
+              f"exec {PY} {driver} {' '.join(args)}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHMFLAGS_")
+           or k in ("SHMFLAGS_REQUIRE_NATIVE", "SHMFLAGS_EVALUATOR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(ROOT),
+                                                      os.environ.get("PYTHONPATH")]))
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=timeout, env=env)

@@ -8,15 +8,8 @@ CAP_SYS_ADMIN) and util-linux's ``unshare``; without them it is skipped, not pas
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+from supervisor_harness import run_with_small_dev_shm
 
 DRIVER = r'''
 import json, sys, time
@@ -52,19 +45,9 @@ print(json.dumps(out))
 
 
 def test_full_dev_shm_keeps_old_generation_and_reports_bytes_needed(tmp_path):
-    if shutil.which("unshare") is None:
-        pytest.skip("util-linux unshare is not installed")
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "true"],
-                           capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip("cannot create a mount namespace here (needs root/CAP_SYS_ADMIN)")
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    script = ("mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm && "
-              f"exec {sys.executable} {driver} {tmp_path}")
-    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": f"{HERE}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    proc = run_with_small_dev_shm(driver, [str(tmp_path)], size="256k")
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "bytes needed" in out["error"], out["error"]
