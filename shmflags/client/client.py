@@ -1,79 +1,47 @@
-"""The worker-side ``Client``: ldclient's evaluation API over any backend of docs/internals.md.
+"""The worker-side ``Client``: ldclient's API over the snapshot a source provides.
 
-Safe in any worker; this first version opens nothing (no threads, sockets or mappings), so it
-survives fork unchanged. Events go to an optional recorder with the interface of
-``shmflags/events/recorder.py``; without one nothing is recorded.
+Safe in any worker. Construction attaches to shared memory (``ShmSource``) or wraps in-process
+data (``from_data``, ``from_file``, ``from_test_data``), and starts no thread: a client made
+before a fork keeps working in every child without a post-fork hook (see docs/client.md). The
+only threads are the event recorder's flusher (started lazily by the recorder) and the watcher
+behind flag-change and status listeners (started by the first listener, in its process).
 
-``variation*`` never raises: an invalid context gives the default with ``USER_NOT_SPECIFIED``,
-an unexpected error ``EXCEPTION``, a typed variation whose value has the wrong JSON type
-``WRONG_TYPE`` (ld-protocol.md §3.9).
+``variation*`` never raises: without a snapshot the default comes back with
+``CLIENT_NOT_READY``, an invalid context gives ``USER_NOT_SPECIFIED``, an unexpected error
+``EXCEPTION``, a typed variation whose value has the wrong JSON type ``WRONG_TYPE``
+(ld-protocol.md §3.9).
 """
 from __future__ import annotations
 
-import json
+import hashlib
+import hmac
 import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from shmflags.client.flags_state import FeatureFlagsState
-from shmflags.context import coerce
-from shmflags.errors import DataError
-from shmflags.evaluation.backend import ModelBackend
-from shmflags.evaluation.detail import EvaluationDetail, error_reason
-from shmflags.evaluation.evaluator import BigSegmentsProvider
-from shmflags.model import parse_flag, parse_segment
+from shmflags.client.hooks import (HookRunner, environment_metadata, plugin_hooks,
+                                   register_plugins)
+from shmflags.client.loading import DataLike, as_config, load_data, make_recorder
+from shmflags.client.migrations import OpTracker, Stage
+from shmflags.client.source import ShmSource, StaticSource, TestDataSource
+from shmflags.client.status import (BigSegmentStoreStatusProvider, DataSourceStatusProvider,
+                                    DataStoreStatusProvider)
+from shmflags.client.tracker import FlagTracker, Watcher
+from shmflags.config import Config
+from shmflags.context import Context, coerce
+from shmflags.evaluation.detail import EvaluationDetail
 
-__all__ = ["Client", "load_data"]
+__all__ = ["Client", "as_config", "load_data"]  # the last two re-exported from .loading
 
 log = logging.getLogger(__name__)
 
-DataLike = Union[Dict[str, Any], str, bytes, "os.PathLike[str]"]
-
-
-def load_data(data: DataLike) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """Read LD flag data ``{"flags": ..., "segments": ..., "flagValues": ...}``.
-
-    :param data: a dict, JSON text (``str``/``bytes``), or the path of a JSON or YAML file
-    :returns: ``(flags, segments)`` as dicts of raw LD JSON objects
-    :raises shmflags.errors.DataError: when the data cannot be read or is not an object
-    """
-    obj: Any = data
-    try:
-        if isinstance(data, bytes):
-            obj = json.loads(data.decode("utf-8"))
-        elif isinstance(data, str) and data.lstrip()[:1] in ("{", "["):
-            obj = json.loads(data)
-        elif isinstance(data, (str, os.PathLike)):
-            path = os.fspath(data)
-            with open(path, "rb") as fh:
-                raw = fh.read()
-            if path.endswith((".yaml", ".yml")):
-                import yaml  # only needed for YAML files
-                obj = yaml.safe_load(raw)
-            else:
-                obj = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read flag data: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise DataError("flag data must be a JSON object with \"flags\" and \"segments\"")
-    flags = obj.get("flags")
-    segments = obj.get("segments")
-    values = obj.get("flagValues")
-    flags = {} if flags is None else flags
-    segments = {} if segments is None else segments
-    values = {} if values is None else values
-    if not isinstance(flags, dict) or not isinstance(segments, dict) or not isinstance(values, dict):
-        raise DataError("\"flags\", \"segments\" and \"flagValues\" must be JSON objects")
-    flags = dict(flags)
-    for key, value in values.items():
-        if key in flags:
-            raise DataError(f"flag {key!r} given twice")
-        flags[key] = {"key": key, "version": 1, "on": True, "fallthrough": {"variation": 0},
-                      "variations": [value]}
-    return flags, segments
-
+_NOT_READY = {"kind": "ERROR", "errorKind": "CLIENT_NOT_READY"}
+_USER_NOT_SPECIFIED = {"kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
+_EXCEPTION = {"kind": "ERROR", "errorKind": "EXCEPTION"}
+_WRONG_TYPE = {"kind": "ERROR", "errorKind": "WRONG_TYPE"}
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -104,48 +72,161 @@ def _as_str(value: Any) -> Any:
 
 
 class Client:
-    """Evaluate flags through a backend (``evaluate`` / ``all_flags_state`` per docs/internals.md).
+    """The shmflags client, with ``ldclient.LDClient``'s methods.
 
-    :param backend: a ``ModelBackend``, ``_pure.Snapshot`` or ``_native.Snapshot``-like object
-    :param recorder: optional event recorder (``record_evaluation(key, context, eval_tuple,
-        default, with_reason)``)
+    ``Client(config)`` serves the snapshot the supervisor of namespace ``config.name``
+    publishes. If that supervisor is running but has not published yet, the constructor waits
+    up to ``start_wait`` seconds (ldclient's ``start_wait``); with no supervisor at all it does
+    not wait: evaluations return defaults (``CLIENT_NOT_READY``) and the client attaches by
+    itself, within ``attach_interval``, once a snapshot appears.
+
+    :param config: a :class:`shmflags.Config`, an ``ldclient.Config``, or ``None`` for the
+        ``SHMFLAGS_*`` environment. (A backend object is also accepted, for the CLI.)
+    :param start_wait: seconds to wait for a first snapshot (default ``config.start_wait``).
+    :param recorder: an event recorder to use instead of the configured one (tests).
     """
 
-    def __init__(self, backend: Any, recorder: Any = None) -> None:
-        self._backend = backend
-        self._recorder = recorder
+    def __init__(self, config: Any = None, start_wait: Optional[float] = None, *,
+                 recorder: Any = None, _source: Any = None) -> None:
+        if _source is None and config is not None and not isinstance(config, Config) \
+                and callable(getattr(config, "evaluate", None)):
+            # The first version's Client(backend, recorder=None), still used by the CLI.
+            if start_wait is not None and not isinstance(start_wait, (int, float)):
+                recorder, start_wait = start_wait, None
+            _source = StaticSource({}, {}, backend=config)
+            config = Config(send_events=False)
+        self._config = as_config(config)
+        self._pid = os.getpid()
+        if _source is None:
+            td = self._config.update_processor_class
+            if td is not None and callable(getattr(td, "subscribe", None)):
+                _source = TestDataSource(td)
+            else:
+                _source = ShmSource(self._config)
+        self._source = _source
+        self._current = _source.current  # bound once: called on every evaluation
+        metadata = environment_metadata(self._config)
+        plugins = list(self._config.plugins or ())
+        self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata))
+        # Only shared memory changes behind the client's back; in-process sources call the
+        # watcher themselves (set_listener) or never change, so they need no thread.
+        self._watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),
+                                name=f"shmflags-watcher-{self._config.name}",
+                                threaded=isinstance(_source, ShmSource))
+        self._watcher.on_fork(self._after_fork_locks)
+        # As in ldclient, value-change listeners evaluate through variation() (hooks, events).
+        self._flag_tracker = FlagTracker(self._source.current,
+                                         lambda key, ctx: self.variation(key, ctx, None),
+                                         self._watcher)
+        self._status_provider = DataSourceStatusProvider(self._source.status,
+                                                         self._watcher.ensure_running)
+        self._watcher.add_poller(self._status_provider.poll)
+        self._big_segment_status = BigSegmentStoreStatusProvider()
+        self._data_store_status = DataStoreStatusProvider()
+        self._closed = False
+        self._recorder: Any = None
+        if callable(getattr(self._source, "set_listener", None)):
+            self._source.set_listener(self._watcher.poll_once)
+        wait = self._config.start_wait if start_wait is None else start_wait
+        if isinstance(self._source, ShmSource):
+            self._wait_for_snapshot(float(wait))
+        self._recorder = (recorder if recorder is not None
+                          else make_recorder(self._config, self._source))
+        register_plugins(plugins, self, metadata)
+
+    # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def from_data(cls, data: DataLike,
-                  big_segments: Optional[BigSegmentsProvider] = None) -> "Client":
+    def from_data(cls, data: DataLike, big_segments: Any = None, *,
+                  config: Any = None) -> "Client":
         """An in-process client over LD flag data, without a supervisor or shared memory.
 
-        :param data: see :func:`load_data`
-        :param big_segments: optional Big Segment membership provider
+        Evaluates with the pure-Python reference evaluator (the implementation checked against
+        ldclient); :meth:`from_file` and :meth:`from_test_data` use the worker's backend over
+        snapshot bytes, as a worker attached to shared memory does.
+
+        :param data: a dict ``{"flags", "segments", "flagValues"}``, JSON text, or a file path
+        :param big_segments: optional Big Segment membership provider (reference evaluator)
+        :param config: optional configuration (default: events off)
         :raises shmflags.errors.DataError: when the data cannot be read at all (a malformed
             individual flag does not raise: its evaluations return ``MALFORMED_FLAG``)
         """
+        from shmflags.evaluation.backend import ModelBackend
+        from shmflags.model import parse_flag, parse_segment
         flags, segments = load_data(data)
-        parsed_flags = {key: parse_flag(value) for key, value in flags.items()}
-        parsed_segments = {key: parse_segment(value) for key, value in segments.items()}
-        return cls(ModelBackend.from_dicts(parsed_flags, parsed_segments, big_segments))
+        backend = ModelBackend.from_dicts({k: parse_flag(v) for k, v in flags.items()},
+                                          {k: parse_segment(v) for k, v in segments.items()},
+                                          big_segments)
+        return cls(config if config is not None else Config(send_events=False),
+                   _source=StaticSource({}, {}, backend=backend))
 
-    @property
-    def backend(self) -> Any:
-        """The backend object evaluations run on."""
-        return self._backend
+    @classmethod
+    def from_file(cls, *paths: str, config: Any = None) -> "Client":
+        """An in-process client over flag files (JSON or YAML, merged as the supervisor does).
 
-    def is_initialized(self) -> bool:
-        """``True``: an in-process client always has its data."""
-        return True
+        :raises shmflags.errors.DataError: a file cannot be read or parsed, or keys clash.
+        """
+        from shmflags.filedata import load_files
+        flags, segments = load_files([os.fspath(p) for p in paths])
+        return cls(config if config is not None else Config(send_events=False),
+                   _source=StaticSource(flags, segments))
+
+    @classmethod
+    def from_test_data(cls, td: Any, *, config: Any = None) -> "Client":
+        """An in-process client that follows a :class:`shmflags.TestData`; each
+        ``td.update`` is a new generation (flag trackers notice it at once)."""
+        return cls(config if config is not None else Config(send_events=False),
+                   _source=TestDataSource(td))
+
+    def _wait_for_snapshot(self, wait: float) -> None:
+        if wait <= 0 or self._source.current() is not None:
+            return
+        deadline = time.monotonic() + wait
+        interval = max(0.01, float(self._config.attach_interval))
+        while time.monotonic() < deadline:
+            if self._source._attachment is None:
+                return  # no supervisor at all: do not stall start-up (see class docstring)
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            if self._source.current() is not None:
+                return
+        log.warning("shmflags: no snapshot after waiting %.1f s; serving defaults until the "
+                    "supervisor publishes one", wait)
+
+    # -- process lifecycle -------------------------------------------------------------
+
+    def postfork(self, start_wait: Optional[float] = None) -> None:
+        """Accepted for ldclient compatibility and harmless: a shmflags client needs nothing
+        after fork (it renews its per-process parts by itself)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+
+    def _after_fork(self) -> None:
+        """Renew what is per process (locks); called in a forked child."""
+        self._pid = os.getpid()
+        self._after_fork_locks()
+
+    def _after_fork_locks(self) -> None:
+        self._pid = os.getpid()
+        self._hooks.after_fork()
+        self._flag_tracker.after_fork()
+        self._status_provider.after_fork()
 
     def close(self) -> None:
-        """Flush the recorder, if any."""
-        if self._recorder is not None:
+        """Flush and close the event recorder, stop listener threads, detach.
+
+        Do not use the client afterwards (evaluations keep returning values from the last
+        snapshot, but no events are sent)."""
+        if self._closed:
+            return
+        self._closed = True
+        recorder, self._recorder = self._recorder, None
+        if recorder is not None:
             try:
-                self._recorder.close()
+                recorder.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 log.exception("closing the event recorder failed")
+        self._watcher.stop()
+        self._source.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -154,36 +235,139 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<shmflags.Client backend={type(self._backend).__name__}>"
+        try:
+            from shmflags.backend import evaluator_backend
+            evaluator = evaluator_backend()
+        except Exception:  # noqa: BLE001
+            evaluator = "?"
+        facts = " ".join(f"{k}={v}" for k, v in self._source.describe().items())
+        return f"<shmflags.Client {facts} evaluator={evaluator}>"
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def backend(self) -> Any:
+        """The backend snapshot evaluations currently run on (``None`` before the first)."""
+        return self._source.current()
+
+    def get_sdk_key(self) -> Optional[str]:
+        """The configured SDK key."""
+        return self._config.sdk_key
+
+    def is_offline(self) -> bool:
+        """Whether the configuration says offline (no events; a published snapshot is still
+        served, see docs/client.md)."""
+        return bool(self._config.offline)
+
+    def is_initialized(self) -> bool:
+        """Whether there is flag data to evaluate (a snapshot is mapped); always true offline,
+        as in ldclient."""
+        return self.is_offline() or self._source.current() is not None
+
+    @property
+    def flag_tracker(self) -> FlagTracker:
+        """Listeners for flag configuration and value changes."""
+        return self._flag_tracker
+
+    @property
+    def data_source_status_provider(self) -> DataSourceStatusProvider:
+        """The supervisor's data source status as this worker sees it."""
+        return self._status_provider
+
+    @property
+    def big_segment_store_status_provider(self) -> BigSegmentStoreStatusProvider:
+        """Big segment store status (not available until big segments are supported)."""
+        return self._big_segment_status
+
+    @property
+    def data_store_status_provider(self) -> DataStoreStatusProvider:
+        """Data store status: the mapped snapshot is always available."""
+        return self._data_store_status
+
+    def add_hook(self, hook: Any) -> None:
+        """Add an evaluation hook (ours, ldclient's, or any object with the same methods)."""
+        self._hooks.add(hook)
+
+    def secure_mode_hash(self, context: Any) -> str:
+        """HMAC-SHA256 of the context's fully-qualified key with the SDK key, hex (ld-protocol
+        §7); ``""`` for an invalid context."""
+        ctx = coerce(context)
+        if not ctx.valid:
+            log.warning("Context was invalid for secure_mode_hash (%s); returning empty hash",
+                        ctx.error)
+            return ""
+        key = str(self._config.sdk_key or "").encode()
+        return hmac.new(key, ctx.fully_qualified_key.encode(), hashlib.sha256).hexdigest()
 
     # -- evaluation --------------------------------------------------------------------
 
     def _evaluate(self, key: str, context: Any, default: Any, with_reason: bool,
-                  check: Optional[Callable[[Any], Any]] = None) -> EvaluationDetail:
+                  check: Optional[Callable[[Any], Any]] = None
+                  ) -> Tuple[Any, Optional[int], dict, Any]:
+        """→ ``(value, variation_index, reason, snapshot)``; records the evaluation event."""
+        snapshot = self._current()
         try:
-            ctx = coerce(context)
+            ctx = context if type(context) is Context else coerce(context)
+            if snapshot is None:
+                if self._recorder is not None and ctx.valid:
+                    self._record(key, ctx, (None, None, _NOT_READY, None, ()), default,
+                                 with_reason)
+                return default, None, _NOT_READY, None
             if not ctx.valid:
-                log.warning("Context was invalid for flag evaluation (%s); returning default value",
-                            ctx.error)
-                return EvaluationDetail(default, None, error_reason("USER_NOT_SPECIFIED"))
-            result = self._backend.evaluate(key, ctx)
+                log.warning("Context was invalid for flag evaluation (%s); returning default "
+                            "value", ctx.error)
+                return default, None, _USER_NOT_SPECIFIED, snapshot
+            result = snapshot.evaluate(key, ctx)
         except Exception as exc:  # noqa: BLE001 - variation() never raises
             log.error('Unexpected error while evaluating feature flag "%s": %r', key, exc)
-            return EvaluationDetail(default, None, error_reason("EXCEPTION"))
-        value, index, reason = result[0], result[1], result[2]
-        if self._recorder is not None:
-            try:
-                self._recorder.record_evaluation(key, ctx, result, default, with_reason)
-            except Exception:  # noqa: BLE001 - events must not break evaluation
-                log.exception("recording an evaluation event failed")
+            return default, None, _EXCEPTION, snapshot
+        index = result[1]
         if index is None:
-            return EvaluationDetail(default, None, reason)
-        if check is not None:
-            try:
-                value = check(value)
-            except (TypeError, ValueError, OverflowError):
-                return EvaluationDetail(default, None, error_reason("WRONG_TYPE"))
-        return EvaluationDetail(value, index, reason)
+            value = default
+        else:
+            value = result[0]
+            if check is not None:
+                try:
+                    value = check(value)
+                except (TypeError, ValueError, OverflowError):
+                    result = (None, None, _WRONG_TYPE, result[3], result[4])
+                    value = default
+                    index = None
+        if self._recorder is not None:
+            self._record(key, ctx, result, default, with_reason)
+        return value, index, result[2], snapshot
+
+    def _record(self, key: str, ctx: Context, result: tuple, default: Any,
+                with_reason: bool) -> None:
+        recorder = self._recorder
+        if recorder is None:  # closed meanwhile
+            return
+        try:
+            recorder.record_evaluation(key, ctx, result, default, with_reason)
+        except Exception:  # noqa: BLE001 - events must not break evaluation
+            log.exception("recording an evaluation event failed")
+
+    def _value(self, method: str, key: str, context: Any, default: Any,
+               check: Optional[Callable[[Any], Any]]) -> Any:
+        if not self._hooks.hooks:
+            return self._evaluate(key, context, default, False, check)[0]
+
+        def run() -> Tuple[EvaluationDetail, Any]:
+            value, index, reason, _ = self._evaluate(key, context, default, False, check)
+            return EvaluationDetail(value, index, reason), value
+        return self._hooks.run(key, context, default, method, run)
+
+    def _detail(self, method: str, key: str, context: Any, default: Any,
+                check: Optional[Callable[[Any], Any]]) -> EvaluationDetail:
+        if not self._hooks.hooks:
+            value, index, reason, _ = self._evaluate(key, context, default, True, check)
+            return EvaluationDetail(value, index, reason)
+
+        def run() -> Tuple[EvaluationDetail, EvaluationDetail]:
+            value, index, reason, _ = self._evaluate(key, context, default, True, check)
+            detail = EvaluationDetail(value, index, reason)
+            return detail, detail
+        return self._hooks.run(key, context, default, method, run)
 
     def variation(self, key: str, context: Any, default: Any) -> Any:
         """The flag's value for ``context``, or ``default``.
@@ -192,69 +376,171 @@ class Client:
         :param context: a :class:`shmflags.Context`, an ``ldclient.Context`` or LD context JSON
         :param default: returned when the flag cannot be evaluated
         """
-        return self._evaluate(key, context, default, False).value
+        if self._hooks.hooks:
+            return self._value("variation", key, context, default, None)
+        return self._evaluate(key, context, default, False)[0]
 
     def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
         """Like :meth:`variation`, with the variation index and the reason."""
-        return self._evaluate(key, context, default, True)
+        return self._detail("variation_detail", key, context, default, None)
 
     def bool_variation(self, key: str, context: Any, default: bool) -> bool:
         """The flag's value if it is a JSON boolean, else ``default``."""
-        return self._evaluate(key, context, default, False, _as_bool).value
+        return self._value("bool_variation", key, context, default, _as_bool)
 
     def bool_variation_detail(self, key: str, context: Any, default: bool) -> EvaluationDetail:
         """:meth:`bool_variation` with details (``WRONG_TYPE`` when not a boolean)."""
-        return self._evaluate(key, context, default, True, _as_bool)
+        return self._detail("bool_variation_detail", key, context, default, _as_bool)
 
     def int_variation(self, key: str, context: Any, default: int) -> int:
         """The flag's value if it is a JSON number (floats truncated toward zero), else ``default``."""
-        return self._evaluate(key, context, default, False, _as_int).value
+        return self._value("int_variation", key, context, default, _as_int)
 
     def int_variation_detail(self, key: str, context: Any, default: int) -> EvaluationDetail:
         """:meth:`int_variation` with details (``WRONG_TYPE`` when not a number)."""
-        return self._evaluate(key, context, default, True, _as_int)
+        return self._detail("int_variation_detail", key, context, default, _as_int)
 
     def float_variation(self, key: str, context: Any, default: float) -> float:
         """The flag's value as a float if it is a JSON number, else ``default``."""
-        return self._evaluate(key, context, default, False, _as_float).value
+        return self._value("float_variation", key, context, default, _as_float)
 
     def float_variation_detail(self, key: str, context: Any, default: float) -> EvaluationDetail:
         """:meth:`float_variation` with details (``WRONG_TYPE`` when not a number)."""
-        return self._evaluate(key, context, default, True, _as_float)
+        return self._detail("float_variation_detail", key, context, default, _as_float)
 
     def string_variation(self, key: str, context: Any, default: str) -> str:
         """The flag's value if it is a JSON string, else ``default``."""
-        return self._evaluate(key, context, default, False, _as_str).value
+        return self._value("string_variation", key, context, default, _as_str)
 
     def string_variation_detail(self, key: str, context: Any, default: str) -> EvaluationDetail:
         """:meth:`string_variation` with details (``WRONG_TYPE`` when not a string)."""
-        return self._evaluate(key, context, default, True, _as_str)
+        return self._detail("string_variation_detail", key, context, default, _as_str)
 
     def json_variation(self, key: str, context: Any, default: Any) -> Any:
         """The flag's value, whatever its JSON type (same as :meth:`variation`)."""
-        return self._evaluate(key, context, default, False).value
+        return self._value("json_variation", key, context, default, None)
 
     def json_variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
         """Same as :meth:`variation_detail`."""
-        return self._evaluate(key, context, default, True)
+        return self._detail("json_variation_detail", key, context, default, None)
 
     def all_flags_state(self, context: Any, with_reasons: bool = False,
                         client_side_only: bool = False,
-                        details_only_for_tracked_flags: bool = False) -> FeatureFlagsState:
+                        details_only_for_tracked_flags: bool = False,
+                        **kwargs: Any) -> FeatureFlagsState:
         """Every flag's value and metadata for ``context``; records no events.
 
-        :returns: a :class:`FeatureFlagsState`, ``valid`` ``False`` for an invalid context or
-            an internal error
+        :returns: a :class:`FeatureFlagsState`, ``valid`` ``False`` when there is no
+            snapshot, for an invalid context, or on an internal error
         """
+        with_reasons = kwargs.pop("with_reasons", with_reasons)
+        client_side_only = kwargs.pop("client_side_only", client_side_only)
+        details_only_for_tracked_flags = kwargs.pop("details_only_for_tracked_flags",
+                                                    details_only_for_tracked_flags)
+        snapshot = self._source.current()
+        if snapshot is None:
+            log.warning("all_flags_state() called before a snapshot is available; returning "
+                        "an invalid state")
+            return FeatureFlagsState(False)
         try:
             ctx = coerce(context)
             if not ctx.valid:
                 log.warning("Context was invalid for all_flags_state (%s)", ctx.error)
                 return FeatureFlagsState(False)
-            state = self._backend.all_flags_state(
+            state = snapshot.all_flags_state(
                 ctx, bool(with_reasons), bool(client_side_only),
                 bool(details_only_for_tracked_flags), int(time.time() * 1000))
         except Exception as exc:  # noqa: BLE001
             log.error("Unable to compute all_flags_state: %r", exc)
             return FeatureFlagsState(False)
         return FeatureFlagsState(True, state)
+
+    # -- events ------------------------------------------------------------------------
+
+    def track(self, event_name: str, context: Any, data: Optional[Any] = None,
+              metric_value: Optional[Any] = None) -> None:
+        """Record a custom event ``event_name`` for ``context``, with optional data and metric."""
+        ctx = coerce(context)
+        if not ctx.valid:
+            log.warning("Invalid context for track (%s)", ctx.error)
+            return
+        recorder = self._recorder
+        if recorder is not None:
+            try:
+                recorder.record_custom(event_name, ctx, data, metric_value)
+            except Exception:  # noqa: BLE001
+                log.exception("recording a custom event failed")
+
+    def identify(self, context: Any) -> None:
+        """Record an identify event for ``context``."""
+        ctx = coerce(context)
+        if not ctx.valid:
+            log.warning("Invalid context for identify (%s)", ctx.error)
+            return
+        recorder = self._recorder
+        if recorder is not None:
+            try:
+                recorder.record_identify(ctx)
+            except Exception:  # noqa: BLE001
+                log.exception("recording an identify event failed")
+
+    def flush(self) -> None:
+        """Send buffered events to the supervisor now (returns at once; never blocks)."""
+        recorder = self._recorder
+        if recorder is not None:
+            try:
+                recorder.flush()
+            except Exception:  # noqa: BLE001
+                log.exception("flushing events failed")
+
+    # -- migrations --------------------------------------------------------------------
+
+    def migration_variation(self, key: str, context: Any,
+                            default_stage: Stage) -> Tuple[Stage, OpTracker]:
+        """The migration stage of flag ``key`` for ``context`` and a tracker for the operation.
+
+        A value that is not a stage name gives ``default_stage`` with ``WRONG_TYPE``; an
+        invalid ``default_stage`` is replaced by ``Stage.OFF``.
+        """
+        if not isinstance(default_stage, Stage):
+            log.error("default stage %r is not a valid stage; using 'off' instead", default_stage)
+            default_stage = Stage.OFF
+        out: Dict[str, Any] = {}
+
+        def run() -> Tuple[EvaluationDetail, None]:
+            value, index, reason, snapshot = self._evaluate(key, context, default_stage.value,
+                                                            False)
+            flag = None
+            if snapshot is not None:
+                try:
+                    flag = snapshot.raw_flag(key)
+                except Exception:  # noqa: BLE001
+                    flag = None
+            stage = Stage.from_str(value) if isinstance(value, str) else None
+            if stage is None:
+                detail = EvaluationDetail(default_stage.value, None, _WRONG_TYPE)
+                stage = default_stage
+            else:
+                detail = EvaluationDetail(value, index, reason)
+            out["stage"] = stage
+            out["tracker"] = OpTracker(key, flag, coerce(context), detail, default_stage)
+            return detail, None
+
+        if self._hooks.hooks:
+            self._hooks.run(key, context, default_stage.value, "migration_variation", run)
+        else:
+            run()
+        return out["stage"], out["tracker"]
+
+    def track_migration_op(self, tracker: OpTracker) -> None:
+        """Record the ``migration_op`` event a tracker built (MigratorBuilder does this)."""
+        event = tracker.build()
+        if isinstance(event, str):
+            log.error("error generating migration op event %s; no event will be emitted", event)
+            return
+        recorder = self._recorder
+        if recorder is not None:
+            try:
+                recorder.record_migration_op(event)
+            except Exception:  # noqa: BLE001
+                log.exception("recording a migration op event failed")

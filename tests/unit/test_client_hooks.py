@@ -96,3 +96,43 @@ def test_ldclient_hook_objects_are_accepted() -> None:
 
 def test_no_hooks_calls_evaluate_directly() -> None:
     assert HookRunner().run("k", None, 0, "variation", lambda: ("detail", "value")) == "value"
+
+
+def test_plugins_contribute_hooks_and_are_registered() -> None:
+    import shmflags
+    from ldclient.plugin import Plugin, PluginMetadata
+
+    log: List[Tuple[Any, ...]] = []
+
+    class P(Plugin):
+        @property
+        def metadata(self) -> PluginMetadata:
+            return PluginMetadata(name="p")
+
+        def register(self, client: Any, metadata: Any) -> None:
+            log.append(("register", type(client).__name__, metadata.sdk.name,
+                        metadata.application.id, metadata.sdk_key))
+
+        def get_hooks(self, metadata: Any) -> list:
+            return [Recorder("from-plugin", log)]
+
+    class Broken(Plugin):
+        @property
+        def metadata(self) -> PluginMetadata:
+            return PluginMetadata(name="broken")
+
+        def register(self, client: Any, metadata: Any) -> None:
+            raise RuntimeError("nope")
+
+        def get_hooks(self, metadata: Any) -> list:
+            raise RuntimeError("nope")
+
+    td = shmflags.TestData()
+    td.update(td.flag("f"))
+    client = shmflags.Client.from_test_data(td, config=shmflags.Config(
+        plugins=[Broken(), P()], application={"id": "app"}, sdk_key="sdk-x",
+        send_events=False, environ={}))
+    assert log == [("register", "Client", "shmflags", "app", "sdk-x")]
+    client.variation("f", shmflags.Context.create("u"), False)
+    assert [entry[:2] for entry in log[1:]] == [("before", "from-plugin"),
+                                                ("after", "from-plugin")]
