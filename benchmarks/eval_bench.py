@@ -92,6 +92,12 @@ def run(impl: str, args: argparse.Namespace) -> Dict[str, Any]:
             out["variation_ns"][cat] = common.time_calls(lambda c, k: variation(k, c, None),
                                                          pairs, budget)
     out["variation_ns"]["mix"] = common.time_calls(lambda c, k: variation(k, c, None), mix, budget)
+    snapshot = _snapshot_of(client) if impl.startswith("shmflags") else None
+    if snapshot is not None:
+        # the evaluator alone, without the client's Python layer (generation check, context
+        # check, result handling): what the C (or Python) evaluation itself costs
+        out["evaluate_alone_ns"] = common.time_calls(lambda c, k: snapshot.evaluate(k, c), mix,
+                                                     budget)
     detail = client.variation_detail
     out["variation_detail_ns"] = common.time_calls(lambda c, k: detail(k, c, None), mix, budget)
 
@@ -113,6 +119,19 @@ def run(impl: str, args: argparse.Namespace) -> Dict[str, Any]:
     if close:
         close()
     return out
+
+
+def _snapshot_of(client: Any) -> Any:
+    """The mapped snapshot a shmflags client evaluates on (public client or stand-in)."""
+    for get in (lambda: client._current(), lambda: client._source.current(),
+                lambda: client.backend.source.current()):
+        try:
+            snap = get()
+        except Exception:  # noqa: BLE001 - not this kind of client
+            continue
+        if snap is not None and callable(getattr(snap, "evaluate", None)):
+            return snap
+    return None
 
 
 def bench(quick: bool, sizes: Optional[List[int]] = None) -> Dict[str, Any]:
@@ -200,6 +219,12 @@ def markdown(out: Dict[str, Any]) -> str:
             lines.append(f"| {label} | {_fmt(s)} | {_fmt(p)} | {_fmt(ld)} | "
                          f"{common.ratio(s, ld)} | {_fmt(rc)} | {common.ratio(s, rc)} | "
                          f"{_fmt(ru)} | {common.ratio(s, ru)} |")
+        alone = _ns(c, "evaluate_alone_ns")
+        lines.append(f"| mix: `Snapshot.evaluate` alone (no client layer) | {_fmt(alone)} | "
+                     f"{_fmt(_ns(row.get('shmflags-python', {}), 'evaluate_alone_ns'))} | "
+                     f"{_fmt(_ns(row.get('ldclient', {}), 'variation_ns', 'mix'))} | "
+                     f"{common.ratio(alone, _ns(row.get('ldclient', {}), 'variation_ns', 'mix'))}"
+                     f" | — | — | — | — |")
         se = _ns(row.get("shmflags-c+events", {}), "variation_ns", "mix")
         le = _ns(row.get("ldclient+events", {}), "variation_ns", "mix")
         lines.append(f"| variation: mix, events on | {_fmt(se)} | — | {_fmt(le)} | "
