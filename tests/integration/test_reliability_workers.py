@@ -375,7 +375,9 @@ def test_source_failing_from_the_start_gives_defaults_and_the_error(h, workers, 
         h.start(env={"SHMFLAGS_SDK_KEY": "sdk-reliability", "SHMFLAGS_STREAM_URI": url,
                      "SHMFLAGS_BASE_URI": url, "SHMFLAGS_EVENTS_URI": url})
         stop = tmp_path / "stop"
-        (worker,) = start_workers(workers, h, 1, "follow", str(stop))
+        # start_wait: the client waits that long for a first snapshot (5 s by default)
+        (worker,) = start_workers(workers, h, 1, "follow", str(stop),
+                                  env={"SHMFLAGS_START_WAIT": "1"})
         want = ("OFF", "ERROR_RESPONSE") if failure == "sdk-key-rejected" \
             else ("INITIALIZING", "NETWORK_ERROR")
         state = wait_for(lambda: [e for e in worker.events("state")
