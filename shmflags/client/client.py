@@ -102,6 +102,9 @@ class Client:
             if td is not None and callable(getattr(td, "subscribe", None)):
                 _source = TestDataSource(td)
             else:
+                if td is not None:
+                    log.warning("shmflags: update_processor_class %r is not a shmflags.TestData; "
+                                "ignored (data comes from the supervisor)", td)
                 _source = ShmSource(self._config)
         self._source = _source
         self._current = _source.current  # bound once: called on every evaluation
