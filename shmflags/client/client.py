@@ -124,7 +124,15 @@ class Client:
         self._status_provider = DataSourceStatusProvider(self._source.status,
                                                          self._watcher.ensure_running)
         self._watcher.add_poller(self._status_provider.poll)
-        self._big_segment_status = BigSegmentStoreStatusProvider()
+        big_segments = getattr(self._source, "big_segments", None)
+        if big_segments is not None:
+            # issue 11: status of the supervisor's Big Segments mirror, polled by the watcher
+            from shmflags.integrations.bigsegments import StatusProvider
+            self._big_segment_status: Any = StatusProvider(big_segments,
+                                                           self._watcher.ensure_running)
+            self._watcher.add_poller(self._big_segment_status.poll)
+        else:
+            self._big_segment_status = BigSegmentStoreStatusProvider()
         self._data_store_status = DataStoreStatusProvider()
         self._closed = False
         self._recorder: Any = None
@@ -279,7 +287,8 @@ class Client:
 
     @property
     def big_segment_store_status_provider(self) -> BigSegmentStoreStatusProvider:
-        """Big segment store status (not available until big segments are supported)."""
+        """Big Segment store status: the supervisor's mirror for a shared-memory client
+        (``available=False, stale=False`` without one, as ldclient without a store)."""
         return self._big_segment_status
 
     @property

@@ -393,3 +393,12 @@ def test_listener_registered_in_parent_fires_in_forked_children(name: str) -> No
         if old is not None:
             old.close()
         sup.close()
+
+
+def test_big_segment_status_without_a_mirror(name: str) -> None:
+    client = Client(_config(name))
+    status = client.big_segment_store_status_provider.status
+    assert (status.available, status.stale) == (False, False)
+    assert type(client.big_segment_store_status_provider).__module__ == \
+        "shmflags.integrations.bigsegments"
+    client.close()
