@@ -75,9 +75,10 @@ def test_kill9_workers_serve_correct_values_and_report_interrupted(h, workers, t
               for w in pool]
     print(f"\nINTERRUPTED {min(delays):.2f}..{max(delays):.2f} s after the kill "
           f"(heartbeat_timeout {HEARTBEAT_TIMEOUT} s, heartbeat every 1 s)")
-    # The last heartbeat was at most 1 s before the kill: not before timeout - 1 s, and
-    # within the timeout (plus the workers' 20 ms status polling and a loaded machine).
-    assert all(HEARTBEAT_TIMEOUT - 1.1 <= d <= HEARTBEAT_TIMEOUT + 0.5 for d in delays), delays
+    # The last heartbeat was about 1 s (at most) before the kill: not before timeout - 1 s
+    # (0.5 s of slack for a late heartbeat on a loaded machine), and within the timeout (plus
+    # the workers' 20 ms status polling and a loaded machine).
+    assert all(HEARTBEAT_TIMEOUT - 1.5 <= d <= HEARTBEAT_TIMEOUT + 0.5 for d in delays), delays
 
     # Restart with the source unreachable and the same state_dir: the cache within 2 s.
     url = f"http://127.0.0.1:{closed_port()}"
