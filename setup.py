@@ -10,9 +10,15 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-NATIVE_SOURCES = sorted(
-    os.path.join("native", f) for f in os.listdir("native") if f.endswith(".c")
-) if os.path.isdir("native") else []
+def _native_files(suffix: str) -> list:
+    if not os.path.isdir("native"):
+        return []
+    return sorted(os.path.join("native", f) for f in os.listdir("native") if f.endswith(suffix))
+
+
+NATIVE_SOURCES = _native_files(".c")
+# A header change must rebuild every object: they share struct layouts (layout.h, record.h).
+NATIVE_HEADERS = _native_files(".h")
 
 
 class OptionalBuildExt(build_ext):
@@ -53,6 +59,7 @@ if NATIVE_SOURCES and os.environ.get("SHMFLAGS_NO_NATIVE") != "1":
             "shmflags._native",
             sources=NATIVE_SOURCES,
             include_dirs=["native"],
+            depends=NATIVE_HEADERS,
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
         )
