@@ -103,14 +103,11 @@ class HookRunner:
 
     def __init__(self, hooks: Iterable[Any] = ()) -> None:
         self._lock = threading.Lock()
-        self._hooks: Tuple[Any, ...] = ()
+        #: The registered hooks, in order (a tuple, replaced on each add; a plain attribute
+        #: because the client reads it on every evaluation).
+        self.hooks: Tuple[Any, ...] = ()
         for hook in hooks or ():
             self.add(hook)
-
-    @property
-    def hooks(self) -> Tuple[Any, ...]:
-        """The registered hooks, in order."""
-        return self._hooks
 
     def add(self, hook: Any) -> bool:
         """Register a hook; objects without the hook interface are ignored with a warning.
@@ -122,7 +119,7 @@ class HookRunner:
                         "after_evaluation)", hook)
             return False
         with self._lock:
-            self._hooks = self._hooks + (hook,)
+            self.hooks = self.hooks + (hook,)
         return True
 
     def after_fork(self) -> None:
@@ -136,7 +133,7 @@ class HookRunner:
         :param evaluate: returns ``(detail, result)``; hooks see ``detail``.
         :returns: ``result`` from ``evaluate``.
         """
-        hooks = self._hooks
+        hooks = self.hooks
         if not hooks:
             return evaluate()[1]
         series = EvaluationSeriesContext(key=key, context=context, default_value=default,
