@@ -10,7 +10,9 @@
   source;
 * after a 401 from the events service, a fixed ``sdk_key`` and SIGHUP resume event delivery;
 * a flag file with data ldclient refuses keeps the previous data;
-* Redis down in daemon mode: the last data stays, INTERRUPTED, recovery by itself.
+* Redis down in daemon mode: the last data stays, INTERRUPTED, recovery by itself;
+* the stream's reconnect backoff starts over after a connection stayed up 60 s (the streaming
+  source in-process against the fake service, its backoff clock under test control).
 
 The other rows of §12 are proven where their module owners put them; the map is in
 ``docs/failure-modes.md``. Each test uses its own namespace, state directory, socket and
@@ -362,3 +364,41 @@ def test_redis_down_keeps_the_data_and_recovers(h: Harness) -> None:
         assert sup.proc.poll() is None
     finally:
         server.stop()
+
+
+# -- stream backoff resets after 60 s connected -------------------------------------------------
+
+def test_stream_backoff_resets_after_60s_connected() -> None:
+    """The streaming source against the fake service, with the backoff's clock under test
+    control: a connection dropped soon after it was made keeps doubling the delay; one that
+    stayed up 60 s starts over from ``initial_reconnect_delay`` (DESIGN §12)."""
+    from shmflags.config import Config
+    from shmflags.supervisor.http import Backoff
+    from shmflags.supervisor.sources.streaming import StreamingSource
+    from tests.fakes.sink import RecordingSink
+
+    now = [1000.0]
+    backoff = Backoff(0.1, rng=lambda: 0.0, clock=lambda: now[0])
+    with FakeLD(heartbeat_interval=0.2) as fake:
+        fake.set_data({"color": flag("color", 1, "red")}, {})
+        fake.respond_with(503, path="/all", times=3)        # delays 0.1, 0.2, 0.4 s
+        sink = RecordingSink()
+        cfg = Config("sdk-test-key", stream_uri=fake.url, base_uri=fake.url,
+                     events_uri=fake.url, initial_reconnect_delay=0.1, environ={})
+        src = StreamingSource(cfg, sink, _backoff=backoff)
+        src.start()
+        try:
+            assert sink.wait_count("init", 1, timeout=10)
+            assert fake.disconnect_streams() == 1          # dropped at once: 4th failure
+            assert sink.wait_count("init", 2, timeout=10)
+            now[0] += 61.0                                  # this connection lasts 61 s
+            assert fake.disconnect_streams() == 1          # counted afresh: 1st failure
+            assert sink.wait_count("init", 3, timeout=10)
+        finally:
+            src.stop()
+        times = [r.time for r in fake.requests_to("/all")]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    print(f"\nreconnect gaps: {[round(g, 2) for g in gaps]}")
+    assert len(gaps) == 5, gaps
+    assert gaps[3] >= 0.75, gaps            # 0.8 s: the doubling went on
+    assert gaps[4] < 0.5, gaps              # 0.1 s: reset after 60 s connected
