@@ -338,10 +338,8 @@ def test_redis_down_keeps_the_data_and_recovers(h: Harness) -> None:
         client.set(f"{prefix}:$inited", "")
         client.close()
 
-    server = RedisServer()
-    server.start()
-    port = server.port
-    try:
+    with RedisServer() as server:
+        port = server.port
         fill(server.url, "red", 1)
         sup = h.start(env={"SHMFLAGS_USE_LDD": "true", "SHMFLAGS_REDIS_URL": server.url,
                            "SHMFLAGS_REDIS_PREFIX": prefix,
@@ -356,14 +354,11 @@ def test_redis_down_keeps_the_data_and_recovers(h: Harness) -> None:
         time.sleep(0.5)
         assert color(h) == "red" and h.ctl()["generation"] == generation
         assert "Redis read failed" in sup.log()
-        server = RedisServer(port=port)                 # back, with newer data
-        server.start()
+    with RedisServer(port=port) as server:              # back, with newer data
         fill(server.url, "blue", 2)
         wait_for(lambda: color(h) == "blue", 10)
         wait_for(lambda: h.status().get("state") == "VALID", 5)
         assert sup.proc.poll() is None
-    finally:
-        server.stop()
 
 
 # -- stream backoff resets after 60 s connected -------------------------------------------------
