@@ -26,7 +26,7 @@ from shmflags.client.hooks import (HookRunner, environment_metadata, plugin_hook
                                    register_plugins)
 from shmflags.client.loading import DataLike, as_config, load_data, make_recorder
 from shmflags.client.migrations import OpTracker, Stage
-from shmflags.client.source import ShmSource, StaticSource, TestDataSource
+from shmflags.client.source import ShmSource, StaticSource, TestDataSource, open_backend
 from shmflags.client.status import (BigSegmentStoreStatusProvider, DataSourceStatusProvider,
                                     DataStoreStatusProvider)
 from shmflags.client.tracker import FlagTracker, Watcher
@@ -149,25 +149,35 @@ class Client:
 
     @classmethod
     def from_data(cls, data: DataLike, big_segments: Any = None, *,
-                  config: Any = None) -> "Client":
+                  config: Any = None, evaluator: Optional[str] = None) -> "Client":
         """An in-process client over LD flag data, without a supervisor or shared memory.
 
-        Evaluates with the pure-Python reference evaluator (the implementation checked against
-        ldclient); :meth:`from_file` and :meth:`from_test_data` use the worker's backend over
-        snapshot bytes, as a worker attached to shared memory does.
+        By default the data is encoded into snapshot bytes and evaluated by the worker's
+        backend (the C evaluator when it is built, see :func:`shmflags.evaluator_backend`), as a
+        worker attached to shared memory does.
 
         :param data: a dict ``{"flags", "segments", "flagValues"}``, JSON text, or a file path
-        :param big_segments: optional Big Segment membership provider (reference evaluator)
+        :param big_segments: optional Big Segment membership provider
         :param config: optional configuration (default: events off)
+        :param evaluator: ``None`` for the worker's backend, or ``"model"`` for the pure-Python
+            reference evaluator over the parsed model (no snapshot; the differential tests
+            against ldclient use it)
         :raises shmflags.errors.DataError: when the data cannot be read at all (a malformed
             individual flag does not raise: its evaluations return ``MALFORMED_FLAG``)
         """
-        from shmflags.evaluation.backend import ModelBackend
-        from shmflags.model import parse_flag, parse_segment
         flags, segments = load_data(data)
-        backend = ModelBackend.from_dicts({k: parse_flag(v) for k, v in flags.items()},
-                                          {k: parse_segment(v) for k, v in segments.items()},
-                                          big_segments)
+        if evaluator == "model":
+            from shmflags.evaluation.backend import ModelBackend
+            from shmflags.model import parse_flag, parse_segment
+            backend = ModelBackend.from_dicts({k: parse_flag(v) for k, v in flags.items()},
+                                              {k: parse_segment(v) for k, v in segments.items()},
+                                              big_segments)
+        elif evaluator is None:
+            from shmflags.snapshot.builder import SnapshotBuilder
+            backend = open_backend(SnapshotBuilder().build(flags, segments, generation=1),
+                                   big_segments)
+        else:
+            raise ValueError(f"evaluator must be None or 'model', not {evaluator!r}")
         return cls(config if config is not None else Config(send_events=False),
                    _source=StaticSource({}, {}, backend=backend))
 

@@ -119,7 +119,7 @@ def check_case(oracle: Oracle, flags: Dict[str, Any], segments: Dict[str, Any],
     assert ours_refuse == theirs_refuse, "validation differs from ldclient's"
     if theirs_refuse:
         return
-    client = Client.from_data({"flags": flags, "segments": segments})
+    client = Client.from_data({"flags": flags, "segments": segments}, evaluator="model")
     for ctx in contexts:
         if Context.from_dict(ctx).valid:
             for key in list(flags) + ["missing"]:
@@ -210,7 +210,8 @@ def test_big_segments_match_ldclient(big_oracle, data, contexts, memberships):
         oracle.load(flags, segments)
     except OracleRejected:
         return
-    client = Client.from_data({"flags": flags, "segments": segments}, big_segments=_Provider(store))
+    client = Client.from_data({"flags": flags, "segments": segments}, big_segments=_Provider(store),
+                              evaluator="model")
     for ctx in contexts:
         for key in flags:
             expected = oracle.detail(key, ctx, DEFAULT)
