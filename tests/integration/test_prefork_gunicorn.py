@@ -15,9 +15,8 @@ post_fork hook. What is measured and asserted:
 from __future__ import annotations
 
 import signal
-import threading
 import time
-from typing import Any, Dict, Iterator, List
+from typing import Dict, Iterator, List
 
 import pytest
 
@@ -25,7 +24,8 @@ from tests.fakes.fake_ld import FakeLD
 from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations, every_worker,
                                                flag, fmt_switch, free_port, http_json, load,
                                                propagate_patch, require_worker_client,
-                                               summary_counts, switch_times, wait_counts, wait_for)
+                                               summary_counts, supervisor_kill9_and_restart,
+                                               switch_times, wait_counts, wait_for)
 
 pytestmark = pytest.mark.slow
 require_worker_client()
@@ -142,72 +142,7 @@ def test_max_requests_recycling_under_load(fake: FakeLD, ns: Namespace) -> None:
 def test_supervisor_kill9_and_restart_changes_only_status(fake: FakeLD, ns: Namespace) -> None:
     sup = ns.supervisor(fake)
     server = ns.gunicorn(workers=3, worker_class="gthread", threads=2)
-    warmup = server.collect("flag=f1&hold=0.005", every_worker(server, "v1"), timeout=10.0,
-                            concurrency=6)
-    _, st = server.get("/status")
-    assert st["state"] == "VALID", st
-
-    # a steady load through the whole kill / restart sequence: every answer is recorded
-    stop = threading.Event()
-    steady: Dict[str, Any] = {}
-
-    def background() -> None:
-        steady["answers"] = server.collect("flag=f1&n=2&hold=0.01",
-                                           lambda a: stop.is_set(), timeout=60.0,
-                                           concurrency=2)
-    loader = threading.Thread(target=background, daemon=True)
-    loader.start()
-    time.sleep(0.3)
-
-    sup.kill9()
-    killed = time.monotonic()
-    time.sleep(1.0)
-    status = ns.status()
-    print(f"status --json 1 s after SIGKILL: state {status.get('state')}, supervisor_alive "
-          f"{status.get('supervisor_alive')}, heartbeat_age_s {status.get('heartbeat_age_s')}")
-    assert status["serving"] and status["flags"] == 2 and not status["supervisor_alive"], status
-
-    # past heartbeat_timeout (5 s) the workers report INTERRUPTED, and still serve v1
-    def interrupted() -> bool:
-        code, body = server.get("/status")
-        return code == 200 and body["state"] == "INTERRUPTED"
-    wait_for(interrupted, 8.0, 0.2, "a worker reporting INTERRUPTED")
-    print(f"a worker reported INTERRUPTED {time.monotonic() - killed:.1f} s after the kill")
-
-    sup2 = ns.supervisor(fake, wait=False)
-    restarted = time.monotonic()
-    wait_for(lambda: (ns.control() or {}).get("supervisor_pid") == sup2.pid, 10.0, 0.02,
-             "the new supervisor's generation")
-    wait_for(lambda: ns.status().get("state") == "VALID" and ns.status().get("source")
-             == "streaming", 10.0, 0.1, "the new supervisor streaming")
-    wait_for(lambda: server.get("/status")[1]["state"] == "VALID", 5.0, 0.1,
-             "a worker back to VALID")
-    print(f"the new supervisor served, streamed, and workers were VALID again "
-          f"{time.monotonic() - restarted:.1f} s after its start")
-    time.sleep(0.3)
-    stop.set()
-    loader.join(15)
-    answers = steady["answers"]
-    values = [a["value"] for per in answers.values() for a in per]
-    print(f"steady load through kill and restart: {len(values)} answers from "
-          f"{len(answers)} workers, values {sorted(set(values))}")
-    assert set(values) == {"v1"} and len(values) > 50
-    assert set(server.worker_pids()) <= set(answers)
-
-    # the workers follow the new supervisor's generations
-    result = propagate_patch(fake, server, "f1", "v3", 3)
-    print(f"after the restart a patch reached all workers in {result['latency'] * 1000:.1f} ms")
-    assert result["latency"] < LATENCY_BOUND
-
-    # events: what the workers held while no supervisor was there is delivered to the new
-    # one; what the killed supervisor had received but not yet posted is lost (one window)
-    performed = evaluations(warmup) + evaluations(answers) + evaluations(result["answers"])
-    after_restart = evaluations(result["answers"])
-    assert server.stop(signal.SIGTERM) == 0
-    got = wait_counts(fake, "f1", performed, timeout=5.0)
-    print(f"events across the supervisor kill: {performed} evaluations performed, {got} "
-          f"counted ({performed - got} lost with the killed supervisor)")
-    assert after_restart <= got <= performed
+    supervisor_kill9_and_restart(fake, ns, sup, server, "gunicorn gthread")
 
 
 def test_workers_started_before_the_supervisor_attach_by_themselves(fake: FakeLD,

@@ -19,8 +19,8 @@ import pytest
 from tests.fakes.fake_ld import FakeLD
 from tests.integration.prefork_helpers import (LATENCY_BOUND, Namespace, evaluations, every_worker,
                                                flag, fmt_switch, load, propagate_patch,
-                                               require_worker_client, summary_counts, wait_counts,
-                                               wait_for)
+                                               require_worker_client, summary_counts,
+                                               supervisor_kill9_and_restart, wait_counts, wait_for)
 
 pytestmark = pytest.mark.slow
 require_worker_client()
@@ -73,6 +73,12 @@ def test_patch_reaches_every_worker_and_events_add_up(fake: FakeLD, ns: Namespac
     got_imp = wait_counts(fake, "imp", expected_imp, timeout=3.0)
     print(f"import-time evaluations: {expected_imp} performed, {got_imp} counted")
     assert got_imp == expected_imp
+
+
+def test_supervisor_kill9_and_restart_changes_only_status(fake: FakeLD, ns: Namespace) -> None:
+    sup = ns.supervisor(fake)
+    server = ns.uwsgi(processes=3)
+    supervisor_kill9_and_restart(fake, ns, sup, server, "uWSGI default")
 
 
 def test_harakiri_replaces_a_worker_that_serves_correct_values(fake: FakeLD,
