@@ -161,12 +161,15 @@ def test_fork_child_revalidates_and_switches(name: str) -> None:
         assert source.current().evaluate("f", USER)[0] == "parent"
         r, w = os.pipe()
         go_r, go_w = os.pipe()
+        ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             try:
                 os.close(r)
                 os.close(go_w)
+                os.close(ready_r)
                 first = source.current().evaluate("f", USER)[0]
+                os.write(ready_w, b"x")  # the parent publishes only after this first read
                 os.read(go_r, 1)  # wait for the parent's publish
                 second = source.current().evaluate("f", USER)[0]
                 os.write(w, f"{first},{second}".encode())
@@ -174,7 +177,9 @@ def test_fork_child_revalidates_and_switches(name: str) -> None:
                 os._exit(0)
         os.close(w)
         os.close(go_r)
-        time.sleep(0.05)
+        os.close(ready_w)
+        assert os.read(ready_r, 1) == b"x"
+        os.close(ready_r)
         _publish(pub, builder, "after-fork", 2)
         os.write(go_w, b"x")
         out = os.read(r, 100).decode()
