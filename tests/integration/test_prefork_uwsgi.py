@@ -128,6 +128,10 @@ def test_max_requests_recycling_under_load(fake: FakeLD, ns: Namespace) -> None:
           f"({retries1 + retries2} connection retries)")
     assert len(pids) > 3, "workers were not recycled"
     performed = requests * per_request
+    # What is under test is the recycling (workers exiting after max-requests mid-run). The
+    # final stop is uWSGI's SIGTERM, a brutal shutdown that may kill a loaded worker before its
+    # exit flush, so let the live workers' flush interval (0.5 s) pass first.
+    time.sleep(1.0)
     assert server.stop(signal.SIGTERM) == 0
     got = wait_counts(fake, "f1", performed)
     print(f"events under recycling: {performed} evaluations performed, {got} counted "
