@@ -110,6 +110,8 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--only", action="append", help="run only this benchmark (repeatable); "
                         "the other benchmarks' previous results are kept")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--render", action="store_true", help="measure nothing: redo the tables "
+                        "and plots from results/latest.json (modules with a render(result))")
     args = parser.parse_args(argv)
     quick = not args.full
     discover()
@@ -119,11 +121,20 @@ def main(argv: List[str] | None = None) -> None:
     os.makedirs(RESULTS, exist_ok=True)
     latest = os.path.join(RESULTS, "latest.json")
     results: Dict[str, Any] = {"benchmarks": {}}
-    if args.only and os.path.exists(latest):
+    if args.render:
+        with open(latest) as fh:
+            results = json.load(fh)
+        for name, res in results.get("benchmarks", {}).items():
+            mod = sys.modules.get(f"benchmarks.{name}_bench")
+            if mod is not None and callable(getattr(mod, "render", None)) and "error" not in res:
+                mod.render(res)
+        args.only = ["-"]  # run nothing below
+    elif args.only and os.path.exists(latest):
         with open(latest) as fh:
             old = json.load(fh)
         results["benchmarks"].update(old.get("benchmarks", {}))
-    results.update(machine=machine(), versions=versions())
+    if not args.render:
+        results.update(machine=machine(), versions=versions())
     for name, fn in BENCHES.items():
         if args.only and name not in args.only:
             continue

@@ -225,17 +225,34 @@ def bench(quick: bool, n_flags: Optional[int] = None) -> Dict[str, Any]:
     # the pass with the median requests/s (the machine is shared: single passes jump)
     out["best"] = {v: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for v, r in runs.items() if r}
     out["load_after"] = common.load_average()
+    render(out)
+    return out
+
+
+def _cpu(out: Dict[str, Any], variant: str) -> float:
+    return common.percentile([x.get("cpu_us", float("nan")) for x in out["runs"][variant]], 50)
+
+
+def render(out: Dict[str, Any]) -> None:
+    """(Re)compute the table and the target verdict from the measured figures.
+
+    Two estimates of the throughput ratio: requests/s (what wrk saw; moved by other processes
+    on the machine, which can make an SDK look faster than no SDK) and the workers' CPU per
+    request (baseline ÷ variant: what the SDK costs each request; hardly moved by other load).
+    The target counts as met only when both reach 95 %."""
     out["markdown"] = markdown(out)
     base = out["best"]["none"]["rps"]
-    s = out["best"]["shmflags"]["rps"]
-    se = out["best"]["shmflags+events"]["rps"]
+
+    def pct(v: str) -> str:
+        return (f"{100 * out['best'][v]['rps'] / base:.0f} % by requests/s, "
+                f"{100 * _cpu(out, 'none') / _cpu(out, v):.0f} % by worker CPU")
+    s = out["best"]["shmflags"]["rps"] / base
+    s_cpu = _cpu(out, "none") / _cpu(out, "shmflags")
     out["targets"] = [{
         "target": "gunicorn throughput with shmflags ≥ 95 % of the no-SDK baseline",
-        "measured": f"{100 * s / base:.0f} % events off, {100 * se / base:.0f} % events on "
-                    f"(ldclient {100 * out['best']['ldclient']['rps'] / base:.0f} % / "
-                    f"{100 * out['best']['ldclient+events']['rps'] / base:.0f} %)",
-        "met": s / base >= 0.95}]
-    return out
+        "measured": f"events off: {pct('shmflags')}; events on: {pct('shmflags+events')} "
+                    f"(ldclient: {pct('ldclient')}; events on: {pct('ldclient+events')})",
+        "met": s >= 0.95 and s_cpu >= 0.95}]
 
 
 def markdown(out: Dict[str, Any]) -> str:
@@ -248,8 +265,9 @@ def markdown(out: Dict[str, Any]) -> str:
             f"per request, {out['flags']} flags ({out['load_generator']}, {out['seconds']} s, "
             f"median of {out['passes']} passes; load {out['load_before'][0]})", "",
             "| app | requests/s | % of baseline | p50 latency | p99 latency | errors | worker "
-            "CPU µs/request (median pass) | app alone, µs/request (in-process, no HTTP) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            "CPU µs/request (median pass) | % of baseline by worker CPU | app alone, "
+            "µs/request (in-process, no HTTP) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     app_us = out.get("app_us", {})
     for v in VARIANTS:
         r = best.get(v)
@@ -258,7 +276,7 @@ def markdown(out: Dict[str, Any]) -> str:
         rows.append(f"| {names[v]} | {r['rps']:.0f} | {100 * r['rps'] / base:.0f} % | "
                     f"{r['p50_us'] / 1e3:.1f} ms | {r['p99_us'] / 1e3:.1f} ms | "
                     f"{r['errors'] + r['non2xx']} | "
-                    f"{common.percentile([x.get('cpu_us', float('nan')) for x in out['runs'][v]], 50):.0f} | "
+                    f"{_cpu(out, v):.0f} | {100 * _cpu(out, 'none') / _cpu(out, v):.0f} % | "
                     f"{app_us.get(v, float('nan')):.0f} |")
     return "\n".join(rows)
 
