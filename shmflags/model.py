@@ -98,6 +98,19 @@ def _object(data: Any) -> dict:
     return data
 
 
+def _parse_guarded(item: Any, raw: Any) -> None:
+    """Parse ``raw`` into ``item`` (a Flag or Segment); on data ldclient would refuse, keep
+    the error and whatever key and version can be read, so the item evaluates as malformed."""
+    try:
+        item._parse(_object(raw))
+    except DataError as exc:
+        item.error = str(exc)
+        if isinstance(raw, dict):
+            key, version = raw.get("key"), raw.get("version")
+            item.key = key if isinstance(key, str) else ""
+            item.version = version if isinstance(version, int) else 0
+
+
 def _check_prerequisite_graph(data: dict) -> None:
     """What ldclient's store needs to order flags by prerequisites before storing them.
 
@@ -292,14 +305,7 @@ class Flag:
         self.exclude_from_summaries = False
         self.sampling_ratio: Optional[int] = None
         self.migration_check_ratio: Optional[int] = None
-        try:
-            self._parse(_object(raw))
-        except DataError as exc:
-            self.error = str(exc)
-            if isinstance(raw, dict):
-                key, version = raw.get("key"), raw.get("version")
-                self.key = key if isinstance(key, str) else ""
-                self.version = version if isinstance(version, int) else 0
+        _parse_guarded(self, raw)
 
     def _parse(self, data: dict) -> None:
         self.version = _req_int(data, "version")
@@ -367,14 +373,7 @@ class Segment:
         self.unbounded = False
         self.unbounded_context_kind: Optional[str] = None
         self.generation: Optional[int] = None
-        try:
-            self._parse(_object(raw))
-        except DataError as exc:
-            self.error = str(exc)
-            if isinstance(raw, dict):
-                key, version = raw.get("key"), raw.get("version")
-                self.key = key if isinstance(key, str) else ""
-                self.version = version if isinstance(version, int) else 0
+        _parse_guarded(self, raw)
 
     def _parse(self, data: dict) -> None:
         self.version = _req_int(data, "version")
