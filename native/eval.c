@@ -739,27 +739,13 @@ static int check_targets(sf_eval_t *e, const sf_rec_t *rec, const sf_flag_rec_t 
 {
     int bad = 0, r;
     *hit = 0;
-    if (f->context_targets.len == 0) {
-        const sf_target_t *t = sf_rec_array(rec, f->targets, sizeof(sf_target_t), &bad);
-        if (bad)
-            return SF_EMALFORMED;
-        for (uint32_t i = 0; i < f->targets.len; i++) {
-            if ((r = key_in_set(e, rec, t[i].kind, t[i].set)) < 0)
-                return r;
-            if (r) {
-                *hit = 1;
-                out->kind = SF_R_TARGET_MATCH;
-                get_variation(rec, f, t[i].variation, out);
-                return SF_OK;
-            }
-        }
-        return SF_OK;
-    }
-    const sf_target_t *t = sf_rec_array(rec, f->context_targets, sizeof(sf_target_t), &bad);
+    /* Old data has only "targets"; otherwise "contextTargets" defines the order, and its
+     * user-kind entries carry the keys of the first matching "targets" entry (compile.py). */
+    sf_ref_t list = f->context_targets.len ? f->context_targets : f->targets;
+    const sf_target_t *t = sf_rec_array(rec, list, sizeof(sf_target_t), &bad);
     if (bad)
         return SF_EMALFORMED;
-    for (uint32_t i = 0; i < f->context_targets.len; i++) {
-        /* user-kind entries carry the keys of the first matching "targets" entry */
+    for (uint32_t i = 0; i < list.len; i++) {
         if ((r = key_in_set(e, rec, t[i].kind, t[i].set)) < 0)
             return r;
         if (r) {
