@@ -184,8 +184,9 @@ class ShmSource:
         self._closed = False
         # issue 11: Big Segment membership from the supervisor's mirror (NOT_CONFIGURED
         # until one exists); also behind client.big_segment_store_status_provider.
-        from shmflags.integrations.bigsegments import ShmBigSegments
-        self.big_segments = ShmBigSegments(self._name)
+        from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+        self.big_segments = ShmBigSegments(
+            self._name, cache_size=getattr(config, "big_segments_context_cache_size", CACHE_SIZE))
         ref = weakref.ref(self)
 
         def _child() -> None:
