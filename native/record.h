@@ -176,7 +176,7 @@ typedef struct sf_target {
  *   in fp).  compile.py places the strings in fingerprint order, each at
  *   max(home(fp), previous position + 1), without wrap-around, so non-empty slots are sorted
  *   by fp and a string is never before its home.  A lookup scans from home(fp) and stops at
- *   an empty slot (off 0), a larger fp, or the end (nslots): at load 0.8 about 3 slots.
+ *   an empty slot (off 0), a larger fp, or the end (nslots): at load 0.875 about 4 slots.
  *   Each slot's off points at the string: a LEB128 byte length, then the bytes (no NUL,
  *   unaligned), in a pool right after the slots.
  */

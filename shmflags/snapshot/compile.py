@@ -59,8 +59,8 @@ RECORD_FORMAT = (RECORD_VERSION << 24) | (FLAG_REC_SIZE << 12) | (SEGMENT_REC_SI
 #: ``in`` clauses with more string values than this get a hash set.
 IN_SET_MIN = 8
 #: String sets have ceil(count / load) home positions, load = SET_LOAD_NUM / SET_LOAD_DEN.
-SET_LOAD_NUM = 4
-SET_LOAD_DEN = 5
+SET_LOAD_NUM = 7
+SET_LOAD_DEN = 8
 
 # flag bits (sf_flag_rec_t.bits)
 FLAG_ON = 1 << 0

@@ -127,9 +127,9 @@ def test_string_set_layout_matches():
     assert re.search(r"uint32_t nslots;.*\n\s*uint32_t home;", text)
     assert re.search(r"uint32_t fp;.*\n\s*uint32_t off;", text)
     assert C.RECORD_VERSION == 3 and C.RECORD_FORMAT == 0x03080608
-    assert (C.SET_LOAD_NUM, C.SET_LOAD_DEN) == (4, 5)
+    assert (C.SET_LOAD_NUM, C.SET_LOAD_DEN) == (7, 8)
     doc = (NATIVE.parent / "docs" / "snapshot-format.md").read_text()
-    assert "`0x03080608` for version 3" in doc and "ceil(count / 0.8)" in doc
+    assert "`0x03080608` for version 3" in doc and "ceil(count · 8 / 7)" in doc
 
 
 def test_layout_h_matches_format_py():
