@@ -405,36 +405,34 @@ def _strset(w: _Writer, keys: Sequence[str]) -> int:
     off = w._sets.get(memo_key)
     if off is not None:
         return off
-    uniq = list(dict.fromkeys(_utf8(k) for k in keys))
+    uniq = dict.fromkeys([k.encode("utf-8", "surrogatepass") for k in keys])
     if not uniq:
         return 0
     m = set_home_slots(len(uniq))
-    items = sorted((xxhash.xxh64_intdigest(raw) >> 32, raw) for raw in uniq)
-    positions = []
-    nxt = 0
-    for fp, _raw in items:
+    h64 = xxhash.xxh64_intdigest
+    items = sorted([(h64(raw) >> 32, raw) for raw in uniq])
+    placed = []
+    pieces = []
+    nxt = rel = 0
+    for fp, raw in items:
         pos = (fp * m) >> 32
         if pos < nxt:
             pos = nxt
-        positions.append(pos)
         nxt = pos + 1
-    nslots = nxt
-    pieces = []
-    for _fp, raw in items:
         n = len(raw)
-        pieces.append(_SHORT_LEN[n] if n < 0x80 else _varint(n))
+        prefix = _SHORT_LEN[n] if n < 0x80 else _varint(n)
+        pieces.append(prefix)
         pieces.append(raw)
-    pool = b"".join(pieces)
+        placed.append((pos, fp, rel))
+        rel += len(prefix) + n
+    nslots = nxt
     off = w.alloc(8 + SLOT_SIZE * nslots)
-    pool_off = len(w.buf)  # strings right after the slots, unaligned
-    w.buf += pool
+    pool_off = len(w.buf)  # the members right after the slots, unaligned
+    w.buf += b"".join(pieces)
     slots = [0] * (2 * nslots)
-    s_off = pool_off
-    for (fp, raw), pos in zip(items, positions):
+    for pos, fp, rel in placed:
         slots[2 * pos] = fp
-        slots[2 * pos + 1] = s_off
-        n = len(raw)
-        s_off += n + (1 if n < 0x80 else len(_varint(n)))
+        slots[2 * pos + 1] = pool_off + rel
     struct.pack_into("<II%dI" % (2 * nslots), w.buf, off, nslots, m, *slots)
     w._sets[memo_key] = off
     return off
