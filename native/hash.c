@@ -112,7 +112,7 @@ static inline int set_member_eq(const sf_rec_t *r, uint32_t off, const char *key
  * @klen: their length.
  * @hash: sf_xxh64(key, klen, 0), computed once by the caller.
  *
- * The scan is bounded by nslots, which is bounded by the record length, so a corrupt set ends;
+ * The scan ends at the sentinel slot at the latest (checked first), so a corrupt set ends;
  * a corrupt but in-bounds set (unsorted, wrong fingerprints) can only give a wrong answer.
  * Return: 1 member, 0 not a member, -1 corrupt set.
  */
@@ -133,18 +133,26 @@ int sf_strset_has(const sf_rec_t *r, uint32_t off, const char *key, size_t klen,
                                           (uint64_t)nslots * sizeof(sf_setslot_t));
     if (slots == NULL)
         return -1;
+    /* invariant: the last slot is the sentinel {SF_SET_EMPTY_FP, 0}: both loops below stop
+     * at it at the latest (fp <= SF_SET_EMPTY_FP; an equal fp meets off 0), so i < nslots */
+    if (slots[nslots - 1].fp != SF_SET_EMPTY_FP || slots[nslots - 1].off != 0)
+        return -1;
     uint32_t fp = (uint32_t)(hash >> 32);
-    /* home < m; a home at or past nslots means nothing was placed there or later */
+    /* home < m; a home at or past the sentinel means nothing was placed there or later */
     uint32_t i = (uint32_t)(((uint64_t)fp * m) >> 32);
-    for (; i < nslots; i++) {
-        const sf_setslot_t *s = &slots[i];
-        if (s->off == 0 || s->fp > fp)
-            return 0;   /* empty, or past every slot that could hold fp (sorted) */
-        if (s->fp == fp) {
-            int eq = set_member_eq(r, s->off, key, klen);
-            if (eq != 0)
-                return eq;
-        }
+    if (i >= nslots)
+        i = nslots - 1;
+    /* skip the members displaced from earlier homes (smaller fingerprints; the slots are in
+     * fingerprint order); an empty slot (fp SF_SET_EMPTY_FP) ends the skip */
+    while (slots[i].fp < fp)
+        i++;
+    for (; slots[i].fp == fp; i++) {
+        if (slots[i].off == 0)
+            return 0;   /* empty slot or the sentinel: not a member */
+        int eq = set_member_eq(r, slots[i].off, key, klen);
+        if (eq != 0)
+            return eq;  /* member, or a corrupt member */
+        /* a 32-bit collision: the next slot may hold the same fingerprint */
     }
     return 0;
 }

@@ -174,20 +174,22 @@ typedef struct sf_target {
  * sf_strset_t - a string set: ordered linear probing on a 32-bit fingerprint.
  *   fp = xxh64(UTF-8 bytes, seed 0) >> 32; home(fp) = (fp * home) >> 32 (< home, monotonic
  *   in fp).  compile.py places the strings in fingerprint order, each at
- *   max(home(fp), previous position + 1), without wrap-around, so non-empty slots are sorted
- *   by fp and a string is never before its home.  A lookup scans from home(fp) and stops at
- *   an empty slot (off 0), a larger fp, or the end (nslots): at load 0.875 about 4 slots.
- *   Each slot's off points at the string: a LEB128 byte length, then the bytes (no NUL,
- *   unaligned), in a pool right after the slots.
+ *   max(home(fp), previous position + 1), without wrap-around, so used slots are sorted
+ *   by fp and a string is never before its home.  Empty slots are {SF_SET_EMPTY_FP, 0}, and
+ *   one such slot (the sentinel) is always last.  A lookup skips from home(fp) past smaller
+ *   fps, then compares the strings of the slots with an equal fp: at load 0.875 about 4
+ *   slots.  Each used slot's off points at the string: a LEB128 byte length, then the bytes
+ *   (no NUL, unaligned), in a pool right after the slots.
  */
+#define SF_SET_EMPTY_FP 0xFFFFFFFFu
 typedef struct sf_strset {
-    uint32_t nslots;     /*  0 slots that follow (>= 1) */
+    uint32_t nslots;     /*  0 slots that follow, the sentinel included (>= 1) */
     uint32_t home;       /*  4 home positions m (>= 1; may exceed nslots: trailing ones empty) */
     /* sf_setslot_t slots[nslots] follow */
 } sf_strset_t;
 
 typedef struct sf_setslot {
-    uint32_t fp;         /*  0 fingerprint */
+    uint32_t fp;         /*  0 fingerprint; SF_SET_EMPTY_FP when empty */
     uint32_t off;        /*  4 string (LEB128 length + bytes); 0 = empty slot */
 } sf_setslot_t;
 

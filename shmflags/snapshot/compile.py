@@ -61,6 +61,8 @@ IN_SET_MIN = 8
 #: String sets have ceil(count / load) home positions, load = SET_LOAD_NUM / SET_LOAD_DEN.
 SET_LOAD_NUM = 7
 SET_LOAD_DEN = 8
+#: Fingerprint field of an empty string-set slot (and of the sentinel that ends the slots).
+SET_EMPTY_FP = 0xFFFFFFFF
 
 # flag bits (sf_flag_rec_t.bits)
 FLAG_ON = 1 << 0
@@ -398,8 +400,9 @@ def _strset(w: _Writer, keys: Sequence[str]) -> int:
     0 when ``keys`` is empty. Ordered linear probing: strings sorted by fingerprint ``fp``,
     each placed at ``max(home(fp), previous position + 1)`` with ``home(fp) = (fp * m) >> 32``
     (monotonic in fp), so the slots are in fingerprint order and a lookup scans from
-    ``home(fp)`` until an empty slot or a larger fingerprint. No wrap-around: the table is as
-    long as its last used position. The same key list in one record is written once.
+    ``home(fp)`` past smaller fingerprints. Empty slots hold ``(0xFFFFFFFF, 0)`` and one such
+    slot ends the table (the sentinel: no wrap-around, no bounds check in the scan). The same
+    key list in one record is written once.
     """
     memo_key = tuple(keys)
     off = w._sets.get(memo_key)
@@ -425,11 +428,11 @@ def _strset(w: _Writer, keys: Sequence[str]) -> int:
         pieces.append(raw)
         placed.append((pos, fp, rel))
         rel += len(prefix) + n
-    nslots = nxt
+    nslots = nxt + 1  # the sentinel
     off = w.alloc(8 + SLOT_SIZE * nslots)
     pool_off = len(w.buf)  # the members right after the slots, unaligned
     w.buf += b"".join(pieces)
-    slots = [0] * (2 * nslots)
+    slots = [SET_EMPTY_FP, 0] * nslots
     for pos, fp, rel in placed:
         slots[2 * pos] = fp
         slots[2 * pos + 1] = pool_off + rel

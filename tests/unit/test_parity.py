@@ -128,6 +128,7 @@ def test_string_set_layout_matches():
     assert re.search(r"uint32_t fp;.*\n\s*uint32_t off;", text)
     assert C.RECORD_VERSION == 3 and C.RECORD_FORMAT == 0x03080608
     assert (C.SET_LOAD_NUM, C.SET_LOAD_DEN) == (7, 8)
+    assert _define(text, "SF_SET_EMPTY_FP") == C.SET_EMPTY_FP == 0xFFFFFFFF
     doc = (NATIVE.parent / "docs" / "snapshot-format.md").read_text()
     assert "`0x03080608` for version 3" in doc and "ceil(count · 8 / 7)" in doc
 

@@ -52,13 +52,14 @@ def read_set(rec: bytes, off: int) -> List[bytes]:
         return []
     assert off % 8 == 0
     nslots, m = struct.unpack_from("<II", rec, off)
-    assert nslots >= 1 and m >= 1
+    assert nslots >= 2 and m >= 1
+    assert struct.unpack_from("<II", rec, off + 8 + 8 * (nslots - 1)) == (C.SET_EMPTY_FP, 0)
     members: List[bytes] = []
     prev_fp, pool = -1, off + 8 + 8 * nslots
-    for i in range(nslots):
+    for i in range(nslots - 1):
         fp, s_off = struct.unpack_from("<II", rec, off + 8 + 8 * i)
         if s_off == 0:
-            assert fp == 0
+            assert fp == C.SET_EMPTY_FP
             continue
         assert fp >= prev_fp, "slots sorted by fingerprint"
         assert (fp * m) >> 32 <= i, "never before its home slot"
@@ -69,8 +70,8 @@ def read_set(rec: bytes, off: int) -> List[bytes]:
         assert C.set_fingerprint(raw) == fp
         members.append(raw)
         prev_fp, pool = fp, start + n
-    # the last slot is used (the table is as long as its last used position)
-    assert struct.unpack_from("<I", rec, off + 8 + 8 * (nslots - 1) + 4)[0] != 0
+    # the slot before the sentinel is used (the table ends right after its last member)
+    assert struct.unpack_from("<I", rec, off + 8 + 8 * (nslots - 2) + 4)[0] != 0
     return members
 
 
@@ -80,15 +81,20 @@ def lookup(rec: bytes, off: int, raw: bytes) -> bool:
         return False
     nslots, m = struct.unpack_from("<II", rec, off)
     fp = xxhash.xxh64_intdigest(raw) >> 32
-    i = (fp * m) >> 32
-    while i < nslots:
-        s_fp, s_off = struct.unpack_from("<II", rec, off + 8 + 8 * i)
-        if s_off == 0 or s_fp > fp:
+    i = min((fp * m) >> 32, nslots - 1)
+
+    def slot(i: int) -> Tuple[int, int]:
+        return struct.unpack_from("<II", rec, off + 8 + 8 * i)
+
+    while slot(i)[0] < fp:          # the sentinel's fp (the maximum) ends this
+        i += 1
+    while slot(i)[0] == fp:
+        s_off = slot(i)[1]
+        if s_off == 0:              # an empty slot or the sentinel
             return False
-        if s_fp == fp:
-            n, start = _leb128(rec, s_off)
-            if rec[start:start + n] == raw:
-                return True
+        n, start = _leb128(rec, s_off)
+        if rec[start:start + n] == raw:
+            return True
         i += 1
     return False
 
