@@ -35,7 +35,14 @@ from shmflags.events.sender import (
     pack_window
 )
 
-__all__ = ["EventRecorder"]
+try:  # the common path of record_evaluation in C (native/events.c); optional
+    from shmflags._native import RecorderCore as _NativeCore
+except ImportError:  # no extension (or an older build): the Python path does everything
+    _NativeCore = None
+
+from shmflags.context import Context as _Context
+
+__all__ = ["EventRecorder", "PythonEventRecorder", "NATIVE"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +62,32 @@ Bounds what a child forked without CPython's fork handlers (uWSGI without
 the fork: the child's first 10 ms of evaluations."""
 
 
+_KINDS: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+_KINDS_MAX = 1024  # distinct kind tuples interned; beyond that they are simply not shared
+
+
 def _kinds_of(context: Any) -> Tuple[str, ...]:
-    """The individual context kinds of a (shmflags or ldclient) context."""
+    """The individual context kinds of a (shmflags or ldclient) context.
+
+    Equal tuples are returned as one object (interned), so that a summary flag evaluated
+    for many contexts of the same kinds keeps seeing the kinds it already has (an identity
+    check on the recording path) and its kinds set is not updated again.
+    """
     if not context.multiple:
-        return (context.kind,)
-    out = []
-    for i in range(context.individual_context_count):
-        c = context.get_individual_context(i)
-        if c is not None:
-            out.append(c.kind)
-    return tuple(out)
+        kinds: Tuple[str, ...] = (context.kind,)
+    else:
+        out = []
+        for i in range(context.individual_context_count):
+            c = context.get_individual_context(i)
+            if c is not None:
+                out.append(c.kind)
+        kinds = tuple(out)
+    shared = _KINDS.get(kinds)
+    if shared is not None:
+        return shared
+    if len(_KINDS) < _KINDS_MAX:
+        _KINDS[kinds] = kinds  # one dict store: safe without a lock under the GIL
+    return kinds
 
 
 def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
@@ -73,7 +96,7 @@ def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
         recorder._reset(_getpid())
 
 
-class EventRecorder:
+class _Recorder:
     """Buffers one worker's analytics events and sends them to the supervisor's socket.
 
     Thread-safe. Never blocks an evaluation: a full socket keeps the summary for the next
@@ -94,6 +117,9 @@ class EventRecorder:
         self._sender = DatagramSender(socket_path or config.socket_path)
         self._closed = False
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
+        # The C common path finds a context's window entry by the fully-qualified key that
+        # this class caches in its ``_fqk`` slot (other context objects: the Python path).
+        self._context_type = _Context
         self._reset(_getpid())
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
@@ -201,12 +227,16 @@ class EventRecorder:
         self._last_ctx, self._last_entry = context, entry
         return entry
 
-    def record_evaluation(self, key: str, context: Any, eval_tuple: tuple, default: Any,
-                          with_reason: bool) -> None:
+    def _record_evaluation_py(self, key: str, context: Any, eval_tuple: tuple, default: Any,
+                              with_reason: bool) -> None:
         """Count one flag evaluation and keep any full events it requires.
 
-        The common case (an untracked flag, a context already seen in this window) is a few
-        dictionary operations under an uncontended lock and no system call.
+        The reference implementation: ``record_evaluation`` of :class:`PythonEventRecorder`,
+        and of :class:`EventRecorder` without the C extension. With it, ``RecorderCore``
+        (``native/events.c``) does the common case (the last context again, a flag and
+        variation already counted in this window, no full event, no prerequisite) on the
+        same objects and passes every other call here unchanged. Here the common case is a
+        few dictionary operations under an uncontended lock and no system call.
 
         :param key: the flag key as requested
         :param context: the (valid) context evaluated
@@ -594,6 +624,25 @@ class EventRecorder:
         retry = self._retry_at
         wake_at = self._flush_at if retry is None else min(self._flush_at, retry)
         return max(0.0, wake_at - _time())
+
+
+class PythonEventRecorder(_Recorder):
+    """The recorder without the C common path (what :class:`EventRecorder` is when the
+    extension is absent; tests compare the two)."""
+
+    record_evaluation = _Recorder._record_evaluation_py
+
+
+if _NativeCore is not None:
+    class EventRecorder(_NativeCore, _Recorder):  # type: ignore[misc,valid-type]
+        __doc__ = _Recorder.__doc__
+        # record_evaluation comes from _NativeCore (first in the MRO): the common case in C,
+        # everything else through _Recorder._record_evaluation_py.
+else:
+    EventRecorder = PythonEventRecorder  # type: ignore[misc]
+
+NATIVE = _NativeCore is not None
+"""True when :class:`EventRecorder` has the C common path."""
 
 
 def _run_flusher(ref: "weakref.ref[EventRecorder]", pid: int) -> None:
