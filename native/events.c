@@ -1,15 +1,17 @@
 /*
  * events.c - the common path of EventRecorder.record_evaluation in C.
  *
- * Owns: the type shmflags._native.RecorderCore, the C base class of
+ * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
+ * the C base class of
  * shmflags.events.recorder.EventRecorder.  It holds the recorder's hot state
  * as members (_deadline, _end, _last_ctx, _last_entry, _summary, _lock) and
  * implements record_evaluation() for the common case only: an evaluation of
- * the context recorded last, of a flag already counted in this window at the
- * same version and variation, with no prerequisites, no full event (bits 0,
- * no debugEventsUntilDate), before the next slow check (_deadline).  That
- * case adds 1 to the flag's counter and to the context's use count and sets
- * _end.  Everything else is passed unchanged to the Python method
+ * a context already seen in this window (the last one, or a shmflags Context
+ * found by its cached fully-qualified key), of a flag (and prerequisites)
+ * already counted in this window at the same version and variation and for
+ * the same context kinds, with no full event (bits 0, no
+ * debugEventsUntilDate), before the next slow check (_deadline).  That case
+ * adds 1 to each counter and to the context's use count and sets _end.  Everything else is passed unchanged to the Python method
  * _record_evaluation_py, which is the reference implementation (and the
  * whole implementation when this extension is absent).  Both work on the
  * same Python objects, so the datagrams are the same by construction.
@@ -136,23 +138,82 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return PyObject_VectorcallMethod(s_record_py, stack, (size_t)(nargs + 1), kwnames);
 }
 
-/* *out = v + 1 for an exact int v that fits in long long; 0 on success, -1 otherwise
- * (with no exception set unless allocation failed). */
-static int incremented(PyObject *v, PyObject **out)
+#define MAX_PREREQS 16   /* more prerequisites than this in one call: Python path */
+
+static PyObject *s_one;      /* the int 1 */
+
+/* 1 when an info tuple needs no full event and is counted in the summary:
+ * (version, bits 0, debugEventsUntilDate None, samplingRatio); else 0. */
+static int plain_info(PyObject *info)
 {
-    if (!PyLong_CheckExact(v))
-        return -1;
+    if (!PyTuple_CheckExact(info) || PyTuple_GET_SIZE(info) != 4
+        || PyTuple_GET_ITEM(info, 2) != Py_None)
+        return 0;
+    PyObject *bits = PyTuple_GET_ITEM(info, 1);
+    if (!PyLong_CheckExact(bits))
+        return 0;
     int overflow = 0;
-    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
-    if (overflow || n < 0 || n == LLONG_MAX || (n == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return -1;
-    }
-    *out = PyLong_FromLongLong(n + 1);
-    return *out == NULL ? -1 : 0;
+    long b = PyLong_AsLongAndOverflow(bits, &overflow);   /* cannot fail on an exact int */
+    return !overflow && b == 0;
 }
 
-/* record_evaluation(key, context, eval_tuple, default, with_reason) */
+/* The existing counter [count, value] of (key, variation) in the summary, counted for the
+ * same kinds object and at the flag's window version.  1: found (*out borrowed, kept alive
+ * by the summary); 0: absent or not in the expected shape (the Python path creates or
+ * re-keys it); -1: a Python exception is set. */
+static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObject *version,
+                        PyObject *variation, PyObject **out)
+{
+    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation)))
+        return 0;
+    PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
+    if (flag == NULL)
+        return PyErr_Occurred() ? -1 : 0;                     /* first in this window */
+    /* flag = [default, kinds set, counters, last kinds, version]; a new kinds object
+     * means the kinds set may need an update: Python path. */
+    if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5 || PyList_GET_ITEM(flag, 3) != kinds)
+        return 0;
+    PyObject *fversion = PyList_GET_ITEM(flag, 4);
+    if (version != fversion) {
+        /* Equal exact ints are the same version; anything else (a new version in this
+         * window, None against an int) is keyed by (variation, version): Python path. */
+        if (!PyLong_CheckExact(version) || !PyLong_CheckExact(fversion))
+            return 0;
+        int eq = PyObject_RichCompareBool(version, fversion, Py_EQ);   /* C only for ints */
+        if (eq != 1)
+            return eq;
+    }
+    PyObject *counters = PyList_GET_ITEM(flag, 2);
+    if (!PyDict_CheckExact(counters))
+        return 0;
+    PyObject *counter = PyDict_GetItemWithError(counters, variation);  /* borrowed */
+    if (counter == NULL)
+        return PyErr_Occurred() ? -1 : 0;                     /* first of this variation */
+    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
+        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+        return 0;
+    *out = counter;
+    return 1;
+}
+
+/* list[i] += n for an exact int list[i] (checked by the caller); 0, or -1 on MemoryError. */
+static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
+{
+    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(list, i), n);   /* int + int: C only */
+    if (sum == NULL)
+        return -1;
+    PyList_SetItem(list, i, sum);   /* steals sum, drops the old int (no Python code) */
+    return 0;
+}
+
+/* record_evaluation(key, context, eval_tuple, default, with_reason)
+ *
+ * The common case, as _record_evaluation_py computes it: the context's entry gets one use
+ * for the evaluation and one per prerequisite with a flag; the flag's counter and each
+ * prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
+ * Every check comes before the first change, so a call either does all of this or hands
+ * the unchanged state to the Python path (only a MemoryError can stop it half-way, and
+ * the Python path has the same property). */
 static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
                              PyObject *kwnames)
 {
@@ -164,23 +225,12 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
         return slow_path(op, args, nargs, kwnames);
     PyObject *key = args[0], *context = args[1], *t = args[2];
-    if (!PyUnicode_CheckExact(key) || !PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
-    PyObject *variation = PyTuple_GET_ITEM(t, 1);
-    PyObject *info = PyTuple_GET_ITEM(t, 3);
-    PyObject *prereqs = PyTuple_GET_ITEM(t, 4);
-    /* No prerequisites; an existing flag (info is a 4-tuple) with bits 0 (no feature event,
-     * counted in the summary) and no debugEventsUntilDate (no debug event). */
-    if (!PyTuple_CheckExact(prereqs) || PyTuple_GET_SIZE(prereqs) != 0
-        || !PyTuple_CheckExact(info) || PyTuple_GET_SIZE(info) != 4
-        || PyTuple_GET_ITEM(info, 2) != Py_None)
-        return slow_path(op, args, nargs, kwnames);
-    PyObject *bits = PyTuple_GET_ITEM(info, 1);
-    if (!PyLong_CheckExact(bits) || PyLong_AsLong(bits) != 0) {
-        PyErr_Clear();                       /* a huge value overflowed: not 0 either */
-        return slow_path(op, args, nargs, kwnames);
-    }
-    if (variation != Py_None && !PyLong_CheckExact(variation))
+    PyObject *info = PyTuple_GET_ITEM(t, 3), *prereqs = PyTuple_GET_ITEM(t, 4);
+    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
+    if (!plain_info(info) || !PyTuple_CheckExact(prereqs)
+        || PyTuple_GET_SIZE(prereqs) > MAX_PREREQS)
         return slow_path(op, args, nargs, kwnames);
     /* The context's window entry: the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
@@ -203,7 +253,9 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
             return slow_path(op, args, nargs, kwnames);
         }
     }
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary))
+    /* entry = [context dict, first_ms, count, index, kinds, context] */
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
         return slow_path(op, args, nargs, kwnames);
     /* No thread is inside a section locked by the Python code (see the header comment). */
     if (self->locked == NULL)
@@ -214,51 +266,43 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     Py_DECREF(held);
     if (held != Py_False)
         return slow_path(op, args, nargs, kwnames);
-    /* The flag's summary entry, counted for the same context kinds and version. */
-    PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
-    if (flag == NULL) {
-        if (PyErr_Occurred())
-            return NULL;
-        return slow_path(op, args, nargs, kwnames);           /* first in this window */
-    }
-    if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5
-        || PyList_GET_ITEM(flag, 3) != PyList_GET_ITEM(entry, 4))
-        return slow_path(op, args, nargs, kwnames);
-    PyObject *version = PyTuple_GET_ITEM(info, 0), *fversion = PyList_GET_ITEM(flag, 4);
-    if (version != fversion) {
-        /* Equal exact ints are the same version; anything else (a new version in this
-         * window, None against an int) is keyed by (variation, version): Python path. */
-        if (!PyLong_CheckExact(version) || !PyLong_CheckExact(fversion)
-            || PyObject_RichCompareBool(version, fversion, Py_EQ) != 1)
+    PyObject *kinds = PyList_GET_ITEM(entry, 4);
+    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
+    PyObject *counters[MAX_PREREQS + 1];
+    Py_ssize_t n = 0;
+    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), PyTuple_GET_ITEM(t, 1),
+                         &counters[n]);
+    if (r <= 0)
+        return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
+    n++;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prereqs); i++) {
+        /* (prereq_of, key, value, variation, reason, info) */
+        PyObject *p = PyTuple_GET_ITEM(prereqs, i);
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 6)
             return slow_path(op, args, nargs, kwnames);
+        PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
+        if (pinfo == Py_None)
+            continue;                             /* unknown prerequisite: not counted */
+        if (!plain_info(pinfo))
+            return slow_path(op, args, nargs, kwnames);
+        r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
+                         PyTuple_GET_ITEM(p, 3), &counters[n]);
+        if (r <= 0)
+            return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
+        n++;
     }
-    PyObject *counters = PyList_GET_ITEM(flag, 2);
-    if (!PyDict_CheckExact(counters))
-        return slow_path(op, args, nargs, kwnames);
-    PyObject *counter = PyDict_GetItemWithError(counters, variation);  /* borrowed */
-    if (counter == NULL) {
-        if (PyErr_Occurred())
+    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
+     * incremented twice, as the Python path does. */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (add_to(counters[i], 0, s_one) < 0)
             return NULL;
-        return slow_path(op, args, nargs, kwnames);           /* first of this variation */
-    }
-    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2)
-        return slow_path(op, args, nargs, kwnames);
-    /* Both new counts are made before either is stored: nothing changes unless both do. */
-    PyObject *count, *uses;
-    if (incremented(PyList_GET_ITEM(counter, 0), &count) < 0) {
-        if (PyErr_Occurred())
-            return NULL;
-        return slow_path(op, args, nargs, kwnames);
-    }
-    if (incremented(PyList_GET_ITEM(entry, 2), &uses) < 0) {
-        Py_DECREF(count);
-        if (PyErr_Occurred())
-            return NULL;
-        return slow_path(op, args, nargs, kwnames);
-    }
-    /* PyList_SetItem steals the new reference and drops the old int (no Python code). */
-    PyList_SetItem(counter, 0, count);
-    PyList_SetItem(entry, 2, uses);
+    PyObject *uses = PyLong_FromSsize_t(n);
+    if (uses == NULL)
+        return NULL;
+    r = add_to(entry, 2, uses);
+    Py_DECREF(uses);
+    if (r < 0)
+        return NULL;
     if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
         Py_INCREF(context);
         Py_INCREF(entry);
@@ -320,7 +364,7 @@ static PyMethodDef core_methods[] = {
 
 static PyTypeObject RecorderCoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "shmflags._native.RecorderCore",
+    .tp_name = "shmflags._native._RecorderCore",
     .tp_basicsize = sizeof(RecorderCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Hot state and common path of the event recorder (base of EventRecorder).",
@@ -339,13 +383,14 @@ int sf_events_add_types(PyObject *m)
         s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
         s_locked = PyUnicode_InternFromString("locked");
         s_fqk = PyUnicode_InternFromString("_fqk");
-        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL)
+        s_one = PyLong_FromLong(1);
+        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_one == NULL)
             return -1;
     }
     if (PyType_Ready(&RecorderCoreType) < 0)
         return -1;
     Py_INCREF(&RecorderCoreType);
-    if (PyModule_AddObject(m, "RecorderCore", (PyObject *)&RecorderCoreType) < 0) {
+    if (PyModule_AddObject(m, "_RecorderCore", (PyObject *)&RecorderCoreType) < 0) {
         Py_DECREF(&RecorderCoreType);
         return -1;
     }

@@ -38,7 +38,7 @@
 
 const char *sf_strerror(int code);
 
-/* events.c: adds the RecorderCore type (event recorder common path) to the module. */
+/* events.c: adds the _RecorderCore type (event recorder common path) to the module. */
 int sf_events_add_types(PyObject *m);
 
 /* Deepest prerequisite or segment nesting followed; deeper raises RecursionError inside the

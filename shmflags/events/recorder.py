@@ -36,7 +36,7 @@ from shmflags.events.sender import (
 )
 
 try:  # the common path of record_evaluation in C (native/events.c); optional
-    from shmflags._native import RecorderCore as _NativeCore
+    from shmflags._native import _RecorderCore as _NativeCore  # type: ignore[attr-defined]
 except ImportError:  # no extension (or an older build): the Python path does everything
     _NativeCore = None
 

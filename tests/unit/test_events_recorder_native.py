@@ -170,6 +170,27 @@ def test_c_path_counts_and_window_state(sinks):
 
 
 @native_only
+def test_c_path_counts_prerequisites(sinks):
+    a, _ = sinks
+    rec = make(R.EventRecorder, a.path)
+    u = Context.create("u")
+    pre = ("f", "p", "pv", 0, FALLTHROUGH, (2, 0, None, None))
+    gone = ("f", "q", None, None, FALLTHROUGH, None)  # unknown prerequisite: not counted
+    t = ("on", 1, FALLTHROUGH, (9, 0, None, None), (pre, gone, pre))
+    rec.record_evaluation("f", u, t, "off", False)
+    slow = SlowCalls(rec)
+    for _ in range(10):
+        rec.record_evaluation("f", u, t, "off", False)
+    tracked = ("f", "p", "pv", 0, FALLTHROUGH, (2, 1, None, None))  # needs a feature event
+    rec.record_evaluation("f", u, t[:4] + ((tracked,),), "off", False)
+    assert slow.n == 1
+    assert rec._summary["f"][2][1][0] == 12
+    assert rec._summary["p"][2][0][0] == 2 * 11 + 1
+    assert rec._contexts["u"][2] == 11 * 3 + 2
+    assert len(rec._events) == 1 and rec._events[0]["prereqOf"] == "f"
+
+
+@native_only
 def test_c_path_leaves_locked_windows_to_the_python_path(sinks):
     a, _ = sinks
     rec = make(R.EventRecorder, a.path)
