@@ -169,10 +169,27 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
     PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
     if (flag == NULL)
         return PyErr_Occurred() ? -1 : 0;                     /* first in this window */
-    /* flag = [default, kinds set, counters, last kinds, version]; a new kinds object
-     * means the kinds set may need an update: Python path. */
-    if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5 || PyList_GET_ITEM(flag, 3) != kinds)
+    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must
+     * already hold every kind of this context: true when the context has the kinds object
+     * the flag was last counted with (kinds tuples are interned), else checked one by one
+     * (str members: hashing and comparison are C).  Otherwise the Python path adds them.
+     * "last kinds" is only the Python path's shortcut; it is not sent, so it is not
+     * updated here. */
+    if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5)
         return 0;
+    if (PyList_GET_ITEM(flag, 3) != kinds) {
+        PyObject *set = PyList_GET_ITEM(flag, 1);
+        if (!PyTuple_CheckExact(kinds) || !PySet_CheckExact(set))
+            return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++) {
+            PyObject *kind = PyTuple_GET_ITEM(kinds, i);
+            if (!PyUnicode_CheckExact(kind))
+                return 0;
+            int in = PySet_Contains(set, kind);
+            if (in != 1)
+                return in;   /* 0: a kind to add (Python path); -1: error */
+        }
+    }
     PyObject *fversion = PyList_GET_ITEM(flag, 4);
     if (version != fversion) {
         /* Equal exact ints are the same version; anything else (a new version in this
