@@ -296,7 +296,7 @@ class _Recorder:
         finally:
             lock.release()
             if full:
-                self._flush(block=False)
+                self._flush_full()
 
     def _count(self, key: str, kinds: Tuple[str, ...], default: Any, variation: Optional[int],
                version: Optional[int], value: Any) -> None:
@@ -406,7 +406,7 @@ class _Recorder:
             self._append(event)
             full = len(self._events) >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     def record_identify(self, context: Any) -> None:
         """Keep an ``identify`` event; a context with an empty key produces none.
@@ -425,7 +425,7 @@ class _Recorder:
                           "context": entry[0] if entry[5] is context else context.to_dict()})
             full = len(self._events) >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     def record_migration_op(self, event_dict: Dict[str, Any]) -> None:
         """Keep a ``migration_op`` event built by the migration tracker.
@@ -454,9 +454,23 @@ class _Recorder:
                 self._append(event)
             full = len(self._events) >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     # -- flushing --------------------------------------------------------------------------
+
+    def _flush_full(self) -> None:
+        """The full-event buffer is full: flush it now from the calling thread.
+
+        Unless a failed send already waits for its retry (no supervisor, or its socket
+        queue full) and the daemon thread is there to make it: that thread retries on its
+        back-off, and packing the whole buffer again on every tracked evaluation meanwhile
+        would only cost the caller time (events beyond the buffer are dropped and counted
+        either way).
+        """
+        thread = self._thread
+        if self._retry_at is not None and thread is not None and thread.is_alive():
+            return
+        self._flush(block=False)
 
     def flush(self) -> None:
         """Send everything buffered now, without waiting for a full socket."""

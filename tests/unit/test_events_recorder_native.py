@@ -316,3 +316,23 @@ def test_python_fallback_without_the_extension(tmp_path):
     got = sink.read()
     sink.close()
     assert [d["summary"][2] for d in got] == [[["f", "off", ["user"], [[0, 2, "on", 50]]]]]
+
+
+@pytest.mark.parametrize("cls", ["EventRecorder", "PythonEventRecorder"])
+def test_full_buffer_is_not_repacked_on_every_call_while_the_supervisor_is_away(
+        tmp_path, monkeypatch, cls):
+    packs = []
+    real = R.pack_window
+    monkeypatch.setattr(R, "pack_window", lambda *a: packs.append(1) or real(*a))
+    rec = make(getattr(R, cls), str(tmp_path / "away.sock"), events_max_pending=20)
+    u = Context.create("u")
+    tracked = ("on", 0, FALLTHROUGH, (1, 1, None, None), ())
+    for _ in range(20):  # fills the buffer: one flush, which fails (no socket)
+        rec.record_evaluation("t", u, tracked, "off", False)
+    assert len(packs) == 1 and rec._retry_at is not None
+    for _ in range(500):  # the daemon thread retries on its back-off, not every call
+        rec.record_evaluation("t", u, tracked, "off", False)
+    assert len(packs) < 20
+    assert rec._summary["t"][2][0][0] == 520  # nothing counted is lost
+    assert len(rec._events) == 20 and rec.stats["dropped"] >= 480
+    rec._closed = True  # nothing to deliver at exit
