@@ -336,3 +336,47 @@ def test_full_buffer_is_not_repacked_on_every_call_while_the_supervisor_is_away(
     assert rec._summary["t"][2][0][0] == 520  # nothing counted is lost
     assert len(rec._events) == 20 and rec.stats["dropped"] >= 480
     rec._closed = True  # nothing to deliver at exit
+
+
+def test_events_sharing_a_context_encode_exactly_as_msgpack_packb():
+    """pack_window encodes each context dict once and splices it: the same bytes as before."""
+    import msgpack
+
+    from shmflags.events import sender
+    from shmflags.events.datagram import DatagramError, check_event
+
+    rng = random.Random(7)
+    good = [Context.create(f"u{i}").to_dict() for i in range(3)] + [
+        {"kind": "user", "key": "x", "nested": {"a": [1, 2.5, None]}}]
+    bad = [{"kind": "user", "key": "nan", "score": float("nan")}, {}]
+    events = []
+    for i in range(400):
+        ctx = rng.choice(good + bad if rng.random() < 0.1 else good)
+        e: Dict[str, Any] = {"kind": "feature", "creationDate": i, "key": f"f{i % 5}",
+                             "value": rng.choice([True, "v", 2 ** 70, {"x": 1}]),
+                             "default": None, "version": 3}
+        if rng.random() < 0.5:
+            e["variation"] = 1
+        if rng.random() < 0.2:
+            e["reason"] = {"kind": "OFF"}
+        e["context"] = ctx
+        if rng.random() < 0.1:  # context not last: the general path
+            e = {"context": ctx, **{k: v for k, v in e.items() if k != "context"}}
+        events.append(e)
+    expected, refused = [], 0
+    for e in events:
+        try:
+            check_event(e)
+            expected.append(msgpack.packb(e, use_bin_type=True))
+        except (DatagramError, OverflowError):
+            refused += 1
+    packets, unsendable = sender.pack_window(1, 0, 0, 0, 0, {}, {}, events)
+    assert unsendable == refused > 0
+    got = []
+    for p in packets:
+        d = decode(p.data)
+        got += [msgpack.packb(e, use_bin_type=True) for e in d["events"]]
+    assert got == expected
+    # and the spliced bytes are what goes on the wire
+    wire = b"".join(p.data for p in packets)
+    assert all(x in wire for x in expected[:20])
