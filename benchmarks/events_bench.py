@@ -125,7 +125,8 @@ def run_variation(impl: str, socket_path: str, fake_url: str, quick: bool) -> Di
         from shmflags.config import Config
         from shmflags.events import recorder as R
         config = Config(send_events=events, socket=socket_path)
-        recorder = getattr(R, recorder_cls)(config) if events else None
+        # (a tree without PythonEventRecorder, for a before/after run: its only recorder)
+        recorder = getattr(R, recorder_cls, R.EventRecorder)(config) if events else None
         client = shmflags.Client.from_data(data.payload(), config=config)
         if recorder is not None:  # the chosen recorder instead of the configured one
             old, client._recorder = client._recorder, recorder
