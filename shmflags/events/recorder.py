@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 _time = time.time
 _getpid = os.getpid
 
+MAX_UNSENT = 256
+"""Most packed datagrams kept for the next try after a full socket queue (16 MiB at most);
+beyond that their items are merged back into the live window."""
+
 CLOSE_TIMEOUT = 2.0
 """Seconds :meth:`EventRecorder.close` keeps retrying a full socket before giving up."""
 
@@ -150,6 +154,11 @@ class _Recorder:
         self._flush_requested = False
         self._must_flush = False
         self._flush_lock = threading.Lock()
+        # Packed datagrams a full socket queue refused, sent first by the next flush (only
+        # touched under _flush_lock), the start of their oldest window, and their events.
+        self._unsent: List[Packed] = []
+        self._unsent_start = 0
+        self._unsent_events = 0
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
@@ -369,10 +378,10 @@ class _Recorder:
             dbg["kind"] = "debug"
             dbg["debugUntil"] = debug_until
             self._append(dbg)
-        return len(self._events) >= self._capacity
+        return len(self._events) + self._unsent_events >= self._capacity
 
     def _append(self, event: dict) -> None:
-        if len(self._events) >= self._capacity:
+        if len(self._events) + self._unsent_events >= self._capacity:
             self._dropped += 1
             self.stats["dropped"] += 1
         else:
@@ -404,7 +413,7 @@ class _Recorder:
             if metric_value is not None:
                 event["metricValue"] = metric_value
             self._append(event)
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
             self._flush_full()
 
@@ -423,7 +432,7 @@ class _Recorder:
             entry = self._sight(context, now, 1, False)
             self._append({"kind": "identify", "creationDate": int(now * 1000),
                           "context": entry[0] if entry[5] is context else context.to_dict()})
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
             self._flush_full()
 
@@ -452,7 +461,7 @@ class _Recorder:
             self._sight(context, now, 1, False)
             if self._sample(event.get("samplingRatio", 1)):
                 self._append(event)
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
             self._flush_full()
 
@@ -528,18 +537,28 @@ class _Recorder:
 
     def _flush_locked(self, block: bool) -> bool:
         self._check_pid()  # never send a window inherited from the parent
+        # Datagrams packed by an earlier flush that met a full socket queue go first, as
+        # they are: a window split into many datagrams is packed once, however many tries
+        # the supervisor's queue (10 datagrams by default) takes to drain.
+        # (_unsent_events keeps counting their events against the buffer until they go.)
+        unsent, unsent_start = self._unsent, self._unsent_start
+        self._unsent = []
         start, end, dropped, summary, contexts, events, seq = self._take()
-        if not (summary or contexts or events or dropped):
+        fresh: List[Packed] = []
+        if summary or contexts or events or dropped:
+            fresh, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
+                                            contexts, events)
+            if unsendable:
+                with self._lock:
+                    self._dropped += unsendable
+                    self.stats["dropped"] += unsendable
+        if not (unsent or fresh):
             return True
-        packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
-                                          contexts, events)
-        if unsendable:
-            with self._lock:
-                self._dropped += unsendable
-                self.stats["dropped"] += unsendable
-        total = len(packets)
+        packets = unsent + fresh
+        n_old = len(unsent)  # packets[:n_old] are the earlier flushes' datagrams
         deadline = _time() + CLOSE_TIMEOUT
         delay = 0.001
+        status = SEND_OK
         i = 0
         while i < len(packets):
             status = self._sender.send(packets[i].data)
@@ -552,6 +571,8 @@ class _Recorder:
                     self._dropped += lost + packets[i].dropped
                     self.stats["dropped"] += lost
                 packets.pop(i)
+                if i < n_old:
+                    n_old -= 1
                 continue
             self.stats["send_failures"] += 1
             # Only a full queue is worth waiting for: with no supervisor listening, exit
@@ -561,16 +582,34 @@ class _Recorder:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         with self._lock:
-            self._seq = max(self._seq, seq + total)  # gaps are fine: diagnostic only
+            self._seq = max(self._seq, seq + len(fresh))  # gaps are fine: diagnostic only
             self.stats["sent"] += i
         if i < len(packets):
-            self._put_back(packets[i:], start)
+            rest = packets[i:]
+            old, new = rest[:max(0, n_old - i)], rest[max(0, n_old - i):]
+            held = sum(len(p.events) for p in rest)
+            if (status == SEND_FULL and len(rest) <= MAX_UNSENT
+                    and held + len(self._events) <= self._capacity):
+                # The supervisor is there but behind: keep the datagrams for the next try.
+                # Their events count against events_max_pending (_unsent_events).
+                self._unsent = rest
+                self._unsent_start = unsent_start if old else start
+                self._unsent_events = held
+            else:
+                self._unsent_events = 0
+                # No supervisor, or too much waiting: merge the items back into the live
+                # window (bounded there), the newer first so that the older one's "first
+                # seen" values (default, counter value, context) win.
+                self._put_back(new, start)
+                if old:
+                    self._put_back(old, unsent_start)
             # Retry soon while datagrams get through; back off while none does.
             delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
             self._retry_delay = min(delay, 1.0, self._interval)
             self._retry_at = _time() + self._retry_delay
             self._wake.set()
             return False
+        self._unsent_events = 0
         self._retry_at = None
         self._retry_delay = 0.0
         return True

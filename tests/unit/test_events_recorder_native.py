@@ -380,3 +380,35 @@ def test_events_sharing_a_context_encode_exactly_as_msgpack_packb():
     # and the spliced bytes are what goes on the wire
     wire = b"".join(p.data for p in packets)
     assert all(x in wire for x in expected[:20])
+
+
+@pytest.mark.parametrize("cls", ["EventRecorder", "PythonEventRecorder"])
+def test_datagrams_refused_by_a_full_queue_are_sent_later_without_repacking(
+        tmp_path, monkeypatch, cls):
+    packs = []
+    real = R.pack_window
+    monkeypatch.setattr(R, "pack_window", lambda *a: packs.append(1) or real(*a))
+    sink = Sink(str(tmp_path / "q.sock"))
+    rec = make(getattr(R, cls), sink.path, events_max_pending=5000)
+    big = Context.builder("u").set("blob", "x" * 2000).build()  # ~1/30 datagram per event
+    tracked = ("on", 0, FALLTHROUGH, (1, 1, None, None), ())
+    n = 1500  # ~50 datagrams: more than the socket queue takes without a reader
+    for _ in range(n):
+        rec.record_evaluation("t", big, tracked, "off", False)
+    rec.flush()
+    assert len(packs) == 1 and rec._unsent and rec._unsent_events > 0  # queue full
+    got: List[Dict[str, Any]] = []
+    for _ in range(200):  # the supervisor catches up; each flush sends what fits
+        got.extend(sink.read())
+        if not rec._unsent:
+            break
+        rec.flush()
+    got.extend(sink.read())
+    sink.close()
+    assert not rec._unsent and rec._unsent_events == 0
+    assert len(packs) == 1  # packed once
+    assert sum(len(d.get("events", ())) for d in got) == n
+    assert sum(row[3] for d in got if "summary" in d for f in d["summary"][2]
+               for row in f[3]) == n
+    assert sorted(d["seq"] for d in got) == list(range(len(got)))
+    rec._closed = True
