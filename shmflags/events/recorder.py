@@ -50,8 +50,8 @@ _time = time.time
 _getpid = os.getpid
 
 MAX_UNSENT = 256
-"""Most packed datagrams kept for the next try after a full socket queue (16 MiB at most);
-beyond that their items are merged back into the live window."""
+"""Most packed datagrams kept for the next try after a full socket queue (16 MiB at most;
+one window's datagrams); beyond that their items are merged back into the live window."""
 
 CLOSE_TIMEOUT = 2.0
 """Seconds :meth:`EventRecorder.close` keeps retrying a full socket before giving up."""
@@ -537,26 +537,39 @@ class _Recorder:
 
     def _flush_locked(self, block: bool) -> bool:
         self._check_pid()  # never send a window inherited from the parent
-        # Datagrams packed by an earlier flush that met a full socket queue go first, as
-        # they are: a window split into many datagrams is packed once, however many tries
-        # the supervisor's queue (10 datagrams by default) takes to drain.
-        # (_unsent_events keeps counting their events against the buffer until they go.)
-        unsent, unsent_start = self._unsent, self._unsent_start
-        self._unsent = []
+        deadline = _time() + CLOSE_TIMEOUT
+        # Datagrams that an earlier flush packed but a full socket queue refused go first,
+        # as they are: a window split into many datagrams is packed once, however many
+        # tries the supervisor's queue (10 datagrams by default) takes to drain. The live
+        # window is not taken until they are all gone, so that it keeps merging what is
+        # recorded meanwhile (one sighting per context, one counter per flag and variation)
+        # instead of adding datagrams to a supervisor that is behind.
+        if self._unsent:
+            packets, self._unsent = self._unsent, []
+            if not self._send_all(packets, block, deadline, self._unsent_start):
+                return False
         start, end, dropped, summary, contexts, events, seq = self._take()
-        fresh: List[Packed] = []
         if summary or contexts or events or dropped:
-            fresh, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
-                                            contexts, events)
+            packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
+                                              contexts, events)
             if unsendable:
                 with self._lock:
                     self._dropped += unsendable
                     self.stats["dropped"] += unsendable
-        if not (unsent or fresh):
-            return True
-        packets = unsent + fresh
-        n_old = len(unsent)  # packets[:n_old] are the earlier flushes' datagrams
-        deadline = _time() + CLOSE_TIMEOUT
+            with self._lock:
+                self._seq = max(self._seq, seq + len(packets))  # gaps are fine: diagnostic
+            if not self._send_all(packets, block, deadline, start):
+                return False
+        self._retry_at = None
+        self._retry_delay = 0.0
+        return True
+
+    def _send_all(self, packets: List[Packed], block: bool, deadline: float,
+                  start: int) -> bool:
+        """Send ``packets`` in order; keep or put back what does not go. True if all went.
+
+        :param start: the window start (ms) of the packets' summaries, for a put-back
+        """
         delay = 0.001
         status = SEND_OK
         i = 0
@@ -571,8 +584,6 @@ class _Recorder:
                     self._dropped += lost + packets[i].dropped
                     self.stats["dropped"] += lost
                 packets.pop(i)
-                if i < n_old:
-                    n_old -= 1
                 continue
             self.stats["send_failures"] += 1
             # Only a full queue is worth waiting for: with no supervisor listening, exit
@@ -582,37 +593,29 @@ class _Recorder:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         with self._lock:
-            self._seq = max(self._seq, seq + len(fresh))  # gaps are fine: diagnostic only
             self.stats["sent"] += i
-        if i < len(packets):
-            rest = packets[i:]
-            old, new = rest[:max(0, n_old - i)], rest[max(0, n_old - i):]
-            held = sum(len(p.events) for p in rest)
-            if (status == SEND_FULL and len(rest) <= MAX_UNSENT
-                    and held + len(self._events) <= self._capacity):
-                # The supervisor is there but behind: keep the datagrams for the next try.
-                # Their events count against events_max_pending (_unsent_events).
-                self._unsent = rest
-                self._unsent_start = unsent_start if old else start
-                self._unsent_events = held
-            else:
-                self._unsent_events = 0
-                # No supervisor, or too much waiting: merge the items back into the live
-                # window (bounded there), the newer first so that the older one's "first
-                # seen" values (default, counter value, context) win.
-                self._put_back(new, start)
-                if old:
-                    self._put_back(old, unsent_start)
-            # Retry soon while datagrams get through; back off while none does.
-            delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
-            self._retry_delay = min(delay, 1.0, self._interval)
-            self._retry_at = _time() + self._retry_delay
-            self._wake.set()
-            return False
-        self._unsent_events = 0
-        self._retry_at = None
-        self._retry_delay = 0.0
-        return True
+        if i == len(packets):
+            self._unsent_events = 0
+            return True
+        rest = packets[i:]
+        held = sum(len(p.events) for p in rest)
+        if (status == SEND_FULL and len(rest) <= MAX_UNSENT
+                and held + len(self._events) <= self._capacity):
+            # The supervisor is there but behind: keep the datagrams for the next try.
+            # Their events count against events_max_pending (_unsent_events).
+            self._unsent = rest
+            self._unsent_start = start
+            self._unsent_events = held
+        else:
+            # No supervisor (or too much to hold): merge the items back into the live window.
+            self._unsent_events = 0
+            self._put_back(rest, start)
+        # Retry soon while datagrams get through; back off while none does.
+        delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
+        self._retry_delay = min(delay, 1.0, self._interval)
+        self._retry_at = _time() + self._retry_delay
+        self._wake.set()
+        return False
 
     def _put_back(self, packets: List[Packed], start: int) -> None:
         """Merge unsent summaries, sightings and events back into the live window."""

@@ -397,18 +397,22 @@ def test_datagrams_refused_by_a_full_queue_are_sent_later_without_repacking(
         rec.record_evaluation("t", big, tracked, "off", False)
     rec.flush()
     assert len(packs) == 1 and rec._unsent and rec._unsent_events > 0  # queue full
+    for _ in range(100):  # recorded while the supervisor is behind: kept in the live window
+        rec.record_evaluation("t", big, tracked, "off", False)
+    rec.flush()
+    assert len(packs) == 1 and rec._summary["t"][2][0][0] == 100
     got: List[Dict[str, Any]] = []
     for _ in range(200):  # the supervisor catches up; each flush sends what fits
         got.extend(sink.read())
-        if not rec._unsent:
-            break
         rec.flush()
+        if not rec._unsent and not rec._summary:
+            break
     got.extend(sink.read())
     sink.close()
     assert not rec._unsent and rec._unsent_events == 0
-    assert len(packs) == 1  # packed once
-    assert sum(len(d.get("events", ())) for d in got) == n
+    assert len(packs) == 2  # the first window packed once, then the one recorded meanwhile
+    assert sum(len(d.get("events", ())) for d in got) == n + 100
     assert sum(row[3] for d in got if "summary" in d for f in d["summary"][2]
-               for row in f[3]) == n
+               for row in f[3]) == n + 100
     assert sorted(d["seq"] for d in got) == list(range(len(got)))
     rec._closed = True
