@@ -26,7 +26,7 @@ import posix_ipc
 from shmflags.errors import (ConfigError, SnapshotBusy, SnapshotError, SnapshotFormatError,
                              SnapshotUnavailable)
 from shmflags.snapshot import format as fmt
-from shmflags.snapshot.reader import check_header
+from shmflags.snapshot.reader import check_base, check_header, new_state
 
 log = logging.getLogger(__name__)
 
@@ -709,14 +709,23 @@ def _pwrite_all(fd: int, data: Union[bytes, memoryview], offset: int) -> None:
 # ============================================================================================
 
 class _Mapping:
-    """One mapped, validated generation."""
+    """One mapped, validated object: a generation, or the base an overlay reads from.
 
-    __slots__ = ("generation", "mm", "name")
+    ``state`` is its verification state (``reader.new_state``: directory verified, then one
+    byte per blob chunk); it lives as long as the mapping, so an object is hashed once per
+    worker however many overlays and Snapshot objects use it.
+    """
 
-    def __init__(self, generation: int, mm: mmap.mmap, name: str) -> None:
+    __slots__ = ("generation", "mm", "name", "header", "state", "base")
+
+    def __init__(self, generation: int, mm: mmap.mmap, name: str, header: fmt.Header,
+                 state: bytearray, base: Optional["_Mapping"] = None) -> None:
         self.generation = generation
         self.mm = mm
         self.name = name
+        self.header = header
+        self.state = state
+        self.base = base
 
 
 class Attachment:
@@ -724,10 +733,14 @@ class Attachment:
 
     Maps the control block ``PROT_READ``; :meth:`generation` is one aligned load from it (the
     hot-path check); :meth:`snapshot_buffer` maps the current generation ``PROT_READ`` after
-    validating it, and keeps serving the previous one if the new one is bad. The attachment
-    itself references one generation; a caller that still holds an older buffer keeps that
-    mapping alive until it lets go (so a worker has at most two). Holds no lock and no thread; the mappings survive fork and stay valid in the
-    child.
+    validating its header and directory (blob chunks are verified by the readers on first
+    use), and keeps serving the previous one if the new one is bad. An overlay generation
+    also needs its base object: the attachment maps it once and keeps it (with its
+    verification state) for every overlay on the same base. The attachment itself references
+    one generation and its base; a caller that still holds an older buffer keeps that mapping
+    alive until it lets go (so a worker has two mappings in steady state, and at most four
+    while switching from an overlay to an overlay on a new base). Holds no lock and no
+    thread; the mappings survive fork and stay valid in the child.
 
     :param name: namespace.
     :raises SnapshotUnavailable: the namespace has no control block (no supervisor yet).
@@ -817,6 +830,20 @@ class Attachment:
             return cur.mm
         return self._switch()
 
+    def snapshot_parts(self) -> Dict[str, Any]:
+        """The current generation's arguments for ``Snapshot`` (switching if it changed):
+        ``buffer``, ``state``, ``base``, ``base_state`` (``None`` for a self-contained one).
+
+        :raises: as :meth:`snapshot_buffer`.
+        """
+        self.snapshot_buffer()
+        cur = self._current
+        assert cur is not None
+        base = cur.base
+        return {"buffer": cur.mm, "state": cur.state,
+                "base": base.mm if base is not None else None,
+                "base_state": base.state if base is not None else None}
+
     def _switch(self) -> mmap.mmap:
         last_error: Optional[SnapshotError] = None
         for _attempt in range(16):
@@ -832,11 +859,13 @@ class Attachment:
                 raise last_error or SnapshotFormatError(
                     f"namespace {self.name!r}: generation {ctl.generation} was rejected")
             try:
-                mm = self._map(ctl)
-            except FileNotFoundError:
-                # Superseded and unlinked since we read the control block: take the newer.
+                new = self._map(ctl)
+            except FileNotFoundError as exc:
+                # Superseded and unlinked since we read the control block (the data object or
+                # its base): take the newer.
                 last_error = SnapshotUnavailable(
-                    f"{ctl.data_name} (generation {ctl.generation}) does not exist")
+                    f"{exc.args[0] if exc.args else ctl.data_name} (for generation "
+                    f"{ctl.generation}) does not exist")
                 if self.generation() == ctl.generation:
                     time.sleep(0.001)
                 continue
@@ -849,8 +878,8 @@ class Attachment:
                 if cur is not None:
                     return cur.mm
                 raise
-            self._install(_Mapping(ctl.generation, mm, ctl.data_name))
-            return mm
+            self._install(new)
+            return new.mm
         cur = self._current
         if cur is not None:
             log.error("shmflags: namespace %r: cannot map the current generation (%s); "
@@ -858,11 +887,8 @@ class Attachment:
             return cur.mm
         raise last_error or SnapshotUnavailable(f"namespace {self.name!r}: no snapshot")
 
-    def _map(self, ctl: fmt.Control) -> mmap.mmap:
-        name = ctl.data_name
-        if not name.startswith(f"/shmflags.{self.name}."):
-            raise SnapshotFormatError(f"control block names {name!r}, expected an object of "
-                                      f"namespace {self.name!r}")
+    def _open_object(self, name: str, size: int, what: str) -> mmap.mmap:
+        """Map ``size`` bytes of object ``name`` read-only (FileNotFoundError: unlinked)."""
         try:
             shm = posix_ipc.SharedMemory(name, 0, read_only=True)
         except posix_ipc.ExistentialError:
@@ -870,14 +896,23 @@ class Attachment:
         except posix_ipc.PermissionsError as exc:
             raise SnapshotUnavailable(f"cannot open {name}: {exc}") from None
         try:
-            size = os.fstat(shm.fd).st_size
-            if size < ctl.data_size or ctl.data_size < fmt.HEADER_SIZE:
-                raise SnapshotFormatError(f"{name}: expected {ctl.data_size} bytes (control "
-                                          f"block), got an object of {size}")
-            mm = mmap.mmap(shm.fd, ctl.data_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            have = os.fstat(shm.fd).st_size
+            if have < size or size < fmt.HEADER_SIZE:
+                raise SnapshotFormatError(f"{name}: expected {size} bytes ({what}), got an "
+                                          f"object of {have}")
+            return mmap.mmap(shm.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             shm.close_fd()
+
+    def _map(self, ctl: fmt.Control) -> _Mapping:
+        name = ctl.data_name
+        if not name.startswith(f"/shmflags.{self.name}."):
+            raise SnapshotFormatError(f"control block names {name!r}, expected an object of "
+                                      f"namespace {self.name!r}")
+        mm = self._open_object(name, ctl.data_size, "control block")
         try:
+            # Header and directory only (once per mapping); blob chunks are verified by the
+            # readers when first touched, so a worker faults in only the pages it reads.
             with memoryview(mm) as mv:
                 h = check_header(mv, verify_checksum=True)
             if h.checksum != ctl.data_checksum:
@@ -888,10 +923,35 @@ class Attachment:
                 raise SnapshotFormatError(
                     f"expected generation {ctl.generation} of {ctl.data_size} bytes (control "
                     f"block), got generation {h.generation} of {h.total_size} bytes")
+            base = self._map_base(h) if h.base_size else None
+        except (SnapshotFormatError, FileNotFoundError, SnapshotUnavailable):
+            mm.close()
+            raise
+        state = new_state(h)
+        state[0] = 1
+        return _Mapping(ctl.generation, mm, name, h, state, base)
+
+    def _map_base(self, h: fmt.Header) -> _Mapping:
+        """The base object of overlay ``h``: the one already mapped when it is the same
+        generation (no new mapping, no re-verification), else a new validated mapping."""
+        cur = self._current
+        for cand in (cur, cur.base if cur is not None else None):
+            if cand is not None and cand.generation == h.base_generation \
+                    and not cand.header.base_size:
+                check_base(h, cand.header)
+                return cand
+        name = data_name(self.name, h.base_generation)
+        mm = self._open_object(name, h.base_size, "overlay's base_size")
+        try:
+            with memoryview(mm) as mv:
+                bh = check_header(mv, verify_checksum=True)
+            check_base(h, bh)
         except SnapshotFormatError:
             mm.close()
             raise
-        return mm
+        state = new_state(bh)
+        state[0] = 1
+        return _Mapping(h.base_generation, mm, name, bh, state)
 
     def _install(self, new: _Mapping) -> None:
         # The old mapping is not closed here: a Snapshot built on it may still be evaluating
@@ -929,6 +989,8 @@ class Attachment:
         """Drop every mapping this attachment holds (buffers handed out stay valid)."""
         if self._current is not None:
             _close_quietly(self._current.mm)
+            if self._current.base is not None:
+                _close_quietly(self._current.base.mm)
         self._current = None
         if self._words is not None:
             self._words.release()
