@@ -25,13 +25,18 @@ import posix_ipc
 
 from shmflags.errors import (ConfigError, SnapshotBusy, SnapshotError, SnapshotFormatError,
                              SnapshotUnavailable)
+
+
+class SnapshotBaseMissing(SnapshotError):
+    """An overlay names a base this publisher has not published (or has unlinked): build a
+    self-contained snapshot instead."""
 from shmflags.snapshot import format as fmt
 from shmflags.snapshot.reader import check_base, check_header, new_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Publisher", "Attachment", "cleanup", "ctl_name", "data_name", "list_objects",
-           "SHM_DIR"]
+__all__ = ["Publisher", "Attachment", "SnapshotBaseMissing", "cleanup", "ctl_name", "data_name",
+           "list_objects", "SHM_DIR"]
 
 #: Where Linux exposes POSIX shared memory objects as files (listing, leak checks).
 SHM_DIR = "/dev/shm"
@@ -291,6 +296,10 @@ class Publisher:
         self._pid = os.getpid()
         self._start_ms = _process_start_ms(self._pid) or _now_ms()
         self._due: List[Tuple[float, str]] = []
+        #: self-contained objects this publisher created and has not unlinked, by
+        #: (checksum, total_size): the bases an overlay may name
+        self._bases: Dict[Tuple[int, int], Tuple[int, str]] = {}
+        self._current_base: Optional[str] = None
         self._mm: Optional[mmap.mmap] = None
         self._words: Optional[memoryview] = None
         self._seq = 0
@@ -384,6 +393,7 @@ class Publisher:
         mm[fmt.CTL_OFF_MAGIC:fmt.CTL_OFF_MAGIC + 8] = fmt.CTL_MAGIC
         self._generation = 0
         self._current_name: Optional[str] = None
+        self._current_base = None
         self._next = self._first_generation(0)
         self._schedule_leftovers(current=None)
 
@@ -407,6 +417,8 @@ class Publisher:
         self._seq = words[fmt.CTL_WORD_SEQ]
         self._generation = ctl.generation
         self._current_name = ctl.data_name or None if ctl.generation else None
+        self._current_base = (self._base_name_of(self._current_name)
+                              if self._current_name else None)
         self._next = self._first_generation(ctl.generation)
         now = _now_ms()
         self._write(lambda: struct.pack_into(
@@ -420,13 +432,40 @@ class Publisher:
         _has_ctl, gens = list_objects(self.name)
         return max([current] + gens) + 1
 
+    def _base_name_of(self, name: str) -> Optional[str]:
+        """The base object an existing overlay ``name`` reads from (``None``: self-contained
+        or unreadable)."""
+        try:
+            shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+        except posix_ipc.Error:
+            return None
+        try:
+            head = os.pread(shm.fd, fmt.HEADER_SIZE, 0)
+        finally:
+            shm.close_fd()
+        if len(head) < fmt.HEADER_SIZE or head[:8] != fmt.MAGIC:
+            return None
+        h = fmt.unpack_header(head)
+        if h.format != fmt.FORMAT_WORD or not h.base_size:
+            return None
+        return data_name(self.name, h.base_generation)
+
     def _schedule_leftovers(self, current: Optional[str]) -> None:
         _has_ctl, gens = list_objects(self.name)
         deadline = time.monotonic() + self._grace
         for g in gens:
             n = data_name(self.name, g)
-            if n != current:
+            if n != current and n != self._current_base:
                 self._due.append((deadline, n))
+
+    def _protected(self) -> Set[str]:
+        return {n for n in (self._current_name, self._current_base) if n}
+
+    def _unlink_object(self, name: str) -> bool:
+        for k, (_g, n) in list(self._bases.items()):
+            if n == name:
+                del self._bases[k]
+        return _unlink(name)
 
     # -- seqlock writer -----------------------------------------------------------------------
 
@@ -460,15 +499,22 @@ class Publisher:
                 source: Optional[str] = None, from_cache: Optional[bool] = None) -> int:
         """Publish ``data`` (snapshot bytes from the builder) as the next generation.
 
-        The generation number is stamped into the header here. The previous generation is
-        unlinked ``grace`` seconds later (by :meth:`reap`, which this also calls), or at the
-        next publish if that comes first: older generations are unlinked before the new
-        object is created, so the namespace holds at most two generations.
+        The generation number is stamped into the header here, and for an overlay
+        (``base_size != 0``) the generation of its base, found by the base's checksum and size
+        among the self-contained generations this publisher created and still has. The
+        previous generation is unlinked ``grace`` seconds later (by :meth:`reap`, which this
+        also calls), or at the next publish if that comes first: older generations are
+        unlinked before the new object is created, except the base of the current
+        generation, which stays linked until a later generation no longer reads from it. So
+        the namespace holds the current generation and its base, plus the previous one and
+        its base until their grace ends.
 
         :param source: also set the control block's ``source`` in the same write section.
         :param from_cache: also set ``from_cache``.
         :returns: the new generation.
         :raises SnapshotFormatError: ``data`` is not a snapshot (header checks).
+        :raises SnapshotBaseMissing: ``data`` is an overlay on a base this publisher does not
+            have (build a self-contained snapshot and publish that).
         :raises SnapshotError: shared memory is full or unusable (the message says how many
             bytes were needed); the previous generation keeps serving.
         """
@@ -478,17 +524,32 @@ class Publisher:
         with self._lock:
             if self._mm is None:
                 raise SnapshotError("publisher is closed")
+            base_gen: Optional[int] = None
+            base_name: Optional[str] = None
+            if h.base_size:
+                found = self._bases.get((h.base_checksum, h.base_size))
+                if found is not None and not os.path.exists(
+                        os.path.join(SHM_DIR, found[1].lstrip("/"))):
+                    del self._bases[(h.base_checksum, h.base_size)]   # unlinked behind our back
+                    found = None
+                if found is None:
+                    raise SnapshotBaseMissing(
+                        f"overlay on a base of {h.base_size} bytes, checksum "
+                        f"0x{h.base_checksum:016x}, that this publisher has not published "
+                        f"or has unlinked")
+                base_gen, base_name = found
             gen = self._next
             name = data_name(self.name, gen)
             # Issue 12: generations older than the current one go now, before the new object
-            # takes space, so a burst of publishes keeps at most the current and the previous
-            # generation in /dev/shm. Safe: a reader that read such a name gets ENOENT and
-            # rereads the control block; mappings survive unlink.
+            # takes space, so a burst of publishes keeps at most the current generation, its
+            # base and the previous one in /dev/shm. Safe: a reader that read such a name gets
+            # ENOENT and rereads the control block; mappings survive unlink.
+            keep = self._protected() | ({base_name} if base_name else set())
             for _due, old in self._due:
-                if old != self._current_name:
-                    _unlink(old)
-            self._due = []
-            self._create_object(name, gen, mv, total)
+                if old not in keep:
+                    self._unlink_object(old)
+            self._due = []     # what was kept is the current generation or its base
+            self._create_object(name, gen, mv, total, base_gen)
             mm = self._mm
             now = _now_ms()
             name_raw = fmt.encode_cstr(name, fmt.CTL_NAME_MAX, "data name")
@@ -509,16 +570,23 @@ class Publisher:
                 if from_cache is not None:
                     struct.pack_into("<I", mm, fmt.CTL_OFF_FROM_CACHE, 1 if from_cache else 0)
             self._write(fields)
-            prev = self._current_name
+            prev, prev_base = self._current_name, self._current_base
             self._current_name = name
+            self._current_base = base_name
             self._generation = gen
             self._next = gen + 1
-            if prev and prev != name:
-                self._due.append((time.monotonic() + self._grace, prev))
+            if not h.base_size:
+                self._bases[(h.checksum, total)] = (gen, name)
+            deadline = time.monotonic() + self._grace
+            for old in (prev, prev_base):
+                if old and old not in (name, base_name) and \
+                        old not in [n for _t, n in self._due]:
+                    self._due.append((deadline, old))
         self.reap()
         return gen
 
-    def _create_object(self, name: str, gen: int, mv: memoryview, total: int) -> None:
+    def _create_object(self, name: str, gen: int, mv: memoryview, total: int,
+                       base_gen: Optional[int] = None) -> None:
         try:
             try:
                 shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
@@ -533,7 +601,7 @@ class Publisher:
             self._fix_perms(fd)
             # Reserve every page now: a full /dev/shm is ENOSPC here, never SIGBUS later.
             os.posix_fallocate(fd, 0, total)
-            header = fmt.stamp_generation(mv[:fmt.HEADER_SIZE], gen)
+            header = fmt.stamp_generation(mv[:fmt.HEADER_SIZE], gen, base_gen)
             _pwrite_all(fd, header, 0)
             _pwrite_all(fd, mv[fmt.HEADER_SIZE:total], fmt.HEADER_SIZE)
         except OSError as exc:
@@ -552,9 +620,10 @@ class Publisher:
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            due = [n for t, n in self._due if t <= now and n != self._current_name]
-            self._due = [(t, n) for t, n in self._due if t > now and n != self._current_name]
-        return [n for n in due if _unlink(n)]
+            keep = self._protected()
+            due = [n for t, n in self._due if t <= now and n not in keep]
+            self._due = [(t, n) for t, n in self._due if t > now and n not in keep]
+            return [n for n in due if self._unlink_object(n)]
 
     def pending(self) -> List[str]:
         """Names waiting for :meth:`reap`."""

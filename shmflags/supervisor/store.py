@@ -38,6 +38,9 @@ class Store:
         self._listeners: List[ChangeListener] = []
         self._status_listeners: List[Callable[[], None]] = []
         self.changed = threading.Event()
+        #: keys changed since the last :meth:`data_changes`, per kind; ``None`` after an
+        #: ``init`` (everything may have changed: the next build is self-contained)
+        self._dirty: Optional[Dict[str, set]] = None
         self.revision = 0
         self.initialized = False
         self.live_source = ""
@@ -58,6 +61,7 @@ class Store:
         with self._lock:
             old = self._items
             self._items = new
+            self._dirty = None
             self.initialized = True
             self.from_cache = from_cache
             self._bump()
@@ -97,11 +101,28 @@ class Store:
     def data(self) -> Tuple[int, Items, Items]:
         """``(revision, flags, segments)`` without tombstones, consistent with each other."""
         with self._lock:
-            revision = self.revision
-            items = self._items
-            flags = {k: v for k, v in items["flags"].items() if not v.get("deleted")}
-            segments = {k: v for k, v in items["segments"].items() if not v.get("deleted")}
-        return revision, flags, segments
+            return self._data_locked()
+
+    def data_changes(self) -> Tuple[int, Items, Items, Optional[Tuple[set, set]]]:
+        """:meth:`data` plus the keys changed since the previous call, consistently.
+
+        :returns: ``(revision, flags, segments, changed)``; ``changed`` is ``(flag keys,
+            segment keys)`` upserted or deleted since the previous call, or ``None`` when an
+            ``init`` came in between (or on the first call): then everything may differ and
+            the snapshot builder writes a self-contained generation.
+        """
+        with self._lock:
+            revision, flags, segments = self._data_locked()
+            dirty = self._dirty
+            self._dirty = {kind: set() for kind in KINDS}
+        changed = None if dirty is None else (dirty["flags"], dirty["segments"])
+        return revision, flags, segments, changed
+
+    def _data_locked(self) -> Tuple[int, Items, Items]:
+        items = self._items
+        flags = {k: v for k, v in items["flags"].items() if not v.get("deleted")}
+        segments = {k: v for k, v in items["segments"].items() if not v.get("deleted")}
+        return self.revision, flags, segments
 
     def get(self, kind: str, key: str) -> Optional[Dict[str, Any]]:
         """One live item, or ``None`` when it is missing or deleted."""
@@ -146,6 +167,8 @@ class Store:
             if stored is not None and version <= stored.get("version", 0):
                 return
             self._items[kind][key] = item
+            if self._dirty is not None:
+                self._dirty[kind].add(key)
             self.from_cache = False
             self._bump()
         self._notify([(kind, key)])

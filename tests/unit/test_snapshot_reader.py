@@ -240,3 +240,106 @@ def test_raw_that_does_not_decode(snap):
 def test_not_a_buffer():
     with pytest.raises(SnapshotFormatError, match="not a byte buffer"):
         SnapshotReader(12345)
+
+
+# ------------------------------------------------------------------ overlays and their bases
+
+
+@pytest.fixture(scope="module")
+def layered():
+    flags = {f"f{i}": {"key": f"f{i}", "version": i, "variations": [f"v{i}" * 40] * 5}
+             for i in range(40)}
+    b = SnapshotBuilder(use_default_compilers=False, compact_fraction=100.0, chunk_shift=12)
+    base = b.build(flags, {}, built_at_ms=5)
+    flags = dict(flags, f3={"key": "f3", "version": 99, "variations": ["new"]})
+    overlay = b.build(flags, {}, built_at_ms=6, changed=(["f3"], []))
+    return base, overlay
+
+
+def test_overlay_reads_through_its_base(layered):
+    base, overlay = layered
+    r = SnapshotReader(overlay, base=base)
+    assert r.decode(r.find_flag("f3"))["variations"] == ["new"]
+    assert r.decode(r.find_flag("f4"))["variations"] == ["v4" * 40] * 5
+    assert r.base_header.total_size == len(base)
+
+
+def test_overlay_without_its_base(layered):
+    _base, overlay = layered
+    _reject(overlay, "overlay on base generation 0", f"({len(_base)} bytes)", "got none")
+
+
+def test_base_given_to_a_self_contained_snapshot(layered):
+    base, _overlay = layered
+    with pytest.raises(SnapshotFormatError, match="expected no base object"):
+        SnapshotReader(base, base=base)
+
+
+def test_wrong_base_names_both(layered, snap):
+    base, overlay = layered
+    with pytest.raises(SnapshotFormatError) as ei:
+        SnapshotReader(overlay, base=snap)
+    msg = str(ei.value)
+    h = fmt.unpack_header(overlay)
+    assert "wrong base" in msg and f"0x{h.base_checksum:016x}" in msg and \
+        f"0x{fmt.unpack_header(snap).checksum:016x}" in msg
+    # base generation must match too (the publisher stamps both)
+    stamped = fmt.stamp_generation(base[:fmt.HEADER_SIZE], 7) + base[fmt.HEADER_SIZE:]
+    with pytest.raises(SnapshotFormatError, match="expected generation 0.*got generation 7"):
+        SnapshotReader(overlay, base=stamped)
+    ok = fmt.stamp_generation(overlay[:fmt.HEADER_SIZE], 8, 7) + overlay[fmt.HEADER_SIZE:]
+    assert SnapshotReader(ok, base=stamped).generation == 8
+    # an overlay cannot be a base (depth 1)
+    with pytest.raises(SnapshotFormatError):
+        SnapshotReader(overlay, base=overlay)
+
+
+def test_base_directory_is_verified(layered):
+    base, overlay = layered
+    bh = fmt.unpack_header(base)
+    buf = bytearray(base)
+    buf[bh.flag_order_off] ^= 1
+    with pytest.raises(SnapshotFormatError, match="checksum mismatch"):
+        SnapshotReader(overlay, base=bytes(buf))
+
+
+def test_overlay_entry_pointing_past_the_base(layered):
+    base, overlay = layered
+    r = SnapshotReader(overlay, base=base)
+    e = r.find_flag("f5")
+    assert e.raw_off & fmt.BASE_BIT
+    for field, value, words in [(8, fmt.BASE_BIT | len(base), ["raw", "blob area of base"]),
+                                (16, fmt.BASE_BIT | 8, ["record", "blob area of base"]),
+                                (0, fmt.BASE_BIT | 0x7FFFFFF0, ["key", "blob area of base"])]:
+        buf = bytearray(overlay)
+        struct.pack_into("<I", buf, e.offset + field, value)
+        r2 = SnapshotReader(fmt.reseal(buf), base=base)
+        with pytest.raises(SnapshotFormatError) as ei:
+            r2.decode(r2.find_flag("f5"))
+        for w in words:
+            assert w in str(ei.value), str(ei.value)
+
+
+def test_bit_flip_in_a_base_chunk_costs_only_its_items(layered):
+    base, overlay = layered
+    bh = fmt.unpack_header(base)
+    r0 = SnapshotReader(overlay, base=base)
+    e7 = r0.find_flag("f7")
+    raw7 = e7.raw_off & fmt.OFF_MASK
+    buf = bytearray(base)
+    buf[raw7 + 2] ^= 0x40
+    bad_chunk = (raw7 + 2 - bh.blob_off) >> bh.chunk_shift
+    bstate = bytearray(1 + bh.n_chunks)
+    r = SnapshotReader(overlay, base=bytes(buf), base_state=bstate)
+    with pytest.raises(SnapshotFormatError, match=f"base generation 0 blob chunk {bad_chunk}"):
+        r.decode(r.find_flag("f7"))
+    assert bstate[1 + bad_chunk] == fmt.CHUNK_BAD
+    assert r.decode(r.find_flag("f3"))["variations"] == ["new"]     # overlay's own bytes
+    ok = 0
+    for e in r.flags():
+        try:
+            r.decode(e)
+            ok += 1
+        except SnapshotFormatError:
+            pass
+    assert 0 < ok < 40
