@@ -25,15 +25,16 @@ import posix_ipc
 
 from shmflags.errors import (ConfigError, SnapshotBusy, SnapshotError, SnapshotFormatError,
                              SnapshotUnavailable)
+from shmflags.snapshot import format as fmt
+from shmflags.snapshot.reader import check_base, check_header, new_state
+
+log = logging.getLogger(__name__)
 
 
 class SnapshotBaseMissing(SnapshotError):
     """An overlay names a base this publisher has not published (or has unlinked): build a
     self-contained snapshot instead."""
-from shmflags.snapshot import format as fmt
-from shmflags.snapshot.reader import check_base, check_header, new_state
 
-log = logging.getLogger(__name__)
 
 __all__ = ["Publisher", "Attachment", "SnapshotBaseMissing", "cleanup", "ctl_name", "data_name",
            "list_objects", "SHM_DIR"]
