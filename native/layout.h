@@ -33,9 +33,9 @@
 
 #define SF_SNAPSHOT_MAGIC      "SHMFLAGS"   /* 8 bytes, no NUL */
 #define SF_SNAPSHOT_MAGIC_LEN  8
-#define SF_LAYOUT_VERSION      1u
+#define SF_LAYOUT_VERSION      2u
 
-#define SF_HEADER_SIZE         128u
+#define SF_HEADER_SIZE         160u
 #define SF_SLOT_SIZE           16u
 #define SF_ENTRY_SIZE          32u
 #define SF_ALIGN               8u
@@ -53,20 +53,43 @@
 #define SF_FORMAT_WORD  ((SF_LAYOUT_VERSION << 24) | ((SF_HEADER_SIZE / 8u) << 16) \
                          | (SF_SLOT_SIZE << 8) | SF_ENTRY_SIZE)
 
-/* Largest snapshot: every offset is a u32. */
-#define SF_MAX_SNAPSHOT_SIZE   0xFFFFFFFFu
+/* Largest object: offsets are u32 and bit 31 of a key/raw/rec offset marks the base. */
+#define SF_MAX_SNAPSHOT_SIZE   0x7FFFFFFFu
+#define SF_BASE_BIT            0x80000000u
+#define SF_OFF_MASK            0x7FFFFFFFu
+
+/* Blob chunks: 1 << chunk_shift bytes, shift in [MIN, MAX]; the builder uses 16 (64 KiB)
+ * and starts the blob area on a 4096-byte boundary (readers require 8). */
+#define SF_CHUNK_SHIFT         16u
+#define SF_MIN_CHUNK_SHIFT     12u
+#define SF_MAX_CHUNK_SHIFT     30u
+#define SF_BLOB_ALIGN          4096u
+
+/* Verification state of one mapped object: byte 0 = directory verified, then one byte per
+ * blob chunk (shared by both readers; see reader.new_state). */
+#define SF_CHUNK_UNKNOWN       0u
+#define SF_CHUNK_OK            1u
+#define SF_CHUNK_BAD           2u
 
 /*
- * sf_header_t - the first 128 bytes of every snapshot.  Written once by the
- * builder (supervisor); the publisher stamps @generation and recomputes
- * @header_check just before the object is published.  Read-only afterwards.
+ * sf_header_t - the first 160 bytes of every snapshot.  Written once by the
+ * builder (supervisor); the publisher stamps @generation (and, for an overlay,
+ * @base_generation) and recomputes @header_check just before the object is
+ * published.  Read-only afterwards.
+ *
+ * An object is a directory [160, blob_off) - indexes, order arrays, entries,
+ * chunk table - covered by @checksum, then a blob area [blob_off, total_size)
+ * cut into chunks of 1 << chunk_shift bytes, each verified against its
+ * chunk-table xxh64 the first time a reader touches it.  An overlay
+ * (@base_size != 0) also reads blobs from its base: entry offsets with bit 31
+ * set are offsets in the base object.
  */
 typedef struct sf_header {
     char     magic[8];          /*   0 "SHMFLAGS" */
     uint32_t format;            /*   8 SF_FORMAT_WORD */
     uint32_t record_format;     /*  12 format word of compiled records (record.h); 0 = no records */
     uint64_t total_size;        /*  16 bytes in the snapshot, header included; <= object size */
-    uint64_t checksum;          /*  24 xxh3_64 (seed 0) of bytes [128, total_size) */
+    uint64_t checksum;          /*  24 xxh3_64 (seed 0) of the directory, bytes [160, blob_off) */
     uint64_t generation;        /*  32 publication number, stamped by the publisher (0 = unpublished) */
     uint64_t built_at_ms;       /*  40 Unix time in ms when the builder ran */
     int64_t  payload_version;   /*  48 LD payload version the data came from (0 = unknown) */
@@ -78,8 +101,17 @@ typedef struct sf_header {
     uint32_t seg_index_cap;     /*  76 slots: power of two >= 2*n_segments, min 8 */
     uint32_t flag_order_off;    /*  80 offset of n_flags u32 entry offsets, sorted by key bytes */
     uint32_t seg_order_off;     /*  84 offset of n_segments u32 entry offsets, sorted by key bytes */
-    uint8_t  reserved[32];      /*  88 zero */
-    uint64_t header_check;      /* 120 xxh3_64 (seed 0) of bytes [0, 120) of this header */
+    uint32_t chunk_table_off;   /*  88 offset of n_chunks u64: xxh64 (seed 0) of each blob chunk */
+    uint32_t chunk_shift;       /*  92 chunk size is 1 << chunk_shift bytes */
+    uint32_t n_chunks;          /*  96 ceil((total_size - blob_off) / chunk size) */
+    uint32_t blob_off;          /* 100 start of the blob area (end of the directory) */
+    uint32_t raw_off;           /* 104 start of the raw msgpack region (hot blobs before it) */
+    uint32_t reserved0;         /* 108 zero */
+    uint64_t base_generation;   /* 112 overlay: generation of the base (stamped by the publisher) */
+    uint64_t base_size;         /* 120 overlay: the base's total_size; 0 = self-contained */
+    uint64_t base_checksum;     /* 128 overlay: the base's @checksum (0 when self-contained) */
+    uint8_t  reserved[16];      /* 136 zero */
+    uint64_t header_check;      /* 152 xxh3_64 (seed 0) of bytes [0, 152) of this header */
 } sf_header_t;
 
 /*
@@ -95,10 +127,13 @@ typedef struct sf_slot {
 } sf_slot_t;
 
 /*
- * sf_entry_t - one flag or segment.  All three blobs lie inside
- * [0, total_size).  The key is followed by one NUL (not counted in key_len).
- * The compiled record is self-contained: offsets inside it are relative to
- * rec_off, so the builder can move it unchanged between snapshots.
+ * sf_entry_t - one flag or segment (entries lie in the directory).  Each of
+ * key_off/raw_off/rec_off with bit 31 clear is an offset in this object's
+ * blob area; with bit 31 set, (off & 0x7fffffff) is an offset in the base
+ * object's blob area (overlays only).  The key is followed by one NUL (not
+ * counted in key_len).  The compiled record is self-contained: offsets inside
+ * it are relative to rec_off, so the builder can move it unchanged between
+ * snapshots.
  */
 typedef struct sf_entry {
     uint32_t key_off;           /*   0 UTF-8 key, NUL-terminated */
@@ -128,8 +163,17 @@ _Static_assert(offsetof(sf_header_t, seg_index_off) == 72, "seg_index_off");
 _Static_assert(offsetof(sf_header_t, seg_index_cap) == 76, "seg_index_cap");
 _Static_assert(offsetof(sf_header_t, flag_order_off) == 80, "flag_order_off");
 _Static_assert(offsetof(sf_header_t, seg_order_off) == 84, "seg_order_off");
-_Static_assert(offsetof(sf_header_t, reserved) == 88, "reserved");
-_Static_assert(offsetof(sf_header_t, header_check) == 120, "header_check");
+_Static_assert(offsetof(sf_header_t, chunk_table_off) == 88, "chunk_table_off");
+_Static_assert(offsetof(sf_header_t, chunk_shift) == 92, "chunk_shift");
+_Static_assert(offsetof(sf_header_t, n_chunks) == 96, "n_chunks");
+_Static_assert(offsetof(sf_header_t, blob_off) == 100, "blob_off");
+_Static_assert(offsetof(sf_header_t, raw_off) == 104, "raw_off");
+_Static_assert(offsetof(sf_header_t, reserved0) == 108, "reserved0");
+_Static_assert(offsetof(sf_header_t, base_generation) == 112, "base_generation");
+_Static_assert(offsetof(sf_header_t, base_size) == 120, "base_size");
+_Static_assert(offsetof(sf_header_t, base_checksum) == 128, "base_checksum");
+_Static_assert(offsetof(sf_header_t, reserved) == 136, "reserved");
+_Static_assert(offsetof(sf_header_t, header_check) == 152, "header_check");
 
 _Static_assert(sizeof(sf_slot_t) == SF_SLOT_SIZE, "slot size");
 _Static_assert(offsetof(sf_slot_t, hash) == 0, "slot.hash");
@@ -146,20 +190,30 @@ _Static_assert(offsetof(sf_entry_t, rec_len) == 20, "entry.rec_len");
 _Static_assert(offsetof(sf_entry_t, version_lo) == 24, "entry.version_lo");
 _Static_assert(offsetof(sf_entry_t, version_hi) == 28, "entry.version_hi");
 
-_Static_assert(SF_FORMAT_WORD == 0x01101020u, "format word (format.py FORMAT_WORD)");
+_Static_assert(SF_FORMAT_WORD == 0x02141020u, "format word (format.py FORMAT_WORD)");
 
 /*
  * Validation a reader performs, in this order (format.py/reader.py do the
  * same; the first failure rejects the snapshot):
- *  1. buffer >= 128 bytes; magic; format == SF_FORMAT_WORD;
- *  2. header_check == xxh3_64(bytes[0,120));
- *  3. 128 <= total_size <= buffer size; total_size <= SF_MAX_SNAPSHOT_SIZE;
- *  4. checksum == xxh3_64(bytes[128,total_size));
+ *  1. buffer >= 160 bytes; magic; format == SF_FORMAT_WORD;
+ *  2. header_check == xxh3_64(bytes[0,152));
+ *  3. 160 <= total_size <= buffer size; total_size <= SF_MAX_SNAPSHOT_SIZE;
+ *     blob_off 8-aligned in [160, total_size];
+ *  4. checksum == xxh3_64(bytes[160,blob_off)) - once per mapped object
+ *     (state byte 0 remembers it);
  *  5. each index: off 8-aligned, cap a power of two >= max(8, 2*n),
- *     [off, off + cap*16) inside [128, total_size);
- *     each order array [off, off + 4*n) inside [128, total_size);
- *  6. on every use of an entry offset: 8-aligned, [off, off+32) inside
- *     [128, total_size); key/raw/rec spans inside [128, total_size);
+ *     [off, off + cap*16) inside the directory [160, blob_off);
+ *     each order array 8-aligned inside the directory; chunk_shift in
+ *     [12, 30]; n_chunks == ceil((total_size - blob_off) >> shift); chunk
+ *     table 8-aligned inside the directory; raw_off in [blob_off, total_size];
+ *     base_size == 0 implies base_generation == base_checksum == 0;
+ *     an overlay needs its base: a valid self-contained object whose
+ *     generation, total_size and checksum equal base_generation, base_size
+ *     and base_checksum, with the same record_format;
+ *  6. on every use of an entry offset: 8-aligned, [off, off+32) inside the
+ *     directory; key/raw/rec spans inside the blob area of the object they
+ *     name (bit 31: the base); every chunk a span touches verified
+ *     (xxh64 == chunk table) before its bytes are used, once per object;
  *     key[key_len] == '\0'; rec_off 8-aligned.
  * A checksum match does not replace step 5/6: an attacker can recompute it.
  */

@@ -85,14 +85,109 @@ static void Snapshot_dealloc(SnapshotObject *self)
     sf_flagcache_free(self);
     if (self->has_view)
         PyBuffer_Release(&self->view);
+    if (self->has_bview)
+        PyBuffer_Release(&self->bview);
+    if (self->has_state_view)
+        PyBuffer_Release(&self->state_view);
+    if (self->has_bstate_view)
+        PyBuffer_Release(&self->bstate_view);
+    PyMem_Free(self->own_state);
+    PyMem_Free(self->own_bstate);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* sf_log_bad_chunk() - one ERROR line on logger "shmflags.snapshot" (any exception set is
+ * kept; a failure to log is ignored: the item is unusable either way). */
+void sf_log_bad_chunk(const sf_snap_t *t, uint32_t chunk, uint64_t want, uint64_t got)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject *logger = NULL, *r = NULL;
+    PyObject *logging = PyImport_ImportModule("logging");
+    if (logging != NULL)
+        logger = PyObject_CallMethod(logging, "getLogger", "s", "shmflags.snapshot");
+    if (logger != NULL) {
+        uint64_t a = t->blob_off + ((uint64_t)chunk << t->chunk_shift);
+        r = PyObject_CallMethod(logger, "error", "sKIKKKK",
+                                "shmflags: snapshot generation %d: blob chunk %d [%d, +%d) checksum "
+                                "mismatch: expected 0x%016x (chunk table), got 0x%016x; items in it "
+                                "are unusable",
+                                (unsigned long long)t->generation, chunk, (unsigned long long)a,
+                                (unsigned long long)(1ull << t->chunk_shift),
+                                (unsigned long long)want, (unsigned long long)got);
+    }
+    Py_XDECREF(r);
+    Py_XDECREF(logger);
+    Py_XDECREF(logging);
+    PyErr_Clear();
+    PyErr_Restore(et, ev, tb);
+}
+
+/*
+ * The verification state of an object: the caller's writable buffer (kept with the mapping,
+ * so a base verified once stays verified for every overlay on it) or a fresh PyMem one.
+ */
+static uint8_t *get_state(PyObject *arg, const sf_snap_t *s, Py_buffer *view, int *has_view,
+                          uint8_t **owned)
+{
+    if (arg == NULL || arg == Py_None) {
+        *owned = PyMem_Calloc(1 + (size_t)s->n_chunks, 1);
+        if (*owned == NULL)
+            PyErr_NoMemory();
+        return *owned;
+    }
+    if (PyObject_GetBuffer(arg, view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    *has_view = 1;
+    if ((size_t)view->len < 1 + (size_t)s->n_chunks) {
+        PyErr_Format(PyExc_ValueError, "verification state: expected at least %u bytes "
+                     "(1 + n_chunks), got %zd", 1 + s->n_chunks, view->len);
+        return NULL;
+    }
+    return view->buf;
+}
+
+/* header_check always; the directory checksum unless the state says it was verified */
+static int verify_object(PyObject *xxh3, const Py_buffer *v, sf_snap_t *s, const char *what)
+{
+    const sf_header_t *h = v->buf;
+    uint64_t hc, dc;
+    if (xxh3_range(xxh3, v, 0, offsetof(sf_header_t, header_check), &hc) < 0)
+        return -1;
+    if (hc != h->header_check) {
+        PyObject *t = format_error_type();
+        if (t != NULL) {
+            PyErr_Format(t, "%s: %s: header_check: expected 0x%016llx, got 0x%016llx",
+                         sf_strerror(SF_ECHECKSUM), what, (unsigned long long)hc,
+                         (unsigned long long)h->header_check);
+            Py_DECREF(t);
+        }
+        return -1;
+    }
+    if (s->state[0])
+        return 0;
+    if (xxh3_range(xxh3, v, SF_HEADER_SIZE, (Py_ssize_t)s->blob_off, &dc) < 0)
+        return -1;
+    if (dc != h->checksum) {
+        PyObject *t = format_error_type();
+        if (t != NULL) {
+            PyErr_Format(t, "%s: %s: directory checksum: expected 0x%016llx (header), got "
+                         "0x%016llx", sf_strerror(SF_ECHECKSUM), what,
+                         (unsigned long long)h->checksum, (unsigned long long)dc);
+            Py_DECREF(t);
+        }
+        return -1;
+    }
+    s->state[0] = 1;
+    return 0;
 }
 
 static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"buffer", "big_segments", NULL};
-    PyObject *buffer, *big = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:Snapshot", kwlist, &buffer, &big))
+    static char *kwlist[] = {"buffer", "big_segments", "base", "state", "base_state", NULL};
+    PyObject *buffer, *big = Py_None, *base = Py_None, *state = Py_None, *bstate = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|OOOO:Snapshot", kwlist, &buffer, &big,
+                                     &base, &state, &bstate))
         return NULL;
     SnapshotObject *self = (SnapshotObject *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -110,21 +205,65 @@ static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         raise_code(rc, "header rejected");
         goto fail;
     }
+    self->snap.state = get_state(state, &self->snap, &self->state_view, &self->has_state_view,
+                                 &self->own_state);
+    if (self->snap.state == NULL)
+        goto fail;
     {
         PyObject *xxh3 = call_import("xxhash", "xxh3_64_intdigest");
         if (xxh3 == NULL)
             goto fail;
-        const sf_header_t *h = self->view.buf;
-        uint64_t hc, bc;
-        int ok = xxh3_range(xxh3, &self->view, 0, 120, &hc) == 0
-                 && xxh3_range(xxh3, &self->view, SF_HEADER_SIZE, (Py_ssize_t)self->snap.size, &bc) == 0;
-        Py_DECREF(xxh3);
-        if (!ok)
-            goto fail;
-        if (hc != h->header_check || bc != h->checksum) {
-            raise_code(SF_ECHECKSUM, hc != h->header_check ? "header_check" : "body checksum");
-            goto fail;
+        int bad = verify_object(xxh3, &self->view, &self->snap, "snapshot");
+        if (!bad && self->snap.base_size != 0) {
+            /* an overlay: open, verify and link its base */
+            if (base == Py_None) {
+                raise_code(SF_ECORRUPT, "overlay without its base object");
+                bad = 1;
+            } else if (PyObject_GetBuffer(base, &self->bview, PyBUF_SIMPLE) < 0) {
+                bad = 1;
+            } else {
+                self->has_bview = 1;
+                if (((uintptr_t)self->bview.buf & 7u) != 0) {
+                    raise_code(SF_EFORMAT, "base buffer must start 8-byte aligned");
+                    bad = 1;
+                } else if ((rc = sf_snapshot_open(&self->under, self->bview.buf,
+                                                  (size_t)self->bview.len)) != SF_OK) {
+                    raise_code(rc, "base header rejected");
+                    bad = 1;
+                } else if ((self->under.state = get_state(bstate, &self->under,
+                                                          &self->bstate_view,
+                                                          &self->has_bstate_view,
+                                                          &self->own_bstate)) == NULL
+                           || verify_object(xxh3, &self->bview, &self->under, "base") < 0) {
+                    bad = 1;
+                } else if (sf_snapshot_link(&self->snap, &self->under) != SF_OK) {
+                    PyObject *t = format_error_type();
+                    if (t != NULL) {
+                        PyErr_Format(t, "%s: wrong base: expected generation %llu of %llu bytes, "
+                                     "checksum 0x%016llx; got generation %llu of %llu bytes, "
+                                     "checksum 0x%016llx (its base_size %llu)",
+                                     sf_strerror(SF_ECORRUPT),
+                                     (unsigned long long)self->snap.base_generation,
+                                     (unsigned long long)self->snap.base_size,
+                                     (unsigned long long)self->snap.base_checksum,
+                                     (unsigned long long)self->under.generation,
+                                     (unsigned long long)self->under.size,
+                                     (unsigned long long)self->under.checksum,
+                                     (unsigned long long)self->under.base_size);
+                        Py_DECREF(t);
+                    }
+                    bad = 1;
+                } else {
+                    self->snap.under = &self->under;
+                }
+            }
+        } else if (!bad && base != Py_None) {
+            raise_code(SF_ECORRUPT, "self-contained snapshot given a base object");
+            bad = 1;
         }
+        Py_DECREF(xxh3);
+        if (bad)
+            goto fail;
     }
     if (self->snap.record_format != SF_RECORD_FORMAT) {
         PyObject *t = format_error_type();
@@ -303,7 +442,10 @@ static PyTypeObject SnapshotType = {
     .tp_dealloc = (destructor)Snapshot_dealloc,
     .tp_repr = (reprfunc)Snapshot_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Snapshot(buffer): a validated snapshot evaluated in C (holds the buffer).",
+    .tp_doc = "Snapshot(buffer, big_segments=None, base=None, state=None, base_state=None): a "
+              "validated snapshot evaluated in C (holds the buffers; base: the base object of "
+              "an overlay; state/base_state: writable verification states kept with the "
+              "mappings).",
     .tp_methods = Snapshot_methods,
     .tp_getset = Snapshot_getset,
     .tp_new = Snapshot_new,

@@ -75,7 +75,7 @@ int sf_semver_compare(const sf_semver_t *a, const sf_semver_t *b);
 
 /* ---- container view ---- */
 typedef struct sf_snap {
-    const uint8_t *base;
+    const uint8_t *base;      /* byte 0 of the object */
     uint64_t size;            /* header total_size, checked <= buffer length */
     uint64_t generation;
     uint32_t n_flags, n_segments;
@@ -83,11 +83,20 @@ typedef struct sf_snap {
     uint32_t seg_index_off, seg_index_cap;
     uint32_t flag_order_off, seg_order_off;
     uint32_t record_format;
+    uint32_t blob_off;        /* directory is [SF_HEADER_SIZE, blob_off), blobs [blob_off, size) */
+    uint32_t chunk_table_off, chunk_shift, n_chunks;
+    uint64_t checksum;        /* header checksum (of the directory) */
+    uint64_t base_generation, base_size, base_checksum;   /* overlay link; base_size 0 = none */
+    uint8_t *state;           /* 1 + n_chunks bytes: directory verified, then chunk states */
+    const struct sf_snap *under;   /* the base object's view (overlay), or NULL */
 } sf_snap_t;
 
 enum { SF_FLAGS = 0, SF_SEGMENTS = 1 };
 
 int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len);
+int sf_snapshot_link(const sf_snap_t *s, const sf_snap_t *base);
+/* Log a blob chunk that failed verification (module.c; once per chunk and object). */
+void sf_log_bad_chunk(const sf_snap_t *t, uint32_t chunk, uint64_t want, uint64_t got);
 int sf_snapshot_find(const sf_snap_t *s, int which, const char *key, size_t klen,
                      const sf_entry_t **out);
 int sf_snapshot_entry_at(const sf_snap_t *s, int which, uint32_t i, const sf_entry_t **out);
@@ -181,6 +190,12 @@ typedef struct {
     Py_buffer view;
     int has_view;
     sf_snap_t snap;
+    sf_snap_t under;          /* the base object's view when snap is an overlay */
+    Py_buffer bview;          /* the base object's bytes */
+    int has_bview;
+    Py_buffer state_view, bstate_view;   /* caller-owned verification states, when given */
+    int has_state_view, has_bstate_view;
+    uint8_t *own_state, *own_bstate;     /* PyMem states when none was given */
     sf_cache_t cache;
     PyObject *unpack;        /* shmflags.snapshot.compile.unpack_value */
     PyObject *parse_time;    /* shmflags.snapshot.compile.parse_time_string */

@@ -5,17 +5,21 @@
  *
  * Invariants established by sf_snapshot_open() and relied on afterwards:
  *  - total_size <= the buffer length, so [0, size) is readable;
- *  - both index tables and both order arrays lie inside [128, size);
+ *  - both index tables, both order arrays and the chunk table lie inside the
+ *    directory [160, blob_off);
  *  - index capacities are powers of two (probing masks with cap - 1).
  * Entry offsets read from an index or order array are checked on every use
  * (step 6 of layout.h), since a checksum can be recomputed by an attacker.
- * Checksums themselves are verified by module.c at construction.
+ * The header check and the directory checksum are verified by module.c at
+ * construction (once per mapped object); blob chunks here, at first use, in
+ * the three accessors that reach blob bytes (key, raw, record).
  */
 #include "sf.h"
 
-static int span_ok(const sf_snap_t *s, uint64_t off, uint64_t len)
+/* [off, off + len) inside the directory [SF_HEADER_SIZE, blob_off) */
+static int dir_ok(const sf_snap_t *s, uint64_t off, uint64_t len)
 {
-    return off >= SF_HEADER_SIZE && off <= s->size && len <= s->size - off;
+    return off >= SF_HEADER_SIZE && off <= s->blob_off && len <= s->blob_off - off;
 }
 
 static int index_ok(const sf_snap_t *s, uint32_t off, uint32_t cap, uint32_t n)
@@ -24,7 +28,7 @@ static int index_ok(const sf_snap_t *s, uint32_t off, uint32_t cap, uint32_t n)
         return 0;
     if ((uint64_t)cap < 2 * (uint64_t)n)
         return 0;
-    return span_ok(s, off, (uint64_t)cap * SF_SLOT_SIZE);
+    return dir_ok(s, off, (uint64_t)cap * SF_SLOT_SIZE);
 }
 
 /**
@@ -33,7 +37,9 @@ static int index_ok(const sf_snap_t *s, uint32_t off, uint32_t cap, uint32_t n)
  * @buf: the snapshot bytes (stay owned by the caller, must outlive @s).
  * @len: their length.
  *
- * Checks layout.h steps 1, 3 and 5 (module.c does 2 and 4, the checksums).
+ * Checks layout.h steps 1, 3 and 5 for this object alone (module.c does 2
+ * and 4, the checksums, sets @s->state and links an overlay's base with
+ * sf_snapshot_link()).
  * Return: SF_OK, SF_EFORMAT, SF_ESIZE or SF_ECORRUPT.
  */
 int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len)
@@ -60,19 +66,107 @@ int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len)
     s->flag_order_off = h->flag_order_off;
     s->seg_order_off = h->seg_order_off;
     s->record_format = h->record_format;
+    s->blob_off = h->blob_off;
+    s->chunk_table_off = h->chunk_table_off;
+    s->chunk_shift = h->chunk_shift;
+    s->n_chunks = h->n_chunks;
+    s->checksum = h->checksum;
+    s->base_generation = h->base_generation;
+    s->base_size = h->base_size;
+    s->base_checksum = h->base_checksum;
+    if ((s->blob_off & 7u) != 0 || s->blob_off < SF_HEADER_SIZE || s->blob_off > s->size)
+        return SF_ESIZE;
     if (!index_ok(s, s->flag_index_off, s->flag_index_cap, s->n_flags)
         || !index_ok(s, s->seg_index_off, s->seg_index_cap, s->n_segments))
         return SF_ECORRUPT;
-    if ((s->n_flags && !span_ok(s, s->flag_order_off, 4ull * s->n_flags))
-        || (s->n_segments && !span_ok(s, s->seg_order_off, 4ull * s->n_segments)))
+    if ((s->flag_order_off & 7u) != 0 || (s->seg_order_off & 7u) != 0
+        || !dir_ok(s, s->flag_order_off, 4ull * s->n_flags)
+        || !dir_ok(s, s->seg_order_off, 4ull * s->n_segments))
+        return SF_ECORRUPT;
+    if (s->chunk_shift < SF_MIN_CHUNK_SHIFT || s->chunk_shift > SF_MAX_CHUNK_SHIFT)
+        return SF_ECORRUPT;
+    uint64_t blob_len = s->size - s->blob_off;
+    if (s->n_chunks != ((blob_len + (1ull << s->chunk_shift) - 1) >> s->chunk_shift))
+        return SF_ECORRUPT;
+    if ((s->chunk_table_off & 7u) != 0 || !dir_ok(s, s->chunk_table_off, 8ull * s->n_chunks))
+        return SF_ECORRUPT;
+    if (h->raw_off < s->blob_off || h->raw_off > s->size)
+        return SF_ECORRUPT;
+    if (s->base_size == 0 && (s->base_generation != 0 || s->base_checksum != 0))
         return SF_ECORRUPT;
     return SF_OK;
 }
 
+/**
+ * sf_snapshot_link() - check that @base is the base object overlay @s names.
+ * Both views must be open (and their checksums verified by the caller).
+ * Return: SF_OK or SF_ECORRUPT.
+ */
+int sf_snapshot_link(const sf_snap_t *s, const sf_snap_t *base)
+{
+    if (s->base_size == 0 || base->base_size != 0)
+        return SF_ECORRUPT;
+    if (base->generation != s->base_generation || base->size != s->base_size
+        || base->checksum != s->base_checksum || base->record_format != s->record_format)
+        return SF_ECORRUPT;
+    return SF_OK;
+}
+
+/*
+ * Verify the chunks of @t covering [off, off + len) (inside the blob area, len > 0) against
+ * the chunk table, once each: the state byte remembers the outcome.  Return 1 when all match.
+ */
+static int chunks_ok(const sf_snap_t *t, uint64_t off, uint64_t len)
+{
+    uint64_t first = (off - t->blob_off) >> t->chunk_shift;
+    uint64_t last = (off + len - 1 - t->blob_off) >> t->chunk_shift;
+    for (uint64_t i = first; i <= last; i++) {
+        uint8_t st = t->state[1 + i];
+        if (st == SF_CHUNK_OK)
+            continue;
+        if (st != SF_CHUNK_UNKNOWN)
+            return 0;
+        uint64_t a = t->blob_off + (i << t->chunk_shift);
+        uint64_t b = a + (1ull << t->chunk_shift);
+        if (b > t->size)
+            b = t->size;
+        uint64_t want, got = sf_xxh64(t->base + a, (size_t)(b - a), 0);
+        memcpy(&want, t->base + t->chunk_table_off + 8 * i, 8);
+        if (got != want) {
+            t->state[1 + i] = SF_CHUNK_BAD;
+            sf_log_bad_chunk(t, (uint32_t)i, want, got);
+            return 0;
+        }
+        t->state[1 + i] = SF_CHUNK_OK;
+    }
+    return 1;
+}
+
+/*
+ * Resolve a key/raw/rec offset (bit 31: the base object) to a pointer to @len bytes inside
+ * the blob area of the object it names, every chunk verified; NULL when out of bounds, no
+ * base, or a chunk fails.  The only way an accessor reaches blob bytes (layout.h step 6).
+ */
+static const uint8_t *blob_at(const sf_snap_t *s, uint32_t off, uint64_t len)
+{
+    const sf_snap_t *t = s;
+    if (off & SF_BASE_BIT) {
+        t = s->under;
+        if (t == NULL)
+            return NULL;
+        off &= SF_OFF_MASK;
+    }
+    if (off < t->blob_off || off > t->size || len > t->size - off || len == 0)
+        return NULL;
+    if (!chunks_ok(t, off, len))
+        return NULL;
+    return t->base + off;
+}
+
 static const sf_entry_t *entry(const sf_snap_t *s, uint32_t off)
 {
-    /* layout.h step 6: aligned and inside the body */
-    if ((off & 7u) != 0 || !span_ok(s, off, SF_ENTRY_SIZE))
+    /* layout.h step 6: aligned and inside the directory */
+    if ((off & 7u) != 0 || !dir_ok(s, off, SF_ENTRY_SIZE))
         return NULL;
     return (const sf_entry_t *)(s->base + off);
 }
@@ -83,30 +177,34 @@ static const sf_entry_t *entry(const sf_snap_t *s, uint32_t off)
  */
 int sf_entry_key(const sf_snap_t *s, const sf_entry_t *e, const char **key, uint32_t *len)
 {
-    if (!span_ok(s, e->key_off, (uint64_t)e->key_len + 1)
-        || s->base[(uint64_t)e->key_off + e->key_len] != 0)
+    const uint8_t *p = blob_at(s, e->key_off, (uint64_t)e->key_len + 1);
+    if (p == NULL || p[e->key_len] != 0)
         return SF_ECORRUPT;
-    *key = (const char *)s->base + e->key_off;
+    *key = (const char *)p;
     *len = e->key_len;
     return SF_OK;
 }
 
 int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, uint32_t *len)
 {
-    if (e->raw_len == 0 || !span_ok(s, e->raw_off, e->raw_len))
+    const uint8_t *p = e->raw_len == 0 ? NULL : blob_at(s, e->raw_off, e->raw_len);
+    if (p == NULL)
         return SF_ECORRUPT;
-    *raw = s->base + e->raw_off;
+    *raw = p;
     *len = e->raw_len;
     return SF_OK;
 }
 
 int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out)
 {
-    if (e->rec_len == 0 || (e->rec_off & 7u) != 0 || !span_ok(s, e->rec_off, e->rec_len))
+    if (e->rec_len == 0 || (e->rec_off & 7u) != 0)
         return SF_ECORRUPT;
-    out->p = s->base + e->rec_off;
+    const uint8_t *p = blob_at(s, e->rec_off, e->rec_len);
+    if (p == NULL)
+        return SF_ECORRUPT;
+    out->p = p;
     out->len = e->rec_len;
-    out->abs = e->rec_off;
+    out->abs = e->rec_off;    /* bit 31 kept: base and own records never share cache keys */
     out->fc = NULL;
     return SF_OK;
 }

@@ -33,9 +33,15 @@ if ROOT not in sys.path:
 
 from shmflags.snapshot import format as fmt  # noqa: E402
 
-MUTATIONS = ("truncate", "bitflip", "bitflip_rehash", "header_field", "body_word",
-             "magic_version", "size", "garbage", "extend", "entry_field", "slot_field",
-             "swap_blocks")
+PLAIN_MUTATIONS = ("truncate", "bitflip", "bitflip_rehash", "header_field", "body_word",
+                   "magic_version", "size", "garbage", "extend", "entry_field", "slot_field",
+                   "swap_blocks")
+#: mutations of an (overlay, base) pair: bit flips in the base's blobs (stale chunk table),
+#: overlay entries pointing past or around the base, a missing or wrong base, structural
+#: damage to either object (resealed)
+OVERLAY_MUTATIONS = ("base_blob_flip", "overlay_entry_base", "base_missing_or_wrong",
+                     "overlay_mutate", "base_mutate")
+MUTATIONS = PLAIN_MUTATIONS + OVERLAY_MUTATIONS
 
 _INTERESTING = (0, 1, 7, 8, 127, 128, 129, 0x7F, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x10000,
                 0x7FFFFFFF, 0x80000000, 0xFFFFFFF8, 0xFFFFFFFF)
@@ -43,8 +49,9 @@ _INTERESTING = (0, 1, 7, 8, 127, 128, 129, 0x7F, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x
 
 # ------------------------------------------------------------------------------ base inputs
 
-def base_snapshots() -> List[bytes]:
-    """The valid snapshots mutations start from (golden, generated with records, empty)."""
+def base_snapshots() -> List[Any]:
+    """The valid inputs mutations start from: snapshots (golden, generated with records,
+    empty) and (overlay, base) pairs (same key set; keys added and removed)."""
     from shmflags.snapshot.builder import SnapshotBuilder
     with open(os.path.join(ROOT, "tests", "golden", "small.snap"), "rb") as f:
         golden = f.read()
@@ -75,17 +82,40 @@ def base_snapshots() -> List[bytes]:
             for i in range(3)}
     generated = SnapshotBuilder().build(flags, segs, payload_version=3, built_at_ms=1)
     empty = SnapshotBuilder(use_default_compilers=False).build({}, {}, built_at_ms=1)
-    return [golden, generated, empty]
+    pairs = []
+    for add_remove in (False, True):
+        b = SnapshotBuilder(compact_fraction=100.0, chunk_shift=12)
+        base = b.build(flags, segs, payload_version=3, built_at_ms=1)
+        f2 = dict(flags)
+        f2["flag-2"] = dict(f2["flag-2"], version=50, on=not f2["flag-2"]["on"])
+        f2["flag-7"] = dict(f2["flag-7"], version=50, variations=["a", "b", "c"])
+        changed = ["flag-2", "flag-7"]
+        s2 = dict(segs)
+        if add_remove:
+            del f2["flag-5"]
+            f2["flag-new"] = dict(flags["flag-4"], key="flag-new")
+            s2["seg-9"] = dict(segs["seg-1"], key="seg-9")
+            changed += ["flag-5", "flag-new"]
+        overlay = b.build(f2, s2, payload_version=4, built_at_ms=2,
+                          changed=(changed, ["seg-9"] if add_remove else []))
+        assert b.last_kind == "overlay"
+        pairs.append((overlay, base))
+    return [golden, generated, empty] + pairs
 
 
-def rehash(buf: bytearray) -> None:
-    """Recompute the body checksum (over the stated total_size, clamped) and header check."""
+def rehash(buf: bytearray, chunks: bool = True) -> None:
+    """Recompute the chunk table (unless ``chunks`` is false: stale chunks must cost only their
+    items), the directory checksum (both over the stated offsets, clamped) and header check."""
     if len(buf) < fmt.HEADER_SIZE:
         return
-    total = struct.unpack_from("<Q", buf, fmt.OFF_TOTAL_SIZE)[0]
-    end = min(max(total, fmt.HEADER_SIZE), len(buf))
+    if chunks:
+        fmt.reseal(buf)
+        return
+    h = fmt.unpack_header(buf)
+    end = min(max(h.blob_off, fmt.HEADER_SIZE), len(buf))
     struct.pack_into("<Q", buf, fmt.OFF_CHECKSUM, fmt.checksum(bytes(buf[fmt.HEADER_SIZE:end])))
-    struct.pack_into("<Q", buf, fmt.OFF_HEADER_CHECK, fmt.checksum(bytes(buf[:120])))
+    struct.pack_into("<Q", buf, fmt.OFF_HEADER_CHECK,
+                     fmt.checksum(bytes(buf[:fmt.OFF_HEADER_CHECK])))
 
 
 def _value(rng: random.Random, size: int, near: int) -> int:
@@ -99,11 +129,69 @@ def _value(rng: random.Random, size: int, near: int) -> int:
     return v & ((1 << (8 * size)) - 1)
 
 
-def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
-    """Return (mutation name, bytes) for case ``index`` of ``seed`` (deterministic)."""
+def _overlay_case(rng: random.Random, overlay: bytes, base: bytes) -> Tuple[str, Any]:
+    kind = OVERLAY_MUTATIONS[rng.randrange(len(OVERLAY_MUTATIONS))]
+    ov, bs = bytearray(overlay), bytearray(base)
+    bh = fmt.unpack_header(base)
+    h = fmt.unpack_header(overlay)
+    other: Optional[bytes] = bytes(bs)
+    if kind == "base_blob_flip":
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(bh.blob_off, bh.total_size)
+            bs[pos] ^= 1 << rng.randrange(8)
+        if rng.random() < 0.2:
+            rehash(bs)                       # resealed: the damage is structural now
+        other = bytes(bs)
+    elif kind == "overlay_entry_base":
+        n = h.n_flags + h.n_segments
+        first = struct.unpack_from("<I", overlay, h.flag_order_off)[0]
+        for _ in range(rng.randint(1, 4)):
+            eoff = first + fmt.ENTRY_SIZE * rng.randrange(n)
+            field = rng.choice([0, 8, 16, 4, 12, 20])
+            old = struct.unpack_from("<I", ov, eoff + field)[0]
+            pick = rng.random()
+            if pick < 0.4:
+                v = fmt.BASE_BIT | rng.choice([bh.total_size, bh.total_size - 1, bh.blob_off - 8,
+                                               0, 8, fmt.OFF_MASK, bh.raw_off,
+                                               (old & fmt.OFF_MASK) + rng.randint(-64, 64)])
+            elif pick < 0.7:
+                v = old ^ fmt.BASE_BIT       # the same offset in the other object
+            else:
+                v = _value(rng, 4, old)
+            struct.pack_into("<I", ov, eoff + field, v & 0xFFFFFFFF)
+        rehash(ov)
+    elif kind == "base_missing_or_wrong":
+        pick = rng.randrange(4)
+        if pick == 0:
+            other = None
+        elif pick == 1:
+            other = bytes(ov)                # an overlay as its own base
+        elif pick == 2:
+            struct.pack_into("<Q", bs, fmt.OFF_GENERATION, rng.randint(1, 5))
+            rehash(bs)
+            other = bytes(bs)
+        else:
+            struct.pack_into("<Q", ov, rng.choice([fmt.OFF_BASE_SIZE, fmt.OFF_BASE_CHECKSUM,
+                                                   fmt.OFF_BASE_GENERATION]),
+                             _value(rng, 8, 0))
+            rehash(ov)
+    elif kind == "overlay_mutate":
+        sub, data = make_case([bytes(ov)], rng.getrandbits(30), rng.getrandbits(30))
+        return kind, (data, other)
+    else:  # base_mutate
+        sub, data = make_case([bytes(bs)], rng.getrandbits(30), rng.getrandbits(30))
+        return kind, (bytes(ov), data)
+    return kind, (bytes(ov), other)
+
+
+def make_case(bases: List[Any], seed: int, index: int) -> Tuple[str, Any]:
+    """Return (mutation name, data) for case ``index`` of ``seed`` (deterministic); data is
+    snapshot bytes, or an (overlay, base or None) pair."""
     rng = random.Random((seed << 32) ^ index)
     base = bases[index % len(bases)]
-    kind = MUTATIONS[rng.randrange(len(MUTATIONS))]
+    if isinstance(base, tuple):
+        return _overlay_case(rng, *base)
+    kind = PLAIN_MUTATIONS[rng.randrange(len(PLAIN_MUTATIONS))]
     buf = bytearray(base)
     n = len(buf)
     if kind == "truncate":
@@ -113,13 +201,14 @@ def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
             rehash(buf)
     elif kind in ("bitflip", "bitflip_rehash"):
         for _ in range(rng.randint(1, 8)):
-            pos = rng.randrange(n) if rng.random() < 0.7 else rng.randrange(min(n, 128))
+            pos = rng.randrange(n) if rng.random() < 0.7 else rng.randrange(min(n, 160))
             buf[pos] ^= 1 << rng.randrange(8)
         if kind == "bitflip_rehash":
-            rehash(buf)
+            rehash(buf, chunks=rng.random() < 0.7)
     elif kind == "header_field":
-        off = rng.choice([8, 12, 16, 56, 60, 64, 68, 72, 76, 80, 84])
-        size = 8 if off == 16 else 4
+        off = rng.choice([8, 12, 16, 56, 60, 64, 68, 72, 76, 80, 84, 88, 92, 96, 100, 104,
+                          112, 120, 128])
+        size = 8 if off in (16, 112, 120, 128) else 4
         old = int.from_bytes(buf[off:off + size], "little")
         buf[off:off + size] = _value(rng, size, old).to_bytes(size, "little")
         rehash(buf)
@@ -129,7 +218,7 @@ def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
             if off + 4 <= n:
                 old = int.from_bytes(buf[off:off + 4], "little")
                 buf[off:off + 4] = _value(rng, 4, old).to_bytes(4, "little")
-        rehash(buf)
+        rehash(buf, chunks=rng.random() < 0.8)
     elif kind == "entry_field" or kind == "slot_field":
         h = fmt.unpack_header(base)
         if kind == "entry_field" and h.n_flags + h.n_segments:
@@ -157,13 +246,13 @@ def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
         if rng.random() < 0.5:
             rehash(buf)
     elif kind == "size":
-        total = rng.choice([0, 1, 127, 128, n - 1, n + 1, n + 4096, 2 ** 32, 2 ** 63,
+        total = rng.choice([0, 1, 159, 160, n - 1, n + 1, n + 4096, 2 ** 31, 2 ** 32, 2 ** 63,
                             2 ** 64 - 1, rng.randrange(n)])
         struct.pack_into("<Q", buf, fmt.OFF_TOTAL_SIZE, total)
         rehash(buf)
     elif kind == "garbage":
         buf = bytearray(rng.getrandbits(8) for _ in range(rng.randrange(0, 600)))
-        if len(buf) >= 128 and rng.random() < 0.5:
+        if len(buf) >= fmt.HEADER_SIZE and rng.random() < 0.5:
             buf[:8] = fmt.MAGIC
             struct.pack_into("<IIQ", buf, 8, fmt.FORMAT_WORD, 0, len(buf))
             rehash(buf)
@@ -173,7 +262,7 @@ def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
             struct.pack_into("<Q", buf, fmt.OFF_TOTAL_SIZE, len(buf))
             rehash(buf)
     elif kind == "swap_blocks":
-        a, b = rng.randrange(128, n) & ~7, rng.randrange(128, n) & ~7
+        a, b = rng.randrange(160, n) & ~7, rng.randrange(160, n) & ~7
         ln = min(rng.choice([8, 16, 32, 64]), n - max(a, b))
         if ln > 0:
             buf[a:a + ln], buf[b:b + ln] = bytes(buf[b:b + ln]), bytes(buf[a:a + ln])
@@ -186,13 +275,13 @@ def make_case(bases: List[bytes], seed: int, index: int) -> Tuple[str, bytes]:
 class _SelfTest:
     """A deliberately broken backend proving the harness reports crashes and exceptions."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, base: Any = None) -> None:
         from shmflags._pure import Snapshot
         if len(data) % 97 == 13:
             os.abort()                       # a "segfault"
         if len(data) % 89 == 7:
             raise IndexError("selftest: not a SnapshotFormatError")
-        self._s = Snapshot(data)
+        self._s = Snapshot(data, base=base)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._s, name)
@@ -210,14 +299,18 @@ def _load_backend(name: str) -> Any:
     return Snapshot
 
 
-def exercise(Snapshot: Any, data: bytes, contexts: List[Any], deep: bool) -> str:
-    """Open ``data`` and use every contract method; return "rejected" or "accepted".
+def exercise(Snapshot: Any, data: Any, contexts: List[Any], deep: bool) -> str:
+    """Open ``data`` (bytes, or an (overlay, base) pair) and use every contract method;
+    return "rejected" or "accepted".
 
     :raises Exception: anything other than SnapshotFormatError (a failure).
     """
     from shmflags.errors import SnapshotFormatError
     try:
-        snap = Snapshot(data)
+        if isinstance(data, tuple):
+            snap = Snapshot(data[0], base=data[1])
+        else:
+            snap = Snapshot(data)
     except SnapshotFormatError:
         return "rejected"
     _ = (snap.generation, snap.flag_count, snap.segment_count)
@@ -351,7 +444,8 @@ def replay(backend: str, seed: int, index: int) -> int:
     """Run one case in this process and print what happens (with a traceback)."""
     Snapshot = _load_backend(backend)
     kind, data = make_case(base_snapshots(), seed, index)
-    print(f"case {index} (seed {seed}): {kind}, {len(data)} bytes")
+    size = [len(d or b"") for d in data] if isinstance(data, tuple) else len(data)
+    print(f"case {index} (seed {seed}): {kind}, {size} bytes")
     try:
         print(exercise(Snapshot, data, _contexts(), deep=True))
         return 0

@@ -170,8 +170,8 @@ def reader(name: str, reads: int, snapshot_every: int, backend: str, unsynced: b
             bad += 1
         if i % snapshot_every == 0 and not unsynced:
             snapshots += 1
-            buf = att.snapshot_buffer()
-            snap = Snapshot(buf)
+            buf = att.snapshot_parts()
+            snap = Snapshot(**buf)
             gen = snap.generation
             if gen != att.mapped_generation or \
                     (snap.flag_count, snap.segment_count) != expected_counts(gen):

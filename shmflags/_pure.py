@@ -80,15 +80,20 @@ class Snapshot:
     :param buffer: the snapshot bytes (bytes, mmap, memoryview); kept referenced while the
         object lives (and released when it is dropped), never written.
     :param big_segments: optional Big Segments provider for the evaluator.
+    :param base: the base object's bytes when ``buffer`` is an overlay.
+    :param state: the object's verification state (``reader.new_state``), shared with the
+        mapping; ``base_state`` the same for ``base``.
     :raises SnapshotFormatError: the bytes are not a valid snapshot.
 
-    An entry whose bytes do not decode (possible only with hand-made bytes: the checksum
-    covers the body) evaluates as a malformed flag, like unparseable JSON in ldclient.
+    An entry whose bytes do not decode (hand-made bytes, or a blob chunk that fails its
+    checksum when first read) evaluates as a malformed flag, like unparseable JSON in
+    ldclient.
     Safe to share between threads: the caches only ever gain equal values.
     """
 
-    def __init__(self, buffer: Any, big_segments: Any = None) -> None:
-        self._reader = SnapshotReader(buffer)
+    def __init__(self, buffer: Any, big_segments: Any = None, base: Any = None,
+                 state: Any = None, base_state: Any = None) -> None:
+        self._reader = SnapshotReader(buffer, base=base, state=state, base_state=base_state)
         self._entries = _Entries(self._reader)
         self._backend = ModelBackend(self._entries.get_flag, self._entries.get_segment,
                                      self._entries.flag_keys, big_segments)

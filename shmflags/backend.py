@@ -55,9 +55,11 @@ def evaluator_backend() -> str:
     return _NAME
 
 
-def open_snapshot(buffer: Any) -> Any:
+def open_snapshot(buffer: Any, **parts: Any) -> Any:
     """Open ``buffer`` (snapshot bytes or a mapping) with the chosen backend.
 
+    :param parts: ``base``, ``state``, ``base_state`` (an overlay's base object and the
+        verification states kept with the mappings: ``shm.Attachment.snapshot_parts``).
     :raises SnapshotFormatError: the bytes are not a valid snapshot.
     """
-    return Snapshot(buffer)
+    return Snapshot(buffer, **parts)

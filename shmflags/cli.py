@@ -238,12 +238,14 @@ class _Served:
         self.name = name
         self.attachment: Any = None
         self.buffer: Any = None
+        self.parts: Dict[str, Any] = {}
 
     def __enter__(self) -> "_Served":
         from shmflags import shm
         try:
             self.attachment = shm.Attachment(self.name)
-            self.buffer = self.attachment.snapshot_buffer()
+            self.parts = self.attachment.snapshot_parts()
+            self.buffer = self.parts["buffer"]
         except ShmflagsError as exc:
             sys.stderr.write(f"shmflags: namespace {self.name!r} serves no snapshot: {exc}\n")
         return self
@@ -251,7 +253,9 @@ class _Served:
     def items(self) -> Tuple[Dict[str, Any], Dict[str, Any]]:
         """Every flag and segment as LD JSON, in key order."""
         from shmflags.snapshot.reader import SnapshotReader
-        reader = SnapshotReader(self.buffer)
+        reader = SnapshotReader(self.buffer, base=self.parts.get("base"),
+                                state=self.parts.get("state"),
+                                base_state=self.parts.get("base_state"))
         try:
             flags = {e.key: reader.decode(e) for e in reader.flags()}
             segments = {e.key: reader.decode(e) for e in reader.segments()}
@@ -267,7 +271,7 @@ class _Served:
             from shmflags.client.client import Client
             flags, segments = self.items()
             return Client.from_data({"flags": flags, "segments": segments}).backend
-        return open_snapshot(self.buffer)
+        return open_snapshot(**self.parts)
 
     def __exit__(self, *exc: Any) -> None:
         if self.attachment is not None:

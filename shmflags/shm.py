@@ -26,12 +26,18 @@ import posix_ipc
 from shmflags.errors import (ConfigError, SnapshotBusy, SnapshotError, SnapshotFormatError,
                              SnapshotUnavailable)
 from shmflags.snapshot import format as fmt
-from shmflags.snapshot.reader import check_header
+from shmflags.snapshot.reader import check_base, check_header, new_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Publisher", "Attachment", "cleanup", "ctl_name", "data_name", "list_objects",
-           "SHM_DIR"]
+
+class SnapshotBaseMissing(SnapshotError):
+    """An overlay names a base this publisher has not published (or has unlinked): build a
+    self-contained snapshot instead."""
+
+
+__all__ = ["Publisher", "Attachment", "SnapshotBaseMissing", "cleanup", "ctl_name", "data_name",
+           "list_objects", "SHM_DIR"]
 
 #: Where Linux exposes POSIX shared memory objects as files (listing, leak checks).
 SHM_DIR = "/dev/shm"
@@ -292,6 +298,10 @@ class Publisher:
         self._pid = os.getpid()
         self._start_ms = _process_start_ms(self._pid) or _now_ms()
         self._due: List[Tuple[float, str]] = []
+        #: self-contained objects this publisher created and has not unlinked, by
+        #: (checksum, total_size): the bases an overlay may name
+        self._bases: Dict[Tuple[int, int], Tuple[int, str]] = {}
+        self._current_base: Optional[str] = None
         self._mm: Optional[mmap.mmap] = None
         self._words: Optional[memoryview] = None
         self._seq = 0
@@ -385,6 +395,7 @@ class Publisher:
         mm[fmt.CTL_OFF_MAGIC:fmt.CTL_OFF_MAGIC + 8] = fmt.CTL_MAGIC
         self._generation = 0
         self._current_name: Optional[str] = None
+        self._current_base = None
         self._next = self._first_generation(0)
         self._schedule_leftovers(current=None)
 
@@ -408,6 +419,8 @@ class Publisher:
         self._seq = words[fmt.CTL_WORD_SEQ]
         self._generation = ctl.generation
         self._current_name = ctl.data_name or None if ctl.generation else None
+        self._current_base = (self._base_name_of(self._current_name)
+                              if self._current_name else None)
         self._next = self._first_generation(ctl.generation)
         now = _now_ms()
         self._write(lambda: struct.pack_into(
@@ -421,13 +434,40 @@ class Publisher:
         _has_ctl, gens = list_objects(self.name)
         return max([current] + gens) + 1
 
+    def _base_name_of(self, name: str) -> Optional[str]:
+        """The base object an existing overlay ``name`` reads from (``None``: self-contained
+        or unreadable)."""
+        try:
+            shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+        except posix_ipc.Error:
+            return None
+        try:
+            head = os.pread(shm.fd, fmt.HEADER_SIZE, 0)
+        finally:
+            shm.close_fd()
+        if len(head) < fmt.HEADER_SIZE or head[:8] != fmt.MAGIC:
+            return None
+        h = fmt.unpack_header(head)
+        if h.format != fmt.FORMAT_WORD or not h.base_size:
+            return None
+        return data_name(self.name, h.base_generation)
+
     def _schedule_leftovers(self, current: Optional[str]) -> None:
         _has_ctl, gens = list_objects(self.name)
         deadline = time.monotonic() + self._grace
         for g in gens:
             n = data_name(self.name, g)
-            if n != current:
+            if n != current and n != self._current_base:
                 self._due.append((deadline, n))
+
+    def _protected(self) -> Set[str]:
+        return {n for n in (self._current_name, self._current_base) if n}
+
+    def _unlink_object(self, name: str) -> bool:
+        for k, (_g, n) in list(self._bases.items()):
+            if n == name:
+                del self._bases[k]
+        return _unlink(name)
 
     # -- seqlock writer -----------------------------------------------------------------------
 
@@ -461,15 +501,22 @@ class Publisher:
                 source: Optional[str] = None, from_cache: Optional[bool] = None) -> int:
         """Publish ``data`` (snapshot bytes from the builder) as the next generation.
 
-        The generation number is stamped into the header here. The previous generation is
-        unlinked ``grace`` seconds later (by :meth:`reap`, which this also calls), or at the
-        next publish if that comes first: older generations are unlinked before the new
-        object is created, so the namespace holds at most two generations.
+        The generation number is stamped into the header here, and for an overlay
+        (``base_size != 0``) the generation of its base, found by the base's checksum and size
+        among the self-contained generations this publisher created and still has. The
+        previous generation is unlinked ``grace`` seconds later (by :meth:`reap`, which this
+        also calls), or at the next publish if that comes first: older generations are
+        unlinked before the new object is created, except the base of the current
+        generation, which stays linked until a later generation no longer reads from it. So
+        the namespace holds the current generation and its base, plus the previous one and
+        its base until their grace ends.
 
         :param source: also set the control block's ``source`` in the same write section.
         :param from_cache: also set ``from_cache``.
         :returns: the new generation.
         :raises SnapshotFormatError: ``data`` is not a snapshot (header checks).
+        :raises SnapshotBaseMissing: ``data`` is an overlay on a base this publisher does not
+            have (build a self-contained snapshot and publish that).
         :raises SnapshotError: shared memory is full or unusable (the message says how many
             bytes were needed); the previous generation keeps serving.
         """
@@ -479,17 +526,32 @@ class Publisher:
         with self._lock:
             if self._mm is None:
                 raise SnapshotError("publisher is closed")
+            base_gen: Optional[int] = None
+            base_name: Optional[str] = None
+            if h.base_size:
+                found = self._bases.get((h.base_checksum, h.base_size))
+                if found is not None and not os.path.exists(
+                        os.path.join(SHM_DIR, found[1].lstrip("/"))):
+                    del self._bases[(h.base_checksum, h.base_size)]   # unlinked behind our back
+                    found = None
+                if found is None:
+                    raise SnapshotBaseMissing(
+                        f"overlay on a base of {h.base_size} bytes, checksum "
+                        f"0x{h.base_checksum:016x}, that this publisher has not published "
+                        f"or has unlinked")
+                base_gen, base_name = found
             gen = self._next
             name = data_name(self.name, gen)
             # Issue 12: generations older than the current one go now, before the new object
-            # takes space, so a burst of publishes keeps at most the current and the previous
-            # generation in /dev/shm. Safe: a reader that read such a name gets ENOENT and
-            # rereads the control block; mappings survive unlink.
+            # takes space, so a burst of publishes keeps at most the current generation, its
+            # base and the previous one in /dev/shm. Safe: a reader that read such a name gets
+            # ENOENT and rereads the control block; mappings survive unlink.
+            keep = self._protected() | ({base_name} if base_name else set())
             for _due, old in self._due:
-                if old != self._current_name:
-                    _unlink(old)
-            self._due = []
-            self._create_object(name, gen, mv, total)
+                if old not in keep:
+                    self._unlink_object(old)
+            self._due = []     # what was kept is the current generation or its base
+            self._create_object(name, gen, mv, total, base_gen)
             mm = self._mm
             now = _now_ms()
             name_raw = fmt.encode_cstr(name, fmt.CTL_NAME_MAX, "data name")
@@ -510,16 +572,23 @@ class Publisher:
                 if from_cache is not None:
                     struct.pack_into("<I", mm, fmt.CTL_OFF_FROM_CACHE, 1 if from_cache else 0)
             self._write(fields)
-            prev = self._current_name
+            prev, prev_base = self._current_name, self._current_base
             self._current_name = name
+            self._current_base = base_name
             self._generation = gen
             self._next = gen + 1
-            if prev and prev != name:
-                self._due.append((time.monotonic() + self._grace, prev))
+            if not h.base_size:
+                self._bases[(h.checksum, total)] = (gen, name)
+            deadline = time.monotonic() + self._grace
+            for old in (prev, prev_base):
+                if old and old not in (name, base_name) and \
+                        old not in [n for _t, n in self._due]:
+                    self._due.append((deadline, old))
         self.reap()
         return gen
 
-    def _create_object(self, name: str, gen: int, mv: memoryview, total: int) -> None:
+    def _create_object(self, name: str, gen: int, mv: memoryview, total: int,
+                       base_gen: Optional[int] = None) -> None:
         try:
             try:
                 shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=self._mode)
@@ -534,7 +603,7 @@ class Publisher:
             self._fix_perms(fd)
             # Reserve every page now: a full /dev/shm is ENOSPC here, never SIGBUS later.
             os.posix_fallocate(fd, 0, total)
-            header = fmt.stamp_generation(mv[:fmt.HEADER_SIZE], gen)
+            header = fmt.stamp_generation(mv[:fmt.HEADER_SIZE], gen, base_gen)
             _pwrite_all(fd, header, 0)
             _pwrite_all(fd, mv[fmt.HEADER_SIZE:total], fmt.HEADER_SIZE)
         except OSError as exc:
@@ -553,9 +622,10 @@ class Publisher:
         """
         now = time.monotonic() if now is None else now
         with self._lock:
-            due = [n for t, n in self._due if t <= now and n != self._current_name]
-            self._due = [(t, n) for t, n in self._due if t > now and n != self._current_name]
-        return [n for n in due if _unlink(n)]
+            keep = self._protected()
+            due = [n for t, n in self._due if t <= now and n not in keep]
+            self._due = [(t, n) for t, n in self._due if t > now and n not in keep]
+            return [n for n in due if self._unlink_object(n)]
 
     def pending(self) -> List[str]:
         """Names waiting for :meth:`reap`."""
@@ -716,14 +786,23 @@ def _pwrite_all(fd: int, data: Union[bytes, memoryview], offset: int) -> None:
 # ============================================================================================
 
 class _Mapping:
-    """One mapped, validated generation."""
+    """One mapped, validated object: a generation, or the base an overlay reads from.
 
-    __slots__ = ("generation", "mm", "name")
+    ``state`` is its verification state (``reader.new_state``: directory verified, then one
+    byte per blob chunk); it lives as long as the mapping, so an object is hashed once per
+    worker however many overlays and Snapshot objects use it.
+    """
 
-    def __init__(self, generation: int, mm: mmap.mmap, name: str) -> None:
+    __slots__ = ("generation", "mm", "name", "header", "state", "base")
+
+    def __init__(self, generation: int, mm: mmap.mmap, name: str, header: fmt.Header,
+                 state: bytearray, base: Optional["_Mapping"] = None) -> None:
         self.generation = generation
         self.mm = mm
         self.name = name
+        self.header = header
+        self.state = state
+        self.base = base
 
 
 class Attachment:
@@ -731,10 +810,14 @@ class Attachment:
 
     Maps the control block ``PROT_READ``; :meth:`generation` is one aligned load from it (the
     hot-path check); :meth:`snapshot_buffer` maps the current generation ``PROT_READ`` after
-    validating it, and keeps serving the previous one if the new one is bad. The attachment
-    itself references one generation; a caller that still holds an older buffer keeps that
-    mapping alive until it lets go (so a worker has at most two). Holds no lock and no thread; the mappings survive fork and stay valid in the
-    child.
+    validating its header and directory (blob chunks are verified by the readers on first
+    use), and keeps serving the previous one if the new one is bad. An overlay generation
+    also needs its base object: the attachment maps it once and keeps it (with its
+    verification state) for every overlay on the same base. The attachment itself references
+    one generation and its base; a caller that still holds an older buffer keeps that mapping
+    alive until it lets go (so a worker has two mappings in steady state, and at most four
+    while switching from an overlay to an overlay on a new base). Holds no lock and no
+    thread; the mappings survive fork and stay valid in the child.
 
     :param name: namespace.
     :raises SnapshotUnavailable: the namespace has no control block (no supervisor yet).
@@ -824,6 +907,20 @@ class Attachment:
             return cur.mm
         return self._switch()
 
+    def snapshot_parts(self) -> Dict[str, Any]:
+        """The current generation's arguments for ``Snapshot`` (switching if it changed):
+        ``buffer``, ``state``, ``base``, ``base_state`` (``None`` for a self-contained one).
+
+        :raises: as :meth:`snapshot_buffer`.
+        """
+        self.snapshot_buffer()
+        cur = self._current
+        assert cur is not None
+        base = cur.base
+        return {"buffer": cur.mm, "state": cur.state,
+                "base": base.mm if base is not None else None,
+                "base_state": base.state if base is not None else None}
+
     def _switch(self) -> mmap.mmap:
         last_error: Optional[SnapshotError] = None
         for _attempt in range(16):
@@ -839,11 +936,13 @@ class Attachment:
                 raise last_error or SnapshotFormatError(
                     f"namespace {self.name!r}: generation {ctl.generation} was rejected")
             try:
-                mm = self._map(ctl)
-            except FileNotFoundError:
-                # Superseded and unlinked since we read the control block: take the newer.
+                new = self._map(ctl)
+            except FileNotFoundError as exc:
+                # Superseded and unlinked since we read the control block (the data object or
+                # its base): take the newer.
                 last_error = SnapshotUnavailable(
-                    f"{ctl.data_name} (generation {ctl.generation}) does not exist")
+                    f"{exc.args[0] if exc.args else ctl.data_name} (for generation "
+                    f"{ctl.generation}) does not exist")
                 if self.generation() == ctl.generation:
                     time.sleep(0.001)
                 continue
@@ -856,8 +955,8 @@ class Attachment:
                 if cur is not None:
                     return cur.mm
                 raise
-            self._install(_Mapping(ctl.generation, mm, ctl.data_name))
-            return mm
+            self._install(new)
+            return new.mm
         cur = self._current
         if cur is not None:
             log.error("shmflags: namespace %r: cannot map the current generation (%s); "
@@ -865,11 +964,8 @@ class Attachment:
             return cur.mm
         raise last_error or SnapshotUnavailable(f"namespace {self.name!r}: no snapshot")
 
-    def _map(self, ctl: fmt.Control) -> mmap.mmap:
-        name = ctl.data_name
-        if not name.startswith(f"/shmflags.{self.name}."):
-            raise SnapshotFormatError(f"control block names {name!r}, expected an object of "
-                                      f"namespace {self.name!r}")
+    def _open_object(self, name: str, size: int, what: str) -> mmap.mmap:
+        """Map ``size`` bytes of object ``name`` read-only (FileNotFoundError: unlinked)."""
         try:
             shm = posix_ipc.SharedMemory(name, 0, read_only=True)
         except posix_ipc.ExistentialError:
@@ -877,14 +973,23 @@ class Attachment:
         except posix_ipc.PermissionsError as exc:
             raise SnapshotUnavailable(f"cannot open {name}: {exc}") from None
         try:
-            size = os.fstat(shm.fd).st_size
-            if size < ctl.data_size or ctl.data_size < fmt.HEADER_SIZE:
-                raise SnapshotFormatError(f"{name}: expected {ctl.data_size} bytes (control "
-                                          f"block), got an object of {size}")
-            mm = mmap.mmap(shm.fd, ctl.data_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            have = os.fstat(shm.fd).st_size
+            if have < size or size < fmt.HEADER_SIZE:
+                raise SnapshotFormatError(f"{name}: expected {size} bytes ({what}), got an "
+                                          f"object of {have}")
+            return mmap.mmap(shm.fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             shm.close_fd()
+
+    def _map(self, ctl: fmt.Control) -> _Mapping:
+        name = ctl.data_name
+        if not name.startswith(f"/shmflags.{self.name}."):
+            raise SnapshotFormatError(f"control block names {name!r}, expected an object of "
+                                      f"namespace {self.name!r}")
+        mm = self._open_object(name, ctl.data_size, "control block")
         try:
+            # Header and directory only (once per mapping); blob chunks are verified by the
+            # readers when first touched, so a worker faults in only the pages it reads.
             with memoryview(mm) as mv:
                 h = check_header(mv, verify_checksum=True)
             if h.checksum != ctl.data_checksum:
@@ -895,10 +1000,35 @@ class Attachment:
                 raise SnapshotFormatError(
                     f"expected generation {ctl.generation} of {ctl.data_size} bytes (control "
                     f"block), got generation {h.generation} of {h.total_size} bytes")
+            base = self._map_base(h) if h.base_size else None
+        except (SnapshotFormatError, FileNotFoundError, SnapshotUnavailable):
+            mm.close()
+            raise
+        state = new_state(h)
+        state[0] = 1
+        return _Mapping(ctl.generation, mm, name, h, state, base)
+
+    def _map_base(self, h: fmt.Header) -> _Mapping:
+        """The base object of overlay ``h``: the one already mapped when it is the same
+        generation (no new mapping, no re-verification), else a new validated mapping."""
+        cur = self._current
+        for cand in (cur, cur.base if cur is not None else None):
+            if cand is not None and cand.generation == h.base_generation \
+                    and not cand.header.base_size:
+                check_base(h, cand.header)
+                return cand
+        name = data_name(self.name, h.base_generation)
+        mm = self._open_object(name, h.base_size, "overlay's base_size")
+        try:
+            with memoryview(mm) as mv:
+                bh = check_header(mv, verify_checksum=True)
+            check_base(h, bh)
         except SnapshotFormatError:
             mm.close()
             raise
-        return mm
+        state = new_state(bh)
+        state[0] = 1
+        return _Mapping(h.base_generation, mm, name, bh, state)
 
     def _install(self, new: _Mapping) -> None:
         # The old mapping is not closed here: a Snapshot built on it may still be evaluating
@@ -936,6 +1066,8 @@ class Attachment:
         """Drop every mapping this attachment holds (buffers handed out stay valid)."""
         if self._current is not None:
             _close_quietly(self._current.mm)
+            if self._current.base is not None:
+                _close_quietly(self._current.base.mm)
         self._current = None
         if self._words is not None:
             self._words.release()

@@ -37,15 +37,16 @@ def build_backend(flags: Mapping[str, dict], segments: Mapping[str, dict], gener
     return open_backend(builder.build(flags, segments, generation=generation))
 
 
-def open_backend(buffer: Any, big_segments: Any = None) -> Any:
+def open_backend(buffer: Any, big_segments: Any = None, **parts: Any) -> Any:
     """Open snapshot bytes (an mmap, bytes, ...) with the worker's evaluator backend.
 
     :param big_segments: the Big Segments provider the evaluator queries (issue 11).
+    :param parts: ``base``, ``state``, ``base_state`` from ``shm.Attachment.snapshot_parts``.
     """
     from shmflags.backend import Snapshot, open_snapshot
     if big_segments is not None:   # issue 11: Big Segments provider for the evaluator
-        return Snapshot(buffer, big_segments=big_segments)
-    return open_snapshot(buffer)
+        return Snapshot(buffer, big_segments=big_segments, **parts)
+    return open_snapshot(buffer, **parts)
 
 
 class StaticSource:
@@ -311,13 +312,13 @@ class ShmSource:
         """Map and open the current generation; ``None`` (and remember it) when it is bad."""
         from shmflags.errors import SnapshotError
         try:
-            buffer = attachment.snapshot_buffer()
+            parts = attachment.snapshot_parts()
             mapped = attachment.mapped_generation
             if mapped == self._generation and self._snapshot is not None:
                 # The attachment rejected the newer generation and kept ours (it logged why).
                 self._bad_generation = generation
                 return None
-            return open_backend(buffer, self.big_segments)   # issue 11
+            return open_backend(big_segments=self.big_segments, **parts)   # issue 11
         except SnapshotError as exc:
             if self._snapshot is None:
                 self._complain(f"namespace {self._name!r}: no usable snapshot ({exc})")

@@ -9,10 +9,10 @@ import array
 import logging
 import sys
 import time
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import msgpack
-import xxhash
 
 from shmflags.errors import SnapshotError
 from shmflags.snapshot import format as fmt
@@ -30,21 +30,21 @@ _SEGMENTS = 1
 
 
 class _Item(NamedTuple):
-    """One item's reusable bytes: ``key NUL pad | raw pad | record pad`` plus relative spans."""
+    """One item's reusable bytes: the hot blob ``key NUL pad | record pad`` (what the C
+    evaluator reads) and the raw blob ``msgpack pad`` (Python evaluator, dump), plus spans."""
 
     source: dict          # the dict it was built from (identity fast path)
     version: int
     digest: int           # xxh3_64 of the msgpack
-    blob: bytes
+    hot: bytes
+    raw: bytes
     key_len: int
-    raw_rel: int
-    raw_len: int
-    rec_rel: int
+    rec_rel: int          # record offset inside ``hot``
     rec_len: int
+    raw_len: int
     hash: int             # xxh64 of the key bytes
     version_lo: int
     version_hi: int
-    blob_len: int
 
 
 class _Table(NamedTuple):
@@ -54,6 +54,27 @@ class _Table(NamedTuple):
     keyset: frozenset
     cap: int
     slot_ranks: Tuple[int, ...]   # per slot: rank + 1 of the entry in key order, 0 = empty
+
+
+class _Base(NamedTuple):
+    """What an overlay needs of the last self-contained build (its base)."""
+
+    checksum: int
+    size: int
+    blob_len: int
+    items: Tuple[Dict[str, _Item], Dict[str, _Item]]    # per kind: key -> item, as built
+    rank: Tuple[Dict[str, int], Dict[str, int]]         # per kind: key -> rank in key order
+    n_flags: int
+    head: bytes               # indexes and order arrays, as in the base's directory
+    entries: bytes            # the base's entries with bit 31 set on key/raw/rec offsets
+    entries_off: int          # where the entries start (the same in every overlay on it)
+    dir_fields: Tuple[int, int, int, int, int, int]   # flag/seg index off+cap, order offs
+
+
+#: Compaction: an overlay whose blob area would exceed this fraction of its base's blob area,
+#: or :data:`COMPACT_MAX_BYTES`, is written self-contained instead (and becomes the next base).
+COMPACT_FRACTION = 0.25
+COMPACT_MAX_BYTES = 8 << 20
 
 
 def _pack_default(obj: Any) -> Any:
@@ -109,12 +130,19 @@ class SnapshotBuilder:
         ``shmflags.snapshot.compile.RECORD_FORMAT`` (0 when there are no records).
     :param use_default_compilers: when false, ``None`` compilers mean "no records" instead of
         "the defaults" (golden files use this to pin the container bytes alone).
+    :param chunk_shift: blob chunks are ``1 << chunk_shift`` bytes (tests use small chunks).
+    :param compact_fraction: an overlay larger than this fraction of its base's blob area is
+        written self-contained instead (:data:`COMPACT_FRACTION`).
+    :param compact_max_bytes: ... or larger than this many bytes (:data:`COMPACT_MAX_BYTES`).
     """
 
     def __init__(self, *, compile_flag: Optional[Compiler] = None,
                  compile_segment: Optional[Compiler] = None,
                  record_format: Optional[int] = None,
-                 use_default_compilers: bool = True) -> None:
+                 use_default_compilers: bool = True,
+                 chunk_shift: int = fmt.CHUNK_SHIFT,
+                 compact_fraction: float = COMPACT_FRACTION,
+                 compact_max_bytes: int = COMPACT_MAX_BYTES) -> None:
         if use_default_compilers and compile_flag is None and compile_segment is None:
             compile_flag, compile_segment, default_format = _default_compilers()
             if record_format is None:
@@ -122,20 +150,40 @@ class SnapshotBuilder:
         self._compilers: Tuple[Optional[Compiler], Optional[Compiler]] = (
             compile_flag, compile_segment)
         self._record_format = int(record_format or 0)
+        if not fmt.MIN_CHUNK_SHIFT <= chunk_shift <= fmt.MAX_CHUNK_SHIFT:
+            raise ValueError(f"chunk_shift must be in [{fmt.MIN_CHUNK_SHIFT}, "
+                             f"{fmt.MAX_CHUNK_SHIFT}]")
+        self._chunk_shift = int(chunk_shift)
+        self._compact_fraction = float(compact_fraction)
+        self._compact_max = int(compact_max_bytes)
         if not 0 <= self._record_format <= 0xFFFFFFFF:
             raise ValueError("record_format must be a u32")
         self._items: List[Dict[str, _Item]] = [{}, {}]
         self._tables: List[Optional[_Table]] = [None, None]
         self._index_cache: List[Optional[Tuple[_Table, int, bytes]]] = [None, None]
+        self._base: Optional[_Base] = None
+        #: per kind: items that differ from the base's (changed or added since it), by key
+        self._since: List[Dict[str, _Item]] = [{}, {}]
+        #: per kind: keys of the base that are gone since
+        self._removed: List[set] = [set(), set()]
         #: counters of the last build: items reused and items (re)encoded
         self.last_reused = 0
         self.last_encoded = 0
+        #: what the last build wrote: "full" (self-contained) or "overlay"
+        self.last_kind = ""
 
     def clear(self) -> None:
-        """Forget every cached item (next build encodes everything)."""
+        """Forget every cached item and the base (next build encodes everything)."""
         self._items = [{}, {}]
         self._tables = [None, None]
         self._index_cache = [None, None]
+        self.forget_base()
+
+    def forget_base(self) -> None:
+        """Make the next build self-contained (e.g. its base was never published)."""
+        self._base = None
+        self._since = [{}, {}]
+        self._removed = [set(), set()]
 
     # ------------------------------------------------------------------ items
 
@@ -172,12 +220,10 @@ class SnapshotBuilder:
         rec = self._compile(kind, key, obj)
         head = kb + b"\0"
         head += _pad(len(head))
-        raw_rel = len(head)
-        rec_rel = raw_rel + fmt.align(len(raw))
-        blob = b"".join((head, raw, _pad(len(raw)), rec, _pad(len(rec))))
+        hot = b"".join((head, rec, _pad(len(rec))))
         lo, hi = fmt.version_split(version)
-        item = _Item(obj, version, digest, blob, len(kb), raw_rel, len(raw), rec_rel, len(rec),
-                     fmt.key_hash(kb), lo, hi, len(blob))
+        item = _Item(obj, version, digest, hot, raw + _pad(len(raw)), len(kb), len(head),
+                     len(rec), len(raw), fmt.key_hash(kb), lo, hi)
         cache[key] = item
         return item, False
 
@@ -202,8 +248,15 @@ class SnapshotBuilder:
 
     def build(self, flags: Mapping[str, dict], segments: Mapping[str, dict], *,
               payload_version: int = 0, built_at_ms: Optional[int] = None,
-              generation: int = 0) -> bytes:
+              generation: int = 0,
+              changed: Optional[Tuple[Iterable[str], Iterable[str]]] = None) -> bytes:
         """Return the snapshot bytes for ``flags`` and ``segments``.
+
+        Without ``changed``: a self-contained snapshot (items reused from the cache when they
+        are the same dict or hash the same), which becomes the base of later overlays. With
+        ``changed``: an overlay on that base holding every item changed since it, unless
+        there is no base yet or the overlay would be too large (then self-contained:
+        compaction, see :data:`COMPACT_FRACTION`). :attr:`last_kind` says which.
 
         :param flags: flag key -> LD flag JSON object; tombstones (``"deleted": true``) and
             non-dict values are left out.
@@ -211,9 +264,33 @@ class SnapshotBuilder:
         :param payload_version: the LD payload version, stored in the header.
         :param built_at_ms: Unix ms for the header (default: now).
         :param generation: header generation; the publisher stamps the real one.
+        :param changed: ``(flag keys, segment keys)`` that may differ from the previous
+            build's input (added, replaced or removed): only these are looked at. Every other
+            item must be the same as in the previous build.
         :returns: the snapshot, ``total_size`` bytes.
-        :raises SnapshotError: when it would exceed the format's 4 GiB limit.
+        :raises SnapshotError: when it would exceed the format's 2 GiB limit.
         """
+        if changed is not None and self._base is not None:
+            try:
+                data = self._overlay(flags, segments, changed, payload_version, built_at_ms,
+                                     generation)
+            except BaseException:
+                self.forget_base()     # the item state may be half updated: start over
+                raise
+            if data is not None:
+                self.last_kind = "overlay"
+                return data
+        try:
+            data = self._build_full(flags, segments, payload_version, built_at_ms, generation)
+        except BaseException:
+            self.forget_base()
+            raise
+        self.last_kind = "full"
+        return data
+
+    def _build_full(self, flags: Mapping[str, dict], segments: Mapping[str, dict],
+                    payload_version: int, built_at_ms: Optional[int], generation: int) -> bytes:
+        self.forget_base()
         reused = encoded = 0
         per_kind: List[Tuple[_Table, List[_Item]]] = []
         for kind, objs in enumerate((flags, segments)):
@@ -242,58 +319,227 @@ class SnapshotBuilder:
         self.last_reused, self.last_encoded = reused, encoded
 
         (ftab, fitems), (stab, sitems) = per_kind
+        return self._full(ftab, fitems, stab, sitems, payload_version, built_at_ms, generation)
+
+    def _full(self, ftab: _Table, fitems: List[_Item], stab: _Table, sitems: List[_Item],
+              payload_version: int, built_at_ms: Optional[int], generation: int) -> bytes:
+        """Lay out a self-contained snapshot (docs/snapshot-format.md §1)."""
         nf, ns = len(fitems), len(sitems)
+        items = fitems + sitems
+        # Blob area, positions relative to its start: every hot blob (keys and records, what
+        # the C evaluator reads), then every raw blob, so C workers never fault raw pages in.
+        hot_pos: List[int] = []
+        pos = 0
+        for it in items:
+            hot_pos.append(pos)
+            pos += len(it.hot)
+        raw_start = pos
+        raw_pos: List[int] = []
+        for it in items:
+            raw_pos.append(pos)
+            pos += len(it.raw)
+        blob_len = pos
+        blob = b"".join([it.hot for it in items] + [it.raw for it in items])
+        del pos
+
         flag_index_off = fmt.HEADER_SIZE
         seg_index_off = flag_index_off + ftab.cap * fmt.SLOT_SIZE
         flag_order_off = seg_index_off + stab.cap * fmt.SLOT_SIZE
         seg_order_off = flag_order_off + fmt.align(4 * nf)
         flag_entries_off = seg_order_off + fmt.align(4 * ns)
         seg_entries_off = flag_entries_off + nf * fmt.ENTRY_SIZE
-        blobs_off = seg_entries_off + ns * fmt.ENTRY_SIZE
-
-        entries = bytearray((nf + ns) * fmt.ENTRY_SIZE)
-        pack_entry = fmt.ENTRY_STRUCT.pack_into
-        blobs: List[bytes] = []
-        append = blobs.append
-        pos = blobs_off
-        eoff = 0
-        for items in (fitems, sitems):
-            for it in items:
-                (_src, _v, _d, blob, key_len, raw_rel, raw_len, rec_rel, rec_len, _h, lo, hi,
-                 blob_len) = it
-                pack_entry(entries, eoff, pos, key_len, pos + raw_rel, raw_len, pos + rec_rel,
-                           rec_len, lo, hi)
-                eoff += fmt.ENTRY_SIZE
-                append(blob)
-                pos += blob_len
-        total = pos
+        chunk_table_off = seg_entries_off + ns * fmt.ENTRY_SIZE
+        shift = self._chunk_shift
+        n_chunks = fmt.n_chunks_for(blob_len, shift)
+        dir_end = chunk_table_off + 8 * n_chunks
+        blob_off = _align_to(dir_end, fmt.BLOB_ALIGN)
+        total = blob_off + blob_len
         if total > fmt.MAX_SNAPSHOT_SIZE:
             raise SnapshotError(f"snapshot would be {total} bytes; the format's limit is "
                                 f"{fmt.MAX_SNAPSHOT_SIZE} bytes")
 
-        head = b"".join((
+        entries = bytearray((nf + ns) * fmt.ENTRY_SIZE)
+        pack_entry = fmt.ENTRY_STRUCT.pack_into
+        eoff = 0
+        for it, hp, rp in zip(items, hot_pos, raw_pos):
+            k = blob_off + hp
+            pack_entry(entries, eoff, k, it.key_len, blob_off + rp, it.raw_len, k + it.rec_rel,
+                       it.rec_len, it.version_lo, it.version_hi)
+            eoff += fmt.ENTRY_SIZE
+        directory = b"".join((
             self._index(_FLAGS, ftab, fitems, flag_entries_off),
             self._index(_SEGMENTS, stab, sitems, seg_entries_off),
             _order_bytes(nf, flag_entries_off),
             _order_bytes(ns, seg_entries_off),
             entries,
+            _chunk_table(blob, shift),
+            bytes(blob_off - dir_end),
         ))
-        # Hash the body piece by piece: no copy until the single final join.
-        hasher = xxhash.xxh3_64(head)
-        update = hasher.update
-        for blob in blobs:
-            update(blob)
+        directory_sum = fmt.checksum(directory)
+        header = self._header(directory_sum, total, payload_version, built_at_ms, generation, nf,
+                              ns, flag_index_off, ftab.cap, seg_index_off, stab.cap,
+                              flag_order_off, seg_order_off, chunk_table_off, shift, n_chunks,
+                              blob_off, blob_off + raw_start, 0, 0, 0)
+        # Remember this build as the base of the overlays that follow.
+        over = bytearray(entries)
+        words = memoryview(over).cast("I")
+        for i in range(0, len(words), 8):
+            words[i] |= fmt.BASE_BIT
+            words[i + 2] |= fmt.BASE_BIT
+            words[i + 4] |= fmt.BASE_BIT
+        words.release()
+        self._base = _Base(
+            directory_sum, total, blob_len,
+            (dict(zip(ftab.keys, fitems)), dict(zip(stab.keys, sitems))),
+            ({k: r for r, k in enumerate(ftab.keys)}, {k: r for r, k in enumerate(stab.keys)}),
+            nf, directory[:flag_entries_off - fmt.HEADER_SIZE], bytes(over), flag_entries_off,
+            (flag_index_off, ftab.cap, seg_index_off, stab.cap, flag_order_off, seg_order_off))
+        return b"".join((header, directory, blob))
+
+    def _overlay(self, flags: Mapping[str, dict], segments: Mapping[str, dict],
+                 changed: Tuple[Iterable[str], Iterable[str]], payload_version: int,
+                 built_at_ms: Optional[int], generation: int) -> Optional[bytes]:
+        """An overlay on :attr:`_base` (docs/snapshot-format.md §1.7), or ``None`` when it
+        would be too large (compaction: the caller builds self-contained)."""
+        base = self._base
+        assert base is not None
+        encoded = 0
+        for kind, (objs, keys) in enumerate(zip((flags, segments), changed)):
+            cache = self._items[kind]
+            since = self._since[kind]
+            removed = self._removed[kind]
+            in_base = base.items[kind]
+            for key in keys:
+                obj = objs.get(key)
+                bitem = in_base.get(key)
+                if type(key) is not str or not isinstance(obj, dict) \
+                        or obj.get("deleted") is True:
+                    cache.pop(key, None)
+                    since.pop(key, None)
+                    if bitem is not None:
+                        removed.add(key)
+                    continue
+                removed.discard(key)
+                if bitem is not None and bitem.source is obj:
+                    cache[key] = bitem
+                    since.pop(key, None)
+                    continue
+                item, hit = self._item(kind, key, obj, cache)
+                encoded += not hit
+                if bitem is not None and bitem.version == item.version \
+                        and bitem.digest == item.digest:
+                    since.pop(key, None)      # same bytes as in the base: read them there
+                else:
+                    since[key] = item
+        self.last_encoded, self.last_reused = encoded, 0
+
+        fsince = sorted(self._since[_FLAGS].items())
+        ssince = sorted(self._since[_SEGMENTS].items())
+        items = [it for _k, it in fsince] + [it for _k, it in ssince]
+        blob_len = sum(len(it.hot) + len(it.raw) for it in items)
+        if blob_len > min(self._compact_fraction * base.blob_len, self._compact_max):
+            return None
+
+        hot_pos: List[int] = []
+        pos = 0
+        for it in items:
+            hot_pos.append(pos)
+            pos += len(it.hot)
+        raw_start = pos
+        raw_pos: List[int] = []
+        for it in items:
+            raw_pos.append(pos)
+            pos += len(it.raw)
+        blob = b"".join([it.hot for it in items] + [it.raw for it in items])
+        shift = self._chunk_shift
+        n_chunks = fmt.n_chunks_for(blob_len, shift)
+        pack_entry = fmt.ENTRY_STRUCT.pack_into
+        same_keys = not self._removed[_FLAGS] and not self._removed[_SEGMENTS] and all(
+            k in base.rank[_FLAGS] for k, _i in fsince) and all(
+            k in base.rank[_SEGMENTS] for k, _i in ssince)
+        if same_keys:
+            # Same key set as the base: its indexes, order arrays and entry positions hold;
+            # copy its entries (all pointing into the base) and repoint the changed ones.
+            nf = base.n_flags
+            ns = len(base.rank[_SEGMENTS])
+            head = base.head
+            (flag_index_off, ftab_cap, seg_index_off, stab_cap, flag_order_off,
+             seg_order_off) = base.dir_fields
+            entries_off = base.entries_off
+            chunk_table_off = entries_off + len(base.entries)
+            blob_off = _align_to(chunk_table_off + 8 * n_chunks, fmt.BLOB_ALIGN)
+            entries = bytearray(base.entries)
+            ranks = [base.rank[_FLAGS][k] for k, _i in fsince] + \
+                [nf + base.rank[_SEGMENTS][k] for k, _i in ssince]
+            for it, rank, hp, rp in zip(items, ranks, hot_pos, raw_pos):
+                k = blob_off + hp
+                pack_entry(entries, rank * fmt.ENTRY_SIZE, k, it.key_len, blob_off + rp,
+                           it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo, it.version_hi)
+        else:
+            # Keys were added or removed: rebuild the indexes and order arrays; entries of
+            # unchanged items are copied from the base's (already pointing into it).
+            per_kind = []
+            for kind in (_FLAGS, _SEGMENTS):
+                cur = self._items[kind]
+                table = self._table(kind, cur, cur)
+                per_kind.append((table, [cur[k] for k in table.keys]))
+            (ftab, fitems), (stab, sitems) = per_kind
+            nf, ns = len(fitems), len(sitems)
+            ftab_cap, stab_cap = ftab.cap, stab.cap
+            flag_index_off = fmt.HEADER_SIZE
+            seg_index_off = flag_index_off + ftab.cap * fmt.SLOT_SIZE
+            flag_order_off = seg_index_off + stab.cap * fmt.SLOT_SIZE
+            seg_order_off = flag_order_off + fmt.align(4 * nf)
+            entries_off = seg_order_off + fmt.align(4 * ns)
+            chunk_table_off = entries_off + (nf + ns) * fmt.ENTRY_SIZE
+            blob_off = _align_to(chunk_table_off + 8 * n_chunks, fmt.BLOB_ALIGN)
+            own = {}
+            for kind_items, off in ((fsince, 0), (ssince, len(fsince))):
+                for j, (k, _it) in enumerate(kind_items):
+                    own[(kind_items is ssince, k)] = off + j
+            entries = bytearray((nf + ns) * fmt.ENTRY_SIZE)
+            bent = base.entries
+            eoff = 0
+            for kind, table in ((_FLAGS, ftab), (_SEGMENTS, stab)):
+                brank = base.rank[kind]
+                shift_rank = 0 if kind == _FLAGS else base.n_flags
+                for key in table.keys:
+                    j = own.get((kind == _SEGMENTS, key))
+                    if j is None:
+                        r = (brank[key] + shift_rank) * fmt.ENTRY_SIZE
+                        entries[eoff:eoff + fmt.ENTRY_SIZE] = bent[r:r + fmt.ENTRY_SIZE]
+                    else:
+                        it = items[j]
+                        k = blob_off + hot_pos[j]
+                        pack_entry(entries, eoff, k, it.key_len, blob_off + raw_pos[j],
+                                   it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo,
+                                   it.version_hi)
+                    eoff += fmt.ENTRY_SIZE
+            head = b"".join((
+                self._index(_FLAGS, ftab, fitems, entries_off),
+                self._index(_SEGMENTS, stab, sitems, entries_off + nf * fmt.ENTRY_SIZE),
+                _order_bytes(nf, entries_off),
+                _order_bytes(ns, entries_off + nf * fmt.ENTRY_SIZE),
+            ))
+        dir_end = chunk_table_off + 8 * n_chunks
+        total = blob_off + blob_len
+        directory = b"".join((head, entries, _chunk_table(blob, shift), bytes(blob_off - dir_end)))
+        header = self._header(fmt.checksum(directory), total, payload_version, built_at_ms,
+                              generation, nf, ns, flag_index_off, ftab_cap, seg_index_off,
+                              stab_cap, flag_order_off, seg_order_off, chunk_table_off, shift,
+                              n_chunks, blob_off, blob_off + raw_start, 0, base.size,
+                              base.checksum)
+        return b"".join((header, directory, blob))
+
+    def _header(self, directory_sum: int, total: int, payload_version: int,
+                built_at_ms: Optional[int], generation: int, *fields: int) -> bytes:
         if built_at_ms is None:
             built_at_ms = int(time.time() * 1000)
         if type(payload_version) is not int or not -(1 << 63) <= payload_version < (1 << 63):
             payload_version = 0     # LD payload versions are small ints; anything else: unknown
-        header = fmt.pack_header(fmt.Header(
-            fmt.MAGIC, fmt.FORMAT_WORD, self._record_format, total, hasher.intdigest(),
-            generation, built_at_ms, payload_version, nf, ns, flag_index_off, ftab.cap,
-            seg_index_off, stab.cap, flag_order_off, seg_order_off, 0))
-        blobs.insert(0, head)
-        blobs.insert(0, header)
-        return b"".join(blobs)
+        return fmt.pack_header(fmt.Header(
+            fmt.MAGIC, fmt.FORMAT_WORD, self._record_format, total, directory_sum,
+            generation, built_at_ms, payload_version, *fields, 0))
 
     def _index(self, kind: int, table: _Table, items: Sequence[_Item], entries_off: int) -> bytes:
         # Slot bytes depend only on the key set (hashes, ranks) and where the entries start.
@@ -316,6 +562,21 @@ def _index_bytes(table: _Table, items: Sequence[_Item], entries_off: int) -> byt
         else:
             out.append(empty)
     return b"".join(out)
+
+
+def _align_to(n: int, a: int) -> int:
+    return (n + a - 1) // a * a
+
+
+def _chunk_table(blob: bytes, shift: int) -> bytes:
+    """xxh64 of each ``1 << shift`` byte chunk of the blob area, as u64s."""
+    size = 1 << shift
+    mv = memoryview(blob)
+    digest = fmt.chunk_checksum
+    sums = array.array("Q", (digest(mv[i:i + size]) for i in range(0, len(blob), size)))
+    if sys.byteorder != "little":
+        sums.byteswap()
+    return sums.tobytes()
 
 
 def _order_bytes(n: int, entries_off: int) -> bytes:

@@ -8,7 +8,7 @@ the same bytes in prose. Change all three together and bump :data:`LAYOUT_VERSIO
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import xxhash
 
@@ -17,23 +17,37 @@ import xxhash
 # --------------------------------------------------------------------------------------------
 
 MAGIC = b"SHMFLAGS"
-LAYOUT_VERSION = 1
-HEADER_SIZE = 128
+LAYOUT_VERSION = 2
+HEADER_SIZE = 160
 SLOT_SIZE = 16
 ENTRY_SIZE = 32
 ALIGN = 8
 MIN_INDEX_CAP = 8
-MAX_SNAPSHOT_SIZE = 0xFFFFFFFF  # offsets are u32
+#: Objects are limited to 2 GiB - 1: bit 31 of an entry's key/raw/rec offset means "in the
+#: base object" (layered generations, docs/snapshot-format.md §1.7).
+MAX_SNAPSHOT_SIZE = 0x7FFFFFFF
+BASE_BIT = 0x80000000
+OFF_MASK = 0x7FFFFFFF
+#: The builder starts the blob area on a page boundary, so chunks are whole pages and a reader
+#: that verifies the directory faults in no blob page (readers require only 8-byte alignment).
+BLOB_ALIGN = 4096
+#: Chunk size of the per-chunk blob checksums: 1 << CHUNK_SHIFT bytes (64 KiB). Readers accept
+#: any shift in [MIN_CHUNK_SHIFT, MAX_CHUNK_SHIFT].
+CHUNK_SHIFT = 16
+MIN_CHUNK_SHIFT = 12
+MAX_CHUNK_SHIFT = 30
 
 #: LMDB-style format word: layout version and struct sizes folded into one u32, so a reader
 #: built against another layout refuses the bytes before reading anything else.
 FORMAT_WORD = (LAYOUT_VERSION << 24) | ((HEADER_SIZE // 8) << 16) | (SLOT_SIZE << 8) | ENTRY_SIZE
-assert FORMAT_WORD == 0x01101020
+assert FORMAT_WORD == 0x02141020
 
 #: ``sf_header_t``: magic, format, record_format, total_size, checksum, generation,
 #: built_at_ms, payload_version, n_flags, n_segments, flag_index_off, flag_index_cap,
-#: seg_index_off, seg_index_cap, flag_order_off, seg_order_off, 32 reserved bytes, header_check.
-HEADER_STRUCT = struct.Struct("<8sIIQQQQqIIIIIIII32xQ")
+#: seg_index_off, seg_index_cap, flag_order_off, seg_order_off, chunk_table_off, chunk_shift,
+#: n_chunks, blob_off, raw_off, 4 reserved bytes, base_generation, base_size, base_checksum,
+#: 16 reserved bytes, header_check.
+HEADER_STRUCT = struct.Struct("<8sIIQQQQqIIIIIIIIIIIII4xQQQ16xQ")
 assert HEADER_STRUCT.size == HEADER_SIZE
 
 # Header field offsets (layout.h ``offsetof(sf_header_t, ...)``).
@@ -53,8 +67,23 @@ OFF_SEG_INDEX_OFF = 72
 OFF_SEG_INDEX_CAP = 76
 OFF_FLAG_ORDER_OFF = 80
 OFF_SEG_ORDER_OFF = 84
-OFF_RESERVED = 88
-OFF_HEADER_CHECK = 120
+OFF_CHUNK_TABLE_OFF = 88
+OFF_CHUNK_SHIFT = 92
+OFF_N_CHUNKS = 96
+OFF_BLOB_OFF = 100
+OFF_RAW_OFF = 104
+OFF_RESERVED0 = 108
+OFF_BASE_GENERATION = 112
+OFF_BASE_SIZE = 120
+OFF_BASE_CHECKSUM = 128
+OFF_RESERVED = 136
+OFF_HEADER_CHECK = 152
+
+#: Chunk verification states, one byte per chunk after the directory byte (see
+#: :func:`shmflags.snapshot.reader.new_state`).
+CHUNK_UNKNOWN = 0
+CHUNK_OK = 1
+CHUNK_BAD = 2
 
 #: ``sf_slot_t``: xxh64 of the key, entry offset (0 = empty), zero.
 SLOT_STRUCT = struct.Struct("<QII")
@@ -84,6 +113,14 @@ class Header(NamedTuple):
     seg_index_cap: int
     flag_order_off: int
     seg_order_off: int
+    chunk_table_off: int
+    chunk_shift: int
+    n_chunks: int
+    blob_off: int
+    raw_off: int
+    base_generation: int
+    base_size: int
+    base_checksum: int
     header_check: int
 
 
@@ -93,8 +130,18 @@ def key_hash(key: bytes) -> int:
 
 
 def checksum(data: bytes | memoryview) -> int:
-    """Return xxh3_64 (seed 0) of ``data``: the body checksum and the header check."""
+    """Return xxh3_64 (seed 0) of ``data``: the directory checksum and the header check."""
     return xxhash.xxh3_64_intdigest(data)
+
+
+def chunk_checksum(data: bytes | memoryview) -> int:
+    """Return xxh64 (seed 0) of one blob chunk (the C reader carries xxh64, not xxh3)."""
+    return xxhash.xxh64_intdigest(data)
+
+
+def n_chunks_for(blob_len: int, shift: int) -> int:
+    """Return how many chunks of ``1 << shift`` bytes cover ``blob_len`` bytes."""
+    return (blob_len + (1 << shift) - 1) >> shift
 
 
 def index_capacity(n: int) -> int:
@@ -111,23 +158,28 @@ def align(n: int) -> int:
 
 
 def pack_header(h: Header) -> bytes:
-    """Pack ``h`` into 128 bytes, recomputing ``header_check`` (the given value is ignored)."""
+    """Pack ``h`` into :data:`HEADER_SIZE` bytes, recomputing ``header_check`` (the given value is ignored)."""
     raw = HEADER_STRUCT.pack(*h[:-1], 0)
     return raw[:OFF_HEADER_CHECK] + struct.pack("<Q", checksum(raw[:OFF_HEADER_CHECK]))
 
 
 def unpack_header(buf: bytes | memoryview) -> Header:
-    """Unpack the first 128 bytes of ``buf`` without validating anything."""
+    """Unpack the first :data:`HEADER_SIZE` bytes of ``buf`` without validating anything."""
     return Header._make(HEADER_STRUCT.unpack_from(buf, 0))
 
 
-def stamp_generation(header: bytes | memoryview, generation: int) -> bytes:
-    """Return a copy of a 128-byte header with ``generation`` set and ``header_check`` redone.
+def stamp_generation(header: bytes | memoryview, generation: int,
+                     base_generation: Optional[int] = None) -> bytes:
+    """Return a copy of a header with ``generation`` (and ``base_generation``) set and
+    ``header_check`` redone.
 
-    The body checksum does not cover the header, so the publisher stamps the generation
-    without rehashing the body.
+    The directory checksum does not cover the header, so the publisher stamps the generation
+    without rehashing anything.
     """
-    return pack_header(unpack_header(header)._replace(generation=generation))
+    h = unpack_header(header)._replace(generation=generation)
+    if base_generation is not None:
+        h = h._replace(base_generation=base_generation)
+    return pack_header(h)
 
 
 def version_split(version: int) -> tuple[int, int]:
@@ -283,3 +335,24 @@ def truncate_utf8(text: str, limit: int) -> bytes:
     if len(raw) <= limit:
         return raw
     return raw[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+def reseal(buf: bytearray) -> bytes:
+    """Recompute the chunk table, directory checksum and header check of hand-edited snapshot
+    bytes (tests and fuzzers: what anyone can do, so readers never trust checksums alone).
+
+    Fields that are out of range are left as they are; the result may still be invalid.
+    """
+    h = unpack_header(buf)
+    blob_off = min(h.blob_off, len(buf))
+    total = min(h.total_size, len(buf))
+    if MIN_CHUNK_SHIFT <= h.chunk_shift <= MAX_CHUNK_SHIFT \
+            and HEADER_SIZE <= h.chunk_table_off <= h.chunk_table_off + 8 * h.n_chunks <= blob_off:
+        size = 1 << h.chunk_shift
+        for i in range(h.n_chunks):
+            a = h.blob_off + i * size
+            struct.pack_into("<Q", buf, h.chunk_table_off + 8 * i,
+                             chunk_checksum(bytes(buf[a:max(a, min(a + size, total))])))
+    struct.pack_into("<Q", buf, OFF_CHECKSUM, checksum(bytes(buf[HEADER_SIZE:max(blob_off, HEADER_SIZE)])))
+    struct.pack_into("<Q", buf, OFF_HEADER_CHECK, checksum(bytes(buf[:OFF_HEADER_CHECK])))
+    return bytes(buf)

@@ -18,6 +18,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from shmflags.errors import SnapshotError
+from shmflags.shm import SnapshotBaseMissing
 from shmflags.supervisor.store import Store
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,23 @@ class SnapshotPublisher:
             self.publish_once()
 
     def publish_once(self) -> bool:
-        """Build and publish the store's current data now; returns whether it was published."""
-        revision, flags, segments = self.store.data()
+        """Build and publish the store's current data now; returns whether it was published.
+
+        Patches (upserts and deletes since the last build) are published as an overlay on the
+        last self-contained generation, built from the changed keys alone; a put (``init``),
+        the first build, or an overlay that grew too large is published self-contained
+        (docs/snapshot-format.md §1.7).
+        """
+        revision, flags, segments, changed = self.store.data_changes()
         # Read after the data: a live init in between labels this cached data "live" for one
         # publish at most, and the newer revision it brought is published right after.
         status = self.store.status()
         started = time.monotonic()
         try:
-            data = self.builder.build(flags, segments)
+            if changed is None:
+                data = self.builder.build(flags, segments)
+            else:
+                data = self.builder.build(flags, segments, changed=changed)
         except Exception as exc:  # noqa: BLE001 - any failure to encode is invalid data
             self.errors += 1
             self.published_revision = revision  # the same data would fail again: wait for more
@@ -106,8 +116,17 @@ class SnapshotPublisher:
             self.store.set_status("INTERRUPTED", _error("INVALID_DATA", f"cannot encode: {exc}"))
             return False
         try:
-            generation = self.shm.publish(data, source=status["source"],
-                                          from_cache=status["from_cache"])
+            try:
+                generation = self.shm.publish(data, source=status["source"],
+                                              from_cache=status["from_cache"])
+            except SnapshotBaseMissing as exc:
+                # The overlay's base was never published (an earlier publish failed) or is
+                # gone: publish the same data self-contained.
+                log.info("publishing self-contained: %s", exc)
+                self.builder.forget_base()
+                data = self.builder.build(flags, segments)
+                generation = self.shm.publish(data, source=status["source"],
+                                              from_cache=status["from_cache"])
         except Exception as exc:  # noqa: BLE001 - SnapshotError (e.g. /dev/shm full) or worse:
             # either way the thread must live on and retry, or workers would go stale silently
             self.errors += 1

@@ -35,9 +35,15 @@ class Store:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: Dict[str, Items] = {kind: {} for kind in KINDS}
+        #: the same without tombstones, kept up to date so that :meth:`data` is a plain copy
+        #: (a filtering pass over 10,000 items took ~3-9 ms per publish)
+        self._live: Dict[str, Items] = {kind: {} for kind in KINDS}
         self._listeners: List[ChangeListener] = []
         self._status_listeners: List[Callable[[], None]] = []
         self.changed = threading.Event()
+        #: keys changed since the last :meth:`data_changes`, per kind; ``None`` after an
+        #: ``init`` (everything may have changed: the next build is self-contained)
+        self._dirty: Optional[Dict[str, set]] = None
         self.revision = 0
         self.initialized = False
         self.live_source = ""
@@ -60,6 +66,9 @@ class Store:
         with self._lock:
             old = self._items
             self._items = new
+            self._live = {kind: {k: v for k, v in new[kind].items() if not v.get("deleted")}
+                          for kind in KINDS}
+            self._dirty = None
             self.initialized = True
             self.from_cache = from_cache
             self._bump()
@@ -109,11 +118,25 @@ class Store:
     def data(self) -> Tuple[int, Items, Items]:
         """``(revision, flags, segments)`` without tombstones, consistent with each other."""
         with self._lock:
-            revision = self.revision
-            items = self._items
-            flags = {k: v for k, v in items["flags"].items() if not v.get("deleted")}
-            segments = {k: v for k, v in items["segments"].items() if not v.get("deleted")}
-        return revision, flags, segments
+            return self._data_locked()
+
+    def data_changes(self) -> Tuple[int, Items, Items, Optional[Tuple[set, set]]]:
+        """:meth:`data` plus the keys changed since the previous call, consistently.
+
+        :returns: ``(revision, flags, segments, changed)``; ``changed`` is ``(flag keys,
+            segment keys)`` upserted or deleted since the previous call, or ``None`` when an
+            ``init`` came in between (or on the first call): then everything may differ and
+            the snapshot builder writes a self-contained generation.
+        """
+        with self._lock:
+            revision, flags, segments = self._data_locked()
+            dirty = self._dirty
+            self._dirty = {kind: set() for kind in KINDS}
+        changed = None if dirty is None else (dirty["flags"], dirty["segments"])
+        return revision, flags, segments, changed
+
+    def _data_locked(self) -> Tuple[int, Items, Items]:
+        return self.revision, dict(self._live["flags"]), dict(self._live["segments"])
 
     def get(self, kind: str, key: str) -> Optional[Dict[str, Any]]:
         """One live item, or ``None`` when it is missing or deleted."""
@@ -159,6 +182,12 @@ class Store:
             if stored is not None and version <= stored.get("version", 0):
                 return
             self._items[kind][key] = item
+            if item.get("deleted"):
+                self._live[kind].pop(key, None)
+            else:
+                self._live[kind][key] = item
+            if self._dirty is not None:
+                self._dirty[kind].add(key)
             self.from_cache = False
             self._bump()
         self._notify([(kind, key)])

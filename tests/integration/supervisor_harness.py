@@ -148,10 +148,11 @@ class Harness:
         """The flag's LD JSON in the generation being served (None when absent or none)."""
         att = self.attachment()
         try:
-            buf = att.snapshot_buffer()
+            parts = att.snapshot_parts()
         except Exception:  # noqa: BLE001 - nothing published yet
             return None
-        reader = SnapshotReader(buf)
+        reader = SnapshotReader(parts["buffer"], base=parts["base"], state=parts["state"],
+                                base_state=parts["base_state"])
         try:
             entry = reader.find_flag(key)
             return reader.decode(entry) if entry is not None else None

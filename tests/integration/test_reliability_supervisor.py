@@ -152,7 +152,7 @@ PROBE = textwrap.dedent("""
                 out[label + "_" + how] = "denied"
     try:
         att = shm.Attachment({name!r})
-        out["flags"] = SnapshotReader(att.snapshot_buffer()).n_flags
+        out["flags"] = SnapshotReader(att.snapshot_buffer(), verify_checksum=False).n_flags
     except Exception as exc:
         out["flags"] = type(exc).__name__
     print(json.dumps(out))

@@ -169,13 +169,41 @@ def test_rejects_bad_bytes(N):
     for bad in (b"", raw[:100], b"X" + raw[1:], raw[:-8]):
         with pytest.raises(SnapshotFormatError):
             N.Snapshot(bad)
+    h = fmt.unpack_header(raw)
     body = bytearray(raw)
-    body[-1] ^= 0xFF
-    with pytest.raises(SnapshotFormatError, match="checksum"):
+    body[(fmt.HEADER_SIZE + h.blob_off) // 2] ^= 0xFF      # the directory: checked at open
+    with pytest.raises(SnapshotFormatError, match="directory checksum.*expected 0x"):
         N.Snapshot(bytes(body))
-    hdr = fmt.unpack_header(raw)._replace(record_format=0x12345678)
+    body = bytearray(raw)
+    body[40] ^= 1
+    with pytest.raises(SnapshotFormatError, match="header_check"):
+        N.Snapshot(bytes(body))
+    hdr = h._replace(record_format=0x12345678)
     with pytest.raises(SnapshotFormatError, match="0x12345678"):
-        N.Snapshot(fmt.pack_header(hdr) + raw[128:])
+        N.Snapshot(fmt.pack_header(hdr) + raw[fmt.HEADER_SIZE:])
+
+
+def test_bad_blob_chunk_makes_its_items_malformed_not_the_snapshot(N, caplog):
+    raw = snapshot_bytes({"f": flag("f"), "g": flag("g")}, {})
+    h = fmt.unpack_header(raw)
+    ok = N.Snapshot(raw)
+    assert ok.evaluate("f", Context.create("u"))[2] == {"kind": "FALLTHROUGH"}
+    body = bytearray(raw)
+    body[h.blob_off + 3] ^= 0xFF            # a key/record byte: the only chunk
+    state = bytearray(1 + h.n_chunks)
+    with caplog.at_level("ERROR", logger="shmflags.snapshot"):
+        snap = N.Snapshot(bytes(body), state=state)      # attach hashes the directory only
+        assert state[0] == 1 and state[1] == 0
+        for key in ("f", "g", "f"):
+            value, index, reason, _i, _p = snap.evaluate(key, Context.create("u"))
+            assert (value, index, reason) == (None, None,
+                                              {"kind": "ERROR", "errorKind": "MALFORMED_FLAG"})
+        with pytest.raises(SnapshotFormatError):
+            snap.raw_flag("f")
+    assert state[1] == fmt.CHUNK_BAD
+    assert len([r for r in caplog.records if "chunk" in r.getMessage()]) == 1
+    with pytest.raises(ValueError, match="at least 2 bytes"):
+        N.Snapshot(raw, state=bytearray(1))
 
 
 def test_contract_surface(N):

@@ -58,13 +58,25 @@ SEGMENTS = {
 
 
 def _restamp(buf: bytearray) -> bytes:
-    """Recompute the body checksum and header check so mutated bytes pass validation."""
+    """Recompute the chunk table, directory checksum and header check (most of the time: an
+    unresealed chunk must make its items unusable, never crash) so mutated bytes pass."""
     from shmflags.snapshot import format as fmt
 
-    total = min(struct.unpack_from("<Q", buf, 16)[0], len(buf))
-    if total >= 128:
-        struct.pack_into("<Q", buf, 24, fmt.checksum(bytes(buf[128:total])))
-    struct.pack_into("<Q", buf, 120, fmt.checksum(bytes(buf[:120])))
+    if len(buf) < fmt.HEADER_SIZE:
+        return bytes(buf)
+    return fmt.reseal(buf)
+
+
+def _reheader(buf: bytearray) -> bytes:
+    """Recompute the directory checksum and header check only: blob chunks stay stale."""
+    from shmflags.snapshot import format as fmt
+
+    if len(buf) < fmt.HEADER_SIZE:
+        return bytes(buf)
+    h = fmt.unpack_header(buf)
+    blob_off = max(fmt.HEADER_SIZE, min(h.blob_off, len(buf)))
+    struct.pack_into("<Q", buf, fmt.OFF_CHECKSUM, fmt.checksum(bytes(buf[fmt.HEADER_SIZE:blob_off])))
+    struct.pack_into("<Q", buf, fmt.OFF_HEADER_CHECK, fmt.checksum(bytes(buf[:fmt.OFF_HEADER_CHECK])))
     return bytes(buf)
 
 
@@ -90,19 +102,19 @@ def fuzz(iterations: int, seed: int) -> tuple:
         for _ in range(rng.choice([1, 1, 2, 4, 16])):
             what = rng.random()
             if what < 0.6:        # anywhere in the body (records mostly)
-                pos = rng.randrange(128, len(buf))
+                pos = rng.randrange(160, len(buf))
             elif what < 0.8:      # indexes, order arrays and entries
-                pos = rng.randrange(128, min(len(buf), 128 + 2048))
+                pos = rng.randrange(160, min(len(buf), 160 + 2048))
             else:                 # header fields
-                pos = rng.randrange(0, 120)
+                pos = rng.randrange(0, 152)
             if rng.random() < 0.5:
                 buf[pos] = rng.randrange(256)
             elif pos + 4 <= len(buf):
                 struct.pack_into("<I", buf, pos, rng.choice(
                     [0, 1, 7, 8, 0xFFFFFFFF, 0x7FFFFFFF, len(buf), len(buf) - 4, rng.randrange(1 << 32)]))
         if rng.random() < 0.05:
-            del buf[rng.randrange(128, len(buf)):]
-        data = _restamp(buf)
+            del buf[rng.randrange(160, len(buf)):]
+        data = _restamp(buf) if rng.random() < 0.9 else _reheader(buf)
         try:
             snap = _native.Snapshot(data)
         except Exception:  # noqa: BLE001 - rejection is fine

@@ -513,3 +513,123 @@ def test_concurrent_writer_threads_keep_reads_consistent(ns):
         assert reads > 100 and pub.generation > 5
         assert c.seq % 2 == 0
         att.close()
+
+
+# ------------------------------------------------------------------ layered generations
+
+
+def _layered_builder() -> SnapshotBuilder:
+    return SnapshotBuilder(compact_fraction=100.0)
+
+
+def _flags(n: int, version: int = 1) -> dict:
+    return {f"f{i}": {"key": f"f{i}", "version": version, "on": True, "variations": [i, "x"],
+                      "fallthrough": {"variation": 0}, "offVariation": 1} for i in range(n)}
+
+
+def _gens(ns) -> list:
+    return shm.list_objects(ns)[1]
+
+
+def test_overlay_publish_keeps_its_base_and_workers_reuse_the_base_mapping(ns):
+    from shmflags.backend import open_snapshot
+    from shmflags.context import Context
+    pub = shm.Publisher(ns, grace=0.0)
+    att = shm.Attachment(ns)
+    try:
+        b = _layered_builder()
+        flags = _flags(50)
+        g1 = pub.publish(b.build(flags, {}))
+        parts1 = att.snapshot_parts()
+        assert parts1["base"] is None
+        snap1 = open_snapshot(**parts1)
+        assert snap1.evaluate("f3", Context.create("u"))[0] == 3
+        for n in range(1, 6):
+            key = f"f{n}"
+            flags = dict(flags, **{key: dict(flags[key], version=1 + n, variations=[-n, "x"])})
+            g = pub.publish(b.build(flags, {}, changed=([key], [])))
+            pub.reap()
+            # the base (g1) stays linked while it is the base of the current generation;
+            # superseded overlays go
+            assert g1 in _gens(ns) and g in _gens(ns) and len(_gens(ns)) <= 3, _gens(ns)
+            parts = att.snapshot_parts()
+            assert parts["base"] is parts1["buffer"]          # the same mapping, reused
+            assert parts["base_state"] is parts1["state"]     # ... with its verification state
+            h = fmt.unpack_header(parts["buffer"])
+            assert h.generation == g and h.base_generation == g1
+            snap = open_snapshot(**parts)
+            assert snap.evaluate(key, Context.create("u"))[0] == -n
+            assert snap.evaluate("f40", Context.create("u"))[0] == 40
+        ctl = att.control()
+        assert ctl.data_size == len(parts["buffer"]) < len(parts1["buffer"])
+        # A compaction (self-contained) supersedes the base: it is reaped like any other.
+        g_full = pub.publish(b.build(flags, {}))
+        pub.reap()
+        assert _gens(ns) == [g_full], _gens(ns)
+        parts = att.snapshot_parts()
+        assert parts["base"] is None and fmt.unpack_header(parts["buffer"]).generation == g_full
+    finally:
+        att.close()
+        pub.close()
+
+
+def test_overlay_on_an_unknown_base_is_refused(ns):
+    pub = shm.Publisher(ns, grace=0.0)
+    try:
+        b = _layered_builder()
+        flags = _flags(5)
+        b.build(flags, {})                                  # never published
+        flags = dict(flags, f1=dict(flags["f1"], version=5))
+        with pytest.raises(shm.SnapshotBaseMissing, match="has not published"):
+            pub.publish(b.build(flags, {}, changed=(["f1"], [])))
+        assert _gens(ns) == []
+        # a base unlinked behind the publisher's back is refused too
+        g = pub.publish(b.build(flags, {}))
+        shm._unlink(shm.data_name(ns, g))
+        flags = dict(flags, f2=dict(flags["f2"], version=5))
+        with pytest.raises(shm.SnapshotBaseMissing):
+            pub.publish(b.build(flags, {}, changed=(["f2"], [])))
+    finally:
+        pub.close()
+
+
+def test_missing_base_is_like_a_missing_object(ns, caplog):
+    """ENOENT on the base: reread the control block; with nothing newer, keep serving."""
+    pub = shm.Publisher(ns, grace=100.0)
+    att = shm.Attachment(ns)
+    try:
+        b = _layered_builder()
+        flags = _flags(5)
+        g1 = pub.publish(b.build(flags, {}))
+        flags = dict(flags, f1=dict(flags["f1"], version=5))
+        g2 = pub.publish(b.build(flags, {}, changed=(["f1"], [])))
+        fresh = shm.Attachment(ns)          # has not mapped g1
+        shm._unlink(shm.data_name(ns, g1))
+        with pytest.raises(SnapshotUnavailable, match=f"shmflags.{ns}.{g1}"):
+            fresh.snapshot_buffer()
+        fresh.close()
+        # the first attachment mapped nothing yet either; map after the base is back
+        assert g2 in _gens(ns)
+    finally:
+        att.close()
+        pub.close()
+
+
+def test_bad_base_is_rejected_and_the_previous_generation_kept(ns):
+    pub = shm.Publisher(ns, grace=100.0)
+    att = shm.Attachment(ns)
+    try:
+        b = _layered_builder()
+        flags = _flags(5)
+        g1 = pub.publish(b.build(flags, {}))
+        assert att.snapshot_parts()["base"] is None
+        flags = dict(flags, f1=dict(flags["f1"], version=5))
+        overlay = bytearray(b.build(flags, {}, changed=(["f1"], [])))
+        struct.pack_into("<Q", overlay, fmt.OFF_BASE_CHECKSUM, 12345)   # names another base
+        pub._bases[(12345, fmt.unpack_header(overlay).base_size)] = (g1, shm.data_name(ns, g1))
+        g2 = pub.publish(fmt.reseal(overlay))
+        assert att.snapshot_buffer() is not None and att.mapped_generation == g1
+        assert g2 != g1
+    finally:
+        att.close()
+        pub.close()

@@ -170,3 +170,249 @@ def test_one_flag_patch_at_10000_flags_with_compiled_records():
     r = SnapshotReader(data)
     assert r.find_flag("flag-00042").rec_len > 0
     assert median_ms < 400, f"one-flag patch took {median_ms:.1f} ms"
+
+
+# ------------------------------------------------------------------ overlays (layered generations)
+
+import json  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from shmflags import _pure  # noqa: E402
+from shmflags.context import Context  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from differential import strategies as ds  # noqa: E402
+
+CORPUS = sorted((Path(__file__).resolve().parent.parent / "corpus").glob("*.json"))
+
+
+def _backends():
+    out = [_pure]
+    try:
+        from shmflags import _native
+        out.append(_native)
+    except ImportError:
+        pass
+    return out
+
+
+def _same_evaluations(overlay: bytes, base: bytes, full: bytes, contexts) -> None:
+    """The overlay (read through its base) evaluates exactly like the self-contained build."""
+    for mod in _backends():
+        a = mod.Snapshot(overlay, base=base)
+        b = mod.Snapshot(full)
+        assert a.flag_keys() == b.flag_keys()
+        assert a.segment_keys() == b.segment_keys()
+        for key in b.flag_keys() + ["no-such-flag"]:
+            assert a.raw_flag(key) == b.raw_flag(key)
+            for ctx in contexts:
+                assert a.evaluate(key, ctx) == b.evaluate(key, ctx), (mod.__name__, key)
+        for key in b.segment_keys():
+            assert a.raw_segment(key) == b.raw_segment(key)
+        for ctx in contexts:
+            assert a.all_flags_state(ctx, True) == b.all_flags_state(ctx, True)
+
+
+def _bump(obj: dict, **changes) -> dict:
+    new = json.loads(json.dumps(obj))
+    new["version"] = new.get("version", 0) + 1
+    new.update(changes)
+    return new
+
+
+def _overlay_builder() -> SnapshotBuilder:
+    return SnapshotBuilder(compact_fraction=100.0)    # never compact: always test the overlay
+
+
+def test_overlay_of_a_patch_evaluates_like_a_full_build():
+    flags = {f"flag-{i:05d}": _flag(i) for i in range(200)}
+    b = _overlay_builder()
+    base = b.build(flags, {})
+    assert b.last_kind == "full"
+    key = "flag-00017"
+    flags = dict(flags)
+    flags[key] = _bump(flags[key], on=False)
+    overlay = b.build(flags, {}, changed=([key], []))
+    assert b.last_kind == "overlay" and b.last_encoded == 1
+    h = fmt.unpack_header(overlay)
+    bh = fmt.unpack_header(base)
+    assert (h.base_size, h.base_checksum, h.base_generation) == (bh.total_size, bh.checksum, 0)
+    assert h.total_size < bh.total_size // 20       # directory plus one item
+    # same key set: the directory is the base's with one entry repointed
+    assert overlay[fmt.HEADER_SIZE:h.flag_order_off] == base[fmt.HEADER_SIZE:bh.flag_order_off]
+    r = SnapshotReader(overlay, base=base)
+    assert r.find_flag(key).rec_off & fmt.BASE_BIT == 0
+    assert r.find_flag("flag-00018").rec_off & fmt.BASE_BIT
+    contexts = [Context.create(f"u{j}") for j in range(4)] + \
+        [Context.builder("v").set("email", "a@x.com").build()]
+    _same_evaluations(overlay, base, SnapshotBuilder().build(flags, {}), contexts)
+
+
+def test_overlays_are_cumulative_and_depth_one():
+    flags = {f"flag-{i:05d}": _flag(i) for i in range(100)}
+    b = _overlay_builder()
+    base = b.build(flags, {})
+    flags = dict(flags)
+    for n, key in enumerate(["flag-00001", "flag-00050", "flag-00001", "flag-00099"]):
+        flags[key] = _bump(flags[key], offVariation=n % 2)
+        overlay = b.build(flags, {}, changed=([key], []))
+        assert b.last_kind == "overlay"
+        r = SnapshotReader(overlay, base=base)
+        own = sorted(e.key for e in r.flags() if not e.rec_off & fmt.BASE_BIT)
+        assert own == sorted({"flag-00001", "flag-00050", "flag-00099"} & set(
+            ["flag-00001", "flag-00050", "flag-00001", "flag-00099"][:n + 1]))
+    _same_evaluations(overlay, base, SnapshotBuilder().build(flags, {}), [Context.create("k")])
+    # Reverting an item to the base's bytes points it back into the base.
+    b2 = _overlay_builder()
+    orig = {f"flag-{i:05d}": _flag(i) for i in range(10)}
+    base2 = b2.build(orig, {})
+    changed = dict(orig, **{"flag-00003": _flag(3, version=2)})
+    b2.build(changed, {}, changed=(["flag-00003"], []))
+    back = b2.build(orig, {}, changed=(["flag-00003"], []))
+    assert all(e.rec_off & fmt.BASE_BIT for e in SnapshotReader(back, base=base2).flags())
+
+
+def test_overlay_with_keys_added_and_removed():
+    flags = {f"flag-{i:05d}": _flag(i) for i in range(60)}
+    segs = {f"seg-{i}": {"key": f"seg-{i}", "version": 1, "included": [f"u{i}"],
+                         "salt": "x"} for i in range(5)}
+    b = _overlay_builder()
+    base = b.build(flags, segs)
+    flags = dict(flags)
+    segs = dict(segs)
+    del flags["flag-00010"]
+    flags["zz-new"] = _flag(999, key="zz-new")
+    flags["flag-00020"] = {"key": "flag-00020", "version": 9, "deleted": True}   # tombstone
+    segs["seg-9"] = {"key": "seg-9", "version": 1, "included": ["u1"], "salt": "y"}
+    del segs["seg-0"]
+    changed = (["flag-00010", "zz-new", "flag-00020"], ["seg-9", "seg-0"])
+    overlay = b.build(flags, segs, changed=changed)
+    assert b.last_kind == "overlay"
+    full = SnapshotBuilder().build(flags, segs)
+    r = SnapshotReader(overlay, base=base)
+    assert [e.key for e in r.flags()] == [e.key for e in SnapshotReader(full).flags()]
+    assert r.find_flag("flag-00010") is None and r.find_flag("flag-00020") is None
+    assert r.find_segment("seg-0") is None and r.find_segment("seg-9") is not None
+    _same_evaluations(overlay, base, full, [Context.create(f"u{j}") for j in range(3)])
+    # Putting the keys back returns to the base's key set (directory copied again).
+    flags2 = {f"flag-{i:05d}": _flag(i) for i in range(60)}
+    segs2 = {f"seg-{i}": {"key": f"seg-{i}", "version": 1, "included": [f"u{i}"],
+                          "salt": "x"} for i in range(5)}
+    b2 = _overlay_builder()
+    base2 = b2.build(flags2, segs2)
+    gone = dict(flags2)
+    del gone["flag-00005"]
+    b2.build(gone, segs2, changed=(["flag-00005"], []))
+    back = dict(flags2, **{"flag-00005": _flag(5, version=3)})
+    ov2 = b2.build(back, segs2, changed=(["flag-00005"], []))
+    h2, bh2 = fmt.unpack_header(ov2), fmt.unpack_header(base2)
+    assert h2.flag_index_off == bh2.flag_index_off and h2.n_flags == bh2.n_flags
+    _same_evaluations(ov2, base2, SnapshotBuilder().build(back, segs2), [Context.create("u5")])
+
+
+def test_compaction_threshold():
+    flags = {f"flag-{i:05d}": _flag(i) for i in range(100)}
+    b = SnapshotBuilder(compact_fraction=0.25)
+    base = b.build(flags, {})
+    bh = fmt.unpack_header(base)
+    blob_len = bh.total_size - bh.blob_off
+    flags = dict(flags)
+    kinds = []
+    for i in range(40):
+        key = f"flag-{i:05d}"
+        flags[key] = _bump(flags[key])
+        data = b.build(flags, {}, changed=([key], []))
+        kinds.append(b.last_kind)
+        if b.last_kind == "overlay":
+            h = fmt.unpack_header(data)
+            assert h.total_size - h.blob_off <= 0.25 * blob_len
+        else:
+            break
+    # about a quarter of the items fit in an overlay, then the next build compacts
+    assert kinds[:20] == ["overlay"] * 20 and kinds[-1] == "full", kinds
+    assert 20 <= len(kinds) <= 30
+    assert fmt.unpack_header(data).base_size == 0
+    # ... and the compacted build is the next base
+    flags["flag-00099"] = _bump(flags["flag-00099"])
+    nxt = b.build(flags, {}, changed=(["flag-00099"], []))
+    assert b.last_kind == "overlay"
+    assert fmt.unpack_header(nxt).base_checksum == fmt.unpack_header(data).checksum
+    # the absolute cap applies too
+    b3 = SnapshotBuilder(compact_fraction=1.0, compact_max_bytes=1)
+    b3.build(flags, {})
+    b3.build(flags, {}, changed=(["flag-00001"], []))
+    assert b3.last_kind == "overlay"        # nothing differs: an empty blob area fits
+    flags["flag-00001"] = _bump(flags["flag-00001"])
+    b3.build(flags, {}, changed=(["flag-00001"], []))
+    assert b3.last_kind == "full"
+
+
+def test_changed_without_a_base_or_after_forget_is_self_contained():
+    flags = {"a": _flag(1, key="a")}
+    b = SnapshotBuilder()
+    b.build(flags, {}, changed=(["a"], []))
+    assert b.last_kind == "full"
+    b.forget_base()
+    b.build(flags, {}, changed=(["a"], []))
+    assert b.last_kind == "full"
+
+
+def test_overlay_patch_build_is_fast():
+    flags = {f"flag-{i:05d}": _flag(i) for i in range(5000)}
+    b = SnapshotBuilder()
+    b.build(flags, {})
+    flags = dict(flags)
+    times = []
+    for n in range(5):
+        key = f"flag-{n:05d}"
+        flags[key] = _bump(flags[key])
+        t0 = time.perf_counter()
+        b.build(flags, {}, changed=([key], []))
+        times.append(time.perf_counter() - t0)
+        assert b.last_kind == "overlay"
+    assert min(times) < 0.02, times       # a full build of 5000 flags takes far longer
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_corpus_through_overlays(path):
+    """Every corpus case: base = the data minus about half the items (and the rest changed),
+    overlay = the real data; it must evaluate exactly like a self-contained build."""
+    case = json.loads(path.read_text())
+    flags, segs = case.get("flags", {}), case.get("segments", {})
+    rng = random.Random(path.stem)
+    pre_f = {k: v for k, v in flags.items() if rng.random() < 0.5}
+    pre_s = {k: v for k, v in segs.items() if rng.random() < 0.5}
+    for d in (pre_f, pre_s):
+        for k in list(d):
+            if rng.random() < 0.3 and isinstance(d[k], dict):
+                d[k] = dict(d[k], version=-5, on=False)
+    b = _overlay_builder()
+    base = b.build(pre_f, pre_s)
+    overlay = b.build(flags, segs, changed=(set(flags) | set(pre_f), set(segs) | set(pre_s)))
+    assert b.last_kind == "overlay"
+    contexts = [Context.from_dict(ev["context"]) for ev in case["evaluations"][:30]]
+    contexts = [c for c in contexts if c.valid][:10] or [Context.create("x")]
+    _same_evaluations(overlay, base, SnapshotBuilder().build(flags, segs), contexts)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ds.datasets(tombstones=True), ds.datasets(tombstones=True), ds.context_lists(2),
+       st.randoms(use_true_random=False))
+def test_differential_datasets_through_overlays(before, after, ctx_dicts, rnd):
+    (f0, s0), (f1, s1) = before, after
+    b = _overlay_builder()
+    base = b.build(f0, s0)
+    changed = (set(f0) | set(f1), set(s0) | set(s1))
+    overlay = b.build(f1, s1, changed=changed)
+    # an empty base has no blob bytes, so any overlay on it is "too large": compaction
+    assert b.last_kind == "overlay" or fmt.unpack_header(base).raw_off == \
+        fmt.unpack_header(base).total_size
+    contexts = [c for c in (Context.from_dict(d) for d in ctx_dicts) if c.valid] or \
+        [Context.create("x")]
+    _same_evaluations(overlay, base if b.last_kind == "overlay" else None,
+                      SnapshotBuilder().build(f1, s1), contexts)

@@ -42,7 +42,7 @@ def test_builder_reproduces_golden_bytes(dataset, golden):
 
 def test_golden_header_fields(golden, dataset):
     assert golden[:8] == b"SHMFLAGS"
-    assert struct.unpack_from("<I", golden, 8)[0] == 0x01101020
+    assert struct.unpack_from("<I", golden, 8)[0] == 0x02141020
     r = SnapshotReader(golden)
     h = r.header
     assert h.total_size == len(golden)
@@ -54,9 +54,17 @@ def test_golden_header_fields(golden, dataset):
     live_segs = [k for k, v in dataset["segments"].items() if not v.get("deleted")]
     assert (h.n_flags, h.n_segments) == (len(live_flags), len(live_segs))
     assert h.flag_index_cap == 16 and h.seg_index_cap == 8
-    assert h.checksum == fmt.checksum(golden[128:])
-    assert h.header_check == fmt.checksum(golden[:120])
-    assert golden[88:120] == b"\0" * 32
+    assert h.blob_off % 4096 == 0 and h.chunk_shift == 16 and h.n_chunks == 1
+    assert h.checksum == fmt.checksum(golden[160:h.blob_off])
+    assert h.header_check == fmt.checksum(golden[:152])
+    assert struct.unpack_from("<Q", golden, h.chunk_table_off)[0] == \
+        fmt.chunk_checksum(golden[h.blob_off:])
+    assert (h.base_generation, h.base_size, h.base_checksum) == (0, 0, 0)
+    assert golden[108:112] == b"\0" * 4 and golden[136:152] == b"\0" * 16
+    # hot region (keys; no records here) first, raw msgpack after it
+    entries = [r.find_flag(k) for k in live_flags] + [r.find_segment(k) for k in live_segs]
+    assert max(struct.unpack_from("<I", golden, e.offset)[0] for e in entries) < h.raw_off
+    assert min(e.raw_off for e in entries) == h.raw_off
 
 
 def test_golden_reads_back_to_dataset(golden, dataset):

@@ -63,7 +63,7 @@ def test_header_properties_and_keys():
 
 def test_generation_comes_from_the_header():
     data = SnapshotBuilder().build({}, {})
-    stamped = fmt.stamp_generation(data[:128], 77) + data[128:]
+    stamped = fmt.stamp_generation(data[:fmt.HEADER_SIZE], 77) + data[fmt.HEADER_SIZE:]
     assert _pure.Snapshot(stamped).generation == 77
 
 
@@ -131,9 +131,7 @@ def test_undecodable_entry_evaluates_as_malformed():
     snap = _pure.Snapshot(bytes(data))
     raw_off = snap._reader.find_flag("bad").raw_off
     data[raw_off] = 0xC1
-    struct.pack_into("<Q", data, 24, fmt.checksum(bytes(data[128:])))
-    struct.pack_into("<Q", data, 120, fmt.checksum(bytes(data[:120])))
-    snap = _pure.Snapshot(bytes(data))
+    snap = _pure.Snapshot(fmt.reseal(data))
     ctx = Context.create("k")
     assert snap.evaluate("ok", ctx)[0] == 1
     value, index, reason, _info, _p = snap.evaluate("bad", ctx)

@@ -131,11 +131,14 @@ class FakeShm:
 
 
 class FakeBuilder:
+    def forget_base(self):
+        pass
+
     def __init__(self, delay=0.0):
         self.delay = delay
         self.builds = 0
 
-    def build(self, flags, segments):
+    def build(self, flags, segments, changed=None):
         self.builds += 1
         time.sleep(self.delay)
         if any(f.get("poison") for f in flags.values()):
@@ -348,3 +351,56 @@ def test_publisher_thread_survives_an_unexpected_publish_error():
         assert pub.errors == 1
     finally:
         pub.stop()
+
+
+def test_patches_are_published_as_overlays_and_puts_self_contained():
+    import uuid
+
+    from shmflags import shm
+    from shmflags.backend import open_snapshot
+    from shmflags.context import Context
+    from shmflags.snapshot import format as fmt
+    from shmflags.snapshot.builder import SnapshotBuilder
+
+    def flag(key, version, value):
+        return {"key": key, "version": version, "on": True, "variations": [value, "off"],
+                "fallthrough": {"variation": 0}, "offVariation": 1}
+
+    name = f"t-pub-{uuid.uuid4().hex[:8]}"
+    store = Store()
+    publisher = shm.Publisher(name, grace=0.0)
+    att = shm.Attachment(name)
+    builder = SnapshotBuilder(compact_fraction=100.0)
+    pub = SnapshotPublisher(store, publisher, builder)
+    try:
+        store.init({f"f{i}": flag(f"f{i}", 1, i) for i in range(30)}, {})
+        assert pub.publish_once() and builder.last_kind == "full"
+        base_gen = pub.generation
+
+        def served(key):
+            return open_snapshot(**att.snapshot_parts()).evaluate(key, Context.create("u"))[0]
+
+        assert served("f4") == 4
+        store.upsert("flags", flag("f4", 2, "patched"))
+        store.upsert("flags", flag("new", 1, "added"))
+        assert pub.publish_once() and builder.last_kind == "overlay"
+        h = fmt.unpack_header(att.snapshot_buffer())
+        assert h.base_generation == base_gen and h.generation == pub.generation
+        assert served("f4") == "patched" and served("new") == "added" and served("f5") == 5
+        store.delete("flags", "f5", 9)
+        assert pub.publish_once() and builder.last_kind == "overlay"
+        assert served("f5") is None and served("f4") == "patched"
+        # a put publishes self-contained
+        store.init({"only": flag("only", 1, "x")}, {})
+        assert pub.publish_once() and builder.last_kind == "full"
+        assert fmt.unpack_header(att.snapshot_buffer()).base_size == 0
+        assert served("only") == "x" and served("f4") is None
+        # the builder's base was never published (e.g. /dev/shm was full): self-contained
+        builder.build({"zz": flag("zz", 1, 1)}, {})
+        store.upsert("flags", flag("only", 2, "y"))
+        assert pub.publish_once() and builder.last_kind == "full"
+        assert served("only") == "y"
+    finally:
+        att.close()
+        publisher.close()
+        shm.cleanup(name)
