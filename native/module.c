@@ -376,13 +376,15 @@ static PyObject *raw_item(SnapshotObject *self, PyObject *args, int which)
     if (!PyArg_ParseTuple(args, "U", &key))
         return NULL;
     Py_ssize_t kl;
-    const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
-    if (k == NULL)
+    const char *k;
+    PyObject *tmp;   /* keys with lone surrogates are stored "surrogatepass" */
+    if (sf_utf8(key, &k, &kl, &tmp) < 0)
         return NULL;
     const sf_entry_t *ent;
     const uint8_t *raw;
     uint32_t rl;
     int rc = sf_snapshot_find(&self->snap, which, k, (size_t)kl, &ent);
+    Py_XDECREF(tmp);
     if (rc == SF_ENOTFOUND)
         Py_RETURN_NONE;
     if (rc != SF_OK || sf_entry_raw(&self->snap, ent, &raw, &rl) != SF_OK)

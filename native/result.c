@@ -122,11 +122,13 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
             return -1;
     }
     Py_ssize_t kl;
-    const char *k = PyUnicode_AsUTF8AndSize(key, &kl);
-    if (k == NULL)
+    const char *k;
+    PyObject *tmp;   /* keys with lone surrogates are stored "surrogatepass" (record.h) */
+    if (sf_utf8(key, &k, &kl, &tmp) < 0)
         return -1;
     const sf_entry_t *ent;
     int rc = sf_snapshot_find(&self->snap, SF_FLAGS, k, (size_t)kl, &ent);
+    Py_XDECREF(tmp);
     if (rc == SF_ENOTFOUND)
         return 0;
     if (rc != SF_OK || sf_entry_record(&self->snap, ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)

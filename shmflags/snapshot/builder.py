@@ -90,7 +90,10 @@ def pack_raw(obj: dict) -> bytes:
     :param obj: a flag or segment as decoded from JSON.
     :raises TypeError: when it holds something JSON cannot (a set, an object, ...).
     """
-    return msgpack.packb(obj, use_bin_type=True, default=_pack_default)
+    # JSON may carry lone surrogates ("\ud800" is legal JSON and json.loads keeps it):
+    # store them as their UTF-8-style bytes, as the compiled records do.
+    return msgpack.packb(obj, use_bin_type=True, default=_pack_default,
+                         unicode_errors="surrogatepass")
 
 
 def _default_compilers() -> Tuple[Optional[Compiler], Optional[Compiler], int]:

@@ -49,7 +49,8 @@ def decode_raw(raw: Union[bytes, memoryview], what: str = "item") -> dict:
     :raises SnapshotFormatError: when the bytes are not one msgpack map.
     """
     try:
-        obj = msgpack.unpackb(raw, raw=False, ext_hook=_ext_hook, strict_map_key=True)
+        obj = msgpack.unpackb(raw, raw=False, ext_hook=_ext_hook, strict_map_key=True,
+                              unicode_errors="surrogatepass")
     except Exception as exc:  # noqa: BLE001 - msgpack raises several types on hostile input
         raise SnapshotFormatError(f"{what}: raw msgpack does not decode: "
                                   f"{type(exc).__name__}: {exc}") from None

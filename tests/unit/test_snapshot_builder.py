@@ -419,3 +419,35 @@ def test_differential_datasets_through_overlays(before, after, ctx_dicts, rnd):
         [Context.create("x")]
     _same_evaluations(overlay, base if b.last_kind == "overlay" else None,
                       SnapshotBuilder().build(f1, s1), contexts)
+
+
+def test_lone_surrogates_in_json_publish_and_evaluate_on_every_backend():
+    """"\\ud800" is legal JSON (json.loads keeps the lone surrogate): such data must build,
+    decode back unchanged, and evaluate the same on the C and Python backends as the model."""
+    import importlib.util
+
+    from shmflags import Context, _pure
+    from shmflags.client.client import Client
+
+    doc = json.loads('{"key": "f\\ud800", "version": 1, "on": true, "salt": "s",'
+                     ' "variations": ["a\\udfff", "b"], "fallthrough": {"variation": 0},'
+                     ' "offVariation": 1, "rules": [{"id": "r", "variation": 1, "clauses":'
+                     ' [{"attribute": "name", "op": "in", "values": ["x\\ud800"]}]}]}')
+    key = doc["key"]
+    data = SnapshotBuilder().build({key: doc}, {})
+    reader = SnapshotReader(data)
+    assert reader.decode(reader.find_flag(key)) == doc
+    matching = Context.builder("u").set("name", "x\ud800").build()
+    other = Context.create("u")
+    model = Client.from_data({"flags": {key: doc}}, evaluator="model")
+    expected = [model.variation_detail(key, c, "d") for c in (matching, other)]
+    assert [d.value for d in expected] == ["b", "a\udfff"]
+    backends = [_pure.Snapshot]
+    if importlib.util.find_spec("shmflags._native") is not None:
+        from shmflags._native import Snapshot as CSnapshot
+        backends.append(CSnapshot)
+    for snapshot_type in backends:
+        client = Client(snapshot_type(data))
+        got = [client.variation_detail(key, c, "d") for c in (matching, other)]
+        assert [(d.value, d.variation_index, d.reason) for d in got] == \
+            [(d.value, d.variation_index, d.reason) for d in expected], snapshot_type
