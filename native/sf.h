@@ -269,6 +269,11 @@ int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_resul
 /* Python-facing results (result.c) */
 PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
+int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
+                 int32_t *index, PyObject **reason);
+
+/* the client's fast path (fast.c): the _Watch and _Fast types, registered on the module */
+int sf_fast_register(PyObject *module, PyTypeObject *snapshot_type);
 
 /* operators (ops.c): 1 match, 0 no match, -1 Python error set */
 int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObject *value);
