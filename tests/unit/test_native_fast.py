@@ -323,3 +323,52 @@ def test_detail_built_in_c_equals_the_constructor(N: Any) -> None:
     ref = EvaluationDetail(7, 1, {"kind": "FALLTHROUGH"})
     assert type(d) is EvaluationDetail and d == ref and repr(d) == repr(ref)
     assert (d.value, d.variation_index, d.reason) == (7, 1, {"kind": "FALLTHROUGH"})
+
+
+# -- all_flags_state: $flagsState entries copied from per-flag templates ------------------
+
+def _afs_flags() -> Dict[str, Dict[str, Any]]:
+    flags = dict(FLAGS)
+    flags["exp"] = _flag("exp", ["e0", "e1"], trackEventsFallthrough=True)
+    flags["trk"] = _flag("trk", ["t0", "t1"], trackEvents=True, debugEventsUntilDate=2 ** 50)
+    flags["dbg"] = _flag("dbg", ["d0", "d1"], debugEventsUntilDate=1.5)
+    flags["roll"] = _flag("roll", ["a", "b", "c"], fallthrough={"rollout": {"variations": [
+        {"variation": 0, "weight": 33000}, {"variation": 1, "weight": 33000},
+        {"variation": 2, "weight": 34000}]}})
+    flags["cs"] = _flag("cs", [1, 2], clientSide=True)
+    return flags
+
+
+def test_all_flags_state_templates_give_fresh_identical_results(N: Any) -> None:
+    import json
+    import itertools
+    raw = snapshot_bytes(_afs_flags(), {})
+    warm = N.Snapshot(raw)
+    contexts = CONTEXTS + [Context.create(f"u{i}") for i in range(20)]
+    combos = list(itertools.product([False, True], repeat=3))
+    for _ in range(2):
+        for ctx in contexts:
+            for opts in combos:
+                got = warm.all_flags_state(ctx, *opts, 10 ** 13)
+                ref = N.Snapshot(raw).all_flags_state(ctx, *opts, 10 ** 13)   # no templates
+                assert json.dumps(got) == json.dumps(ref), (ctx, opts)   # order too
+                # every entry is a fresh dict: mutating one changes no later result
+                for meta in got["$flagsState"].values():
+                    meta["version"] = -1
+                    meta.pop("variation", None)
+                    meta["junk"] = True
+    again = warm.all_flags_state(USER, True, False, False, 10 ** 13)
+    assert json.dumps(again) == json.dumps(N.Snapshot(raw).all_flags_state(
+        USER, True, False, False, 10 ** 13))
+
+
+def test_feature_flags_state_takes_the_backend_output_apart() -> None:
+    from shmflags.client.flags_state import FeatureFlagsState
+    state = {"a": 1, "b": None, "$flagsState": {"a": {"version": 2}}, "$valid": True}
+    fs = FeatureFlagsState(True, dict(state))
+    assert fs.to_values_map() == {"a": 1, "b": None}
+    assert list(fs.to_json_dict()) == ["a", "b", "$flagsState", "$valid"]
+    assert fs.to_json_dict() == state and fs.get_flag_value("a") == 1
+    assert FeatureFlagsState(True, {"$valid": True}).to_json_dict() == {"$flagsState": {},
+                                                                        "$valid": True}
+    assert FeatureFlagsState(False).to_json_dict() == {"$flagsState": {}, "$valid": False}
