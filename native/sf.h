@@ -172,6 +172,21 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_VERSION   6u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
+/*
+ * sf_strslot_t - a direct-mapped table of short ASCII record strings looked up by content:
+ * attribute names, context kinds and keys recur in thousands of records, and one probe of this
+ * small (hot) table replaces a probe of the per-record-offset cache (cold in a large snapshot).
+ * Invariant: ``s`` is a borrowed reference that the Snapshot's generic cache also holds (only
+ * strings returned by it are stored), so replacing a slot never frees anything; the table is
+ * zeroed by tp_alloc and needs no teardown.
+ */
+#define SF_STRS 256
+#define SF_STRS_MAXLEN 32
+typedef struct sf_strslot {
+    uint64_t h;               /* content hash (sf_rec_pystr) */
+    PyObject *s;              /* compact ASCII str, or NULL (empty slot) */
+} sf_strslot_t;
+
 /* ---- the Python Snapshot object ---- */
 typedef struct {
     PyObject_HEAD
@@ -186,6 +201,7 @@ typedef struct {
     PyObject *flag_lookup;   /* exact str key -> PyLong rank: skips the index */
     sf_flagcache_t *fcache;  /* n_flags slots, or NULL when entries are not contiguous */
     uint32_t entries_base;   /* entry offset of rank 0 */
+    sf_strslot_t strs[SF_STRS];   /* short record strings by content (eval.c sf_rec_pystr) */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */

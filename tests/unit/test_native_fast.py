@@ -339,7 +339,7 @@ def _afs_flags() -> Dict[str, Dict[str, Any]]:
     return flags
 
 
-def test_all_flags_state_templates_give_fresh_identical_results(N: Any) -> None:
+def test_all_flags_state_repeated_calls_give_fresh_identical_results(N: Any) -> None:
     import json
     import itertools
     raw = snapshot_bytes(_afs_flags(), {})
@@ -372,3 +372,33 @@ def test_feature_flags_state_takes_the_backend_output_apart() -> None:
     assert FeatureFlagsState(True, {"$valid": True}).to_json_dict() == {"$flagsState": {},
                                                                         "$valid": True}
     assert FeatureFlagsState(False).to_json_dict() == {"$flagsState": {}, "$valid": False}
+
+
+def test_short_record_strings_by_content_match_the_python_backend(N: Any) -> None:
+    """Attribute names and kinds go through a small by-content table (sf_rec_pystr): equal,
+    near-equal, long, non-ASCII and NUL-containing names must each resolve to their own."""
+    from shmflags import _pure
+    names = ["email", "emaiL", "e", "", "x" * 32, "x" * 33, "x" * 31 + "y", "plan\u00e9",
+             "a\u0000b", "a", "b", "country", "key", "name"]
+    flags = {}
+    for i, attr in enumerate(names * 3):
+        kind = ["user", "org", "org\u00e9", "k" * 40][i % 4]
+        flags[f"f{i}"] = _flag(f"f{i}", ["miss", "hit"], rules=[{"id": f"r{i}", "variation": 1,
+            "clauses": [{"contextKind": kind, "attribute": attr, "op": "in",
+                         "values": [f"v-{attr}"]}]}], fallthrough={"variation": 0})
+    raw = snapshot_bytes(flags, {})
+    c, p = N.Snapshot(raw), _pure.Snapshot(raw)
+    contexts = []
+    for kind in ["user", "org", "org\u00e9", "k" * 40]:
+        for attr in names:
+            b = Context.builder("k1").kind(kind)
+            if attr not in ("", "key", "kind"):
+                b.set(attr, f"v-{attr}")
+            contexts.append(b.build())
+    hits = 0
+    for ctx in contexts:
+        for key in flags:
+            got, ref = c.evaluate(key, ctx), p.evaluate(key, ctx)
+            assert got[:3] == ref[:3], (key, ctx, got, ref)
+            hits += got[0] == "hit"
+    assert hits > len(names)
