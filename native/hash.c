@@ -75,42 +75,84 @@ uint64_t sf_xxh64(const void *data, size_t len, uint64_t seed)
     return h;
 }
 
+/*
+ * set_member_eq() - does the set member at @off (LEB128 length + bytes) equal @key?
+ * Return: 1 equal, 0 not, -1 out of bounds or a bad length prefix.
+ */
+static inline int set_member_eq(const sf_rec_t *r, uint32_t off, const char *key, size_t klen)
+{
+    /* invariant: the length prefix starts inside the record */
+    if (off >= r->len)
+        return -1;
+    const uint8_t *p = r->p + off, *end = r->p + r->len;
+    uint64_t n = *p++;
+    if (n >= 0x80) {
+        /* invariant: at most 5 prefix bytes (a u32), all inside the record */
+        n &= 0x7F;
+        for (int shift = 7;; shift += 7) {
+            if (p >= end || shift > 28)
+                return -1;
+            uint8_t b = *p++;
+            n |= (uint64_t)(b & 0x7F) << shift;
+            if (b < 0x80)
+                break;
+        }
+    }
+    /* invariant: the n bytes end inside the record (p <= end here) */
+    if (n > (uint64_t)(end - p))
+        return -1;
+    return n == klen && memcmp(p, key, klen) == 0;
+}
+
 /**
- * sf_strset_has() - membership test in a compiled string set (record.h).
+ * sf_strset_has() - membership test in a compiled string set (record.h sf_strset_t).
  * @r: the record holding the set.
  * @off: offset of the sf_strset_t (0 = empty set).
  * @key: UTF-8 bytes.
  * @klen: their length.
  * @hash: sf_xxh64(key, klen, 0), computed once by the caller.
  *
- * Probing is bounded by cap, so a corrupt set without empty slots ends.
+ * The scan ends at the sentinel slot at the latest (checked first), so a corrupt set ends;
+ * a corrupt but in-bounds set (unsorted, wrong fingerprints) can only give a wrong answer.
  * Return: 1 member, 0 not a member, -1 corrupt set.
  */
 int sf_strset_has(const sf_rec_t *r, uint32_t off, const char *key, size_t klen, uint64_t hash)
 {
     if (off == 0)
         return 0;
+    /* invariant: the 8-byte header is 8-aligned and inside the record, so off + 8 <= len
+     * (no u32 wrap below) */
     const sf_strset_t *set = sf_rec_at(r, off, sizeof(sf_strset_t));
     if (set == NULL)
         return -1;
-    uint32_t cap = set->cap;
-    /* invariant: cap is a power of two and the slot array fits in the record */
-    if (cap == 0 || (cap & (cap - 1)) != 0)
+    uint32_t nslots = set->nslots, m = set->home;
+    if (nslots == 0 || m == 0)
         return -1;
-    const sf_setslot_t *slots = sf_rec_at(r, off + 8, (uint64_t)cap * sizeof(sf_setslot_t));
+    /* invariant: the slot array fits in the record */
+    const sf_setslot_t *slots = sf_rec_at(r, off + (uint32_t)sizeof(sf_strset_t),
+                                          (uint64_t)nslots * sizeof(sf_setslot_t));
     if (slots == NULL)
         return -1;
-    uint32_t i = (uint32_t)hash & (cap - 1);
-    for (uint32_t n = 0; n < cap; n++, i = (i + 1) & (cap - 1)) {
-        const sf_setslot_t *s = &slots[i];
-        if (s->off == 0)
-            return 0;
-        if (s->hash == hash && s->len == klen) {
-            if ((uint64_t)s->off + s->len > r->len)
-                return -1;
-            if (memcmp(r->p + s->off, key, klen) == 0)
-                return 1;
-        }
+    /* invariant: the last slot is the sentinel {SF_SET_EMPTY_FP, 0}: both loops below stop
+     * at it at the latest (fp <= SF_SET_EMPTY_FP; an equal fp meets off 0), so i < nslots */
+    if (slots[nslots - 1].fp != SF_SET_EMPTY_FP || slots[nslots - 1].off != 0)
+        return -1;
+    uint32_t fp = (uint32_t)(hash >> 32);
+    /* home < m; a home at or past the sentinel means nothing was placed there or later */
+    uint32_t i = (uint32_t)(((uint64_t)fp * m) >> 32);
+    if (i >= nslots)
+        i = nslots - 1;
+    /* skip the members displaced from earlier homes (smaller fingerprints; the slots are in
+     * fingerprint order); an empty slot (fp SF_SET_EMPTY_FP) ends the skip */
+    while (slots[i].fp < fp)
+        i++;
+    for (; slots[i].fp == fp; i++) {
+        if (slots[i].off == 0)
+            return 0;   /* empty slot or the sentinel: not a member */
+        int eq = set_member_eq(r, slots[i].off, key, klen);
+        if (eq != 0)
+            return eq;  /* member, or a corrupt member */
+        /* a 32-bit collision: the next slot may hold the same fingerprint */
     }
     return 0;
 }

@@ -258,7 +258,8 @@ typedef struct sf_ctl {
     uint32_t bigseg_available;      /*  676 1 when the last store metadata query succeeded */
     uint64_t bigseg_synced_ms;      /*  680 store's synchronized_on, Unix ms (0 = unknown) */
     uint64_t bigseg_checked_ms;     /*  688 Unix ms of the last status poll */
-    uint8_t  reserved[328];         /*  696 zero; room for later fields */
+    char     env_id[64];            /*  696 LaunchDarkly environment id (X-LD-EnvID), NUL-terminated; empty = unknown */
+    uint8_t  reserved[264];         /*  760 zero; room for later fields */
 } sf_ctl_t;
 
 _Static_assert(sizeof(sf_ctl_t) == SF_CTL_SIZE, "ctl size");
@@ -293,7 +294,8 @@ _Static_assert(offsetof(sf_ctl_t, bigseg_status) == 672, "ctl.bigseg_status");
 _Static_assert(offsetof(sf_ctl_t, bigseg_available) == 676, "ctl.bigseg_available");
 _Static_assert(offsetof(sf_ctl_t, bigseg_synced_ms) == 680, "ctl.bigseg_synced_ms");
 _Static_assert(offsetof(sf_ctl_t, bigseg_checked_ms) == 688, "ctl.bigseg_checked_ms");
-_Static_assert(offsetof(sf_ctl_t, reserved) == 696, "ctl.reserved");
+_Static_assert(offsetof(sf_ctl_t, env_id) == 696, "ctl.env_id");
+_Static_assert(offsetof(sf_ctl_t, reserved) == 760, "ctl.reserved");
 _Static_assert(SF_CTL_FORMAT_WORD == 0x01000400u, "ctl format word (format.py CTL_FORMAT_WORD)");
 
 #endif /* SHMFLAGS_LAYOUT_H */

@@ -8,7 +8,8 @@
  *    first byte of the record, 8-byte aligned for structs; offset 0 means
  *    "absent" (the record header occupies offset 0, so nothing else can);
  *  - strings are UTF-8 (lone surrogates encoded "surrogatepass"), stored
- *    inline with a NUL after @len bytes;
+ *    inline, unaligned, with a NUL after @len bytes (string-set members instead carry a
+ *    LEB128 length prefix and no NUL: sf_strset_t);
  *  - nothing in a record is trusted: the reader bounds-checks every offset
  *    and count against rec_len before it dereferences (snapshot.c), and
  *    treats a failed check as a malformed flag, never as a crash.
@@ -21,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SF_REC_VERSION        2u
+#define SF_REC_VERSION        3u
 #define SF_FLAG_MAGIC         0x52464653u   /* "SFFR" */
 #define SF_SEGMENT_MAGIC      0x52534653u   /* "SFSR" */
 #define SF_FLAG_REC_SIZE      128u
@@ -165,22 +166,31 @@ typedef struct sf_prereq {
 typedef struct sf_target {
     sf_ref_t kind;       /*  0 effective context kind */
     int32_t  variation;  /*  8 */
-    uint32_t set;        /* 12 sf_strset_t of keys; 0 = empty */
+    uint32_t set;        /* 12 sf_strset_t of keys; 0 = empty (may be shared) */
     uint32_t reserved[2];/* 16 */
 } sf_target_t;
 
-/* sf_strset_t - open addressing, linear probing, cap a power of two > count;
- * hash = xxh64(UTF-8 bytes, seed 0); a slot with off 0 is empty. */
+/*
+ * sf_strset_t - a string set: ordered linear probing on a 32-bit fingerprint.
+ *   fp = xxh64(UTF-8 bytes, seed 0) >> 32; home(fp) = (fp * home) >> 32 (< home, monotonic
+ *   in fp).  compile.py places the strings in fingerprint order, each at
+ *   max(home(fp), previous position + 1), without wrap-around, so used slots are sorted
+ *   by fp and a string is never before its home.  Empty slots are {SF_SET_EMPTY_FP, 0}, and
+ *   one such slot (the sentinel) is always last.  A lookup skips from home(fp) past smaller
+ *   fps, then compares the strings of the slots with an equal fp: at load 0.875 about 4
+ *   slots.  Each used slot's off points at the string: a LEB128 byte length, then the bytes
+ *   (no NUL, unaligned), in a pool right after the slots.
+ */
+#define SF_SET_EMPTY_FP 0xFFFFFFFFu
 typedef struct sf_strset {
-    uint32_t cap;
-    uint32_t count;
-    /* sf_setslot_t slots[cap] follow */
+    uint32_t nslots;     /*  0 slots that follow, the sentinel included (>= 1) */
+    uint32_t home;       /*  4 home positions m (>= 1; may exceed nslots: trailing ones empty) */
+    /* sf_setslot_t slots[nslots] follow */
 } sf_strset_t;
 
 typedef struct sf_setslot {
-    uint64_t hash;
-    uint32_t off;
-    uint32_t len;
+    uint32_t fp;         /*  0 fingerprint; SF_SET_EMPTY_FP when empty */
+    uint32_t off;        /*  4 string (LEB128 length + bytes); 0 = empty slot */
 } sf_setslot_t;
 
 /* sf_semver_t - decimal digit strings; pre.off == 0 means no pre-release. */
@@ -253,7 +263,8 @@ _Static_assert(offsetof(sf_rule_t, vor) == 24, "rule.vor");
 _Static_assert(sizeof(sf_prereq_t) == 16, "prereq (PREREQ_SIZE)");
 _Static_assert(sizeof(sf_target_t) == 24, "target (TARGET_SIZE)");
 _Static_assert(sizeof(sf_strset_t) == 8, "strset");
-_Static_assert(sizeof(sf_setslot_t) == 16, "setslot (SLOT_SIZE)");
+_Static_assert(sizeof(sf_setslot_t) == 8, "setslot (SLOT_SIZE)");
+_Static_assert(offsetof(sf_setslot_t, off) == 4, "setslot.off");
 _Static_assert(sizeof(sf_semver_rec_t) == 32, "semver (SEMVER_SIZE)");
 _Static_assert(sizeof(sf_flag_rec_t) == SF_FLAG_REC_SIZE, "flag record");
 _Static_assert(offsetof(sf_flag_rec_t, off_variation) == 12, "flag.off_variation");

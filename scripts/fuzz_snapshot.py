@@ -273,8 +273,11 @@ def target(backend: str, seed: int, start: int, stop: int, progress_path: str) -
         try:
             counts[exercise(Snapshot, data, contexts, deep=index % 8 == 0)] += 1
         except Exception as exc:  # noqa: BLE001 - every other exception is a finding
-            failures.append({"index": index, "mutation": kind,
-                             "error": f"{type(exc).__name__}: {exc}"[:300]})
+            failure = {"index": index, "mutation": kind,
+                       "error": f"{type(exc).__name__}: {exc}"[:300]}
+            failures.append(failure)
+            # at once, so a later crash of this process does not lose it
+            print(json.dumps({"failure": failure}), flush=True)
     struct.pack_into("<Q", progress, 0, stop)
     print(json.dumps({"counts": counts, "mutations": kinds, "failures": failures[:50],
                       "n_failures": len(failures)}))
@@ -325,6 +328,11 @@ def run(cases: int, backend: str = "python", seed: int = 1, jobs: int = 2,
             if p.returncode != 0:
                 result["crashes"].append({"index": at, "returncode": p.returncode,
                                           "stderr": err[-500:]})
+                # failures the child reported before it died (its counts are lost)
+                for line in out.splitlines():
+                    if line.startswith('{"failure"'):
+                        result["n_failures"] += 1
+                        result["failures"].append(json.loads(line)["failure"])
                 if at + 1 < stop and p.returncode != -9:
                     pending.append((at + 1, stop))
                 continue

@@ -246,6 +246,7 @@ def _control_status(ctl: fmt.Control) -> Dict[str, Any]:
         "from_cache": bool(ctl.from_cache),
         "source": ctl.source or None,
         "socket": ctl.socket or None,
+        "environment_id": ctl.env_id or None,
         "big_segments": {
             "status": bigseg,
             "available": bool(ctl.bigseg_available),
@@ -565,7 +566,8 @@ class Publisher:
 
     def set_status(self, state: Union[None, str, int] = None, *, error: Any = _UNSET,
                    source: Optional[str] = None, from_cache: Optional[bool] = None,
-                   socket: Optional[str] = None, big_segments: Optional[dict] = None) -> None:
+                   socket: Optional[str] = None, big_segments: Optional[dict] = None,
+                   environment_id: Optional[str] = None) -> None:
         """Update status fields of the control block in one seqlock write section.
 
         Arguments left at their default are not changed.
@@ -579,6 +581,8 @@ class Publisher:
         :param socket: the event socket path (``""`` when events are off).
         :param big_segments: ``{"status", "available", "synchronized_on" (ms), "checked"
             (Unix seconds)}``.
+        :param environment_id: the LaunchDarkly environment id (``X-LD-EnvID``) that workers
+            hand to hooks; ``""`` clears it. Longer than 63 UTF-8 bytes is a ValueError.
         """
         ops: List[Callable[[mmap.mmap], None]] = []
         if state is not None:
@@ -599,6 +603,9 @@ class Publisher:
             ops.append(lambda mm: _put(mm, fmt.CTL_OFF_SOCKET, raw_sock))
         if big_segments is not None:
             ops.append(_bigseg_writer(big_segments))
+        if environment_id is not None:
+            raw_env = fmt.encode_cstr(environment_id, fmt.CTL_ENV_ID_MAX, "environment id")
+            ops.append(lambda mm: _put(mm, fmt.CTL_OFF_ENV_ID, raw_env))
         if not ops:
             return
         with self._lock:

@@ -140,7 +140,8 @@ class Client:
         self._fast_value, self._fast_detail, self._SLOW = _make_fast(self._current)
         metadata = environment_metadata(self._config)
         plugins = list(self._config.plugins or ())
-        self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata))
+        self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
+                                 environment_id=getattr(_source, "environment_id", lambda: None))
         # Only shared memory changes behind the client's back; in-process sources call the
         # watcher themselves (set_listener) or never change, so they need no thread.
         self._watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),

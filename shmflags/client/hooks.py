@@ -22,7 +22,8 @@ class EvaluationSeriesContext:
     :ivar context: the evaluation context as passed by the caller.
     :ivar default_value: the caller's default value.
     :ivar method: ``"variation"``, ``"variation_detail"``, ``"migration_variation"``, ...
-    :ivar environment_id: the LaunchDarkly environment id, when known (``None`` in shmflags).
+    :ivar environment_id: the LaunchDarkly environment id (``X-LD-EnvID``), when the
+        supervisor has learnt it from LaunchDarkly or a Relay Proxy; else ``None``.
     """
 
     key: str
@@ -101,8 +102,10 @@ class HookRunner:
     semantics). The list is replaced, never mutated, so evaluations read it without a lock.
     """
 
-    def __init__(self, hooks: Iterable[Any] = ()) -> None:
+    def __init__(self, hooks: Iterable[Any] = (),
+                 environment_id: Callable[[], Optional[str]] = lambda: None) -> None:
         self._lock = threading.Lock()
+        self._environment_id = environment_id
         #: The registered hooks, in order (a tuple, replaced on each add; a plain attribute
         #: because the client reads it on every evaluation).
         self.hooks: Tuple[Any, ...] = ()
@@ -137,12 +140,19 @@ class HookRunner:
         if not hooks:
             return evaluate()[1]
         series = EvaluationSeriesContext(key=key, context=context, default_value=default,
-                                         method=method, environment_id=None)
+                                         method=method, environment_id=_env(self._environment_id))
         datas: List[Any] = [_stage(h, "before_evaluation", series, {}) for h in hooks]
         detail, result = evaluate()
         for hook, data in zip(reversed(hooks), reversed(datas)):
             _stage(hook, "after_evaluation", series, data, detail)
         return result
+
+
+def _env(provider: Callable[[], Optional[str]]) -> Optional[str]:
+    try:
+        return provider()
+    except Exception:  # noqa: BLE001 - a hook series never fails for want of the id
+        return None
 
 
 def _stage(hook: Any, stage: str, series: EvaluationSeriesContext, data: Any,

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
                                     DataSourceStatus, state_from_text)
@@ -192,10 +192,13 @@ class ShmSource:
         self._next_check = 0.0            # monotonic time of the next replaced-block check
         self._since = time.time()
         self._closed = False
+        self._env_id: Optional[str] = None  # cached environment_id() and its next re-read
+        self._env_next = 0.0
         # issue 11: Big Segment membership from the supervisor's mirror (NOT_CONFIGURED
         # until one exists); also behind client.big_segment_store_status_provider.
-        from shmflags.integrations.bigsegments import ShmBigSegments
-        self.big_segments = ShmBigSegments(self._name)
+        from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+        self.big_segments = ShmBigSegments(
+            self._name, cache_size=getattr(config, "big_segments_context_cache_size", CACHE_SIZE))
 
         def _child() -> None:
             source = ref()
@@ -391,6 +394,23 @@ class ShmSource:
                                         f"control block unreadable: {exc!r}")
             return DataSourceStatus(DataSourceState.INTERRUPTED, time.time(), error)
         return status_from_control(info, self._heartbeat_timeout, self._snapshot is not None)
+
+    def environment_id(self) -> Optional[str]:
+        """The LaunchDarkly environment id the supervisor learnt (``X-LD-EnvID``), or ``None``.
+
+        Read from the control block at most once a second (hooks ask on every evaluation).
+        """
+        now = time.monotonic()
+        if now < self._env_next:
+            return self._env_id
+        self._env_next = now + 1.0
+        attachment = self._attachment
+        if attachment is not None:
+            try:
+                self._env_id = attachment.control().env_id or None
+            except Exception:  # noqa: BLE001 - hooks must not break evaluation
+                pass
+        return self._env_id
 
     def describe(self) -> Dict[str, Any]:
         """Facts for ``repr`` and diagnostics."""

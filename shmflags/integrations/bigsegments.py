@@ -74,8 +74,9 @@ assert HEADER.size == HEADER_SIZE
 #: How long without a sign of life (beyond three poll intervals) before a worker stops
 #: trusting HEALTHY and reports STALE: the supervisor is gone or stuck.
 LIVENESS_SLACK_MS = 5000
-#: Context keys whose membership a worker memoises per membership object.
-CACHE_SIZE = 4096
+#: Default number of context keys whose membership a worker memoises per mirror table
+#: (ldclient's BigSegmentsConfig.context_cache_size default).
+CACHE_SIZE = 1000
 _MISS: Any = object()
 #: Minimum seconds between attempts to open a missing (or replaced) control block.
 REOPEN_INTERVAL = 1.0
@@ -210,10 +211,16 @@ class ShmBigSegments:
     :meth:`get_membership` (a damaged object gives ``STORE_ERROR``).
 
     :param name: the shmflags namespace (``Config.name``).
+    :param cache_size: memberships memoised per mirror table (``big_segments_context_cache_size``,
+        ldclient's ``BigSegmentsConfig.context_cache_size``); the memo is emptied when full and
+        whenever the supervisor publishes a new table, so it never serves stale data.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, cache_size: int = CACHE_SIZE) -> None:
+        if cache_size < 1:
+            raise ValueError(f"cache_size must be at least 1, got {cache_size}")
         self.name = name
+        self.cache_size = cache_size
         self._ctl: Optional[mmap.mmap] = None
         self._words: Any = None
         self._ino = 0
@@ -301,7 +308,7 @@ class ShmBigSegments:
                 if table is None:
                     return None, STATUS_NAMES[ST_STORE_ERROR]
                 membership = table.membership(context_hash(context_key))
-                if len(cache) >= CACHE_SIZE:
+                if len(cache) >= self.cache_size:
                     cache.clear()
                 cache[context_key] = membership
             return membership, STATUS_NAMES[code]

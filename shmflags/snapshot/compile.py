@@ -7,7 +7,7 @@ flag or segment version and stores the bytes in the snapshot; the C evaluator
 
 Everything an evaluation needs is typed here, once: operator codes, attribute references split
 into components, clause values typed (numbers, strings, dates as epoch ms, semvers parsed,
-regex validity), target lists and large ``in`` lists as hash sets (xxh64, seed 0), variations
+regex validity), target lists and large ``in`` lists as string sets (fingerprint = xxh64 >> 32, seed 0), variations
 as msgpack blobs, and every field events need.
 
 Compilation never raises. Data that ldclient's model would refuse (a wrong JSON type anywhere
@@ -40,7 +40,7 @@ __all__ = [
 
 #: Record format version; the container header stores :data:`RECORD_FORMAT`, which folds it
 #: with the two record-header sizes (``native/record.h`` ``SF_RECORD_FORMAT``).
-RECORD_VERSION = 2
+RECORD_VERSION = 3
 FLAG_MAGIC = 0x52464653  # "SFFR" little-endian
 SEGMENT_MAGIC = 0x52534653  # "SFSR" little-endian
 FLAG_REC_SIZE = 128
@@ -53,11 +53,16 @@ ROLLOUT_SIZE = 32
 TARGET_SIZE = 24
 PREREQ_SIZE = 16
 WEIGHTED_SIZE = 16
-SLOT_SIZE = 16
+SLOT_SIZE = 8
 SEMVER_SIZE = 32
 RECORD_FORMAT = (RECORD_VERSION << 24) | (FLAG_REC_SIZE << 12) | (SEGMENT_REC_SIZE << 4) | 0x8
 #: ``in`` clauses with more string values than this get a hash set.
 IN_SET_MIN = 8
+#: String sets have ceil(count / load) home positions, load = SET_LOAD_NUM / SET_LOAD_DEN.
+SET_LOAD_NUM = 7
+SET_LOAD_DEN = 8
+#: Fingerprint field of an empty string-set slot (and of the sentinel that ends the slots).
+SET_EMPTY_FP = 0xFFFFFFFF
 
 # flag bits (sf_flag_rec_t.bits)
 FLAG_ON = 1 << 0
@@ -328,11 +333,16 @@ def _align8(n: int) -> int:
 
 
 class _Writer:
-    """An append-only byte arena; offsets are relative to its start and 8-aligned."""
+    """An append-only byte arena; offsets are relative to its start.
+
+    Structs (:meth:`alloc`) start 8-aligned; strings (:meth:`bytes_`) and the string pools of
+    sets are packed unaligned, since readers copy or compare them byte-wise.
+    """
 
     def __init__(self, header_size: int) -> None:
         self.buf = bytearray(header_size)
         self._strings: Dict[bytes, int] = {}
+        self._sets: Dict[Tuple[str, ...], int] = {}
 
     def alloc(self, size: int) -> int:
         off = _align8(len(self.buf))
@@ -343,39 +353,91 @@ class _Writer:
         struct.pack_into(fmt, self.buf, off, *values)
 
     def bytes_(self, data: bytes) -> Tuple[int, int]:
-        """Store ``data`` NUL-terminated (deduplicated); return (off, len)."""
+        """Store ``data`` NUL-terminated, unaligned (deduplicated); return (off, len)."""
         off = self._strings.get(data)
         if off is None:
-            off = self.alloc(len(data) + 1)
-            self.buf[off:off + len(data)] = data
+            off = len(self.buf)
+            self.buf += data
+            self.buf.append(0)
             self._strings[data] = off
         return off, len(data)
 
     def string(self, text: str) -> Tuple[int, int]:
         return self.bytes_(_utf8(text))
 
+    def done(self) -> bytes:
+        """The record, zero-padded to a multiple of 8 bytes (the container aligns records)."""
+        self.buf.extend(b"\0" * (_align8(len(self.buf)) - len(self.buf)))
+        return bytes(self.buf)
+
+
+def _varint(n: int) -> bytes:
+    """LEB128: 7 bits per byte, least significant first, high bit = more bytes follow."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SHORT_LEN = [bytes([n]) for n in range(0x80)]
+
+
+def set_fingerprint(raw: bytes) -> int:
+    """The 32-bit fingerprint a string set orders and finds ``raw`` by: xxh64 >> 32."""
+    return xxhash.xxh64_intdigest(raw) >> 32
+
+
+def set_home_slots(count: int) -> int:
+    """Home positions of a set of ``count`` strings: ceil(count / load), load = SET_LOAD."""
+    return -(-count * SET_LOAD_DEN // SET_LOAD_NUM)
+
 
 def _strset(w: _Writer, keys: Sequence[str]) -> int:
-    """Write a string hash set; return its offset (0 when ``keys`` is empty)."""
-    uniq = list(dict.fromkeys(_utf8(k) for k in keys))
+    """Write a string set (sf_strset_t, docs/snapshot-format.md §5.2); return its offset.
+
+    0 when ``keys`` is empty. Ordered linear probing: strings sorted by fingerprint ``fp``,
+    each placed at ``max(home(fp), previous position + 1)`` with ``home(fp) = (fp * m) >> 32``
+    (monotonic in fp), so the slots are in fingerprint order and a lookup scans from
+    ``home(fp)`` past smaller fingerprints. Empty slots hold ``(0xFFFFFFFF, 0)`` and one such
+    slot ends the table (the sentinel: no wrap-around, no bounds check in the scan). The same
+    key list in one record is written once.
+    """
+    memo_key = tuple(keys)
+    off = w._sets.get(memo_key)
+    if off is not None:
+        return off
+    uniq = dict.fromkeys([k.encode("utf-8", "surrogatepass") for k in keys])
     if not uniq:
         return 0
-    cap = 8
-    while cap < 2 * len(uniq):
-        cap <<= 1
-    off = w.alloc(8 + SLOT_SIZE * cap)
-    w.put(off, "<II", cap, len(uniq))
-    slots: List[Optional[Tuple[int, int, int]]] = [None] * cap
-    for raw in uniq:
-        h = xxhash.xxh64_intdigest(raw)
-        i = h & (cap - 1)
-        while slots[i] is not None:
-            i = (i + 1) & (cap - 1)
-        s_off, s_len = w.bytes_(raw)
-        slots[i] = (h, s_off, s_len)
-    for i, slot in enumerate(slots):
-        if slot is not None:
-            w.put(off + 8 + SLOT_SIZE * i, "<QII", *slot)
+    m = set_home_slots(len(uniq))
+    h64 = xxhash.xxh64_intdigest
+    items = sorted([(h64(raw) >> 32, raw) for raw in uniq])
+    placed = []
+    pieces = []
+    nxt = rel = 0
+    for fp, raw in items:
+        pos = (fp * m) >> 32
+        if pos < nxt:
+            pos = nxt
+        nxt = pos + 1
+        n = len(raw)
+        prefix = _SHORT_LEN[n] if n < 0x80 else _varint(n)
+        pieces.append(prefix)
+        pieces.append(raw)
+        placed.append((pos, fp, rel))
+        rel += len(prefix) + n
+    nslots = nxt + 1  # the sentinel
+    off = w.alloc(8 + SLOT_SIZE * nslots)
+    pool_off = len(w.buf)  # the members right after the slots, unaligned
+    w.buf += b"".join(pieces)
+    slots = [SET_EMPTY_FP, 0] * nslots
+    for pos, fp, rel in placed:
+        slots[2 * pos] = fp
+        slots[2 * pos + 1] = pool_off + rel
+    struct.pack_into("<II%dI" % (2 * nslots), w.buf, off, nslots, m, *slots)
+    w._sets[memo_key] = off
     return off
 
 
@@ -679,7 +741,7 @@ def _malformed_flag(flag: Any) -> bytes:
         _value(tmp, 0, ev["debug"], 0)
         debug_raw = bytes(tmp.buf[:24])
     _flag_header(w, bits, v, sampling, debug_raw, 0, refs)
-    return bytes(w.buf)
+    return w.done()
 
 
 def _compile_flag(flag: Any) -> bytes:
@@ -693,7 +755,7 @@ def _compile_flag(flag: Any) -> bytes:
         key = _opt(flag, "key", str) or ""
         refs[0], refs[1] = w.string(key)
         _flag_header(w, FLAG_DELETED, _i64(version), 1, b"\0" * 24, 0, refs)
-        return bytes(w.buf)
+        return w.done()
     key = _req(flag, "key", str)
     variations = _opt_list(flag, "variations")
     on = _opt_bool(flag, "on")
@@ -790,7 +852,7 @@ def _compile_flag(flag: Any) -> bytes:
     _flag_header(w, bits, _i64(version), _i64(sampling) if sampling is not None else 1,
                  bytes(debug_raw), _clamp_i32(off_var) if off_var is not None else 0, refs)
     _vor(w, FALLTHROUGH_OFF, fallthrough, key, salt)
-    return bytes(w.buf)
+    return w.done()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -814,7 +876,7 @@ def compile_segment(segment: Any) -> bytes:
         k = w.string(key if isinstance(key, str) else "")
         struct.pack_into(_SEG_HDR, w.buf, 0, SEGMENT_MAGIC, RECORD_VERSION, 0, SEG_MALFORMED, 0,
                          0, 0, k[0], k[1], *([0] * 12))
-        return bytes(w.buf)
+        return w.done()
 
 
 def _compile_segment(seg: Any) -> bytes:
@@ -826,7 +888,7 @@ def _compile_segment(seg: Any) -> bytes:
         k = w.string(_opt(seg, "key", str) or "")
         struct.pack_into(_SEG_HDR, w.buf, 0, SEGMENT_MAGIC, RECORD_VERSION, 0, SEG_DELETED, 0,
                          _i64(version), 0, k[0], k[1], *([0] * 12))
-        return bytes(w.buf)
+        return w.done()
     key = _req(seg, "key", str)
     included = _list_of(_opt_list(seg, "included"), str)
     excluded = _list_of(_opt_list(seg, "excluded"), str)
@@ -877,7 +939,7 @@ def _compile_segment(seg: Any) -> bytes:
                      _i64(version), _i64(generation) if generation is not None else 0,
                      k_off, k_len, p_off, p_len, u_off, u_len, inc_set, exc_set,
                      ic_off, ic_n, ec_off, ec_n, r_off, len(rules))
-    return bytes(w.buf)
+    return w.done()
 
 
 def _seg_targets(w: _Writer, items: list) -> Tuple[int, int]:

@@ -156,6 +156,7 @@ CTL_NAME_MAX = 128
 CTL_ERROR_MAX = 256
 CTL_SOURCE_MAX = 32
 CTL_SOCKET_MAX = 112
+CTL_ENV_ID_MAX = 64
 
 # Control-block field offsets (layout.h ``offsetof(sf_ctl_t, ...)``).
 CTL_OFF_MAGIC = 0
@@ -189,10 +190,11 @@ CTL_OFF_BIGSEG_STATUS = 672
 CTL_OFF_BIGSEG_AVAILABLE = 676
 CTL_OFF_BIGSEG_SYNCED_MS = 680
 CTL_OFF_BIGSEG_CHECKED_MS = 688
-CTL_OFF_RESERVED = 696
+CTL_OFF_ENV_ID = 696
+CTL_OFF_RESERVED = 760
 
 #: The whole ``sf_ctl_t`` (reserved tail included), field order as in layout.h.
-CTL_STRUCT = struct.Struct("<8sIIQQQQqqQQQQQIIIIIIQII256s128s32s112sIIQQ328x")
+CTL_STRUCT = struct.Struct("<8sIIQQQQqqQQQQQIIIIIIQII256s128s32s112sIIQQ64s264x")
 assert CTL_STRUCT.size == CTL_SIZE
 
 #: u64 word indexes (``memoryview.cast("Q")``) of the words read/written with one 8-byte access.
@@ -248,6 +250,7 @@ class Control(NamedTuple):
     bigseg_available: int
     bigseg_synced_ms: int
     bigseg_checked_ms: int
+    env_id: str
 
 
 def _cstr(raw: bytes) -> str:
@@ -262,6 +265,7 @@ def unpack_control(buf: bytes | memoryview) -> Control:
     f[24] = _cstr(f[24])
     f[25] = _cstr(f[25])
     f[26] = _cstr(f[26])
+    f[31] = _cstr(f[31])
     return Control._make(f)
 
 

@@ -453,7 +453,8 @@ class Supervisor:
         published = self.publisher is not None and self.publisher.generation > 0
         self.shm.set_status(st["state"], error=error, socket=self.socket_path,
                             source=None if published else st["source"],
-                            from_cache=None if published else st["from_cache"])
+                            from_cache=None if published else st["from_cache"],
+                            environment_id=st.get("environment_id"))
 
     def report(self) -> Dict[str, Any]:
         """The ``/status`` object (as ``shmflags status --json``) plus internal counters."""

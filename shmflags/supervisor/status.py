@@ -87,7 +87,7 @@ def absent_report(name: str, evaluator: str, error: str) -> Dict[str, Any]:
             "last_error": {"kind": "UNKNOWN", "statusCode": None, "message": error,
                            "time": None},
             "supervisor_pid": None, "supervisor_alive": False, "heartbeat_age_s": None,
-            "evaluator": evaluator, "socket": None, "events": None}
+            "evaluator": evaluator, "socket": None, "events": None, "environment_id": None}
 
 
 def read_report(name: str, heartbeat_timeout: float = 5.0) -> Dict[str, Any]:

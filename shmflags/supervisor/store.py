@@ -45,6 +45,8 @@ class Store:
         self.state = "INITIALIZING"
         self.state_since = time.time()
         self.last_error: Optional[Dict[str, Any]] = None
+        #: the LaunchDarkly environment id (X-LD-EnvID) the live source reported, if any
+        self.environment_id: Optional[str] = None
 
     # -- SourceSink ------------------------------------------------------------------------
 
@@ -92,6 +94,16 @@ class Store:
         for listener in list(self._status_listeners):
             listener()
 
+    def set_environment_id(self, environment_id: str) -> None:
+        """Record the environment id a source read from ``X-LD-EnvID`` (status listeners are
+        told when it changes, so the control block carries it to workers' hooks)."""
+        with self._lock:
+            if environment_id == self.environment_id:
+                return
+            self.environment_id = environment_id
+        for listener in list(self._status_listeners):
+            listener()
+
     # -- readers ---------------------------------------------------------------------------
 
     def data(self) -> Tuple[int, Items, Items]:
@@ -114,7 +126,8 @@ class Store:
         with self._lock:
             return {"state": self.state, "state_since": self.state_since,
                     "last_error": self.last_error, "source": self.source,
-                    "from_cache": self.from_cache, "initialized": self.initialized}
+                    "from_cache": self.from_cache, "initialized": self.initialized,
+                    "environment_id": self.environment_id}
 
     @property
     def source(self) -> str:

@@ -314,6 +314,31 @@ def test_membership_change_is_picked_up(server, name):
         mirror.stop()
 
 
+def test_context_cache_size_bounds_the_worker_memo(server, name):
+    """big_segments_context_cache_size bounds each worker's memo; answers stay right."""
+    r = redis.Redis.from_url(server.url)
+    populate(r, int(time.time() * 1000))
+    mirror = make_mirror(name, server.url)
+    worker = bs.ShmBigSegments(name, cache_size=2)
+    try:
+        mirror.poll_once()
+        for key in ["inc", "absent", "other", "inc", "x", "inc"]:
+            expected = {"big1.g2": True, "big2.g1": True} if key == "inc" else None
+            assert worker.get_membership(key) == (expected, "HEALTHY")
+            assert 1 <= len(worker._cache) <= 2
+    finally:
+        mirror.stop()
+    from shmflags.client.source import ShmSource
+    from shmflags.config import Config
+    source = ShmSource(Config(name=name, big_segments_context_cache_size=7, environ={}))
+    try:
+        assert source.big_segments.cache_size == 7
+    finally:
+        source.close()
+    with pytest.raises(ValueError):
+        bs.ShmBigSegments(name, cache_size=0)
+
+
 def test_supervisor_gone_reads_stale(server, name, monkeypatch):
     r = redis.Redis.from_url(server.url)
     populate(r, int(time.time() * 1000))

@@ -121,6 +121,31 @@ def test_invalid_item_is_invalid_data(server: RedisServer, prefix: str) -> None:
         client.close()
 
 
+def test_item_the_model_refuses_is_invalid_data_and_keeps_last_data(
+        server: RedisServer, prefix: str) -> None:
+    """Redis items go through the same model validation as stream and poll items."""
+    client = redis.Redis.from_url(server.url)
+    client.hset(f"{prefix}:features", "f1", json.dumps(flag("f1")))
+    client.set(f"{prefix}:$inited", "x")
+    sink = RecordingSink()
+    src = RedisSource(cfg(server.url, prefix), sink)
+    try:
+        assert src.refresh() is True
+        assert sink.of("init")[0][1] == {"f1": flag("f1")}
+        bad = dict(flag("f1", 2), rules=[{"clauses": "not a list"}])
+        client.hset(f"{prefix}:features", "f1", json.dumps(bad))
+        assert src.refresh() is False
+        status = sink.statuses()[-1]
+        assert status[0] == "INTERRUPTED" and status[1]["kind"] == "INVALID_DATA"
+        assert "clauses" in status[1]["message"]
+        assert len(sink.of("init")) == 1  # the version-1 data stays published
+        client.hset(f"{prefix}:features", "f1", json.dumps(dict(flag("f1", 3), key="other")))
+        assert src.refresh() is False
+        assert "has key 'other'" in sink.statuses()[-1][1]["message"]
+    finally:
+        client.close()
+
+
 def test_connection_errors_then_recovery() -> None:
     port = free_port()
     sink = RecordingSink()

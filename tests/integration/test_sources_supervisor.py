@@ -67,6 +67,35 @@ def test_streaming_supervisor_publishes_put_and_patch(h: Harness, fake: FakeLD) 
     assert req.headers["Authorization"] == "sdk-supervisor-test"
 
 
+def test_environment_id_reaches_worker_hooks(h: Harness, fake: FakeLD) -> None:
+    """X-LD-EnvID of the stream response travels through the control block to the
+    ``environment_id`` a worker's hooks see, as ldclient's hooks see it."""
+    from shmflags import Client, Config, Context
+    from shmflags.client.hooks import Hook, Metadata
+
+    seen = []
+
+    class Recorder(Hook):
+        @property
+        def metadata(self) -> Metadata:
+            return Metadata(name="recorder")
+
+        def before_evaluation(self, series: Any, data: Any) -> Any:
+            seen.append(series.environment_id)
+            return data
+
+    h.start(env=ld_env(fake))
+    wait_for(lambda: color(h) == "red", 15)
+    wait_for(lambda: h.ctl().get("environment_id") == "fake-env", 5)
+    assert h.status()["environment_id"] == "fake-env"
+    client = Client(Config(name=h.name, send_events=False, hooks=[Recorder()], environ={}))
+    try:
+        assert client.variation("color", Context.create("u"), "none") == "red"
+        assert seen == ["fake-env"]
+    finally:
+        client.close()
+
+
 def test_streaming_401_reports_off(h: Harness, fake: FakeLD) -> None:
     fake.respond_with(401, path="/all")
     h.start(env=ld_env(fake))

@@ -38,7 +38,12 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_item(kind: str, key: str, item: Any) -> Dict[str, Any]:
+def check_item(kind: str, key: str, item: Any) -> Dict[str, Any]:
+    """Check one item of ``kind`` stored under ``key``: an object with that key, an integer
+    version, and contents the model accepts.
+
+    :raises InvalidData: naming the item and what is wrong with it.
+    """
     if not isinstance(item, dict):
         raise InvalidData(f"{kind} item {key!r} is not an object")
     if item.get("key") != key:
@@ -59,7 +64,7 @@ def _check_items(data: Dict[str, Any]) -> Tuple[Items, Items]:
         if not isinstance(items, dict):
             raise InvalidData(f"{kind!r} is missing or not an object")
         for key, item in items.items():
-            _check_item(kind, key, item)
+            check_item(kind, key, item)
         out.append(items)
     return out[0], out[1]
 
@@ -103,7 +108,7 @@ def parse_patch(text: str) -> Optional[Tuple[str, Dict[str, Any]]]:
     if target is None:
         return None
     kind, key = target
-    return kind, _check_item(kind, key, doc.get("data"))
+    return kind, check_item(kind, key, doc.get("data"))
 
 
 def parse_delete(text: str) -> Optional[Tuple[str, str, int]]:

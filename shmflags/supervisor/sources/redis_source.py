@@ -27,7 +27,7 @@ import redis  # optional dependency (shmflags[redis]); this module is imported o
 from shmflags.config import Config
 from shmflags.supervisor import http
 from shmflags.supervisor.sources import SourceSink
-from shmflags.supervisor.sources._messages import InvalidData
+from shmflags.supervisor.sources._messages import InvalidData, check_item
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,13 @@ def connect(config: Config) -> "redis.Redis":
 
 
 def decode_items(kind: str, raw: Dict[Any, Any]) -> Items:
-    """Decode one HGETALL reply; drop tombstones.
+    """Decode one HGETALL reply; drop tombstones; validate every live item with the model.
 
-    :raises InvalidData: on an item that is not a JSON object with ``key`` and ``version``.
+    Items are checked exactly as stream and poll items are (the model's ``validate_flag`` /
+    ``validate_segment``): data ldclient's store would refuse is never published.
+
+    :raises InvalidData: on an item that is not a JSON object with ``key`` and ``version``,
+        whose ``key`` differs from its Redis field, or that the model refuses.
     """
     out: Items = {}
     for field, value in raw.items():
@@ -68,7 +72,7 @@ def decode_items(kind: str, raw: Dict[Any, Any]) -> Items:
         if item.get("deleted"):
             continue
         item.setdefault("key", key)
-        out[key] = item
+        out[key] = check_item(kind, key, item)
     return out
 
 
