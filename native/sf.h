@@ -38,6 +38,9 @@
 
 const char *sf_strerror(int code);
 
+/* events.c: adds the _RecorderCore type (event recorder common path) to the module. */
+int sf_events_add_types(PyObject *m);
+
 /* Deepest prerequisite or segment nesting followed; deeper raises RecursionError inside the
  * evaluation, reported as ERROR/EXCEPTION like ldclient's own RecursionError (which the
  * Python evaluators hit at about 330 levels). */

@@ -150,6 +150,14 @@ def _check_context(value: Any) -> None:
     _check_json(value, 1)
 
 
+def check_context(value: Any) -> None:
+    """Check an event's ``context`` value as :func:`check_event` does.
+
+    :raises DatagramError: naming the rule that fails
+    """
+    _check_context(value)
+
+
 def _check_reason(value: Any) -> None:
     if type(value) is not dict or type(value.get("kind")) is not str:
         _fail("reason must be a map with a string kind")
@@ -161,9 +169,12 @@ def _optional_int(event: Dict[str, Any], name: str, minimum: int = 0) -> None:
         _fail(f"{name} must be an integer >= {minimum}")
 
 
-def check_event(event: Any) -> None:
+def check_event(event: Any, context_checked: bool = False) -> None:
     """Check one event map (workers call this before sending, the supervisor on receipt).
 
+    :param context_checked: the worker already checked this event's ``context`` object with
+        :func:`check_context` (it packs one context dict for many events); the supervisor
+        never passes it
     :raises DatagramError: naming the rule that fails
     """
     if type(event) is not dict:
@@ -175,7 +186,8 @@ def check_event(event: Any) -> None:
         _fail("creationDate must be a non-negative integer")
     if "context" not in event:
         _fail("event has no context")
-    _check_context(event["context"])
+    if not context_checked:
+        _check_context(event["context"])
     if kind in ("feature", "debug"):
         allowed = _EVAL_KEYS
         _check_str(event.get("key"), "key")

@@ -35,12 +35,23 @@ from shmflags.events.sender import (
     pack_window
 )
 
-__all__ = ["EventRecorder"]
+try:  # the common path of record_evaluation in C (native/events.c); optional
+    from shmflags._native import _RecorderCore as _NativeCore  # type: ignore[attr-defined]
+except ImportError:  # no extension (or an older build): the Python path does everything
+    _NativeCore = None
+
+from shmflags.context import Context as _Context
+
+__all__ = ["EventRecorder", "PythonEventRecorder", "NATIVE"]
 
 log = logging.getLogger(__name__)
 
 _time = time.time
 _getpid = os.getpid
+
+MAX_UNSENT = 256
+"""Most packed datagrams kept for the next try after a full socket queue (16 MiB at most;
+one window's datagrams); beyond that their items are merged back into the live window."""
 
 CLOSE_TIMEOUT = 2.0
 """Seconds :meth:`EventRecorder.close` keeps retrying a full socket before giving up."""
@@ -55,16 +66,32 @@ Bounds what a child forked without CPython's fork handlers (uWSGI without
 the fork: the child's first 10 ms of evaluations."""
 
 
+_KINDS: Dict[Tuple[str, ...], Tuple[str, ...]] = {}
+_KINDS_MAX = 1024  # distinct kind tuples interned; beyond that they are simply not shared
+
+
 def _kinds_of(context: Any) -> Tuple[str, ...]:
-    """The individual context kinds of a (shmflags or ldclient) context."""
+    """The individual context kinds of a (shmflags or ldclient) context.
+
+    Equal tuples are returned as one object (interned), so that a summary flag evaluated
+    for many contexts of the same kinds keeps seeing the kinds it already has (an identity
+    check on the recording path) and its kinds set is not updated again.
+    """
     if not context.multiple:
-        return (context.kind,)
-    out = []
-    for i in range(context.individual_context_count):
-        c = context.get_individual_context(i)
-        if c is not None:
-            out.append(c.kind)
-    return tuple(out)
+        kinds: Tuple[str, ...] = (context.kind,)
+    else:
+        out = []
+        for i in range(context.individual_context_count):
+            c = context.get_individual_context(i)
+            if c is not None:
+                out.append(c.kind)
+        kinds = tuple(out)
+    shared = _KINDS.get(kinds)
+    if shared is not None:
+        return shared
+    if len(_KINDS) < _KINDS_MAX:
+        _KINDS[kinds] = kinds  # one dict store: safe without a lock under the GIL
+    return kinds
 
 
 def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
@@ -73,7 +100,7 @@ def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
         recorder._reset(_getpid())
 
 
-class EventRecorder:
+class _Recorder:
     """Buffers one worker's analytics events and sends them to the supervisor's socket.
 
     Thread-safe. Never blocks an evaluation: a full socket keeps the summary for the next
@@ -94,6 +121,9 @@ class EventRecorder:
         self._sender = DatagramSender(socket_path or config.socket_path)
         self._closed = False
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
+        # The C common path finds a context's window entry by the fully-qualified key that
+        # this class caches in its ``_fqk`` slot (other context objects: the Python path).
+        self._context_type = _Context
         self._reset(_getpid())
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _after_fork_in_child(ref))
@@ -124,6 +154,11 @@ class EventRecorder:
         self._flush_requested = False
         self._must_flush = False
         self._flush_lock = threading.Lock()
+        # Packed datagrams a full socket queue refused, sent first by the next flush (only
+        # touched under _flush_lock), the start of their oldest window, and their events.
+        self._unsent: List[Packed] = []
+        self._unsent_start = 0
+        self._unsent_events = 0
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
@@ -201,12 +236,16 @@ class EventRecorder:
         self._last_ctx, self._last_entry = context, entry
         return entry
 
-    def record_evaluation(self, key: str, context: Any, eval_tuple: tuple, default: Any,
-                          with_reason: bool) -> None:
+    def _record_evaluation_py(self, key: str, context: Any, eval_tuple: tuple, default: Any,
+                              with_reason: bool) -> None:
         """Count one flag evaluation and keep any full events it requires.
 
-        The common case (an untracked flag, a context already seen in this window) is a few
-        dictionary operations under an uncontended lock and no system call.
+        The reference implementation: ``record_evaluation`` of :class:`PythonEventRecorder`,
+        and of :class:`EventRecorder` without the C extension. With it, ``RecorderCore``
+        (``native/events.c``) does the common case (the last context again, a flag and
+        variation already counted in this window, no full event, no prerequisite) on the
+        same objects and passes every other call here unchanged. Here the common case is a
+        few dictionary operations under an uncontended lock and no system call.
 
         :param key: the flag key as requested
         :param context: the (valid) context evaluated
@@ -266,7 +305,7 @@ class EventRecorder:
         finally:
             lock.release()
             if full:
-                self._flush(block=False)
+                self._flush_full()
 
     def _count(self, key: str, kinds: Tuple[str, ...], default: Any, variation: Optional[int],
                version: Optional[int], value: Any) -> None:
@@ -339,10 +378,10 @@ class EventRecorder:
             dbg["kind"] = "debug"
             dbg["debugUntil"] = debug_until
             self._append(dbg)
-        return len(self._events) >= self._capacity
+        return len(self._events) + self._unsent_events >= self._capacity
 
     def _append(self, event: dict) -> None:
-        if len(self._events) >= self._capacity:
+        if len(self._events) + self._unsent_events >= self._capacity:
             self._dropped += 1
             self.stats["dropped"] += 1
         else:
@@ -374,9 +413,9 @@ class EventRecorder:
             if metric_value is not None:
                 event["metricValue"] = metric_value
             self._append(event)
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     def record_identify(self, context: Any) -> None:
         """Keep an ``identify`` event; a context with an empty key produces none.
@@ -393,9 +432,9 @@ class EventRecorder:
             entry = self._sight(context, now, 1, False)
             self._append({"kind": "identify", "creationDate": int(now * 1000),
                           "context": entry[0] if entry[5] is context else context.to_dict()})
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     def record_migration_op(self, event_dict: Dict[str, Any]) -> None:
         """Keep a ``migration_op`` event built by the migration tracker.
@@ -422,11 +461,25 @@ class EventRecorder:
             self._sight(context, now, 1, False)
             if self._sample(event.get("samplingRatio", 1)):
                 self._append(event)
-            full = len(self._events) >= self._capacity
+            full = len(self._events) + self._unsent_events >= self._capacity
         if full:
-            self._flush(block=False)
+            self._flush_full()
 
     # -- flushing --------------------------------------------------------------------------
+
+    def _flush_full(self) -> None:
+        """The full-event buffer is full: flush it now from the calling thread.
+
+        Unless a failed send already waits for its retry (no supervisor, or its socket
+        queue full) and the daemon thread is there to make it: that thread retries on its
+        back-off, and packing the whole buffer again on every tracked evaluation meanwhile
+        would only cost the caller time (events beyond the buffer are dropped and counted
+        either way).
+        """
+        thread = self._thread
+        if self._retry_at is not None and thread is not None and thread.is_alive():
+            return
+        self._flush(block=False)
 
     def flush(self) -> None:
         """Send everything buffered now, without waiting for a full socket."""
@@ -484,18 +537,41 @@ class EventRecorder:
 
     def _flush_locked(self, block: bool) -> bool:
         self._check_pid()  # never send a window inherited from the parent
-        start, end, dropped, summary, contexts, events, seq = self._take()
-        if not (summary or contexts or events or dropped):
-            return True
-        packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
-                                          contexts, events)
-        if unsendable:
-            with self._lock:
-                self._dropped += unsendable
-                self.stats["dropped"] += unsendable
-        total = len(packets)
         deadline = _time() + CLOSE_TIMEOUT
+        # Datagrams that an earlier flush packed but a full socket queue refused go first,
+        # as they are: a window split into many datagrams is packed once, however many
+        # tries the supervisor's queue (10 datagrams by default) takes to drain. The live
+        # window is not taken until they are all gone, so that it keeps merging what is
+        # recorded meanwhile (one sighting per context, one counter per flag and variation)
+        # instead of adding datagrams to a supervisor that is behind.
+        if self._unsent:
+            packets, self._unsent = self._unsent, []
+            if not self._send_all(packets, block, deadline, self._unsent_start):
+                return False
+        start, end, dropped, summary, contexts, events, seq = self._take()
+        if summary or contexts or events or dropped:
+            packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
+                                              contexts, events)
+            if unsendable:
+                with self._lock:
+                    self._dropped += unsendable
+                    self.stats["dropped"] += unsendable
+            with self._lock:
+                self._seq = max(self._seq, seq + len(packets))  # gaps are fine: diagnostic
+            if not self._send_all(packets, block, deadline, start):
+                return False
+        self._retry_at = None
+        self._retry_delay = 0.0
+        return True
+
+    def _send_all(self, packets: List[Packed], block: bool, deadline: float,
+                  start: int) -> bool:
+        """Send ``packets`` in order; keep or put back what does not go. True if all went.
+
+        :param start: the window start (ms) of the packets' summaries, for a put-back
+        """
         delay = 0.001
+        status = SEND_OK
         i = 0
         while i < len(packets):
             status = self._sender.send(packets[i].data)
@@ -517,19 +593,29 @@ class EventRecorder:
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
         with self._lock:
-            self._seq = max(self._seq, seq + total)  # gaps are fine: diagnostic only
             self.stats["sent"] += i
-        if i < len(packets):
-            self._put_back(packets[i:], start)
-            # Retry soon while datagrams get through; back off while none does.
-            delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
-            self._retry_delay = min(delay, 1.0, self._interval)
-            self._retry_at = _time() + self._retry_delay
-            self._wake.set()
-            return False
-        self._retry_at = None
-        self._retry_delay = 0.0
-        return True
+        if i == len(packets):
+            self._unsent_events = 0
+            return True
+        rest = packets[i:]
+        held = sum(len(p.events) for p in rest)
+        if (status == SEND_FULL and len(rest) <= MAX_UNSENT
+                and held + len(self._events) <= self._capacity):
+            # The supervisor is there but behind: keep the datagrams for the next try.
+            # Their events count against events_max_pending (_unsent_events).
+            self._unsent = rest
+            self._unsent_start = start
+            self._unsent_events = held
+        else:
+            # No supervisor (or too much to hold): merge the items back into the live window.
+            self._unsent_events = 0
+            self._put_back(rest, start)
+        # Retry soon while datagrams get through; back off while none does.
+        delay = _RETRY_MIN if i else max(2 * self._retry_delay, _RETRY_MIN)
+        self._retry_delay = min(delay, 1.0, self._interval)
+        self._retry_at = _time() + self._retry_delay
+        self._wake.set()
+        return False
 
     def _put_back(self, packets: List[Packed], start: int) -> None:
         """Merge unsent summaries, sightings and events back into the live window."""
@@ -594,6 +680,25 @@ class EventRecorder:
         retry = self._retry_at
         wake_at = self._flush_at if retry is None else min(self._flush_at, retry)
         return max(0.0, wake_at - _time())
+
+
+class PythonEventRecorder(_Recorder):
+    """The recorder without the C common path (what :class:`EventRecorder` is when the
+    extension is absent; tests compare the two)."""
+
+    record_evaluation = _Recorder._record_evaluation_py
+
+
+if _NativeCore is not None:
+    class EventRecorder(_NativeCore, _Recorder):  # type: ignore[misc,valid-type]
+        __doc__ = _Recorder.__doc__
+        # record_evaluation comes from _NativeCore (first in the MRO): the common case in C,
+        # everything else through _Recorder._record_evaluation_py.
+else:
+    EventRecorder = PythonEventRecorder  # type: ignore[misc]
+
+NATIVE = _NativeCore is not None
+"""True when :class:`EventRecorder` has the C common path."""
 
 
 def _run_flusher(ref: "weakref.ref[EventRecorder]", pid: int) -> None:

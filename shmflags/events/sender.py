@@ -19,6 +19,7 @@ from shmflags.events.datagram import (
     MAX_DATAGRAM,
     VERSION,
     DatagramError,
+    check_context,
     check_context_entry,
     check_event,
     check_summary_flag
@@ -72,6 +73,40 @@ def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
         return msgpack.packb(obj, use_bin_type=True)
     except (DatagramError, TypeError, ValueError, OverflowError):
         return None
+
+
+_CONTEXT_KEY = msgpack.packb("context")
+_NO_BYTES = b""
+
+
+def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
+    """msgpack bytes of one event, or ``None`` when the schema would refuse it.
+
+    Many events of a window share one context dict. When ``context`` is the event's last key
+    (as the recorder builds feature and debug events) the context is checked and encoded
+    once per pack (``contexts``: ``id`` of the dict → its bytes, ``b""`` when refused; the
+    dicts stay alive for the whole pack, so ids are not reused) and spliced after the other
+    fields: the bytes are exactly ``msgpack.packb(event)`` (fixmap header, keys in order).
+    """
+    n = len(event)
+    ctx = event.get("context")
+    if type(ctx) is not dict or not 1 < n <= 15 or next(reversed(event)) != "context":
+        return _encode(event, check_event)
+    cbytes = contexts.get(id(ctx))
+    if cbytes is None:
+        cbytes = _encode(ctx, check_context) or _NO_BYTES
+        contexts[id(ctx)] = cbytes
+    if cbytes is _NO_BYTES:
+        return None
+    try:
+        check_event(event, context_checked=True)
+        rest = dict(event)
+        del rest["context"]
+        head = msgpack.packb(rest, use_bin_type=True)
+    except (DatagramError, TypeError, ValueError, OverflowError):
+        return None
+    # head starts with the fixmap header 0x80 | (n - 1); the whole event has n fields.
+    return bytes((0x80 | n,)) + head[1:] + _CONTEXT_KEY + cbytes
 
 
 def _flag_items(key: str, entry: list) -> List[Tuple[bytes, list]]:
@@ -171,8 +206,9 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
             unsendable += 1
             continue
         add("contexts", data, (fq, entry))
+    context_bytes: Dict[int, bytes] = {}
     for event in events:
-        data = _encode(event, check_event)
+        data = _encode_event(event, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue

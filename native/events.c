@@ -1,0 +1,415 @@
+/*
+ * events.c - the common path of EventRecorder.record_evaluation in C.
+ *
+ * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
+ * the C base class of
+ * shmflags.events.recorder.EventRecorder.  It holds the recorder's hot state
+ * as members (_deadline, _end, _last_ctx, _last_entry, _summary, _lock) and
+ * implements record_evaluation() for the common case only: an evaluation of
+ * a context already seen in this window (the last one, or a shmflags Context
+ * found by its cached fully-qualified key), of a flag (and prerequisites)
+ * already counted in this window at the same version and variation and for
+ * the same context kinds, with no full event (bits 0, no
+ * debugEventsUntilDate), before the next slow check (_deadline).  That case
+ * adds 1 to each counter and to the context's use count and sets _end.  Everything else is passed unchanged to the Python method
+ * _record_evaluation_py, which is the reference implementation (and the
+ * whole implementation when this extension is absent).  Both work on the
+ * same Python objects, so the datagrams are the same by construction.
+ * Runs in worker processes only.
+ *
+ * Data shapes (built by recorder.py; anything else goes to the Python path):
+ *   _summary:    dict  flag key -> [default, kinds set, counters, kinds, version]
+ *   counters:    dict  variation (int | None) -> [count, value]
+ *   _last_entry: list  [context dict, first_ms, count, index, kinds, context]
+ *
+ * Thread safety.  The Python code changes the window only while holding
+ * _lock, in several bytecode steps; another thread can run between them.
+ * This code never releases the GIL and never runs Python code (it only
+ * touches exact dicts, lists, ints and str keys, whose hashing, comparison
+ * and deallocation are C), so it runs as one atomic step with respect to
+ * every other Python thread.  It therefore only needs to know that no thread
+ * is inside a locked section: if _lock is held it takes the Python path,
+ * which waits for the lock as before.  It never takes the lock itself, so it
+ * cannot deadlock with it.
+ *
+ * Fork safety is unchanged: _deadline routes the first call after
+ * construction, and one call every PID_CHECK_INTERVAL, to the Python path,
+ * which compares the pid; the at-fork hook replaces the window (and _lock)
+ * through these same members.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#include "sf.h"
+
+#if PY_VERSION_HEX < 0x030A0000   /* Py_NewRef is 3.10+; the package supports 3.9 */
+static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
+#endif
+
+typedef struct {
+    PyObject_HEAD
+    double deadline;      /* _deadline: a call at or after it takes the Python path */
+    double end;           /* _end: time of the window's last evaluation (s) */
+    PyObject *last_ctx;   /* _last_ctx: context object of the last sighting, or None */
+    PyObject *last_entry; /* _last_entry: its window entry (list), or None */
+    PyObject *summary;    /* _summary: the window's summary dict, or None */
+    PyObject *contexts;   /* _contexts: fully-qualified key -> entry, or None */
+    PyObject *ctx_type;   /* _context_type: the one class whose cached ``_fqk`` slot is read */
+    PyObject *lock;       /* _lock: the recorder's threading.Lock, or None */
+    PyObject *locked;     /* lock.locked (bound), cached when _lock is set; NULL if none */
+} RecorderCore;
+
+static PyObject *s_record_py; /* "_record_evaluation_py" */
+static PyObject *s_locked;    /* "locked" */
+static PyObject *s_fqk;       /* "_fqk" */
+
+static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->last_ctx);
+    Py_VISIT(self->last_entry);
+    Py_VISIT(self->summary);
+    Py_VISIT(self->contexts);
+    Py_VISIT(self->ctx_type);
+    Py_VISIT(self->lock);
+    Py_VISIT(self->locked);
+    return 0;
+}
+
+static int core_clear(RecorderCore *self)
+{
+    Py_CLEAR(self->last_ctx);
+    Py_CLEAR(self->last_entry);
+    Py_CLEAR(self->summary);
+    Py_CLEAR(self->contexts);
+    Py_CLEAR(self->ctx_type);
+    Py_CLEAR(self->lock);
+    Py_CLEAR(self->locked);
+    return 0;
+}
+
+static void core_dealloc(RecorderCore *self)
+{
+    PyObject_GC_UnTrack(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    RecorderCore *self = (RecorderCore *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    /* deadline 0: every call takes the Python path until __init__ has run. */
+    self->deadline = 0.0;
+    self->end = 0.0;
+    self->last_ctx = Py_NewRef(Py_None);
+    self->last_entry = Py_NewRef(Py_None);
+    self->summary = Py_NewRef(Py_None);
+    self->contexts = Py_NewRef(Py_None);
+    self->ctx_type = Py_NewRef(Py_None);
+    self->lock = Py_NewRef(Py_None);
+    self->locked = NULL;
+    return (PyObject *)self;
+}
+
+/* The same clock as time.time(): CLOCK_REALTIME, as a double of seconds. */
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+}
+
+/* Pass the call unchanged to self._record_evaluation_py. */
+static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    PyObject *stack[12];
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs + nkw + 1 > (Py_ssize_t)(sizeof stack / sizeof stack[0])) {
+        PyErr_SetString(PyExc_TypeError, "record_evaluation: too many arguments");
+        return NULL;
+    }
+    stack[0] = self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++)
+        stack[i + 1] = args[i];
+    return PyObject_VectorcallMethod(s_record_py, stack, (size_t)(nargs + 1), kwnames);
+}
+
+#define MAX_PREREQS 16   /* more prerequisites than this in one call: Python path */
+
+static PyObject *s_one;      /* the int 1 */
+
+/* 1 when an info tuple needs no full event and is counted in the summary:
+ * (version, bits 0, debugEventsUntilDate None, samplingRatio); else 0. */
+static int plain_info(PyObject *info)
+{
+    if (!PyTuple_CheckExact(info) || PyTuple_GET_SIZE(info) != 4
+        || PyTuple_GET_ITEM(info, 2) != Py_None)
+        return 0;
+    PyObject *bits = PyTuple_GET_ITEM(info, 1);
+    if (!PyLong_CheckExact(bits))
+        return 0;
+    int overflow = 0;
+    long b = PyLong_AsLongAndOverflow(bits, &overflow);   /* cannot fail on an exact int */
+    return !overflow && b == 0;
+}
+
+/* The existing counter [count, value] of (key, variation) in the summary, counted for the
+ * same kinds object and at the flag's window version.  1: found (*out borrowed, kept alive
+ * by the summary); 0: absent or not in the expected shape (the Python path creates or
+ * re-keys it); -1: a Python exception is set. */
+static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObject *version,
+                        PyObject *variation, PyObject **out)
+{
+    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation)))
+        return 0;
+    PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
+    if (flag == NULL)
+        return PyErr_Occurred() ? -1 : 0;                     /* first in this window */
+    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must
+     * already hold every kind of this context: true when the context has the kinds object
+     * the flag was last counted with (kinds tuples are interned), else checked one by one
+     * (str members: hashing and comparison are C).  Otherwise the Python path adds them.
+     * "last kinds" is only the Python path's shortcut; it is not sent, so it is not
+     * updated here. */
+    if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5)
+        return 0;
+    if (PyList_GET_ITEM(flag, 3) != kinds) {
+        PyObject *set = PyList_GET_ITEM(flag, 1);
+        if (!PyTuple_CheckExact(kinds) || !PySet_CheckExact(set))
+            return 0;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++) {
+            PyObject *kind = PyTuple_GET_ITEM(kinds, i);
+            if (!PyUnicode_CheckExact(kind))
+                return 0;
+            int in = PySet_Contains(set, kind);
+            if (in != 1)
+                return in;   /* 0: a kind to add (Python path); -1: error */
+        }
+    }
+    PyObject *fversion = PyList_GET_ITEM(flag, 4);
+    if (version != fversion) {
+        /* Equal exact ints are the same version; anything else (a new version in this
+         * window, None against an int) is keyed by (variation, version): Python path. */
+        if (!PyLong_CheckExact(version) || !PyLong_CheckExact(fversion))
+            return 0;
+        int eq = PyObject_RichCompareBool(version, fversion, Py_EQ);   /* C only for ints */
+        if (eq != 1)
+            return eq;
+    }
+    PyObject *counters = PyList_GET_ITEM(flag, 2);
+    if (!PyDict_CheckExact(counters))
+        return 0;
+    PyObject *counter = PyDict_GetItemWithError(counters, variation);  /* borrowed */
+    if (counter == NULL)
+        return PyErr_Occurred() ? -1 : 0;                     /* first of this variation */
+    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
+        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+        return 0;
+    *out = counter;
+    return 1;
+}
+
+/* list[i] += n for an exact int list[i] (checked by the caller); 0, or -1 on MemoryError. */
+static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
+{
+    PyObject *sum = PyNumber_Add(PyList_GET_ITEM(list, i), n);   /* int + int: C only */
+    if (sum == NULL)
+        return -1;
+    PyList_SetItem(list, i, sum);   /* steals sum, drops the old int (no Python code) */
+    return 0;
+}
+
+/* record_evaluation(key, context, eval_tuple, default, with_reason)
+ *
+ * The common case, as _record_evaluation_py computes it: the context's entry gets one use
+ * for the evaluation and one per prerequisite with a flag; the flag's counter and each
+ * prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
+ * Every check comes before the first change, so a call either does all of this or hands
+ * the unchanged state to the Python path (only a MemoryError can stop it half-way, and
+ * the Python path has the same property). */
+static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    RecorderCore *self = (RecorderCore *)op;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 5 || kwnames != NULL)
+        return slow_path(op, args, nargs, kwnames);
+    double now = now_seconds();
+    if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
+        return slow_path(op, args, nargs, kwnames);
+    PyObject *key = args[0], *context = args[1], *t = args[2];
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
+        return slow_path(op, args, nargs, kwnames);
+    PyObject *info = PyTuple_GET_ITEM(t, 3), *prereqs = PyTuple_GET_ITEM(t, 4);
+    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
+    if (!plain_info(info) || !PyTuple_CheckExact(prereqs)
+        || PyTuple_GET_SIZE(prereqs) > MAX_PREREQS)
+        return slow_path(op, args, nargs, kwnames);
+    /* The context's window entry: the last one used, or found by its fully-qualified key.
+     * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
+     * slot read runs no Python code); a context not yet seen in this window, or any other
+     * object, takes the Python path, which creates the entry and fills the cache. */
+    PyObject *entry = self->last_entry, *summary = self->summary;
+    if (context != self->last_ctx) {
+        if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
+            return slow_path(op, args, nargs, kwnames);
+        PyObject *fq = PyObject_GetAttr(context, s_fqk);
+        if (fq == NULL) {
+            PyErr_Clear();
+            return slow_path(op, args, nargs, kwnames);
+        }
+        entry = PyUnicode_CheckExact(fq) ? PyDict_GetItemWithError(self->contexts, fq) : NULL;
+        Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            return slow_path(op, args, nargs, kwnames);
+        }
+    }
+    /* entry = [context dict, first_ms, count, index, kinds, context] */
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+        return slow_path(op, args, nargs, kwnames);
+    /* No thread is inside a section locked by the Python code (see the header comment). */
+    if (self->locked == NULL)
+        return slow_path(op, args, nargs, kwnames);
+    PyObject *held = PyObject_CallNoArgs(self->locked);
+    if (held == NULL)
+        return NULL;
+    Py_DECREF(held);
+    if (held != Py_False)
+        return slow_path(op, args, nargs, kwnames);
+    PyObject *kinds = PyList_GET_ITEM(entry, 4);
+    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
+    PyObject *counters[MAX_PREREQS + 1];
+    Py_ssize_t n = 0;
+    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), PyTuple_GET_ITEM(t, 1),
+                         &counters[n]);
+    if (r <= 0)
+        return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
+    n++;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prereqs); i++) {
+        /* (prereq_of, key, value, variation, reason, info) */
+        PyObject *p = PyTuple_GET_ITEM(prereqs, i);
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 6)
+            return slow_path(op, args, nargs, kwnames);
+        PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
+        if (pinfo == Py_None)
+            continue;                             /* unknown prerequisite: not counted */
+        if (!plain_info(pinfo))
+            return slow_path(op, args, nargs, kwnames);
+        r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
+                         PyTuple_GET_ITEM(p, 3), &counters[n]);
+        if (r <= 0)
+            return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
+        n++;
+    }
+    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
+     * incremented twice, as the Python path does. */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (add_to(counters[i], 0, s_one) < 0)
+            return NULL;
+    PyObject *uses = PyLong_FromSsize_t(n);
+    if (uses == NULL)
+        return NULL;
+    r = add_to(entry, 2, uses);
+    Py_DECREF(uses);
+    if (r < 0)
+        return NULL;
+    if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
+        Py_INCREF(context);
+        Py_INCREF(entry);
+        Py_SETREF(self->last_ctx, context);
+        Py_SETREF(self->last_entry, entry);
+    }
+    self->end = now;
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_lock(RecorderCore *self, void *closure)
+{
+    return Py_NewRef(self->lock);
+}
+
+/* Setting _lock also caches its bound ``locked`` method for the fast path. */
+static int core_set_lock(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _lock");
+        return -1;
+    }
+    PyObject *locked = NULL;
+    if (value != Py_None) {
+        locked = PyObject_GetAttr(value, s_locked);
+        if (locked == NULL)
+            return -1;
+    }
+    Py_SETREF(self->lock, Py_NewRef(value));
+    Py_XSETREF(self->locked, locked);
+    return 0;
+}
+
+static PyMemberDef core_members[] = {
+    {"_deadline", T_DOUBLE, offsetof(RecorderCore, deadline), 0,
+     "next time a call takes the Python path (pid check, flush interval); 0 = always"},
+    {"_end", T_DOUBLE, offsetof(RecorderCore, end), 0, "time of the last evaluation (s)"},
+    {"_last_ctx", T_OBJECT, offsetof(RecorderCore, last_ctx), 0, "context of the last sighting"},
+    {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
+    {"_summary", T_OBJECT, offsetof(RecorderCore, summary), 0, "the window's summary"},
+    {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
+    {"_context_type", T_OBJECT, offsetof(RecorderCore, ctx_type), 0,
+     "shmflags.Context: contexts of this exact class are looked up by their cached _fqk"},
+    {NULL, 0, 0, 0, NULL}
+};
+
+static PyGetSetDef core_getset[] = {
+    {"_lock", (getter)core_get_lock, (setter)core_set_lock, "the recorder's lock", NULL},
+    {NULL, NULL, NULL, NULL, NULL}
+};
+
+static PyMethodDef core_methods[] = {
+    {"record_evaluation", (PyCFunction)(void (*)(void))core_record,
+     METH_FASTCALL | METH_KEYWORDS,
+     "record_evaluation(key, context, eval_tuple, default, with_reason)\n\n"
+     "Count one evaluation; the common case here, the rest in _record_evaluation_py."},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject RecorderCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmflags._native._RecorderCore",
+    .tp_basicsize = sizeof(RecorderCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Hot state and common path of the event recorder (base of EventRecorder).",
+    .tp_new = core_new,
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_traverse = (traverseproc)core_traverse,
+    .tp_clear = (inquiry)core_clear,
+    .tp_members = core_members,
+    .tp_getset = core_getset,
+    .tp_methods = core_methods,
+};
+
+int sf_events_add_types(PyObject *m)
+{
+    if (s_record_py == NULL) {
+        s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
+        s_locked = PyUnicode_InternFromString("locked");
+        s_fqk = PyUnicode_InternFromString("_fqk");
+        s_one = PyLong_FromLong(1);
+        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_one == NULL)
+            return -1;
+    }
+    if (PyType_Ready(&RecorderCoreType) < 0)
+        return -1;
+    Py_INCREF(&RecorderCoreType);
+    if (PyModule_AddObject(m, "_RecorderCore", (PyObject *)&RecorderCoreType) < 0) {
+        Py_DECREF(&RecorderCoreType);
+        return -1;
+    }
+    return 0;
+}
