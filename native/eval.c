@@ -26,16 +26,62 @@ static inline double bits_to_double(uint64_t b) { double d; memcpy(&d, &b, 8); r
  * sf_rec_pystr() - the Python str of a record string, cached per Snapshot.
  * Return: borrowed reference, or NULL with an exception set.
  */
+/* Store @o (held by the generic cache) in @slot if it is a compact ASCII str; return @o. */
+static inline PyObject *remember_short(sf_strslot_t *slot, uint64_t h, PyObject *o)
+{
+    if (slot != NULL && PyUnicode_CheckExact(o) && PyUnicode_IS_COMPACT_ASCII(o)) {
+        slot->h = h;
+        slot->s = o;   /* borrowed: the generic cache keeps it alive (sf_strslot_t) */
+    }
+    return o;
+}
+
+/* Content hash of a short string (sf_strslot_t); any mix works, equality is checked. */
+static inline uint64_t short_hash(const char *p, size_t n)
+{
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ n, w;
+    while (n >= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+        p += 8;
+        n -= 8;
+    }
+    if (n > 0) {
+        w = 0;
+        memcpy(&w, p, n);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    }
+    return h ^ (h >> 32);
+}
+
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
 {
     /* the default context kind is by far the most common string: no cache probe */
     if (ref.len == 4 && (uint64_t)ref.off + 5 <= rec->len && memcmp(rec->p + ref.off, "user", 5) == 0)
         return sf_c.s_user;
+    const char *s = NULL;
+    sf_strslot_t *slot = NULL;
+    uint64_t h = 0;
+    if (ref.len <= SF_STRS_MAXLEN) {
+        /* short strings: first by content in the small table (see sf_strslot_t) */
+        s = sf_rec_str(rec, ref);
+        if (s == NULL) {
+            PyErr_SetString(sf_c.exc_corrupt, "corrupt record string");
+            return NULL;
+        }
+        h = short_hash(s, ref.len);
+        slot = &so->strs[h & (SF_STRS - 1)];
+        if (slot->s != NULL && slot->h == h && PyUnicode_GET_LENGTH(slot->s) == (Py_ssize_t)ref.len
+            && memcmp(PyUnicode_DATA(slot->s), s, ref.len) == 0)
+            return slot->s;
+    }
     uint64_t key = SF_CACHE_KEY(rec->abs + ref.off, SF_TAG_STR);
     PyObject *o = sf_cache_get(&so->cache, key);
     if (o != NULL)
-        return o;
-    const char *s = sf_rec_str(rec, ref);
+        return remember_short(slot, h, o);
+    if (s == NULL)
+        s = sf_rec_str(rec, ref);
     if (s == NULL) {
         PyErr_SetString(sf_c.exc_corrupt, "corrupt record string");
         return NULL;
@@ -48,7 +94,7 @@ PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
     PyUnicode_InternInPlace(&o);
     PyObject *cached = sf_cache_put(&so->cache, key, o);
     Py_DECREF(o);
-    return cached;
+    return cached != NULL ? remember_short(slot, h, cached) : NULL;
 }
 
 /**

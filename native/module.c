@@ -586,7 +586,8 @@ PyMODINIT_FUNC PyInit__native(void)
         || PyModule_AddIntConstant(m, "FORMAT_WORD", (long)SF_FORMAT_WORD) < 0
         || PyModule_AddIntConstant(m, "MAX_DEPTH", SF_MAX_DEPTH) < 0
         || PyModule_AddObject(m, "__all__", Py_BuildValue("[s]", "Snapshot")) < 0
-        || sf_events_add_types(m) < 0) {   /* events.c: _RecorderCore */
+        || sf_events_add_types(m) < 0   /* events.c: _RecorderCore */
+        || sf_fast_register(m, &SnapshotType) < 0) {   /* the client's fast path (fast.c) */
         Py_DECREF(m);
         return NULL;
     }

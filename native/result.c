@@ -305,6 +305,76 @@ done:
 }
 
 /**
+ * sf_fast_eval() - the client's fast path (fast.c): one flag's value, index and (optionally)
+ * reason, without the info tuple and the prerequisite tuple of the EvalTuple.
+ * @self: the Snapshot.
+ * @key: exact str flag key.
+ * @emap: the context's evaluation map (kind -> attributes; borrowed).
+ * @value: out: new reference to the (copied) variation value, or NULL when no variation.
+ * @index: out: variation index, -1 for none.
+ * @reason: out when not NULL: new reference to a fresh reason dict.
+ *
+ * Invariant: whenever this returns 1 the outcome is exactly what sf_py_evaluate() would put
+ * in the EvalTuple's first three fields (same evaluation, same objects built the same way).
+ * Every unusual case - a Python exception during evaluation (logged there as EXCEPTION),
+ * damaged record bytes, a failed allocation - returns 0 with no exception set and no output,
+ * so the caller takes the full path, which produces (and logs) it exactly once.
+ * Context: worker; holds the GIL.
+ * Return: 1 done, 0 take the slow path.
+ */
+int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
+                 int32_t *index, PyObject **reason)
+{
+    sf_rec_t rec;
+    const sf_flag_rec_t *f;
+    *value = NULL;
+    *index = -1;
+    if (reason != NULL)
+        *reason = NULL;
+    int found = find_flag(self, key, &rec, &f);
+    if (found < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (found == 0) {
+        if (reason != NULL && (*reason = error_reason(sf_c.s_FLAG_NOT_FOUND)) == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        return 1;
+    }
+    sf_eval_t e;
+    sf_result_t res;
+    sf_kmemo_t memo;
+    memo.n = 0;
+    /* events stay on as in evaluate(): building a prerequisite's event may meet damaged
+     * bytes, which changes the result (MALFORMED_FLAG); the events themselves are dropped */
+    int rc = run_eval(&e, self, emap, &rec, f, &res, 0, &memo);
+    int ok = rc != SF_EPYTHON;
+    if (ok && res.variation >= 0)
+        ok = (*value = sf_variation_value(self, &rec, f, res.variation, 1)) != NULL;
+    if (ok && reason != NULL) {
+        ok = (*reason = sf_make_reason(&e, &rec, &res)) != NULL
+             && (e.bigseg_status == NULL
+                 || PyDict_SetItem(*reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) == 0);
+    }
+    *index = res.variation;
+    sf_kmemo_clear(&memo);
+    Py_XDECREF(e.events);
+    Py_XDECREF(e.bigseg_status);
+    Py_XDECREF(e.bigseg_cache);
+    if (!ok) {
+        PyErr_Clear();
+        Py_CLEAR(*value);
+        if (reason != NULL)
+            Py_CLEAR(*reason);
+        *index = -1;
+        return 0;
+    }
+    return 1;
+}
+
+/**
  * sf_py_all_flags_state() - Snapshot.all_flags_state(...): ldclient's
  * FeatureFlagsState.to_json_dict() for a valid context, built in C (no events).
  * Return: new reference, or NULL with an exception set.

@@ -184,6 +184,21 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_VERSION   6u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
+/*
+ * sf_strslot_t - a direct-mapped table of short ASCII record strings looked up by content:
+ * attribute names, context kinds and keys recur in thousands of records, and one probe of this
+ * small (hot) table replaces a probe of the per-record-offset cache (cold in a large snapshot).
+ * Invariant: ``s`` is a borrowed reference that the Snapshot's generic cache also holds (only
+ * strings returned by it are stored), so replacing a slot never frees anything; the table is
+ * zeroed by tp_alloc and needs no teardown.
+ */
+#define SF_STRS 256
+#define SF_STRS_MAXLEN 32
+typedef struct sf_strslot {
+    uint64_t h;               /* content hash (sf_rec_pystr) */
+    PyObject *s;              /* compact ASCII str, or NULL (empty slot) */
+} sf_strslot_t;
+
 /* ---- the Python Snapshot object ---- */
 typedef struct {
     PyObject_HEAD
@@ -204,6 +219,7 @@ typedef struct {
     PyObject *flag_lookup;   /* exact str key -> PyLong rank: skips the index */
     sf_flagcache_t *fcache;  /* n_flags slots, or NULL when entries are not contiguous */
     uint32_t entries_base;   /* entry offset of rank 0 */
+    sf_strslot_t strs[SF_STRS];   /* short record strings by content (eval.c sf_rec_pystr) */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
@@ -287,6 +303,11 @@ int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_resul
 /* Python-facing results (result.c) */
 PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
+int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
+                 int32_t *index, PyObject **reason);
+
+/* the client's fast path (fast.c): the _Watch and _Fast types, registered on the module */
+int sf_fast_register(PyObject *module, PyTypeObject *snapshot_type);
 
 /* operators (ops.c): 1 match, 0 no match, -1 Python error set */
 int sf_op_match(sf_eval_t *e, const sf_rec_t *rec, const sf_clause_t *c, PyObject *value);

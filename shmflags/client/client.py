@@ -43,6 +43,35 @@ _USER_NOT_SPECIFIED = {"kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
 _EXCEPTION = {"kind": "ERROR", "errorKind": "EXCEPTION"}
 _WRONG_TYPE = {"kind": "ERROR", "errorKind": "WRONG_TYPE"}
 
+def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any]:
+    """``(value, detail, SLOW)``: the C fast path of ``variation`` / ``variation_detail`` over
+    ``current`` (used when the C evaluator is, see ``native/fast.c``), or stand-ins that always
+    answer ``SLOW`` (take the full path).
+
+    ``value(key, context, default, kind=0)`` returns the value (or ``default``) and
+    ``detail(...)`` an :class:`EvaluationDetail`, for a valid :class:`Context` on a C snapshot;
+    anything else (invalid or foreign context, no snapshot, an error) gives ``SLOW``. The
+    caller checks hooks and events first: the fast path records nothing.
+    """
+    from shmflags.backend import evaluator_backend
+    if evaluator_backend() == "c":
+        try:
+            from shmflags._native import _SLOW, _Fast
+            fast = _Fast(current, Context, EvaluationDetail)
+            return fast.value, fast.detail, _SLOW
+        except (ImportError, AttributeError, TypeError):  # an older build: no fast path
+            pass
+    slow = object()
+
+    def always_slow(*args: Any) -> Any:
+        return slow
+    return always_slow, always_slow, slow
+
+
+#: ``kind`` argument of the fast path for each typed variation (native/fast.c)
+_KIND_ANY, _KIND_BOOL, _KIND_INT, _KIND_FLOAT, _KIND_STR = 0, 1, 2, 3, 4
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -108,6 +137,7 @@ class Client:
                 _source = ShmSource(self._config)
         self._source = _source
         self._current = _source.current  # bound once: called on every evaluation
+        self._fast_value, self._fast_detail, self._SLOW = _make_fast(self._current)
         metadata = environment_metadata(self._config)
         plugins = list(self._config.plugins or ())
         self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
@@ -371,8 +401,12 @@ class Client:
             log.exception("recording an evaluation event failed")
 
     def _value(self, method: str, key: str, context: Any, default: Any,
-               check: Optional[Callable[[Any], Any]]) -> Any:
+               check: Optional[Callable[[Any], Any]], kind: int = _KIND_ANY) -> Any:
         if not self._hooks.hooks:
+            if self._recorder is None:
+                value = self._fast_value(key, context, default, kind)
+                if value is not self._SLOW:
+                    return value
             return self._evaluate(key, context, default, False, check)[0]
 
         def run() -> Tuple[EvaluationDetail, Any]:
@@ -381,8 +415,13 @@ class Client:
         return self._hooks.run(key, context, default, method, run)
 
     def _detail(self, method: str, key: str, context: Any, default: Any,
-                check: Optional[Callable[[Any], Any]]) -> EvaluationDetail:
+                check: Optional[Callable[[Any], Any]], kind: int = _KIND_ANY
+                ) -> EvaluationDetail:
         if not self._hooks.hooks:
+            if self._recorder is None:
+                detail = self._fast_detail(key, context, default, kind)
+                if detail is not self._SLOW:
+                    return detail
             value, index, reason, _ = self._evaluate(key, context, default, True, check)
             return EvaluationDetail(value, index, reason)
 
@@ -399,45 +438,56 @@ class Client:
         :param context: a :class:`shmflags.Context`, an ``ldclient.Context`` or LD context JSON
         :param default: returned when the flag cannot be evaluated
         """
-        if self._hooks.hooks:
-            return self._value("variation", key, context, default, None)
-        return self._evaluate(key, context, default, False)[0]
+        if not self._hooks.hooks and self._recorder is None:
+            # the common case (no hooks, events off) in C; _SLOW for anything unusual
+            value = self._fast_value(key, context, default)
+            if value is not self._SLOW:
+                return value
+        return self._value("variation", key, context, default, None)
 
     def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
         """Like :meth:`variation`, with the variation index and the reason."""
+        if not self._hooks.hooks and self._recorder is None:
+            detail = self._fast_detail(key, context, default)   # as in variation()
+            if detail is not self._SLOW:
+                return detail
         return self._detail("variation_detail", key, context, default, None)
 
     def bool_variation(self, key: str, context: Any, default: bool) -> bool:
         """The flag's value if it is a JSON boolean, else ``default``."""
-        return self._value("bool_variation", key, context, default, _as_bool)
+        return self._value("bool_variation", key, context, default, _as_bool, _KIND_BOOL)
 
     def bool_variation_detail(self, key: str, context: Any, default: bool) -> EvaluationDetail:
         """:meth:`bool_variation` with details (``WRONG_TYPE`` when not a boolean)."""
-        return self._detail("bool_variation_detail", key, context, default, _as_bool)
+        return self._detail("bool_variation_detail", key, context, default, _as_bool,
+                            _KIND_BOOL)
 
     def int_variation(self, key: str, context: Any, default: int) -> int:
         """The flag's value if it is a JSON number (floats truncated toward zero), else ``default``."""
-        return self._value("int_variation", key, context, default, _as_int)
+        return self._value("int_variation", key, context, default, _as_int, _KIND_INT)
 
     def int_variation_detail(self, key: str, context: Any, default: int) -> EvaluationDetail:
         """:meth:`int_variation` with details (``WRONG_TYPE`` when not a number)."""
-        return self._detail("int_variation_detail", key, context, default, _as_int)
+        return self._detail("int_variation_detail", key, context, default, _as_int,
+                            _KIND_INT)
 
     def float_variation(self, key: str, context: Any, default: float) -> float:
         """The flag's value as a float if it is a JSON number, else ``default``."""
-        return self._value("float_variation", key, context, default, _as_float)
+        return self._value("float_variation", key, context, default, _as_float, _KIND_FLOAT)
 
     def float_variation_detail(self, key: str, context: Any, default: float) -> EvaluationDetail:
         """:meth:`float_variation` with details (``WRONG_TYPE`` when not a number)."""
-        return self._detail("float_variation_detail", key, context, default, _as_float)
+        return self._detail("float_variation_detail", key, context, default, _as_float,
+                            _KIND_FLOAT)
 
     def string_variation(self, key: str, context: Any, default: str) -> str:
         """The flag's value if it is a JSON string, else ``default``."""
-        return self._value("string_variation", key, context, default, _as_str)
+        return self._value("string_variation", key, context, default, _as_str, _KIND_STR)
 
     def string_variation_detail(self, key: str, context: Any, default: str) -> EvaluationDetail:
         """:meth:`string_variation` with details (``WRONG_TYPE`` when not a string)."""
-        return self._detail("string_variation_detail", key, context, default, _as_str)
+        return self._detail("string_variation_detail", key, context, default, _as_str,
+                            _KIND_STR)
 
     def json_variation(self, key: str, context: Any, default: Any) -> Any:
         """The flag's value, whatever its JSON type (same as :meth:`variation`)."""

@@ -29,11 +29,12 @@ class FeatureFlagsState:
         values: Dict[str, Any] = {}
         metadata: Dict[str, Any] = {}
         if state:
-            for key, value in state.items():
-                if key == "$flagsState":
-                    metadata = value
-                elif key != "$valid":
-                    values[key] = value
+            # The object owns ``state``: the two special keys are taken out of it in O(1),
+            # and what remains (in order) is the values map. No flag key can clash with them
+            # (a flag named "$valid" would be overwritten in the backend's output anyway).
+            values = state if type(state) is dict else dict(state)
+            metadata = values.pop("$flagsState", None) or {}
+            values.pop("$valid", None)
         self._values = values
         self._metadata = metadata
 

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
                                     DataSourceStatus, state_from_text)
@@ -174,9 +174,19 @@ class ShmSource:
         self._lock = threading.Lock()
         self._attachment: Any = None
         self._generation_of: Any = None   # the attachment's bound generation() (hot path)
-        self._countdown = 256
-        self._snapshot: Any = None
-        self._generation = 0
+        # What current() serves (snapshot, generation, bad generation, countdown) lives in
+        # one watch object; with the C evaluator it is the C _Watch, which *is* current()
+        # while unchanged (one acquire load of the generation word) and calls _current_py
+        # for everything else. The properties below read and write it.
+        ref = weakref.ref(self)
+
+        def _slow() -> Any:   # through a weak reference: no source <-> watch cycle
+            source = ref()
+            return None if source is None else source._current_py()
+
+        self._w: Any = _new_watch(_slow)
+        if not isinstance(self._w, _PyWatch):
+            self.current = self._w  # type: ignore[method-assign]
         self._next_attempt = 0.0          # monotonic time of the next attach attempt
         self._complained_pid = 0          # pid that already logged "no snapshot"
         self._bad_generation = 0          # generation rejected as corrupt (do not retry it)
@@ -190,7 +200,6 @@ class ShmSource:
         from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
         self.big_segments = ShmBigSegments(
             self._name, cache_size=getattr(config, "big_segments_context_cache_size", CACHE_SIZE))
-        ref = weakref.ref(self)
 
         def _child() -> None:
             source = ref()
@@ -201,12 +210,32 @@ class ShmSource:
 
     # -- hot path ----------------------------------------------------------------------
 
+    # The served state, kept in the watch (see __init__).
+    _snapshot = property(lambda self: self._w.snapshot,
+                         lambda self, v: setattr(self._w, "snapshot", v))
+    _generation = property(lambda self: self._w.generation,
+                           lambda self, v: setattr(self._w, "generation", v))
+    _bad_generation = property(lambda self: self._w.bad_generation,
+                               lambda self, v: setattr(self._w, "bad_generation", v))
+    _countdown = property(lambda self: self._w.countdown,
+                          lambda self, v: setattr(self._w, "countdown", v))
+
+    def _set_attachment(self, attachment: Any) -> None:
+        """Adopt ``attachment`` (or ``None``) for the generation check, in Python and C."""
+        self._attachment = attachment
+        self._generation_of = None if attachment is None else attachment.generation
+        # the C watch loads the generation word from the same buffer Attachment.generation()
+        # reads (a memoryview of the control block); None sends it to _current_py
+        self._w.words = None if attachment is None else getattr(attachment, "_words", None)
+
     def current(self) -> Any:
         """The snapshot to evaluate on, or ``None`` when none is published (yet).
 
         One generation load when attached and unchanged, and no system call: the pid is
         checked only on the slow paths (a fork keeps the mapping valid; only the lock and the
-        log-once state are per process, and an at-fork hook renews them at once).
+        log-once state are per process, and an at-fork hook renews them at once). With the C
+        evaluator an instance attribute (the C watch) shadows this method and calls it (as
+        ``_current_py``) only every 256th call and when the generation changed.
         """
         generation_of = self._generation_of
         if generation_of is not None:
@@ -230,6 +259,8 @@ class ShmSource:
             return self._snapshot
         return self._switch()
 
+    _current_py = current
+
     # -- slow path ---------------------------------------------------------------------
 
     def _liveness_check(self) -> Any:
@@ -248,7 +279,7 @@ class ShmSource:
             with self._lock:
                 if self._attachment is attachment:
                     # A new namespace numbers its generations afresh: map whatever it serves.
-                    self._attachment = self._generation_of = None
+                    self._set_attachment(None)
                     self._generation = self._bad_generation = 0
                     self._next_attempt = 0.0
             return self._switch()
@@ -267,9 +298,7 @@ class ShmSource:
             if self._attachment is None:
                 if time.monotonic() < self._next_attempt:
                     return self._snapshot
-                self._attachment = self._attach()
-                self._generation_of = (None if self._attachment is None
-                                       else self._attachment.generation)
+                self._set_attachment(self._attach())
                 if self._attachment is None:
                     self._next_attempt = time.monotonic() + self._attach_interval
                     self._complain(f"no shmflags supervisor control block for namespace "
@@ -391,6 +420,35 @@ class ShmSource:
     def close(self) -> None:
         """Stop attaching; the current snapshot stays usable until dropped."""
         self._closed = True
+
+
+class _PyWatch:
+    """What a ``ShmSource`` serves, without the C extension (the C ``_Watch`` has the same
+    attributes and is also the hot path of ``current()``)."""
+
+    __slots__ = ("words", "snapshot", "slow", "generation", "bad_generation", "countdown")
+
+    def __init__(self, slow: Any = None) -> None:
+        self.words: Any = None
+        self.snapshot: Any = None
+        self.slow = slow
+        self.generation = 0
+        self.bad_generation = 0
+        self.countdown = 256
+
+
+def _new_watch(slow: Any) -> Any:
+    """The C ``_Watch`` over the control block's generation word when the C evaluator is
+    in use, else a :class:`_PyWatch`."""
+    from shmflags.backend import evaluator_backend
+    if evaluator_backend() == "c":
+        try:
+            from shmflags._native import _Watch
+            from shmflags.snapshot.format import CTL_OFF_GENERATION
+            return _Watch(slow, CTL_OFF_GENERATION)
+        except (ImportError, AttributeError):  # an extension built before the watch existed
+            pass
+    return _PyWatch(slow)
 
 
 def _as_dict(info: Any) -> Dict[str, Any]:

@@ -20,6 +20,8 @@ class EvaluationDetail:
     __slots__ = ("_value", "_variation_index", "_reason")
 
     def __init__(self, value: Any, variation_index: Optional[int], reason: dict) -> None:
+        # Only stores its arguments: the client's C fast path (native/fast.c) fills these
+        # three slots directly instead of calling __init__.
         self._value = value
         self._variation_index = variation_index
         self._reason = reason

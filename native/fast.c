@@ -1,0 +1,553 @@
+/*
+ * fast.c - the worker client's hot path in C: the generation watch (_Watch) and the
+ * variation fast path (_Fast).  Neither is part of the backend contract (underscore names);
+ * shmflags/client/source.py and client.py use them when the C evaluator is chosen.
+ *
+ * _Watch(slow, offset) is ShmSource.current(): while attached (``words`` is the control
+ * block's buffer) and the published generation equals the served (or the rejected) one, it
+ * returns the served snapshot after one aligned 8-byte acquire load, and calls ``slow()``
+ * (the Python implementation) every 256th call and on every change.
+ *
+ * _Fast(current, context_type, detail_type) answers variation()/variation_detail() for the
+ * common case - a valid context of exactly ``context_type``, a C Snapshot being served, no
+ * hooks and no events (the client checks those two) - and returns the module's _SLOW sentinel
+ * for anything else, so the client's full Python path (with its logging, CLIENT_NOT_READY,
+ * USER_NOT_SPECIFIED, EXCEPTION and WRONG_TYPE handling) stays the only place those happen.
+ *
+ * Invariants:
+ *  - a _Watch holds no buffer export between calls: it takes one for the duration of one
+ *    load, so closing the control block's mapping (Attachment.close) never fails because
+ *    of it, and a closed mapping only sends the call to ``slow()``;
+ *  - the generation word is read with an acquire load, aligned and inside the buffer (both
+ *    checked on every read), so a snapshot published before the generation store is visible;
+ *  - _Fast reads the context's ``_error`` and ``_emap`` slots and writes the detail type's
+ *    three slots through offsets taken from the types' own member descriptors at
+ *    construction (checked: writable object slots of exactly that type); a type without
+ *    them is refused (context) or built by calling it (detail);
+ *  - every object handed out is a new reference; nothing here is process-wide state except
+ *    the _SLOW sentinel and the Snapshot type pointer, both set once at import.
+ * Runs in workers; holds the GIL throughout.
+ */
+#include "sf.h"
+#include <math.h>
+#include <structmember.h>
+
+static PyTypeObject *snapshot_type;   /* the C Snapshot type (module.c), set at import */
+static PyObject *slow_sentinel;       /* _native._SLOW */
+
+#define WATCH_PERIOD 256   /* calls between two visits of the slow path while unchanged */
+
+/* ---- _Watch ---------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *words;          /* exporter of the control block (None: not attached) */
+    PyObject *snapshot;       /* the served snapshot or None (never NULL after init) */
+    PyObject *slow;           /* callable: the Python current(); None: returns snapshot */
+    unsigned long long generation;      /* generation of ``snapshot`` (0 = none) */
+    unsigned long long bad_generation;  /* generation rejected as corrupt (0 = none) */
+    long countdown;           /* calls left before the next visit of the slow path */
+    Py_ssize_t offset;        /* byte offset of the u64 generation in ``words`` */
+    vectorcallfunc vectorcall;
+} WatchObject;
+
+/* One acquire load of the generation word; 1 with *out set, 0 when it cannot be read. */
+static int watch_load(WatchObject *w, uint64_t *out)
+{
+    Py_buffer v;
+    if (w->words == NULL || w->words == Py_None)
+        return 0;
+    if (PyObject_GetBuffer(w->words, &v, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();   /* closed or released mapping: the slow path reports it */
+        return 0;
+    }
+    const char *p = (const char *)v.buf + w->offset;
+    int ok = w->offset >= 0 && v.len >= w->offset + 8 && ((uintptr_t)p & 7u) == 0;
+    if (ok) {
+#if defined(__GNUC__)
+        *out = __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE);
+#else
+        *out = *(const volatile uint64_t *)p;   /* aligned 8-byte loads are single-copy atomic */
+#endif
+    }
+    PyBuffer_Release(&v);
+    return ok;
+}
+
+/* The served snapshot (borrowed) when nothing needs the slow path, else NULL. */
+static PyObject *watch_fast(WatchObject *w)
+{
+    uint64_t g;
+    if (!watch_load(w, &g) || (g != w->generation && g != w->bad_generation))
+        return NULL;
+    if (--w->countdown <= 0)
+        return NULL;   /* the slow path resets the countdown and runs its periodic checks */
+    return w->snapshot;
+}
+
+static PyObject *watch_call(WatchObject *w)
+{
+    PyObject *s = watch_fast(w);
+    if (s != NULL) {
+        Py_INCREF(s);
+        return s;
+    }
+    if (w->slow == NULL || w->slow == Py_None) {
+        Py_INCREF(w->snapshot);
+        return w->snapshot;
+    }
+    return PyObject_CallNoArgs(w->slow);
+}
+
+static PyObject *Watch_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                  PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "_Watch() takes no arguments");
+        return NULL;
+    }
+    return watch_call((WatchObject *)self);
+}
+
+static PyObject *Watch_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"slow", "offset", NULL};
+    PyObject *slow = Py_None;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|On:_Watch", kwlist, &slow, &offset))
+        return NULL;
+    if (offset < 0 || (offset & 7) != 0) {
+        PyErr_SetString(PyExc_ValueError, "offset must be a non-negative multiple of 8");
+        return NULL;
+    }
+    WatchObject *w = (WatchObject *)type->tp_alloc(type, 0);
+    if (w == NULL)
+        return NULL;
+    Py_INCREF(slow);
+    w->slow = slow;
+    Py_INCREF(Py_None);
+    w->snapshot = Py_None;
+    Py_INCREF(Py_None);
+    w->words = Py_None;
+    w->offset = offset;
+    w->countdown = WATCH_PERIOD;
+    w->vectorcall = Watch_vectorcall;
+    return (PyObject *)w;
+}
+
+static int Watch_traverse(WatchObject *w, visitproc visit, void *arg)
+{
+    Py_VISIT(w->words);
+    Py_VISIT(w->snapshot);
+    Py_VISIT(w->slow);
+    return 0;
+}
+
+static int Watch_clear(WatchObject *w)
+{
+    Py_CLEAR(w->words);
+    Py_CLEAR(w->slow);
+    /* snapshot stays a valid object (None) so a call during teardown cannot crash */
+    PyObject *old = w->snapshot;
+    Py_INCREF(Py_None);
+    w->snapshot = Py_None;
+    Py_XDECREF(old);
+    return 0;
+}
+
+static void Watch_dealloc(WatchObject *w)
+{
+    PyObject_GC_UnTrack(w);
+    Watch_clear(w);
+    Py_CLEAR(w->snapshot);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+/* object attributes: None instead of NULL, never deletable */
+static int set_object(PyObject **slot, PyObject *v, const char *name)
+{
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "cannot delete %s", name);
+        return -1;
+    }
+    Py_INCREF(v);
+    Py_XSETREF(*slot, v);
+    return 0;
+}
+
+static PyObject *get_object(PyObject *o)
+{
+    o = o != NULL ? o : Py_None;
+    Py_INCREF(o);
+    return o;
+}
+
+static PyObject *Watch_get_words(WatchObject *w, void *c) { return get_object(w->words); }
+static int Watch_set_words(WatchObject *w, PyObject *v, void *c) { return set_object(&w->words, v, "words"); }
+static PyObject *Watch_get_snapshot(WatchObject *w, void *c) { return get_object(w->snapshot); }
+static int Watch_set_snapshot(WatchObject *w, PyObject *v, void *c) { return set_object(&w->snapshot, v, "snapshot"); }
+static PyObject *Watch_get_slow(WatchObject *w, void *c) { return get_object(w->slow); }
+static int Watch_set_slow(WatchObject *w, PyObject *v, void *c) { return set_object(&w->slow, v, "slow"); }
+
+static PyObject *Watch_load(WatchObject *w, PyObject *unused)
+{
+    uint64_t g;
+    if (!watch_load(w, &g))
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(g);
+}
+
+static PyMethodDef Watch_methods[] = {
+    {"load", (PyCFunction)Watch_load, METH_NOARGS,
+     "load() -> int | None: the published generation (one acquire load), None when the "
+     "control block cannot be read (not attached, closed)"},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyGetSetDef Watch_getset[] = {
+    {"words", (getter)Watch_get_words, (setter)Watch_set_words,
+     "buffer exporter of the control block (None: not attached)", NULL},
+    {"snapshot", (getter)Watch_get_snapshot, (setter)Watch_set_snapshot,
+     "the snapshot served while the generation is unchanged (None: none)", NULL},
+    {"slow", (getter)Watch_get_slow, (setter)Watch_set_slow,
+     "callable run instead of the fast path (periodically and on any change)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}
+};
+
+static PyMemberDef Watch_members[] = {
+    {"generation", T_ULONGLONG, offsetof(WatchObject, generation), 0,
+     "generation of the served snapshot (0 = none)"},
+    {"bad_generation", T_ULONGLONG, offsetof(WatchObject, bad_generation), 0,
+     "generation rejected as unusable (0 = none)"},
+    {"countdown", T_LONG, offsetof(WatchObject, countdown), 0,
+     "calls left before the next visit of the slow path"},
+    {"offset", T_PYSSIZET, offsetof(WatchObject, offset), READONLY,
+     "byte offset of the generation word"},
+    {NULL, 0, 0, 0, NULL}
+};
+
+static PyTypeObject WatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmflags._native._Watch",
+    .tp_basicsize = sizeof(WatchObject),
+    .tp_dealloc = (destructor)Watch_dealloc,
+    .tp_vectorcall_offset = offsetof(WatchObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "_Watch(slow=None, offset=0): callable returning the served snapshot; one "
+              "acquire load of the generation word while unchanged, slow() otherwise.",
+    .tp_traverse = (traverseproc)Watch_traverse,
+    .tp_clear = (inquiry)Watch_clear,
+    .tp_methods = Watch_methods,
+    .tp_members = Watch_members,
+    .tp_getset = Watch_getset,
+    .tp_new = Watch_new,
+};
+
+/* ---- _Fast ----------------------------------------------------------------------------- */
+
+enum { KIND_ANY = 0, KIND_BOOL = 1, KIND_INT = 2, KIND_FLOAT = 3, KIND_STR = 4 };
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *current;        /* callable () -> snapshot | None; a _Watch is read inline */
+    PyTypeObject *ctx_type;   /* shmflags.Context (exact type only) */
+    PyObject *detail_type;    /* EvaluationDetail */
+    Py_ssize_t off_error, off_emap;                /* slots of ctx_type */
+    Py_ssize_t off_value, off_index, off_reason;   /* slots of detail_type, or -1 */
+} FastObject;
+
+/* Byte offset of the writable object slot @name defined by @t itself, or -1. */
+static Py_ssize_t slot_offset(PyTypeObject *t, const char *name)
+{
+    PyObject *d = t->tp_dict != NULL ? PyDict_GetItemString(t->tp_dict, name) : NULL;
+    if (d == NULL || Py_TYPE(d) != &PyMemberDescr_Type
+        || ((PyDescrObject *)d)->d_type != t)
+        return -1;
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX || (m->flags & READONLY) || m->offset < (Py_ssize_t)sizeof(PyObject))
+        return -1;
+    return m->offset;
+}
+
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static PyObject *Fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"current", "context_type", "detail_type", NULL};
+    PyObject *current, *ctx_type, *detail_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!O!:_Fast", kwlist, &current,
+                                     &PyType_Type, &ctx_type, &PyType_Type, &detail_type))
+        return NULL;
+    if (!PyCallable_Check(current)) {
+        PyErr_SetString(PyExc_TypeError, "current must be callable");
+        return NULL;
+    }
+    Py_ssize_t oe = slot_offset((PyTypeObject *)ctx_type, "_error");
+    Py_ssize_t om = slot_offset((PyTypeObject *)ctx_type, "_emap");
+    if (oe < 0 || om < 0) {
+        PyErr_SetString(PyExc_TypeError, "context_type needs __slots__ _error and _emap");
+        return NULL;
+    }
+    FastObject *f = (FastObject *)type->tp_alloc(type, 0);
+    if (f == NULL)
+        return NULL;
+    Py_INCREF(current);
+    f->current = current;
+    Py_INCREF(ctx_type);
+    f->ctx_type = (PyTypeObject *)ctx_type;
+    Py_INCREF(detail_type);
+    f->detail_type = detail_type;
+    f->off_error = oe;
+    f->off_emap = om;
+    PyTypeObject *dt = (PyTypeObject *)detail_type;
+    f->off_value = slot_offset(dt, "_value");
+    f->off_index = slot_offset(dt, "_variation_index");
+    f->off_reason = slot_offset(dt, "_reason");
+    if (f->off_value < 0 || f->off_index < 0 || f->off_reason < 0
+        || dt->tp_basicsize < (Py_ssize_t)sizeof(PyObject) + 3 * (Py_ssize_t)sizeof(PyObject *))
+        f->off_value = f->off_index = f->off_reason = -1;   /* built by calling the type */
+    return (PyObject *)f;
+}
+
+static int Fast_traverse(FastObject *f, visitproc visit, void *arg)
+{
+    Py_VISIT(f->current);
+    Py_VISIT(f->ctx_type);
+    Py_VISIT(f->detail_type);
+    return 0;
+}
+
+static int Fast_clear(FastObject *f)
+{
+    Py_CLEAR(f->current);
+    Py_CLEAR(f->ctx_type);
+    Py_CLEAR(f->detail_type);
+    return 0;
+}
+
+static void Fast_dealloc(FastObject *f)
+{
+    PyObject_GC_UnTrack(f);
+    Fast_clear(f);
+    Py_TYPE(f)->tp_free((PyObject *)f);
+}
+
+/*
+ * The shared front half: check the arguments, find the snapshot, evaluate.
+ * Return 1 with the sf_fast_eval() outputs, 0 for "take the slow path" (nothing set).
+ */
+static int fast_eval(FastObject *f, PyObject *const *args, Py_ssize_t nargs, int *kind,
+                     PyObject **value, int32_t *index, PyObject **reason)
+{
+    if (nargs < 3 || nargs > 4 || f->current == NULL)
+        return 0;
+    PyObject *key = args[0], *ctx = args[1];
+    *kind = KIND_ANY;
+    if (nargs == 4) {
+        long k = PyLong_Check(args[3]) ? PyLong_AsLong(args[3]) : -1;
+        if (k < KIND_ANY || k > KIND_STR) {
+            PyErr_Clear();
+            return 0;
+        }
+        *kind = (int)k;
+    }
+    /* an exact str key and a valid context of exactly the contract's type: anything else
+     * (invalid context, ldclient.Context, dict) is the slow path's business */
+    if (!PyUnicode_CheckExact(key) || Py_TYPE(ctx) != f->ctx_type
+        || SLOT(ctx, f->off_error) != Py_None)
+        return 0;
+    PyObject *snap;
+    if (Py_TYPE(f->current) == &WatchType && (snap = watch_fast((WatchObject *)f->current)) != NULL) {
+        Py_INCREF(snap);
+    } else {
+        snap = PyObject_CallNoArgs(f->current);
+        if (snap == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    int done = 0;
+    if (Py_TYPE(snap) == snapshot_type) {   /* None (not ready) or another backend: slow */
+        PyObject *emap = SLOT(ctx, f->off_emap);
+        if (emap != NULL && PyDict_CheckExact(emap)) {
+            Py_INCREF(emap);
+        } else {
+            /* first evaluation of this context: the contract method builds and caches it */
+            emap = PyObject_CallMethodNoArgs(ctx, sf_c.s_eval_map);
+            if (emap == NULL || !PyDict_Check(emap)) {
+                PyErr_Clear();
+                Py_XDECREF(emap);
+                emap = NULL;
+            }
+        }
+        if (emap != NULL) {
+            done = sf_fast_eval((SnapshotObject *)snap, key, emap, value, index, reason);
+            Py_DECREF(emap);
+        }
+    }
+    Py_DECREF(snap);
+    return done;
+}
+
+/* @value (owned) converted as the typed variation @kind wants; NULL (no exception) when its
+ * JSON type is wrong; the same conversions as client.py's _as_bool/_as_int/... */
+static PyObject *typed(PyObject *value, int kind)
+{
+    PyObject *out = NULL;
+    switch (kind) {
+    case KIND_ANY:
+        return value;
+    case KIND_BOOL:
+        if (PyBool_Check(value))
+            return value;
+        break;
+    case KIND_STR:
+        if (PyUnicode_Check(value))
+            return value;
+        break;
+    case KIND_INT:
+        if (PyLong_CheckExact(value))
+            return value;
+        if (PyFloat_CheckExact(value) && isfinite(PyFloat_AS_DOUBLE(value)))
+            out = PyLong_FromDouble(PyFloat_AS_DOUBLE(value));   /* truncates toward zero */
+        break;
+    case KIND_FLOAT:
+        if (PyFloat_CheckExact(value))
+            return value;
+        if (PyLong_CheckExact(value)) {
+            double d = PyLong_AsDouble(value);   /* OverflowError: wrong type, as float() */
+            out = d == -1.0 && PyErr_Occurred() ? NULL : PyFloat_FromDouble(d);
+        }
+        break;
+    }
+    PyErr_Clear();
+    Py_DECREF(value);
+    return out;
+}
+
+static PyObject *slow(void)
+{
+    Py_INCREF(slow_sentinel);
+    return slow_sentinel;
+}
+
+/* _Fast.value(key, context, default, kind=0) -> value | default | _SLOW */
+static PyObject *Fast_value(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *value;
+    int32_t index;
+    int kind;
+    if (!fast_eval(f, args, nargs, &kind, &value, &index, NULL))
+        return slow();
+    if (index < 0) {
+        Py_INCREF(args[2]);
+        return args[2];
+    }
+    value = typed(value, kind);
+    if (value == NULL) {   /* WRONG_TYPE: the default, as the slow path returns */
+        Py_INCREF(args[2]);
+        return args[2];
+    }
+    return value;
+}
+
+/* _Fast.detail(key, context, default, kind=0) -> EvaluationDetail | _SLOW */
+static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *value, *reason, *idx;
+    int32_t index;
+    int kind;
+    if (!fast_eval(f, args, nargs, &kind, &value, &index, &reason))
+        return slow();
+    if (index < 0) {
+        value = args[2];
+        Py_INCREF(value);
+        idx = Py_None;
+        Py_INCREF(idx);
+    } else {
+        value = typed(value, kind);
+        idx = value != NULL ? PyLong_FromLong(index) : NULL;
+        if (idx == NULL) {   /* WRONG_TYPE (its reason object is the slow path's) or no memory */
+            PyErr_Clear();
+            Py_XDECREF(value);
+            Py_DECREF(reason);
+            return slow();
+        }
+    }
+    PyObject *d;
+    if (f->off_value >= 0) {
+        /* EvaluationDetail.__init__ only stores its three arguments in these slots */
+        PyTypeObject *dt = (PyTypeObject *)f->detail_type;
+        d = dt->tp_alloc(dt, 0);
+        if (d != NULL) {
+            SLOT(d, f->off_value) = value;      /* the slots take the references */
+            SLOT(d, f->off_index) = idx;
+            SLOT(d, f->off_reason) = reason;
+            return d;
+        }
+    } else {
+        PyObject *a[3] = {value, idx, reason};
+        d = PyObject_Vectorcall(f->detail_type, a, 3, NULL);
+    }
+    Py_DECREF(value);
+    Py_DECREF(idx);
+    Py_DECREF(reason);
+    if (d == NULL) {
+        PyErr_Clear();
+        return slow();
+    }
+    return d;
+}
+
+static PyMethodDef Fast_methods[] = {
+    {"value", (PyCFunction)(void (*)(void))Fast_value, METH_FASTCALL,
+     "value(key, context, default, kind=0) -> the variation value, default, or _SLOW"},
+    {"detail", (PyCFunction)(void (*)(void))Fast_detail, METH_FASTCALL,
+     "detail(key, context, default, kind=0) -> EvaluationDetail or _SLOW"},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject FastType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmflags._native._Fast",
+    .tp_basicsize = sizeof(FastObject),
+    .tp_dealloc = (destructor)Fast_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "_Fast(current, context_type, detail_type): the client's variation fast path "
+              "(returns _SLOW when the full path must answer).",
+    .tp_traverse = (traverseproc)Fast_traverse,
+    .tp_clear = (inquiry)Fast_clear,
+    .tp_methods = Fast_methods,
+    .tp_new = Fast_new,
+};
+
+/**
+ * sf_fast_register() - add _Watch, _Fast and _SLOW to the module (called once at import).
+ * Return: 0, or -1 with an exception set.
+ */
+int sf_fast_register(PyObject *module, PyTypeObject *snap_type)
+{
+    snapshot_type = snap_type;
+    if (PyType_Ready(&WatchType) < 0 || PyType_Ready(&FastType) < 0)
+        return -1;
+    slow_sentinel = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (slow_sentinel == NULL)
+        return -1;
+    Py_INCREF(&WatchType);
+    if (PyModule_AddObject(module, "_Watch", (PyObject *)&WatchType) < 0) {
+        Py_DECREF(&WatchType);
+        return -1;
+    }
+    Py_INCREF(&FastType);
+    if (PyModule_AddObject(module, "_Fast", (PyObject *)&FastType) < 0) {
+        Py_DECREF(&FastType);
+        return -1;
+    }
+    Py_INCREF(slow_sentinel);
+    if (PyModule_AddObject(module, "_SLOW", slow_sentinel) < 0) {
+        Py_DECREF(slow_sentinel);
+        return -1;
+    }
+    return 0;
+}
