@@ -12,7 +12,7 @@ SHMFLAGS_REQUIRE_NATIVE=1 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 if [ "$status" = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
 [ "$status" = 0 ] || exit "$status"
 echo "== pytest (pure-Python evaluator)"
-SHMFLAGS_EVALUATOR=python .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" \
+SHMFLAGS_EVALUATOR=python .venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not c_only" \
   tests/test_corpus.py tests/unit "$@" || status=$?
 if [ "$status" = 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
 exit "$status"

@@ -189,7 +189,26 @@ def name() -> Iterator[str]:
     shm.cleanup(ns)
 
 
-@pytest.mark.skipif(evaluator_backend() != "c", reason="the C watch is used by the C backend")
+def test_python_backend_uses_the_python_watch_and_slow_path(name: str) -> None:
+    """On the Python evaluator the source serves through _PyWatch and the client's fast path
+    always hands over to the full Python path (the C one serves C snapshots only)."""
+    from shmflags.client import source as source_mod
+    source = ShmSource(Config(name=name, environ={}))
+    client = Client(Config(name=name, environ={}, send_events=False))
+    try:
+        if evaluator_backend() == "c":
+            assert not isinstance(source._w, source_mod._PyWatch)
+            assert client._fast_value("missing", USER, None) is client._SLOW   # no snapshot
+        else:
+            assert isinstance(source._w, source_mod._PyWatch)
+            assert client._fast_value("s", USER, None) is client._SLOW
+            assert client._fast_detail("s", USER, None) is client._SLOW
+    finally:
+        client.close()
+        source.close()
+
+
+@pytest.mark.c_only
 def test_shm_source_current_is_the_c_watch_and_sees_switches(name: str, N: Any,
                                                              caplog: Any) -> None:
     pub = shm.Publisher(name, grace=0.2)
@@ -244,10 +263,10 @@ def test_fast_path_answers_what_the_full_path_answers(method: str, default: Any)
             assert da.is_default_value() == db.is_default_value()
 
 
+@pytest.mark.c_only
 def test_fast_path_is_taken_and_gives_fresh_objects(N: Any) -> None:
     fast, _ = _clients()
-    if evaluator_backend() != "c":
-        pytest.skip("the fast path serves C snapshots only")
+    assert evaluator_backend() == "c", "c_only: run with the C evaluator"
     assert fast._fast_value("s", USER, None) == "y"
     a, b = fast.variation("j", USER, None), fast.variation("j", USER, None)
     assert a == [1, {"b": 2}] and a is not b, "dict/list values are fresh copies"
