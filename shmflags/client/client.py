@@ -166,6 +166,7 @@ class Client:
         # only while ``_recorder is _fast_recorder`` (both None: events off). A different
         # recorder (set later, or one the fast path cannot take) is checked by _sync_fast.
         self._fast_recorder: Any = None
+        self._fast_refused: Any = None  # the last recorder the fast path could not take
         metadata = environment_metadata(self._config)
         plugins = list(self._config.plugins or ())
         self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
@@ -437,12 +438,15 @@ class Client:
         recorder = self._recorder
         if recorder is self._fast_recorder:
             return True
+        if recorder is self._fast_refused and recorder is not None:
+            return False  # checked before: the Python path records for this recorder
         if recorder is None or _fast_recorder_for(self._fast, recorder):
             if recorder is None and self._fast is not None:
                 self._fast.recorder = None
             self._fast_recorder = recorder
             return True
         self._fast_recorder = None
+        self._fast_refused = recorder
         return False
 
     def _value(self, method: str, key: str, context: Any, default: Any,
