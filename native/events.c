@@ -15,6 +15,9 @@
  * _record_evaluation_py, which is the reference implementation (and the
  * whole implementation when this extension is absent).  Both work on the
  * same Python objects, so the datagrams are the same by construction.
+ * The client's fast path (fast.c) reaches the same common case through
+ * sf_core_record_fast(), without an EvalTuple; a refusal there records nothing and the
+ * client takes its Python path.
  * Runs in worker processes only.
  *
  * Data shapes (built by recorder.py; anything else goes to the Python path):
@@ -61,6 +64,7 @@ typedef struct {
     PyObject *locked;     /* lock.locked (bound), cached when _lock is set; NULL if none */
 } RecorderCore;
 
+static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
@@ -223,14 +227,113 @@ static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
     return 0;
 }
 
-/* record_evaluation(key, context, eval_tuple, default, with_reason)
+/*
+ * core_common() - the common case, as _record_evaluation_py computes it: the context's entry
+ * gets one use for the evaluation and one per prerequisite with a flag; the flag's counter
+ * and each prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
+ * @key, @context, @variation (int or None), @info: as in the EvalTuple.
+ * @prereqs: exact tuple or list of prerequisite event tuples, or NULL for none.
+ * @now: the time of the call (already checked against _deadline by the caller).
  *
- * The common case, as _record_evaluation_py computes it: the context's entry gets one use
- * for the evaluation and one per prerequisite with a flag; the flag's counter and each
- * prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
- * Every check comes before the first change, so a call either does all of this or hands
- * the unchanged state to the Python path (only a MemoryError can stop it half-way, and
- * the Python path has the same property). */
+ * Every check comes before the first change, so a call either does all of this or leaves
+ * the state unchanged for the Python path (only a MemoryError can stop it half-way, and the
+ * Python path has the same property).  Runs no Python code (see the header comment).
+ * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
+ */
+static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
+                       PyObject *variation, PyObject *info, PyObject *prereqs, double now)
+{
+    Py_ssize_t np = 0;
+    PyObject **pitems = NULL;
+    if (prereqs != NULL) {
+        if (!PyTuple_CheckExact(prereqs) && !PyList_CheckExact(prereqs))
+            return 0;
+        np = PySequence_Fast_GET_SIZE(prereqs);
+        pitems = PySequence_Fast_ITEMS(prereqs);
+    }
+    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
+    if (!plain_info(info) || np > MAX_PREREQS)
+        return 0;
+    /* The context's window entry: the last one used, or found by its fully-qualified key.
+     * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
+     * slot read runs no Python code); a context not yet seen in this window, or any other
+     * object, takes the Python path, which creates the entry and fills the cache. */
+    PyObject *entry = self->last_entry, *summary = self->summary;
+    if (context != self->last_ctx) {
+        if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
+            return 0;
+        PyObject *fq = PyObject_GetAttr(context, s_fqk);
+        if (fq == NULL) {
+            PyErr_Clear();
+            return 0;
+        }
+        entry = PyUnicode_CheckExact(fq) ? PyDict_GetItemWithError(self->contexts, fq) : NULL;
+        Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
+        if (entry == NULL)
+            return PyErr_Occurred() ? -1 : 0;
+    }
+    /* entry = [context dict, first_ms, count, index, kinds, context] */
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+        return 0;
+    /* No thread is inside a section locked by the Python code (see the header comment). */
+    if (self->locked == NULL)
+        return 0;
+    PyObject *held = PyObject_CallNoArgs(self->locked);
+    if (held == NULL)
+        return -1;
+    Py_DECREF(held);
+    if (held != Py_False)
+        return 0;
+    PyObject *kinds = PyList_GET_ITEM(entry, 4);
+    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
+    PyObject *counters[MAX_PREREQS + 1];
+    Py_ssize_t n = 0;
+    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), variation,
+                         &counters[n]);
+    if (r <= 0)
+        return r;
+    n++;
+    for (Py_ssize_t i = 0; i < np; i++) {
+        /* (prereq_of, key, value, variation, reason, info) */
+        PyObject *p = pitems[i];
+        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 6)
+            return 0;
+        PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
+        if (pinfo == Py_None)
+            continue;                             /* unknown prerequisite: not counted */
+        if (!plain_info(pinfo))
+            return 0;
+        r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
+                         PyTuple_GET_ITEM(p, 3), &counters[n]);
+        if (r <= 0)
+            return r;
+        n++;
+    }
+    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
+     * incremented twice, as the Python path does. */
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (add_to(counters[i], 0, s_one) < 0)
+            return -1;
+    PyObject *uses = PyLong_FromSsize_t(n);
+    if (uses == NULL)
+        return -1;
+    r = add_to(entry, 2, uses);
+    Py_DECREF(uses);
+    if (r < 0)
+        return -1;
+    if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
+        Py_INCREF(context);
+        Py_INCREF(entry);
+        Py_SETREF(self->last_ctx, context);
+        Py_SETREF(self->last_entry, entry);
+    }
+    self->end = now;
+    return 1;
+}
+
+/* record_evaluation(key, context, eval_tuple, default, with_reason): core_common() for the
+ * EvalTuple, or the unchanged call to _record_evaluation_py. */
 static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
                              PyObject *kwnames)
 {
@@ -241,93 +344,45 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     double now = now_seconds();
     if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
         return slow_path(op, args, nargs, kwnames);
-    PyObject *key = args[0], *context = args[1], *t = args[2];
+    PyObject *t = args[2];
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
-    PyObject *info = PyTuple_GET_ITEM(t, 3), *prereqs = PyTuple_GET_ITEM(t, 4);
-    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
-    if (!plain_info(info) || !PyTuple_CheckExact(prereqs)
-        || PyTuple_GET_SIZE(prereqs) > MAX_PREREQS)
-        return slow_path(op, args, nargs, kwnames);
-    /* The context's window entry: the last one used, or found by its fully-qualified key.
-     * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
-     * slot read runs no Python code); a context not yet seen in this window, or any other
-     * object, takes the Python path, which creates the entry and fills the cache. */
-    PyObject *entry = self->last_entry, *summary = self->summary;
-    if (context != self->last_ctx) {
-        if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
-            return slow_path(op, args, nargs, kwnames);
-        PyObject *fq = PyObject_GetAttr(context, s_fqk);
-        if (fq == NULL) {
-            PyErr_Clear();
-            return slow_path(op, args, nargs, kwnames);
-        }
-        entry = PyUnicode_CheckExact(fq) ? PyDict_GetItemWithError(self->contexts, fq) : NULL;
-        Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
-        if (entry == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            return slow_path(op, args, nargs, kwnames);
-        }
-    }
-    /* entry = [context dict, first_ms, count, index, kinds, context] */
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
-        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
-        return slow_path(op, args, nargs, kwnames);
-    /* No thread is inside a section locked by the Python code (see the header comment). */
-    if (self->locked == NULL)
-        return slow_path(op, args, nargs, kwnames);
-    PyObject *held = PyObject_CallNoArgs(self->locked);
-    if (held == NULL)
-        return NULL;
-    Py_DECREF(held);
-    if (held != Py_False)
-        return slow_path(op, args, nargs, kwnames);
-    PyObject *kinds = PyList_GET_ITEM(entry, 4);
-    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
-    PyObject *counters[MAX_PREREQS + 1];
-    Py_ssize_t n = 0;
-    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), PyTuple_GET_ITEM(t, 1),
-                         &counters[n]);
-    if (r <= 0)
-        return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
-    n++;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prereqs); i++) {
-        /* (prereq_of, key, value, variation, reason, info) */
-        PyObject *p = PyTuple_GET_ITEM(prereqs, i);
-        if (!PyTuple_CheckExact(p) || PyTuple_GET_SIZE(p) != 6)
-            return slow_path(op, args, nargs, kwnames);
-        PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
-        if (pinfo == Py_None)
-            continue;                             /* unknown prerequisite: not counted */
-        if (!plain_info(pinfo))
-            return slow_path(op, args, nargs, kwnames);
-        r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
-                         PyTuple_GET_ITEM(p, 3), &counters[n]);
-        if (r <= 0)
-            return r < 0 ? NULL : slow_path(op, args, nargs, kwnames);
-        n++;
-    }
-    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
-     * incremented twice, as the Python path does. */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (add_to(counters[i], 0, s_one) < 0)
-            return NULL;
-    PyObject *uses = PyLong_FromSsize_t(n);
-    if (uses == NULL)
-        return NULL;
-    r = add_to(entry, 2, uses);
-    Py_DECREF(uses);
+    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 3),
+                        PyTuple_GET_ITEM(t, 4), now);
     if (r < 0)
         return NULL;
-    if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
-        Py_INCREF(context);
-        Py_INCREF(entry);
-        Py_SETREF(self->last_ctx, context);
-        Py_SETREF(self->last_entry, entry);
-    }
-    self->end = now;
+    if (r == 0)
+        return slow_path(op, args, nargs, kwnames);
     Py_RETURN_NONE;
+}
+
+/**
+ * sf_core_check() - whether @o is a _RecorderCore (the client's fast path may hand it
+ * evaluations).  Return: 1 or 0.
+ */
+int sf_core_check(PyObject *o)
+{
+    return PyObject_TypeCheck(o, &RecorderCoreType);
+}
+
+/**
+ * sf_core_record_fast() - record one evaluation from the client's fast path (fast.c), which
+ * has no EvalTuple: the same checks and counting as record_evaluation's common case.
+ * @core: a _RecorderCore (sf_core_check()).
+ * @variation: the variation index as an int, or None.
+ * @info: the flag's info tuple; @prereqs: list of prerequisite event tuples, or NULL.
+ *
+ * Return: 1 counted; 0 nothing recorded (the caller must take the full Python path, which
+ * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
+ */
+int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
+                        PyObject *info, PyObject *prereqs)
+{
+    RecorderCore *self = (RecorderCore *)core;
+    double now = now_seconds();
+    if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
+        return 0;
+    return core_common(self, key, context, variation, info, prereqs, now);
 }
 
 static PyObject *core_get_lock(RecorderCore *self, void *closure)

@@ -10,9 +10,11 @@
  *
  * _Fast(current, context_type, detail_type) answers variation()/variation_detail() for the
  * common case - a valid context of exactly ``context_type``, a C Snapshot being served, no
- * hooks and no events (the client checks those two) - and returns the module's _SLOW sentinel
- * for anything else, so the client's full Python path (with its logging, CLIENT_NOT_READY,
- * USER_NOT_SPECIFIED, EXCEPTION and WRONG_TYPE handling) stays the only place those happen.
+ * hooks (the client checks) - and returns the module's _SLOW sentinel for anything else, so
+ * the client's full Python path (with its logging, CLIENT_NOT_READY, USER_NOT_SPECIFIED,
+ * EXCEPTION and WRONG_TYPE handling) stays the only place those happen.  With ``recorder``
+ * set (a _RecorderCore, events on) it also counts the evaluation through
+ * sf_core_record_fast() (events.c) and returns _SLOW when the core refuses the call.
  *
  * Invariants:
  *  - a _Watch holds no buffer export between calls: it takes one for the duration of one
@@ -24,6 +26,9 @@
  *    three slots through offsets taken from the types' own member descriptors at
  *    construction (checked: writable object slots of exactly that type); a type without
  *    them is refused (context) or built by calling it (detail);
+ *  - with a recorder, an evaluation is either counted by the core and answered here, or
+ *    not recorded at all and answered _SLOW (the Python path then evaluates again and
+ *    records it): never both, never neither; a WRONG_TYPE typed variation is always _SLOW;
  *  - every object handed out is a new reference; nothing here is process-wide state except
  *    the _SLOW sentinel and the Snapshot type pointer, both set once at import.
  * Runs in workers; holds the GIL throughout.
@@ -253,6 +258,7 @@ typedef struct {
     PyObject *current;        /* callable () -> snapshot | None; a _Watch is read inline */
     PyTypeObject *ctx_type;   /* shmflags.Context (exact type only) */
     PyObject *detail_type;    /* EvaluationDetail */
+    PyObject *recorder;       /* a _RecorderCore the evaluations are counted in, or None */
     Py_ssize_t off_error, off_emap;                /* slots of ctx_type */
     Py_ssize_t off_value, off_index, off_reason;   /* slots of detail_type, or -1 */
 } FastObject;
@@ -298,6 +304,8 @@ static PyObject *Fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     f->ctx_type = (PyTypeObject *)ctx_type;
     Py_INCREF(detail_type);
     f->detail_type = detail_type;
+    Py_INCREF(Py_None);
+    f->recorder = Py_None;
     f->off_error = oe;
     f->off_emap = om;
     PyTypeObject *dt = (PyTypeObject *)detail_type;
@@ -315,6 +323,7 @@ static int Fast_traverse(FastObject *f, visitproc visit, void *arg)
     Py_VISIT(f->current);
     Py_VISIT(f->ctx_type);
     Py_VISIT(f->detail_type);
+    Py_VISIT(f->recorder);
     return 0;
 }
 
@@ -323,6 +332,7 @@ static int Fast_clear(FastObject *f)
     Py_CLEAR(f->current);
     Py_CLEAR(f->ctx_type);
     Py_CLEAR(f->detail_type);
+    Py_CLEAR(f->recorder);
     return 0;
 }
 
@@ -335,10 +345,12 @@ static void Fast_dealloc(FastObject *f)
 
 /*
  * The shared front half: check the arguments, find the snapshot, evaluate.
+ * @info, @prereqs: NULL, or (with a recorder) out: the event inputs of sf_fast_eval().
  * Return 1 with the sf_fast_eval() outputs, 0 for "take the slow path" (nothing set).
  */
 static int fast_eval(FastObject *f, PyObject *const *args, Py_ssize_t nargs, int *kind,
-                     PyObject **value, int32_t *index, PyObject **reason)
+                     PyObject **value, int32_t *index, PyObject **reason, PyObject **info,
+                     PyObject **prereqs)
 {
     if (nargs < 3 || nargs > 4 || f->current == NULL)
         return 0;
@@ -382,7 +394,8 @@ static int fast_eval(FastObject *f, PyObject *const *args, Py_ssize_t nargs, int
             }
         }
         if (emap != NULL) {
-            done = sf_fast_eval((SnapshotObject *)snap, key, emap, value, index, reason);
+            done = sf_fast_eval((SnapshotObject *)snap, key, emap, value, index, reason,
+                                info, prereqs);
             Py_DECREF(emap);
         }
     }
@@ -432,14 +445,58 @@ static PyObject *slow(void)
     return slow_sentinel;
 }
 
+/*
+ * Count the evaluation just made in f->recorder (sf_core_record_fast()); consumes @info and
+ * @prereqs.  Return 1 counted (or lost to an exception, which is cleared: the Python path
+ * also only logs a recording failure), 0 nothing recorded: the caller returns _SLOW and the
+ * Python path evaluates again and records (the evaluation is deterministic and this one has
+ * left no trace, so the outcome is the one it would have had from the start).
+ */
+static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyObject *info,
+                       PyObject *prereqs)
+{
+    PyObject *variation = Py_None;
+    if (index >= 0)
+        variation = PyLong_FromLong(index);   /* small ints: cached, no allocation */
+    else
+        Py_INCREF(variation);
+    int r = variation == NULL ? -1
+            : sf_core_record_fast(f->recorder, args[0], args[1], variation, info, prereqs);
+    Py_XDECREF(variation);
+    Py_DECREF(info);
+    Py_XDECREF(prereqs);
+    if (r < 0)
+        PyErr_Clear();
+    return r != 0;
+}
+
 /* _Fast.value(key, context, default, kind=0) -> value | default | _SLOW */
 static PyObject *Fast_value(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *value;
+    PyObject *value, *info, *prereqs;
     int32_t index;
     int kind;
-    if (!fast_eval(f, args, nargs, &kind, &value, &index, NULL))
+    int events = f->recorder != Py_None;
+    if (!fast_eval(f, args, nargs, &kind, &value, &index, NULL,
+                   events ? &info : NULL, events ? &prereqs : NULL))
         return slow();
+    if (events) {
+        /* A wrong JSON type is recorded with variation None: the Python path's case */
+        if (index >= 0 && (value = typed(value, kind)) == NULL) {
+            Py_DECREF(info);
+            Py_XDECREF(prereqs);
+            return slow();
+        }
+        if (!fast_record(f, args, index, info, prereqs)) {
+            Py_XDECREF(value);
+            return slow();
+        }
+        if (index < 0) {
+            Py_INCREF(args[2]);
+            return args[2];
+        }
+        return value;
+    }
     if (index < 0) {
         Py_INCREF(args[2]);
         return args[2];
@@ -455,10 +512,12 @@ static PyObject *Fast_value(FastObject *f, PyObject *const *args, Py_ssize_t nar
 /* _Fast.detail(key, context, default, kind=0) -> EvaluationDetail | _SLOW */
 static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *value, *reason, *idx;
+    PyObject *value, *reason, *idx, *info = NULL, *prereqs = NULL;
     int32_t index;
     int kind;
-    if (!fast_eval(f, args, nargs, &kind, &value, &index, &reason))
+    int events = f->recorder != Py_None;
+    if (!fast_eval(f, args, nargs, &kind, &value, &index, &reason,
+                   events ? &info : NULL, events ? &prereqs : NULL))
         return slow();
     if (index < 0) {
         value = args[2];
@@ -472,8 +531,17 @@ static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t na
             PyErr_Clear();
             Py_XDECREF(value);
             Py_DECREF(reason);
+            Py_XDECREF(info);
+            Py_XDECREF(prereqs);
             return slow();
         }
+    }
+    /* counted before the detail is built: a refusal leaves nothing recorded */
+    if (events && !fast_record(f, args, index, info, prereqs)) {
+        Py_DECREF(value);
+        Py_DECREF(idx);
+        Py_DECREF(reason);
+        return slow();
     }
     PyObject *d;
     if (f->off_value >= 0) {
@@ -500,6 +568,25 @@ static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t na
     return d;
 }
 
+static PyObject *Fast_get_recorder(FastObject *f, void *c) { return get_object(f->recorder); }
+
+/* recorder: None, or a _RecorderCore whose record_evaluation is the C one (the client
+ * checks that no subclass overrides it before attaching) */
+static int Fast_set_recorder(FastObject *f, PyObject *v, void *c)
+{
+    if (v != NULL && v != Py_None && !sf_core_check(v)) {
+        PyErr_SetString(PyExc_TypeError, "recorder must be None or a _RecorderCore");
+        return -1;
+    }
+    return set_object(&f->recorder, v, "recorder");
+}
+
+static PyGetSetDef Fast_getset[] = {
+    {"recorder", (getter)Fast_get_recorder, (setter)Fast_set_recorder,
+     "_RecorderCore that counts the fast path's evaluations (None: events off)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}
+};
+
 static PyMethodDef Fast_methods[] = {
     {"value", (PyCFunction)(void (*)(void))Fast_value, METH_FASTCALL,
      "value(key, context, default, kind=0) -> the variation value, default, or _SLOW"},
@@ -519,6 +606,7 @@ static PyTypeObject FastType = {
     .tp_traverse = (traverseproc)Fast_traverse,
     .tp_clear = (inquiry)Fast_clear,
     .tp_methods = Fast_methods,
+    .tp_getset = Fast_getset,
     .tp_new = Fast_new,
 };
 

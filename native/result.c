@@ -313,7 +313,12 @@ done:
  * @value: out: new reference to the (copied) variation value, or NULL when no variation.
  * @index: out: variation index, -1 for none.
  * @reason: out when not NULL: new reference to a fresh reason dict.
+ * @info: out when not NULL (events wanted): new reference to the EvalTuple's info tuple.
+ * @prereqs: out when @info is not NULL: new reference to the list of prerequisite event
+ *           tuples (the EvalTuple's fifth field as a list), or NULL for none.
  *
+ * With @info, a flag that is not found returns 0: its event (info None) is the Python
+ * path's, and the recorder core would refuse it anyway.
  * Invariant: whenever this returns 1 the outcome is exactly what sf_py_evaluate() would put
  * in the EvalTuple's first three fields (same evaluation, same objects built the same way).
  * Every unusual case - a Python exception during evaluation (logged there as EXCEPTION),
@@ -323,7 +328,7 @@ done:
  * Return: 1 done, 0 take the slow path.
  */
 int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
-                 int32_t *index, PyObject **reason)
+                 int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs)
 {
     sf_rec_t rec;
     const sf_flag_rec_t *f;
@@ -331,12 +336,18 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
     *index = -1;
     if (reason != NULL)
         *reason = NULL;
+    if (info != NULL) {
+        *info = NULL;
+        *prereqs = NULL;
+    }
     int found = find_flag(self, key, &rec, &f);
     if (found < 0) {
         PyErr_Clear();
         return 0;
     }
     if (found == 0) {
+        if (info != NULL)
+            return 0;   /* FLAG_NOT_FOUND with events: the Python path records it */
         if (reason != NULL && (*reason = error_reason(sf_c.s_FLAG_NOT_FOUND)) == NULL) {
             PyErr_Clear();
             return 0;
@@ -358,8 +369,14 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
              && (e.bigseg_status == NULL
                  || PyDict_SetItem(*reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) == 0);
     }
+    if (ok && info != NULL)
+        ok = (*info = sf_info_tuple(self, &rec, f, &res)) != NULL;   /* cached: a new ref */
     *index = res.variation;
     sf_kmemo_clear(&memo);
+    if (ok && info != NULL) {
+        *prereqs = e.events;   /* the list (or NULL) sf_py_evaluate turns into a tuple */
+        e.events = NULL;
+    }
     Py_XDECREF(e.events);
     Py_XDECREF(e.bigseg_status);
     Py_XDECREF(e.bigseg_cache);
@@ -368,6 +385,10 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
         Py_CLEAR(*value);
         if (reason != NULL)
             Py_CLEAR(*reason);
+        if (info != NULL) {
+            Py_CLEAR(*info);
+            Py_CLEAR(*prereqs);
+        }
         *index = -1;
         return 0;
     }

@@ -43,29 +43,53 @@ _USER_NOT_SPECIFIED = {"kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
 _EXCEPTION = {"kind": "ERROR", "errorKind": "EXCEPTION"}
 _WRONG_TYPE = {"kind": "ERROR", "errorKind": "WRONG_TYPE"}
 
-def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any]:
-    """``(value, detail, SLOW)``: the C fast path of ``variation`` / ``variation_detail`` over
-    ``current`` (used when the C evaluator is, see ``native/fast.c``), or stand-ins that always
-    answer ``SLOW`` (take the full path).
+def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
+    """``(value, detail, SLOW, fast)``: the C fast path of ``variation`` / ``variation_detail``
+    over ``current`` (used when the C evaluator is, see ``native/fast.c``), or stand-ins that
+    always answer ``SLOW`` (take the full path) and ``fast`` ``None``.
 
     ``value(key, context, default, kind=0)`` returns the value (or ``default``) and
     ``detail(...)`` an :class:`EvaluationDetail`, for a valid :class:`Context` on a C snapshot;
     anything else (invalid or foreign context, no snapshot, an error) gives ``SLOW``. The
-    caller checks hooks and events first: the fast path records nothing.
+    caller checks hooks first. Events: ``fast.recorder`` (see :func:`_fast_recorder_for`) is
+    the recorder whose C core counts the common case; with it ``None`` the fast path records
+    nothing, so the caller uses it only when events are off.
     """
     from shmflags.backend import evaluator_backend
     if evaluator_backend() == "c":
         try:
             from shmflags._native import _SLOW, _Fast
             fast = _Fast(current, Context, EvaluationDetail)
-            return fast.value, fast.detail, _SLOW
+            return fast.value, fast.detail, _SLOW, fast
         except (ImportError, AttributeError, TypeError):  # an older build: no fast path
             pass
     slow = object()
 
     def always_slow(*args: Any) -> Any:
         return slow
-    return always_slow, always_slow, slow
+    return always_slow, always_slow, slow, None
+
+
+def _fast_recorder_for(fast: Any, recorder: Any) -> bool:
+    """Let the C fast path count evaluations in ``recorder`` if it can; ``True`` if it does.
+
+    It can when ``recorder`` is a ``_native._RecorderCore`` (``EventRecorder`` with the C
+    extension) whose ``record_evaluation`` is the core's own, neither overridden by a
+    subclass nor replaced on the instance: the fast path then hands the core what
+    ``record_evaluation``'s common case needs, and anything else takes the Python path.
+    """
+    if fast is None:
+        return False
+    try:
+        from shmflags._native import _RecorderCore
+    except ImportError:  # pragma: no cover - _Fast exists, so does the core
+        return False
+    ok = (isinstance(recorder, _RecorderCore)
+          and getattr(type(recorder), "record_evaluation", None)
+          is _RecorderCore.record_evaluation
+          and "record_evaluation" not in getattr(recorder, "__dict__", {}))
+    fast.recorder = recorder if ok else None
+    return ok
 
 
 #: ``kind`` argument of the fast path for each typed variation (native/fast.c)
@@ -137,7 +161,12 @@ class Client:
                 _source = ShmSource(self._config)
         self._source = _source
         self._current = _source.current  # bound once: called on every evaluation
-        self._fast_value, self._fast_detail, self._SLOW = _make_fast(self._current)
+        self._fast_value, self._fast_detail, self._SLOW, self._fast = _make_fast(self._current)
+        # The recorder the fast path counts in (``_fast.recorder``); the fast path is taken
+        # only while ``_recorder is _fast_recorder`` (both None: events off). A different
+        # recorder (set later, or one the fast path cannot take) is checked by _sync_fast.
+        self._fast_recorder: Any = None
+        self._fast_refused: Any = None  # the last recorder the fast path could not take
         metadata = environment_metadata(self._config)
         plugins = list(self._config.plugins or ())
         self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
@@ -272,6 +301,7 @@ class Client:
             return
         self._closed = True
         recorder, self._recorder = self._recorder, None
+        self._sync_fast()  # the fast path stops counting in the closed recorder
         if recorder is not None:
             try:
                 recorder.close()
@@ -400,10 +430,29 @@ class Client:
         except Exception:  # noqa: BLE001 - events must not break evaluation
             log.exception("recording an evaluation event failed")
 
+    def _sync_fast(self) -> bool:
+        """Point the fast path at the current recorder if it can count in it.
+
+        :returns: ``True`` when the fast path may be tried (``_recorder is _fast_recorder``)
+        """
+        recorder = self._recorder
+        if recorder is self._fast_recorder:
+            return True
+        if recorder is self._fast_refused and recorder is not None:
+            return False  # checked before: the Python path records for this recorder
+        if recorder is None or _fast_recorder_for(self._fast, recorder):
+            if recorder is None and self._fast is not None:
+                self._fast.recorder = None
+            self._fast_recorder = recorder
+            return True
+        self._fast_recorder = None
+        self._fast_refused = recorder
+        return False
+
     def _value(self, method: str, key: str, context: Any, default: Any,
                check: Optional[Callable[[Any], Any]], kind: int = _KIND_ANY) -> Any:
         if not self._hooks.hooks:
-            if self._recorder is None:
+            if self._recorder is self._fast_recorder or self._sync_fast():
                 value = self._fast_value(key, context, default, kind)
                 if value is not self._SLOW:
                     return value
@@ -418,7 +467,7 @@ class Client:
                 check: Optional[Callable[[Any], Any]], kind: int = _KIND_ANY
                 ) -> EvaluationDetail:
         if not self._hooks.hooks:
-            if self._recorder is None:
+            if self._recorder is self._fast_recorder or self._sync_fast():
                 detail = self._fast_detail(key, context, default, kind)
                 if detail is not self._SLOW:
                     return detail
@@ -438,19 +487,25 @@ class Client:
         :param context: a :class:`shmflags.Context`, an ``ldclient.Context`` or LD context JSON
         :param default: returned when the flag cannot be evaluated
         """
-        if not self._hooks.hooks and self._recorder is None:
-            # the common case (no hooks, events off) in C; _SLOW for anything unusual
-            value = self._fast_value(key, context, default)
-            if value is not self._SLOW:
-                return value
+        if not self._hooks.hooks:
+            if self._recorder is self._fast_recorder or self._sync_fast():
+                # the common case (events off, or counted by the recorder's C core) in C;
+                # _SLOW for anything unusual, which the full path below answers
+                value = self._fast_value(key, context, default)
+                if value is not self._SLOW:
+                    return value
+            return self._evaluate(key, context, default, False)[0]
         return self._value("variation", key, context, default, None)
 
     def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
         """Like :meth:`variation`, with the variation index and the reason."""
-        if not self._hooks.hooks and self._recorder is None:
-            detail = self._fast_detail(key, context, default)   # as in variation()
-            if detail is not self._SLOW:
-                return detail
+        if not self._hooks.hooks:
+            if self._recorder is self._fast_recorder or self._sync_fast():
+                detail = self._fast_detail(key, context, default)   # as in variation()
+                if detail is not self._SLOW:
+                    return detail
+            value, index, reason, _ = self._evaluate(key, context, default, True)
+            return EvaluationDetail(value, index, reason)
         return self._detail("variation_detail", key, context, default, None)
 
     def bool_variation(self, key: str, context: Any, default: bool) -> bool:

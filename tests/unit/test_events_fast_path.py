@@ -1,0 +1,303 @@
+"""The client's C fast path with events on (native/fast.c handing results to native/events.c).
+
+With an ``EventRecorder`` whose C core can take the call, ``Client.variation*`` evaluates and
+counts in C; everything else (a first sighting, a new counter, full events, a held lock, a
+pending slow check) returns ``_SLOW`` and takes the Python path. These tests check that the
+datagrams are exactly those of the Python path, that counts survive threads and fork, which
+cases are refused, and that nothing leaks.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Any, Dict, List
+
+import pytest
+
+import shmflags
+from shmflags.config import Config
+from shmflags.context import Context
+from shmflags.events import recorder as R
+
+from tests.unit.test_events_recorder_native import Sink, untimed
+
+native = pytest.mark.skipif(not R.NATIVE or shmflags.evaluator_backend() != "c",
+                            reason="C extension not built or not the C evaluator")
+if os.environ.get("SHMFLAGS_REQUIRE_NATIVE") == "1":
+    assert R.NATIVE and shmflags.evaluator_backend() == "c"
+
+FAR = 4_000_000_000_000
+
+
+def _flag(key: str, **kw: Any) -> Dict[str, Any]:
+    f = {"key": key, "version": 3, "on": True, "variations": [True, False],
+         "fallthrough": {"variation": 0}, "offVariation": 1, "salt": key, "rules": [],
+         "targets": [], "contextTargets": [], "prerequisites": []}
+    f.update(kw)
+    return f
+
+
+FLAGS = {f["key"]: f for f in [
+    _flag("plain"),
+    _flag("rule", rules=[{"id": "r1", "variation": 1, "clauses": [
+        {"attribute": "key", "op": "in", "values": ["u1", "u2"], "contextKind": "user"}]}]),
+    _flag("tracked", trackEvents=True),
+    _flag("tracked-ft", trackEventsFallthrough=True),
+    _flag("exp", fallthrough={"rollout": {"kind": "experiment", "variations": [
+        {"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}}),
+    _flag("pre", prerequisites=[{"key": "plain", "variation": 0}]),
+    _flag("pre2", prerequisites=[{"key": "pre", "variation": 0},
+                                 {"key": "rule", "variation": 0}]),
+    _flag("pre-tracked", prerequisites=[{"key": "tracked", "variation": 0}]),
+    _flag("off", on=False),
+    _flag("off-none", on=False, offVariation=None),
+    _flag("exclude", excludeFromSummaries=True, trackEvents=True),
+    _flag("debug", debugEventsUntilDate=FAR),
+    _flag("str", variations=["a", "b"]),
+    _flag("fresh"),
+]}
+KEYS = list(FLAGS) + ["missing"]
+
+
+def _client(cls: type, path: str, **kw: Any) -> Any:
+    kw.setdefault("flush_interval", 3600)
+    config = Config(send_events=True, socket=path, **kw)
+    client = shmflags.Client.from_data({"flags": FLAGS}, config=config)
+    client._recorder = cls(config)
+    return client
+
+
+def _contexts() -> List[Context]:
+    users = [Context.create(f"u{i}") for i in range(5)]
+    twins = [Context.create(f"u{i}") for i in range(5)]  # equal, other objects
+    return users + twins + [Context.create("acme", "org"),
+                            Context.create_multi(Context.create("u7"),
+                                                 Context.create("acme", "org"))]
+
+
+def _run(client: Any, seed: int, n: int, sink: Sink) -> List[Dict[str, Any]]:
+    """Random evaluations with flushes in between; the datagrams received, in order (read
+    after each flush, so the sink's queue never refuses one)."""
+    got: List[Dict[str, Any]] = []
+    rng = random.Random(seed)
+    contexts = _contexts()
+    for i in range(n):
+        key = rng.choice(KEYS)
+        ctx = rng.choice(contexts) if rng.random() < 0.4 else contexts[0]
+        default = rng.choice([None, False, "d"])
+        how = rng.random()
+        if how < 0.6:
+            client.variation(key, ctx, default)
+        elif how < 0.75:
+            client.variation_detail(key, ctx, default)
+        elif how < 0.85:
+            client.bool_variation(key, ctx, False)
+        elif how < 0.95:
+            client.string_variation(key, ctx, "s")
+        else:
+            client.string_variation_detail(key, ctx, "s")
+        if rng.random() < 0.01:
+            client.flush()
+            got += sink.read()
+    client.flush()
+    return got + sink.read()
+
+
+@native
+@pytest.mark.parametrize("seed", range(6))
+def test_fast_path_sends_the_python_paths_datagrams(tmp_path, seed):
+    a, b = Sink(str(tmp_path / "a.sock")), Sink(str(tmp_path / "b.sock"))
+    try:
+        fast = _client(R.EventRecorder, a.path)
+        ref = _client(R.PythonEventRecorder, b.path)
+        a.sock.settimeout(0.02)
+        b.sock.settimeout(0.02)
+        slow = [0]
+        evaluate = fast._evaluate
+
+        def counted(*args: Any) -> Any:
+            slow[0] += 1
+            return evaluate(*args)
+        fast._evaluate = counted
+        got = untimed(_run(fast, seed, 3000, a))
+        assert slow[0] < 3000 * 0.8, "most calls are counted on the fast path"
+        want = untimed(_run(ref, seed, 3000, b))
+        assert fast._fast.recorder is fast._recorder, "the fast path counts in the C core"
+        assert ref._fast.recorder is None, "a Python recorder: the Python path only"
+        assert got and got == want
+        fast.close()
+        ref.close()
+    finally:
+        a.close()
+        b.close()
+
+
+@native
+def test_fast_path_takes_the_common_case(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        ctx = Context.create("u9")
+        client.variation("plain", ctx, None)  # first sighting, first counter: Python path
+        client.variation("pre2", ctx, None)
+        rec = client._recorder
+        rec._deadline = rec._end + 3600  # no slow check due during the test
+        for key in ("plain", "pre2", "off", "off-none"):
+            client.variation(key, ctx, None)
+            assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
+        d = client._fast_detail("fresh", ctx, None, 0)
+        # tracked, experiment, debug and excluded flags need full events: Python path
+        for key in ("tracked", "exp", "debug", "exclude", "pre-tracked", "missing"):
+            assert client._fast_value(key, ctx, None, 0) is client._SLOW, key
+        # a wrong type is recorded by the Python path (variation None)
+        assert client._fast_value("str", ctx, None, 1) is client._SLOW
+        assert d is client._SLOW  # "fresh" not counted yet in this window: Python path
+        client.variation_detail("fresh", ctx, None)
+        d = client._fast_detail("fresh", ctx, None, 0)
+        assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
+        client.close()
+    finally:
+        sink.close()
+
+
+@native
+def test_held_lock_or_pending_check_takes_the_python_path(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        rec = client._recorder
+        ctx = Context.create("u1")
+        client.variation("plain", ctx, None)
+        rec._deadline = rec._end + 3600
+        assert client._fast_value("plain", ctx, None, 0) is True
+        with rec._lock:
+            assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+            assert client._fast_detail("plain", ctx, None, 0) is client._SLOW
+        rec._deadline = 0.0  # a slow check (pid, flush) is due
+        assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+        client.close()
+        assert client._fast.recorder is None
+    finally:
+        sink.close()
+
+
+@native
+def test_full_buffer_goes_to_the_python_path(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path, events_max_pending=3)
+        rec = client._recorder
+        a, b, c = Context.create("a"), Context.create("b"), Context.create("c")
+        client.variation("plain", a, None)
+        client.variation("plain", b, None)
+        rec._deadline = rec._end + 3600
+        assert client._fast_value("plain", b, None, 0) is True
+        client.variation("plain", c, None)  # the 3rd context fills the buffer: flush due
+        assert rec._deadline == 0.0
+        assert client._fast_value("plain", c, None, 0) is client._SLOW
+        client.variation("plain", c, None)  # the Python path flushes
+        assert sink.read(), "the full buffer was flushed by the calling path"
+        client.close()
+    finally:
+        sink.close()
+
+
+def _counts(datagrams: List[Dict[str, Any]], key: str) -> int:
+    total = 0
+    for d in datagrams:
+        for flag in (d.get("summary") or [0, 0, []])[2]:
+            if flag[0] == key:
+                total += sum(row[-1] for row in flag[3])
+    return total
+
+
+@native
+def test_counts_survive_threads(tmp_path):
+    import threading
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        contexts = [Context.create(f"t{i}") for i in range(4)]
+        n = 20000
+
+        def work(ctx: Context) -> None:
+            for i in range(n):
+                client.variation("pre" if i % 3 else "plain", ctx, None)
+                if i % 5000 == 0:
+                    client.flush()
+        threads = [threading.Thread(target=work, args=(c,)) for c in contexts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        client.flush()
+        got = sink.read()
+        pre = len(contexts) * sum(1 for i in range(n) if i % 3)
+        plain = len(contexts) * n - pre
+        assert _counts(got, "pre") == pre
+        assert _counts(got, "plain") == plain + pre  # every "pre" counts its prerequisite
+        client.close()
+    finally:
+        sink.close()
+
+
+@native
+def test_counts_survive_fork(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        ctx = Context.create("f")
+        for _ in range(1000):
+            client.variation("plain", ctx, None)
+        pid = os.fork()
+        if pid == 0:  # the child sends only its own evaluations
+            code = 1
+            try:
+                for _ in range(777):
+                    client.variation("plain", ctx, None)
+                client.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        child = sink.read()
+        assert _counts(child, "plain") == 777
+        assert all(d["pid"] == pid for d in child if "pid" in d)
+        client.flush()
+        assert _counts(sink.read(), "plain") == 1000
+        client.close()
+    finally:
+        sink.close()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@native
+def test_refcounts_and_rss_stable(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        ctx = Context.create("r")
+        default = object()
+        keys = ["plain", "pre2", "off-none", "rule"]
+        for key in keys:
+            client.variation(key, ctx, default)
+            client.variation_detail(key, ctx, default)
+        rec = client._recorder
+        refs = [sys.getrefcount(o) for o in (ctx, default, rec, *keys)]
+        rss = _rss_kib()
+        for i in range(100_000):
+            key = keys[i & 3]
+            client.variation(key, ctx, default)
+            if i % 7 == 0:
+                client.variation_detail(key, ctx, default)
+        assert [sys.getrefcount(o) for o in (ctx, default, rec, *keys)] == refs
+        assert _rss_kib() - rss < 2048
+        client.close()
+    finally:
+        sink.close()
