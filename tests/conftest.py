@@ -54,3 +54,18 @@ def backend(request: Any) -> Callable[[Dict[str, Any], Dict[str, Any]], Any]:
         return lambda flags, segments: _pure.Snapshot(snapshot_bytes(flags, segments))
     native = native_module()
     return lambda flags, segments: native.Snapshot(snapshot_bytes(flags, segments))
+
+
+def pytest_collection_modifyitems(config: Any, items: Any) -> None:
+    """``c_only`` tests need the C evaluator: CI's pure-Python pass deselects them
+    (``-m "not c_only"``); anywhere else without the C evaluator they are skipped with the
+    reason, and under ``SHMFLAGS_REQUIRE_NATIVE=1`` they run (and fail if it is missing)."""
+    if os.environ.get("SHMFLAGS_REQUIRE_NATIVE") == "1":
+        return
+    from shmflags import evaluator_backend
+    if evaluator_backend() == "c":
+        return
+    skip = pytest.mark.skip(reason="needs the C evaluator (SHMFLAGS_EVALUATOR=c, extension built)")
+    for item in items:
+        if "c_only" in item.keywords:
+            item.add_marker(skip)

@@ -22,8 +22,7 @@ from shmflags.events import recorder as R
 
 from tests.unit.test_events_recorder_native import Sink, untimed
 
-native = pytest.mark.skipif(not R.NATIVE or shmflags.evaluator_backend() != "c",
-                            reason="C extension not built or not the C evaluator")
+native = pytest.mark.c_only   # deselected in the pure-Python pass; see tests/conftest.py
 if os.environ.get("SHMFLAGS_REQUIRE_NATIVE") == "1":
     assert R.NATIVE and shmflags.evaluator_backend() == "c"
 
