@@ -46,6 +46,33 @@ def test_lastgood_corruption_detected(mangle, match):
         lastgood.decode(mangle(raw))
 
 
+def test_lastgood_encode_cache_matches_full_encoding():
+    """Encoding with the per-item cache gives the same bytes as encoding everything, through
+    patches that change, add and remove items (and an empty kind), and re-encodes a key whose
+    object was replaced even when it is equal."""
+    flags = {f"f{i}": {"key": f"f{i}", "version": 1, "variations": [i, "\u00e9"]}
+             for i in range(50)}
+    segments = {"s": {"key": "s", "version": 1, "included": ["a"]}}
+    caches = ({}, {})
+    steps = [
+        lambda f, s: f.update({"f3": {"key": "f3", "version": 2, "variations": [None]}}),
+        lambda f, s: f.update({"new": {"key": "new", "version": 1}}),
+        lambda f, s: f.pop("f7"),
+        lambda f, s: (f.pop("f8"), f.update({"f8b": {"key": "f8b", "version": 1}})),
+        lambda f, s: s.clear(),
+        lambda f, s: f.update({"f1": dict(f["f1"], version=9)}),
+    ]
+    for step in [lambda f, s: None] + steps:
+        flags, segments = dict(flags), dict(segments)
+        step(flags, segments)
+        cached = lastgood.encode(flags, segments, "streaming", saved_ms=5, caches=caches)
+        assert cached == lastgood.encode(flags, segments, "streaming", saved_ms=5)
+        assert json.loads(cached[32:]) == {"flags": flags, "segments": segments,
+                                           "source": "streaming"}
+        assert set(caches[0]) == set(flags) and set(caches[1]) == set(segments)
+        assert all(caches[0][k][0] is v for k, v in flags.items())
+
+
 def test_lastgood_writer_coalesces_and_writes_latest(tmp_path):
     path = lastgood.path_for(str(tmp_path), "ns")
     writer = lastgood.Writer(path)
