@@ -198,6 +198,39 @@ def test_single_patch_published_within_5ms():
         pub.stop()
 
 
+def test_publish_result_full_only_for_puts_and_heap_frozen_after_one():
+    """A put (and the first build) is reported ``full``, a patch is not; the supervisor's
+    ``freeze_heap`` (called for full publishes) leaves the surviving objects frozen and
+    collectable cycles collected."""
+    import gc
+    from shmflags.supervisor.main import freeze_heap
+    store, fake = Store(), FakeShm()
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    results = []
+    pub.on_publish(results.append)
+    store.init({"a": {"key": "a", "version": 1}}, {})
+    assert pub.publish_once()
+    store.upsert("flags", {"key": "b", "version": 1})
+    assert pub.publish_once()
+    store.init({"c": {"key": "c", "version": 1}}, {})
+    assert pub.publish_once()
+    assert [r.full for r in results] == [True, False, True]
+
+    class Cycle:
+        pass
+    import weakref
+    try:
+        c = Cycle()
+        c.me = c
+        ref = weakref.ref(c)
+        del c                    # cyclic garbage: must be collected, not frozen
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        assert ref() is None
+    finally:
+        gc.unfreeze()            # leave the test process as it was
+
+
 def test_burst_is_coalesced_and_last_state_published():
     store, fake = Store(), FakeShm()
     builder = FakeBuilder(delay=0.02)
