@@ -73,7 +73,8 @@ def freeze_heap() -> None:
     objects are still freed by reference counting (the LaunchDarkly JSON has no cycles); only
     cyclic garbage among them would wait, until the next put: the ``unfreeze`` + ``collect``
     here reclaims it then, so nothing accumulates. Costs one full collection per put, which
-    happens at start and on stream reconnects, next to a full build that costs more.
+    happens at start and on stream reconnects, next to a full build that costs more. Run by
+    the main loop's tick, after the control block's status and the READY notification.
     """
     gc.unfreeze()
     gc.collect()
@@ -116,6 +117,7 @@ class Supervisor:
         self._last_stats: Optional[Dict[str, int]] = None
         self._ready = False
         self._status_dirty = threading.Event()
+        self._freeze_pending = False      # a full publish happened: freeze_heap() at the next tick
         self.last_update_ms = 0
 
     # ------------------------------------------------------------------ main loop
@@ -205,6 +207,9 @@ class Supervisor:
         self.notifier.watchdog()
         self.shm.reap()
         self.write_event_stats()
+        if self._freeze_pending:
+            self._freeze_pending = False
+            freeze_heap()
 
     # ------------------------------------------------------------------ signals
 
@@ -339,7 +344,7 @@ class Supervisor:
         self.last_update_ms = int(time.time() * 1000)
         self._last_publish = result
         if result.full:
-            freeze_heap()
+            self._freeze_pending = True   # done by the main loop, after the status is written
         if not result.from_cache and self.lastgood is not None:
             self.lastgood.submit(result.flags, result.segments, result.source)
         self._status_dirty.set()
