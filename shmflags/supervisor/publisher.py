@@ -32,11 +32,11 @@ class PublishResult:
     """What one successful publish produced (handed to the ``on_publish`` callbacks)."""
 
     __slots__ = ("generation", "revision", "flags", "segments", "size", "seconds",
-                 "from_cache", "source")
+                 "from_cache", "source", "full")
 
     def __init__(self, generation: int, revision: int, flags: Dict[str, Any],
                  segments: Dict[str, Any], size: int, seconds: float, from_cache: bool,
-                 source: str) -> None:
+                 source: str, full: bool = False) -> None:
         self.generation = generation
         self.revision = revision
         self.flags = flags
@@ -45,6 +45,8 @@ class PublishResult:
         self.seconds = seconds
         self.from_cache = from_cache
         self.source = source
+        #: the data replaced everything (a put or the first build), not a patch
+        self.full = full
 
 
 class SnapshotPublisher:
@@ -150,7 +152,7 @@ class SnapshotPublisher:
             if error.get("kind") == "STORE_ERROR":
                 self.store.set_status("VALID")
         result = PublishResult(generation, revision, flags, segments, len(data), seconds,
-                               status["from_cache"], status["source"])
+                               status["from_cache"], status["source"], full=changed is None)
         for callback in list(self._callbacks):
             try:
                 callback(result)

@@ -46,6 +46,33 @@ def test_lastgood_corruption_detected(mangle, match):
         lastgood.decode(mangle(raw))
 
 
+def test_lastgood_encode_cache_matches_full_encoding():
+    """Encoding with the per-item cache gives the same bytes as encoding everything, through
+    patches that change, add and remove items (and an empty kind), and re-encodes a key whose
+    object was replaced even when it is equal."""
+    flags = {f"f{i}": {"key": f"f{i}", "version": 1, "variations": [i, "\u00e9"]}
+             for i in range(50)}
+    segments = {"s": {"key": "s", "version": 1, "included": ["a"]}}
+    caches = ({}, {})
+    steps = [
+        lambda f, s: f.update({"f3": {"key": "f3", "version": 2, "variations": [None]}}),
+        lambda f, s: f.update({"new": {"key": "new", "version": 1}}),
+        lambda f, s: f.pop("f7"),
+        lambda f, s: (f.pop("f8"), f.update({"f8b": {"key": "f8b", "version": 1}})),
+        lambda f, s: s.clear(),
+        lambda f, s: f.update({"f1": dict(f["f1"], version=9)}),
+    ]
+    for step in [lambda f, s: None] + steps:
+        flags, segments = dict(flags), dict(segments)
+        step(flags, segments)
+        cached = lastgood.encode(flags, segments, "streaming", saved_ms=5, caches=caches)
+        assert cached == lastgood.encode(flags, segments, "streaming", saved_ms=5)
+        assert json.loads(cached[32:]) == {"flags": flags, "segments": segments,
+                                           "source": "streaming"}
+        assert set(caches[0]) == set(flags) and set(caches[1]) == set(segments)
+        assert all(caches[0][k][0] is v for k, v in flags.items())
+
+
 def test_lastgood_writer_coalesces_and_writes_latest(tmp_path):
     path = lastgood.path_for(str(tmp_path), "ns")
     writer = lastgood.Writer(path)
@@ -169,6 +196,39 @@ def test_single_patch_published_within_5ms():
         assert worst < 0.005 * 4  # 5 ms goal; slack for a loaded 2-core CI machine
     finally:
         pub.stop()
+
+
+def test_publish_result_full_only_for_puts_and_heap_frozen_after_one():
+    """A put (and the first build) is reported ``full``, a patch is not; the supervisor's
+    ``freeze_heap`` (called for full publishes) leaves the surviving objects frozen and
+    collectable cycles collected."""
+    import gc
+    from shmflags.supervisor.main import freeze_heap
+    store, fake = Store(), FakeShm()
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    results = []
+    pub.on_publish(results.append)
+    store.init({"a": {"key": "a", "version": 1}}, {})
+    assert pub.publish_once()
+    store.upsert("flags", {"key": "b", "version": 1})
+    assert pub.publish_once()
+    store.init({"c": {"key": "c", "version": 1}}, {})
+    assert pub.publish_once()
+    assert [r.full for r in results] == [True, False, True]
+
+    class Cycle:
+        pass
+    import weakref
+    try:
+        c = Cycle()
+        c.me = c
+        ref = weakref.ref(c)
+        del c                    # cyclic garbage: must be collected, not frozen
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        assert ref() is None
+    finally:
+        gc.unfreeze()            # leave the test process as it was
 
 
 def test_burst_is_coalesced_and_last_state_published():
