@@ -61,7 +61,6 @@ TICK = 1.0
 LOCK_WAIT = 2.0
 
 
-
 def freeze_heap() -> None:
     """After a full data set is published (a put): collect, then move every surviving object
     into the permanent generation (``gc.freeze``).
@@ -79,6 +78,7 @@ def freeze_heap() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+
 
 class Supervisor:
     """One namespace's supervisor: owns the store, the publisher, the source and the loop.
