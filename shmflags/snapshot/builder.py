@@ -329,21 +329,8 @@ class SnapshotBuilder:
         """Lay out a self-contained snapshot (docs/snapshot-format.md §1)."""
         nf, ns = len(fitems), len(sitems)
         items = fitems + sitems
-        # Blob area, positions relative to its start: every hot blob (keys and records, what
-        # the C evaluator reads), then every raw blob, so C workers never fault raw pages in.
-        hot_pos: List[int] = []
-        pos = 0
-        for it in items:
-            hot_pos.append(pos)
-            pos += len(it.hot)
-        raw_start = pos
-        raw_pos: List[int] = []
-        for it in items:
-            raw_pos.append(pos)
-            pos += len(it.raw)
-        blob_len = pos
-        blob = b"".join([it.hot for it in items] + [it.raw for it in items])
-        del pos
+        hot_pos, raw_pos, raw_start, blob = _blob_area(items)
+        blob_len = len(blob)
 
         flag_index_off = fmt.HEADER_SIZE
         seg_index_off = flag_index_off + ftab.cap * fmt.SLOT_SIZE
@@ -443,17 +430,7 @@ class SnapshotBuilder:
         if blob_len > min(self._compact_fraction * base.blob_len, self._compact_max):
             return None
 
-        hot_pos: List[int] = []
-        pos = 0
-        for it in items:
-            hot_pos.append(pos)
-            pos += len(it.hot)
-        raw_start = pos
-        raw_pos: List[int] = []
-        for it in items:
-            raw_pos.append(pos)
-            pos += len(it.raw)
-        blob = b"".join([it.hot for it in items] + [it.raw for it in items])
+        hot_pos, raw_pos, raw_start, blob = _blob_area(items)
         shift = self._chunk_shift
         n_chunks = fmt.n_chunks_for(blob_len, shift)
         pack_entry = fmt.ENTRY_STRUCT.pack_into
@@ -552,6 +529,25 @@ class SnapshotBuilder:
         raw = _index_bytes(table, items, entries_off)
         self._index_cache[kind] = (table, entries_off, raw)
         return raw
+
+
+def _blob_area(items: Sequence[_Item]) -> Tuple[List[int], List[int], int, bytes]:
+    """Lay out a blob area: every hot blob (keys and records, what the C evaluator reads),
+    then every raw blob, so C workers never fault raw pages in.
+
+    :returns: ``(hot_pos, raw_pos, raw_start, blob)``, positions relative to the area's start.
+    """
+    hot_pos: List[int] = []
+    pos = 0
+    for it in items:
+        hot_pos.append(pos)
+        pos += len(it.hot)
+    raw_start = pos
+    raw_pos: List[int] = []
+    for it in items:
+        raw_pos.append(pos)
+        pos += len(it.raw)
+    return hot_pos, raw_pos, raw_start, b"".join([it.hot for it in items] + [it.raw for it in items])
 
 
 def _index_bytes(table: _Table, items: Sequence[_Item], entries_off: int) -> bytes:
