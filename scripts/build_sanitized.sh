@@ -2,7 +2,8 @@
 # Build shmflags._native with AddressSanitizer + UndefinedBehaviorSanitizer into a private
 # directory (the in-place build others use is left alone) and run the native tests under it.
 #
-#   scripts/build_sanitized.sh [pytest args...]     default: the native unit + differential tests
+#   scripts/build_sanitized.sh [pytest args...]     default: every test of C code (evaluator,
+#   fast path, event counting, record sets, snapshot reader) + the C-vs-Python differential
 #
 # Python itself is not instrumented, so libasan is LD_PRELOADed and leak detection is off
 # (the interpreter keeps memory until exit on purpose). Any ASan/UBSan report fails the run.
@@ -26,7 +27,10 @@ cp "$OUT"/build/lib/shmflags/_native*.so "$OUT/pkg/shmflags/"
 LIBASAN=$($CC -print-file-name=libasan.so)
 LIBUBSAN=$($CC -print-file-name=libubsan.so)
 [ $# -gt 0 ] || set -- tests/unit/test_native.py tests/unit/test_parity.py \
-    tests/unit/test_native_fuzz.py tests/differential/test_native_vs_python.py
+    tests/unit/test_native_fuzz.py tests/unit/test_native_fast.py \
+    tests/unit/test_events_recorder_native.py tests/unit/test_events_fast_path.py \
+    tests/unit/test_record_sets.py tests/unit/test_snapshot_reader.py \
+    tests/differential/test_native_vs_python.py
 export PYTHONPATH="$OUT/pkg"
 export LD_PRELOAD="$LIBASAN $LIBUBSAN"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1"
