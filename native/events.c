@@ -2,8 +2,8 @@
  * events.c - the common path of EventRecorder.record_evaluation in C.
  *
  * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
- * the C base class of
- * shmflags.events.recorder.EventRecorder.  It holds the recorder's hot state
+ * the C base class of shmflags.events.recorder.EventRecorder.  It holds the
+ * recorder's hot state
  * as members (_deadline, _end, _last_ctx, _last_entry, _summary, _lock) and
  * implements record_evaluation() for the common case only: an evaluation of
  * a context already seen in this window (the last one, or a shmflags Context
@@ -11,7 +11,8 @@
  * already counted in this window at the same version and variation and for
  * the same context kinds, with no full event (bits 0, no
  * debugEventsUntilDate), before the next slow check (_deadline).  That case
- * adds 1 to each counter and to the context's use count and sets _end.  Everything else is passed unchanged to the Python method
+ * adds 1 to each counter and to the context's use count and sets _end.
+ * Everything else is passed unchanged to the Python method
  * _record_evaluation_py, which is the reference implementation (and the
  * whole implementation when this extension is absent).  Both work on the
  * same Python objects, so the datagrams are the same by construction.
