@@ -3,8 +3,8 @@
  *
  * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
  * the C base class of shmflags.events.recorder.EventRecorder.  It holds the
- * recorder's hot state
- * as members (_deadline, _end, _last_ctx, _last_entry, _summary, _lock) and
+ * recorder's hot state as members (_deadline, _end, _last_ctx, _last_entry,
+ * _summary, _lock) and
  * implements record_evaluation() for the common case only: an evaluation of
  * a context already seen in this window (the last one, or a shmflags Context
  * found by its cached fully-qualified key), of a flag (and prerequisites)
