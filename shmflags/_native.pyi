@@ -15,7 +15,8 @@ MAX_DEPTH: int
 class Snapshot:
     """A validated snapshot evaluated in C; holds a buffer export on ``buffer`` while alive."""
 
-    def __init__(self, buffer: Any, big_segments: Any = ...) -> None: ...
+    def __init__(self, buffer: Any, big_segments: Any = ..., base: Any = ..., state: Any = ...,
+                 base_state: Any = ...) -> None: ...
     @property
     def generation(self) -> int: ...
     @property
@@ -38,3 +39,45 @@ def _sha1_setup(allow_sha_extensions: bool) -> bool: ...
 def _semver_compare(a: str, b: str) -> Optional[int]: ...
 def _xxh64(data: bytes) -> int: ...
 def _strerror(code: int) -> str: ...
+
+
+# -- private: the worker client's hot path (native/fast.c) and event counting (native/events.c)
+
+_SLOW: object
+
+class _Watch:
+    """``ShmSource.current()`` in C: one acquire load of the control block's generation."""
+
+    words: Any
+    snapshot: Any
+    slow: Any
+    generation: int
+    bad_generation: int
+    countdown: int
+    @property
+    def offset(self) -> int: ...
+    def __init__(self, slow: Any = ..., offset: int = ...) -> None: ...
+    def __call__(self) -> Any: ...
+    def load(self) -> Optional[int]: ...
+
+class _Fast:
+    """``variation``/``variation_detail`` for the common case; ``_SLOW`` for anything else."""
+
+    recorder: Optional[_RecorderCore]
+    def __init__(self, current: Any, context_type: type, detail_type: type) -> None: ...
+    def value(self, key: str, context: Any, default: Any, kind: int = ...) -> Any: ...
+    def detail(self, key: str, context: Any, default: Any, kind: int = ...) -> Any: ...
+
+class _RecorderCore:
+    """C base class of ``EventRecorder``: the common case of ``record_evaluation``."""
+
+    _deadline: float
+    _end: float
+    _last_ctx: Any
+    _last_entry: Any
+    _summary: Any
+    _contexts: Any
+    _context_type: Any
+    _lock: Any
+    def record_evaluation(self, key: str, context: Any, eval_tuple: tuple, default: Any,
+                          with_reason: bool) -> None: ...
