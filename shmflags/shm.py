@@ -437,15 +437,8 @@ class Publisher:
     def _base_name_of(self, name: str) -> Optional[str]:
         """The base object an existing overlay ``name`` reads from (``None``: self-contained
         or unreadable)."""
-        try:
-            shm = posix_ipc.SharedMemory(name, 0, read_only=True)
-        except posix_ipc.Error:
-            return None
-        try:
-            head = os.pread(shm.fd, fmt.HEADER_SIZE, 0)
-        finally:
-            shm.close_fd()
-        if len(head) < fmt.HEADER_SIZE or head[:8] != fmt.MAGIC:
+        head = read_head(name, fmt.HEADER_SIZE)
+        if head is None or len(head) < fmt.HEADER_SIZE or head[:8] != fmt.MAGIC:
             return None
         h = fmt.unpack_header(head)
         if h.format != fmt.FORMAT_WORD or not h.base_size:
@@ -771,6 +764,19 @@ def _bigseg_writer(info: dict) -> Callable[[mmap.mmap], None]:
         struct.pack_into("<IIQQ", mm, fmt.CTL_OFF_BIGSEG_STATUS, status,
                          1 if info.get("available") else 0, synced, checked_ms)
     return write
+
+
+def read_head(name: str, size: int) -> Optional[bytes]:
+    """The first ``size`` bytes of shared memory object ``name`` (fewer if it is shorter),
+    read without mapping it; ``None`` when it cannot be opened (gone, no permission)."""
+    try:
+        shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+    except posix_ipc.Error:
+        return None
+    try:
+        return os.pread(shm.fd, size, 0)
+    finally:
+        shm.close_fd()
 
 
 def _pwrite_all(fd: int, data: Union[bytes, memoryview], offset: int) -> None:

@@ -36,6 +36,7 @@ import msgpack
 import posix_ipc
 
 from shmflags.integrations import bigsegments as fmt
+from shmflags.shm import read_head
 
 __all__ = ["BigSegmentsMirror", "BigSegmentsShm", "RedisBigSegmentStore", "build_table",
            "start", "disable", "cleanup", "list_objects", "RESCAN_INTERVAL"]
@@ -361,16 +362,10 @@ class BigSegmentsShm:
     def _current_checksum(self, generation: int) -> Optional[int]:
         if not generation:
             return None
-        try:
-            shm = posix_ipc.SharedMemory(fmt.object_name(self.name, generation), 0,
-                                         read_only=True)
-        except posix_ipc.Error:
+        head = read_head(fmt.object_name(self.name, generation), fmt.HEADER_SIZE)
+        if head is None or len(head) != fmt.HEADER_SIZE:
             return None
-        try:
-            head = os.pread(shm.fd, fmt.HEADER_SIZE, 0)
-        finally:
-            shm.close_fd()
-        return struct.unpack_from("<Q", head, 24)[0] if len(head) == fmt.HEADER_SIZE else None
+        return struct.unpack_from("<Q", head, 24)[0]
 
     @property
     def generation(self) -> int:
