@@ -83,30 +83,6 @@ def _pairs(data: Any, to_ctx: Any) -> Tuple[List[Tuple[Any, str]], List[Tuple[An
     return mix, request
 
 
-def _time_calls(fn: Any, pairs: List[Tuple[Any, str]], seconds: float,
-                rounds: int = 5) -> Tuple[float, float]:
-    """ns per call of ``fn(ctx, key)``: ``(wall, cpu)``, each the fastest of ``rounds``.
-
-    ``cpu`` is this process's CPU time (all its threads: the event flush threads of both
-    SDKs count, other processes' load does not), the steadier figure on a shared machine.
-    """
-    walls, cpus = [], []
-    for _ in range(rounds):
-        calls = 0
-        w0, c0 = time.perf_counter_ns(), time.process_time_ns()
-        deadline = w0 + int(seconds * 1e9 / rounds)
-        while True:
-            for ctx, key in pairs:
-                fn(ctx, key)
-            calls += len(pairs)
-            now = time.perf_counter_ns()
-            if now >= deadline:
-                break
-        walls.append((now - w0) / calls)
-        cpus.append((time.process_time_ns() - c0) / calls)
-    return min(walls), min(cpus)
-
-
 def run_variation(impl: str, socket_path: str, fake_url: str, quick: bool) -> Dict[str, Any]:
     """One implementation, in this (fresh) process."""
     from benchmarks import common
@@ -140,7 +116,7 @@ def run_variation(impl: str, socket_path: str, fake_url: str, quick: bool) -> Di
         for ctx, key in mix + request:
             variation(key, ctx, None)
     for name, pairs in (("mix", mix), ("request", request)):
-        out[f"{name}_ns"], out[f"{name}_cpu_ns"] = _time_calls(
+        out[f"{name}_ns"], out[f"{name}_cpu_ns"] = common.time_calls_cpu(
             lambda c, k: variation(k, c, None), pairs, budget)
     if sdk == "shmflags" and events:
         rec = client._recorder
@@ -149,7 +125,7 @@ def run_variation(impl: str, socket_path: str, fake_url: str, quick: bool) -> Di
         record = rec.record_evaluation
         record("bench-flag", ctx, t, "off", False)
         pairs = [(ctx, "bench-flag")] * 1000
-        out["record_common_ns"], out["record_common_cpu_ns"] = _time_calls(
+        out["record_common_ns"], out["record_common_cpu_ns"] = common.time_calls_cpu(
             lambda c, k: record(k, c, t, "off", False), pairs, budget)
     out["load_after"] = common.load_average()
     close = getattr(client, "close", None)
