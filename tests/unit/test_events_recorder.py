@@ -19,11 +19,11 @@ FALLTHROUGH = {"kind": "FALLTHROUGH"}
 class Sink:
     """A bound datagram socket standing in for the supervisor."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, timeout: float = 0.5) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(path)
-        self.sock.settimeout(0.5)
+        self.sock.settimeout(timeout)
 
     def read(self) -> List[Dict[str, Any]]:
         out = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +17,9 @@ import pytest
 
 from shmflags.config import Config
 from shmflags.context import Context
-from shmflags.events.datagram import MAX_DATAGRAM, decode
+from shmflags.events.datagram import decode
 from shmflags.events import recorder as R
+from tests.unit.test_events_recorder import Sink as RecorderSink
 
 FALLTHROUGH = {"kind": "FALLTHROUGH"}
 
@@ -28,24 +28,11 @@ if os.environ.get("SHMFLAGS_REQUIRE_NATIVE") == "1":
 native_only = pytest.mark.skipif(not R.NATIVE, reason="C extension not built")
 
 
-class Sink:
+class Sink(RecorderSink):
+    """The recorder tests' socket sink, with a shorter read timeout (these tests read often)."""
+
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.3)
-
-    def read(self) -> List[Dict[str, Any]]:
-        out = []
-        while True:
-            try:
-                data = self.sock.recv(MAX_DATAGRAM + 1)
-            except socket.timeout:
-                return out
-            out.append(decode(data))
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(path, timeout=0.3)
 
 
 @pytest.fixture
