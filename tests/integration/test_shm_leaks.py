@@ -20,6 +20,16 @@ from shmflags.snapshot.builder import SnapshotBuilder
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CYCLES = int(float(os.environ.get("SHMFLAGS_LEAK_CYCLES", "1e4")))
 
+#: The readers' resource probe: shmflags mappings, open descriptors, RSS.
+USAGE = textwrap.dedent("""\
+    def usage():
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for line in f if "/dev/shm/shmflags." in line)
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return {"shm_maps": maps, "fds": len(os.listdir("/proc/self/fd")), "rss": rss}
+""").strip()
+
 READER = textwrap.dedent("""
     import json, os, sys
     sys.path.insert(0, {root!r})
@@ -27,12 +37,7 @@ READER = textwrap.dedent("""
     from shmflags._pure import Snapshot
     from shmflags.context import Context
 
-    def usage():
-        with open("/proc/self/maps") as f:
-            maps = sum(1 for line in f if "/dev/shm/shmflags." in line)
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        return {{"shm_maps": maps, "fds": len(os.listdir("/proc/self/fd")), "rss": rss}}
+    {usage}
 
     att = shm.Attachment({name!r})
     ctx = Context.create("user-1")
@@ -63,7 +68,8 @@ def test_publish_switch_cycles_do_not_leak():
     name = f"leak-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     builder = SnapshotBuilder()
     pub = shm.Publisher(name, grace=0.0)
-    reader = subprocess.Popen([sys.executable, "-c", READER.format(root=ROOT, name=name)],
+    script = READER.format(root=ROOT, name=name, usage=USAGE)
+    reader = subprocess.Popen([sys.executable, "-c", script],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     samples = []
     fds_before = len(os.listdir("/proc/self/fd"))
@@ -131,12 +137,7 @@ LAYERED_READER = textwrap.dedent("""
     from shmflags.backend import open_snapshot
     from shmflags.context import Context
 
-    def usage():
-        with open("/proc/self/maps") as f:
-            maps = sum(1 for line in f if "/dev/shm/shmflags." in line)
-        with open("/proc/self/statm") as f:
-            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        return {{"shm_maps": maps, "fds": len(os.listdir("/proc/self/fd")), "rss": rss}}
+    {usage}
 
     att = shm.Attachment({name!r})
     ctx = Context.create("user-1")
@@ -168,7 +169,8 @@ def test_layered_publish_cycles_do_not_leak():
     flags = {f"f{i}": {"key": f"f{i}", "version": 1, "on": True, "variations": [0, "x" * 200],
                        "fallthrough": {"variation": 0}, "salt": "s" * 100} for i in range(20)}
     pub = shm.Publisher(name, grace=0.0)
-    reader = subprocess.Popen([sys.executable, "-c", LAYERED_READER.format(root=ROOT, name=name)],
+    script = LAYERED_READER.format(root=ROOT, name=name, usage=USAGE)
+    reader = subprocess.Popen([sys.executable, "-c", script],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     samples = []
     kinds = {"full": 0, "overlay": 0}
