@@ -15,13 +15,21 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from shmflags.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+
+
+def is_valid_name(name: Any) -> bool:
+    """Whether ``name`` is a namespace name: 1 to 64 of ``[A-Za-z0-9_.-]`` (no regex: this
+    runs in every new worker, where the first use of a pattern costs page faults)."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and not name.strip(_NAME_CHARS)
+
+
 
 
 def _bool(setting: str, value: Any) -> bool:
@@ -104,7 +112,7 @@ def _mode(setting: str, value: Any) -> int:
 
 def _name(setting: str, value: Any) -> str:
     text = _str(setting, value)
-    if not text or not _NAME_RE.match(text):
+    if not is_valid_name(text):
         raise ConfigError(setting, f"must match [A-Za-z0-9_.-]{{1,64}}, got {value!r}")
     return text
 
@@ -282,6 +290,10 @@ SETTINGS: Tuple[Setting, ...] = (
 )
 
 _BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}
+_BY_ENV: Dict[str, str] = {s.env: s.name for s in SETTINGS}
+_DEFAULTS: Dict[str, Any] = {s.name: s.default for s in SETTINGS}
+_MUTABLE_DEFAULTS: Tuple[str, ...] = tuple(s.name for s in SETTINGS
+                                           if isinstance(s.default, (list, dict)))
 
 # Nested ldclient keywords flattened to our table: keyword -> {attribute: setting name}.
 _NESTED = {
@@ -346,36 +358,50 @@ class Config:
                 raise ConfigError(key, "unknown setting")
         env = os.environ if environ is None else environ
         from_file = _read_toml(config_file or env.get("SHMFLAGS_CONFIG"))
+        # Only what is set is parsed and stored; a default is read from _DEFAULTS when first
+        # asked for (__getattr__). A forked worker builds its Config on pages it shares with
+        # the master, and touching an object there (even a reference count) copies its page:
+        # ~5 us each here, and copying all 63 defaults touched ~100 pages.
         values: Dict[str, Any] = {}
-        for setting in SETTINGS:
-            if setting.name in explicit:
-                raw, origin = explicit[setting.name], "keyword"
-            elif setting.env in env:
-                raw, origin = env[setting.env], setting.env
-            elif setting.name in from_file:
-                raw, origin = from_file[setting.name], "config file"
-            else:
-                values[setting.name] = _copy_default(setting.default)
-                continue
+        given: Dict[str, Tuple[Any, str]] = {}
+        for name, raw in from_file.items():
+            if name in _BY_NAME:
+                given[name] = (raw, "config file")
+        for var, raw in _shmflags_env(env):
+            name = _BY_ENV.get(var)
+            if name is not None:
+                given[name] = (raw, var)
+        for name, raw in explicit.items():
+            given[name] = (raw, "keyword")
+        for name, (raw, origin) in given.items():
             try:
-                values[setting.name] = setting.parse(setting.name, raw)
+                values[name] = _BY_NAME[name].parse(name, raw)
             except ConfigError as exc:
-                raise ConfigError(origin if origin.startswith("SHMFLAGS_") else setting.name,
+                raise ConfigError(origin if origin.startswith("SHMFLAGS_") else name,
                                   str(exc).split(": ", 1)[-1]) from None
-        unknown = set(from_file) - set(_BY_NAME)
+        unknown = sorted(k for k in from_file if k not in _BY_NAME)
         if unknown:
-            raise ConfigError(sorted(unknown)[0], "unknown setting in config file")
-        values["poll_interval"] = max(values["poll_interval"], 30.0)
-        values["diagnostic_recording_interval"] = max(values["diagnostic_recording_interval"], 60.0)
-        if values["send_events"] is None:
-            values["send_events"] = not values["offline"]
+            raise ConfigError(unknown[0], "unknown setting in config file")
+        for name, floor in (("poll_interval", 30.0), ("diagnostic_recording_interval", 60.0)):
+            if name in values:
+                values[name] = max(values[name], floor)
+        if values.get("send_events") is None:
+            values["send_events"] = not values.get("offline", _DEFAULTS["offline"])
         self._values = values
 
     def __getattr__(self, name: str) -> Any:
+        values = self.__dict__["_values"]
         try:
-            return self.__dict__["_values"][name]
+            return values[name]
+        except KeyError:
+            pass
+        try:
+            value = _DEFAULTS[name]
         except KeyError:
             raise AttributeError(name) from None
+        if isinstance(value, (list, dict)):   # each Config owns its mutable defaults
+            value = values[name] = _copy_default(value)
+        return value
 
     # -- derived values -----------------------------------------------------------------
 
@@ -409,7 +435,7 @@ class Config:
     def copy(self, **changes: Any) -> "Config":
         """A new Config with some settings replaced (environment not re-read)."""
         new = Config.__new__(Config)
-        values = dict(self._values)
+        values = {k: _copy_default(v) for k, v in self._values.items()}
         for key, value in changes.items():
             if key in _NESTED:
                 flat = _flatten_nested(key, value)
@@ -424,7 +450,8 @@ class Config:
 
     def as_dict(self, *, redact: bool = True) -> Dict[str, Any]:
         """Every setting's value; the SDK key shows only its last 6 characters."""
-        out = {k: v for k, v in self._values.items() if not callable(v)}
+        out = {name: getattr(self, name) for name in _BY_NAME}
+        out = {k: v for k, v in out.items() if not callable(v)}
         if redact and out.get("sdk_key"):
             out["sdk_key"] = "…" + str(out["sdk_key"])[-6:]
         return out
@@ -433,6 +460,13 @@ class Config:
         changed = {k: v for k, v in self.as_dict().items()
                    if v != _BY_NAME[k].default and v not in ([], {}, None)}
         return f"Config({', '.join(f'{k}={v!r}' for k, v in sorted(changed.items()))})"
+
+
+def _shmflags_env(env: Mapping[str, str]) -> Iterator[Tuple[str, str]]:
+    """The ``SHMFLAGS_*`` variables of ``env``."""
+    for var in env:
+        if var.startswith("SHMFLAGS_"):
+            yield var, env[var]
 
 
 def _copy_default(value: Any) -> Any:

@@ -15,7 +15,6 @@ import grp
 import logging
 import mmap
 import os
-import re
 import struct
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import posix_ipc
 
+from shmflags.config import is_valid_name
 from shmflags.errors import (ConfigError, SnapshotBusy, SnapshotError, SnapshotFormatError,
                              SnapshotUnavailable)
 from shmflags.snapshot import format as fmt
@@ -42,7 +42,6 @@ __all__ = ["Publisher", "Attachment", "SnapshotBaseMissing", "cleanup", "ctl_nam
 #: Where Linux exposes POSIX shared memory objects as files (listing, leak checks).
 SHM_DIR = "/dev/shm"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 #: Seconds a seqlock read keeps retrying before :class:`SnapshotBusy`. A write section lasts
 #: microseconds, but the supervisor can be descheduled inside one on a busy host; a writer that
@@ -57,7 +56,7 @@ _UNSET: Any = object()
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_valid_name(name):
         raise ConfigError("name", f"must match [A-Za-z0-9_.-]{{1,64}}, got {name!r}")
     return name
 

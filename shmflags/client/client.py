@@ -18,6 +18,7 @@ import hmac
 import logging
 import math
 import os
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -167,8 +168,11 @@ class Client:
         # recorder (set later, or one the fast path cannot take) is checked by _sync_fast.
         self._fast_recorder: Any = None
         self._fast_refused: Any = None  # the last recorder the fast path could not take
-        metadata = environment_metadata(self._config)
         plugins = list(self._config.plugins or ())
+        # Built only when something needs it: a forked worker constructs its client on pages
+        # shared with the master, and every object or function touched for the first time
+        # costs a copy-on-write fault (docs/internals.md, "A worker's first evaluation").
+        metadata = environment_metadata(self._config) if plugins else None
         self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
                                  environment_id=getattr(_source, "environment_id", lambda: None))
         # Only shared memory changes behind the client's back; in-process sources call the
@@ -177,23 +181,13 @@ class Client:
                                 name=f"shmflags-watcher-{self._config.name}",
                                 threaded=isinstance(_source, ShmSource))
         self._watcher.on_fork(self._after_fork_locks)
-        # As in ldclient, value-change listeners evaluate through variation() (hooks, events).
-        self._flag_tracker = FlagTracker(self._source.current,
-                                         lambda key, ctx: self.variation(key, ctx, None),
-                                         self._watcher)
-        self._status_provider = DataSourceStatusProvider(self._source.status,
-                                                         self._watcher.ensure_running)
-        self._watcher.add_poller(self._status_provider.poll)
-        big_segments = getattr(self._source, "big_segments", None)
-        if big_segments is not None:
-            # issue 11: status of the supervisor's Big Segments mirror, polled by the watcher
-            from shmflags.integrations.bigsegments import StatusProvider
-            self._big_segment_status: Any = StatusProvider(big_segments,
-                                                           self._watcher.ensure_running)
-            self._watcher.add_poller(self._big_segment_status.poll)
-        else:
-            self._big_segment_status = BigSegmentStoreStatusProvider()
-        self._data_store_status = DataStoreStatusProvider()
+        # The flag tracker and the status providers are made on first use (see the
+        # properties): until someone holds one, there is no listener for them to serve.
+        self._lazy_lock = threading.Lock()
+        self._flag_tracker_: Optional[FlagTracker] = None
+        self._status_provider_: Optional[DataSourceStatusProvider] = None
+        self._big_segment_status_: Any = None
+        self._data_store_status_: Optional[DataStoreStatusProvider] = None
         self._closed = False
         self._recorder: Any = None
         if callable(getattr(self._source, "set_listener", None)):
@@ -203,7 +197,8 @@ class Client:
             self._wait_for_snapshot(float(wait))
         self._recorder = (recorder if recorder is not None
                           else make_recorder(self._config, self._source))
-        register_plugins(plugins, self, metadata)
+        if plugins:
+            register_plugins(plugins, self, metadata)
 
     # -- construction ------------------------------------------------------------------
 
@@ -288,9 +283,12 @@ class Client:
 
     def _after_fork_locks(self) -> None:
         self._pid = os.getpid()
+        self._lazy_lock = threading.Lock()
         self._hooks.after_fork()
-        self._flag_tracker.after_fork()
-        self._status_provider.after_fork()
+        if self._flag_tracker_ is not None:
+            self._flag_tracker_.after_fork()
+        if self._status_provider_ is not None:
+            self._status_provider_.after_fork()
 
     def close(self) -> None:
         """Flush and close the event recorder, stop listener threads, detach.
@@ -349,23 +347,63 @@ class Client:
     @property
     def flag_tracker(self) -> FlagTracker:
         """Listeners for flag configuration and value changes."""
-        return self._flag_tracker
+        tracker = self._flag_tracker_
+        if tracker is None:
+            with self._lazy_lock:
+                if self._flag_tracker_ is None:
+                    # As in ldclient, value-change listeners evaluate through variation()
+                    # (hooks, events).
+                    self._flag_tracker_ = FlagTracker(
+                        self._source.current, lambda key, ctx: self.variation(key, ctx, None),
+                        self._watcher)
+                tracker = self._flag_tracker_
+        return tracker
 
     @property
     def data_source_status_provider(self) -> DataSourceStatusProvider:
         """The supervisor's data source status as this worker sees it."""
-        return self._status_provider
+        provider = self._status_provider_
+        if provider is None:
+            with self._lazy_lock:
+                if self._status_provider_ is None:
+                    made = DataSourceStatusProvider(self._source.status,
+                                                    self._watcher.ensure_running)
+                    self._watcher.add_poller(made.poll)
+                    self._status_provider_ = made
+                provider = self._status_provider_
+        return provider
 
     @property
     def big_segment_store_status_provider(self) -> BigSegmentStoreStatusProvider:
         """Big Segment store status: the supervisor's mirror for a shared-memory client
         (``available=False, stale=False`` without one, as ldclient without a store)."""
-        return self._big_segment_status
+        provider = self._big_segment_status_
+        if provider is None:
+            with self._lazy_lock:
+                if self._big_segment_status_ is None:
+                    big_segments = getattr(self._source, "big_segments", None)
+                    if big_segments is not None:
+                        # issue 11: status of the supervisor's Big Segments mirror, polled by
+                        # the watcher
+                        from shmflags.integrations.bigsegments import StatusProvider
+                        made: Any = StatusProvider(big_segments, self._watcher.ensure_running)
+                        self._watcher.add_poller(made.poll)
+                    else:
+                        made = BigSegmentStoreStatusProvider()
+                    self._big_segment_status_ = made
+                provider = self._big_segment_status_
+        return provider
 
     @property
     def data_store_status_provider(self) -> DataStoreStatusProvider:
         """Data store status: the mapped snapshot is always available."""
-        return self._data_store_status
+        provider = self._data_store_status_
+        if provider is None:
+            with self._lazy_lock:
+                if self._data_store_status_ is None:
+                    self._data_store_status_ = DataStoreStatusProvider()
+                provider = self._data_store_status_
+        return provider
 
     def add_hook(self, hook: Any) -> None:
         """Add an evaluation hook (ours, ldclient's, or any object with the same methods)."""

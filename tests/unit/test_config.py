@@ -104,3 +104,37 @@ def test_configuration_doc_carries_the_current_table():
     from pathlib import Path
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     assert settings_markdown() in doc, "regenerate: python -m shmflags.config --markdown"
+
+
+def test_defaults_are_read_on_demand_but_owned_per_config():
+    """Config stores only what was set; a default read later is the default, and a mutable
+    default belongs to its Config (appending to one Config's hooks leaves the others')."""
+    a, b = Config(environ={}), Config(environ={})
+    assert a._values.keys() <= {"send_events"}
+    a.hooks.append("h")
+    assert a.hooks == ["h"] and b.hooks == [] and Config(environ={}).hooks == []
+    assert set(a.as_dict()) == {s.name for s in SETTINGS if not callable(s.default)}
+    assert a.as_dict()["flush_interval"] == 5.0
+    c = a.copy(flush_interval=2)
+    c.hooks.append("i")
+    assert c.flush_interval == 2.0 and a.flush_interval == 5.0 and a.hooks == ["h"]
+    with pytest.raises(AttributeError):
+        a.no_such_setting  # noqa: B018
+
+
+def test_only_shmflags_variables_are_read_and_unknown_ones_ignored():
+    env = {"SHMFLAGS_FLUSH_INTERVAL": "3", "SHMFLAGS_NOT_A_SETTING": "x",
+           "FLUSH_INTERVAL": "9", "shmflags_flush_interval": "8"}
+    assert Config(environ=env).flush_interval == 3.0
+
+
+@pytest.mark.parametrize("name,ok", [("a", True), ("svc-1.prod_A", True), ("a" * 64, True),
+                                     ("a" * 65, False), ("", False), ("a b", False),
+                                     ("abc\n", False), ("é", False), ("a/b", False)])
+def test_namespace_names(name, ok):
+    if ok:
+        assert Config(environ={}, name=name).name == name
+    else:
+        with pytest.raises(ConfigError) as err:
+            Config(environ={}, name=name)
+        assert err.value.setting == "name"
