@@ -259,6 +259,8 @@ typedef struct {
     PyTypeObject *ctx_type;   /* shmflags.Context (exact type only) */
     PyObject *detail_type;    /* EvaluationDetail */
     PyObject *recorder;       /* a _RecorderCore the evaluations are counted in, or None */
+    PyObject *fallback[2];    /* variation / variation_detail entry points: the full Python
+                                 path called on _SLOW (None until the client sets them) */
     Py_ssize_t off_error, off_emap;                /* slots of ctx_type */
     Py_ssize_t off_value, off_index, off_reason;   /* slots of detail_type, or -1 */
 } FastObject;
@@ -306,6 +308,10 @@ static PyObject *Fast_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     f->detail_type = detail_type;
     Py_INCREF(Py_None);
     f->recorder = Py_None;
+    Py_INCREF(Py_None);
+    f->fallback[0] = Py_None;
+    Py_INCREF(Py_None);
+    f->fallback[1] = Py_None;
     f->off_error = oe;
     f->off_emap = om;
     PyTypeObject *dt = (PyTypeObject *)detail_type;
@@ -324,6 +330,8 @@ static int Fast_traverse(FastObject *f, visitproc visit, void *arg)
     Py_VISIT(f->ctx_type);
     Py_VISIT(f->detail_type);
     Py_VISIT(f->recorder);
+    Py_VISIT(f->fallback[0]);
+    Py_VISIT(f->fallback[1]);
     return 0;
 }
 
@@ -333,6 +341,8 @@ static int Fast_clear(FastObject *f)
     Py_CLEAR(f->ctx_type);
     Py_CLEAR(f->detail_type);
     Py_CLEAR(f->recorder);
+    Py_CLEAR(f->fallback[0]);
+    Py_CLEAR(f->fallback[1]);
     return 0;
 }
 
@@ -568,6 +578,78 @@ static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t na
     return d;
 }
 
+/*
+ * entry() - Client.variation / Client.variation_detail as one C call (no Python frame): the
+ * client installs the bound methods below as instance attributes while the fast path may
+ * answer for it (no hooks; no recorder, or one whose core counts here), so a call reaches
+ * fast_eval() directly.  Everything the fast path does not answer — _SLOW, a call with
+ * keywords or another number of arguments — is passed on unchanged to fallback[@which], the
+ * client's full Python path, which then decides (and raises TypeError for a bad call, as
+ * the method it replaces would).
+ */
+static PyObject *entry(FastObject *f, int which, PyObject *const *args, size_t nargsf,
+                       PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs == 3 && kwnames == NULL) {
+        PyObject *r = which == 0 ? Fast_value(f, args, 3) : Fast_detail(f, args, 3);
+        if (r != slow_sentinel && r != NULL)
+            return r;
+        if (r == NULL)   /* not expected; the full path answers instead of raising */
+            PyErr_Clear();
+        else
+            Py_DECREF(r);
+    }
+    PyObject *fallback = f->fallback[which];
+    if (fallback == Py_None) {
+        PyErr_SetString(PyExc_RuntimeError, "_Fast entry point used without a fallback");
+        return NULL;
+    }
+    return PyObject_Vectorcall(fallback, args, nargs, kwnames);
+}
+
+/* _Fast.variation(key, context, default) -> the value, through fallback_value when needed */
+static PyObject *Fast_variation(FastObject *f, PyObject *const *args, size_t nargsf,
+                                PyObject *kwnames)
+{
+    return entry(f, 0, args, nargsf, kwnames);
+}
+
+/* _Fast.variation_detail(key, context, default) -> EvaluationDetail (same fallbacks) */
+static PyObject *Fast_variation_detail(FastObject *f, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    return entry(f, 1, args, nargsf, kwnames);
+}
+
+static PyObject *Fast_get_fallback_value(FastObject *f, void *c)
+{
+    return get_object(f->fallback[0]);
+}
+
+static int Fast_set_fallback_value(FastObject *f, PyObject *v, void *c)
+{
+    if (v != NULL && v != Py_None && !PyCallable_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "fallback_value must be callable or None");
+        return -1;
+    }
+    return set_object(&f->fallback[0], v, "fallback_value");
+}
+
+static PyObject *Fast_get_fallback_detail(FastObject *f, void *c)
+{
+    return get_object(f->fallback[1]);
+}
+
+static int Fast_set_fallback_detail(FastObject *f, PyObject *v, void *c)
+{
+    if (v != NULL && v != Py_None && !PyCallable_Check(v)) {
+        PyErr_SetString(PyExc_TypeError, "fallback_detail must be callable or None");
+        return -1;
+    }
+    return set_object(&f->fallback[1], v, "fallback_detail");
+}
+
 static PyObject *Fast_get_recorder(FastObject *f, void *c) { return get_object(f->recorder); }
 
 /* recorder: None, or a _RecorderCore whose record_evaluation is the C one (the client
@@ -584,6 +666,11 @@ static int Fast_set_recorder(FastObject *f, PyObject *v, void *c)
 static PyGetSetDef Fast_getset[] = {
     {"recorder", (getter)Fast_get_recorder, (setter)Fast_set_recorder,
      "_RecorderCore that counts the fast path's evaluations (None: events off)", NULL},
+    {"fallback_value", (getter)Fast_get_fallback_value, (setter)Fast_set_fallback_value,
+     "what variation() calls when the fast path does not answer (None: not an entry yet)",
+     NULL},
+    {"fallback_detail", (getter)Fast_get_fallback_detail, (setter)Fast_set_fallback_detail,
+     "what variation_detail() calls when the fast path does not answer", NULL},
     {NULL, NULL, NULL, NULL, NULL}
 };
 
@@ -592,6 +679,12 @@ static PyMethodDef Fast_methods[] = {
      "value(key, context, default, kind=0) -> the variation value, default, or _SLOW"},
     {"detail", (PyCFunction)(void (*)(void))Fast_detail, METH_FASTCALL,
      "detail(key, context, default, kind=0) -> EvaluationDetail or _SLOW"},
+    {"variation", (PyCFunction)(void (*)(void))Fast_variation, METH_FASTCALL | METH_KEYWORDS,
+     "variation(key, context, default) -> value (fallback_value answers what value() cannot)"},
+    {"variation_detail", (PyCFunction)(void (*)(void))Fast_variation_detail,
+     METH_FASTCALL | METH_KEYWORDS,
+     "variation_detail(key, context, default) -> EvaluationDetail (fallback_detail answers "
+     "what detail() cannot)"},
     {NULL, NULL, 0, NULL}
 };
 

@@ -2,7 +2,7 @@
 
 The backend contract is in docs/internals.md; ``shmflags._pure`` implements the same names.
 """
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 EvalTuple = Tuple[Any, Optional[int], dict, Optional[Tuple[int, int, Any, Optional[int]]], tuple]
 
@@ -64,9 +64,15 @@ class _Fast:
     """``variation``/``variation_detail`` for the common case; ``_SLOW`` for anything else."""
 
     recorder: Optional[_RecorderCore]
+    #: what ``variation`` / ``variation_detail`` call for everything ``value`` / ``detail``
+    #: do not answer (``_SLOW``, keywords, another number of arguments)
+    fallback_value: Optional[Callable[..., Any]]
+    fallback_detail: Optional[Callable[..., Any]]
     def __init__(self, current: Any, context_type: type, detail_type: type) -> None: ...
     def value(self, key: str, context: Any, default: Any, kind: int = ...) -> Any: ...
     def detail(self, key: str, context: Any, default: Any, kind: int = ...) -> Any: ...
+    def variation(self, key: str, context: Any, default: Any) -> Any: ...
+    def variation_detail(self, key: str, context: Any, default: Any) -> Any: ...
 
 class _RecorderCore:
     """C base class of ``EventRecorder``: the common case of ``record_evaluation``."""

@@ -20,6 +20,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from shmflags.client.flags_state import FeatureFlagsState
@@ -69,6 +70,17 @@ def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
     def always_slow(*args: Any) -> Any:
         return slow
     return always_slow, always_slow, slow, None
+
+
+def _detached(ref: Any, method: str) -> Callable[..., Any]:
+    """A fallback for the C entry points of a closed client that holds it only weakly."""
+    def fallback(key: str, context: Any, default: Any) -> Any:
+        client = ref()
+        if client is None:
+            return default if method == "_variation_full" else \
+                EvaluationDetail(default, None, _NOT_READY)
+        return getattr(client, method)(key, context, default)
+    return fallback
 
 
 def _fast_recorder_for(fast: Any, recorder: Any) -> bool:
@@ -189,7 +201,7 @@ class Client:
         self._big_segment_status_: Any = None
         self._data_store_status_: Optional[DataStoreStatusProvider] = None
         self._closed = False
-        self._recorder: Any = None
+        self._recorder_: Any = None
         if callable(getattr(self._source, "set_listener", None)):
             self._source.set_listener(self._watcher.poll_once)
         wait = self._config.start_wait if start_wait is None else start_wait
@@ -199,6 +211,7 @@ class Client:
                           else make_recorder(self._config, self._source))
         if plugins:
             register_plugins(plugins, self, metadata)
+        self._refresh_entry()
 
     # -- construction ------------------------------------------------------------------
 
@@ -300,6 +313,12 @@ class Client:
         self._closed = True
         recorder, self._recorder = self._recorder, None
         self._sync_fast()  # the fast path stops counting in the closed recorder
+        if self._fast is not None and getattr(self._fast, "fallback_value", None) is not None:
+            # the entry points stay (evaluations keep working after close, see below) but no
+            # longer hold the client: fallbacks that find it gone answer its defaults
+            ref = weakref.ref(self)
+            self._fast.fallback_value = _detached(ref, "_variation_full")
+            self._fast.fallback_detail = _detached(ref, "_variation_detail_full")
         if recorder is not None:
             try:
                 recorder.close()
@@ -408,6 +427,7 @@ class Client:
     def add_hook(self, hook: Any) -> None:
         """Add an evaluation hook (ours, ldclient's, or any object with the same methods)."""
         self._hooks.add(hook)
+        self._refresh_entry()
 
     def secure_mode_hash(self, context: Any) -> str:
         """HMAC-SHA256 of the context's fully-qualified key with the SDK key, hex (ld-protocol
@@ -468,6 +488,42 @@ class Client:
         except Exception:  # noqa: BLE001 - events must not break evaluation
             log.exception("recording an evaluation event failed")
 
+    @property
+    def _recorder(self) -> Any:
+        """The event recorder (``None``: events off); setting it re-checks the C entry points."""
+        return self._recorder_
+
+    @_recorder.setter
+    def _recorder(self, recorder: Any) -> None:
+        self._recorder_ = recorder
+        self._refresh_entry()
+
+    def _refresh_entry(self) -> None:
+        """Make ``variation`` / ``variation_detail`` the C fast path's entry points (instance
+        attributes shadowing the methods: one C call, no Python frame) while it may answer for
+        this client — C evaluator, no hooks, the class's own methods, and no recorder or one the
+        fast path counts in — and the methods below otherwise. What the fast path does not
+        answer goes to ``_variation_full`` / ``_variation_detail_full`` (docs/internals.md,
+        "Hot path with the C evaluator")."""
+        fast = self._fast
+        entry = (fast is not None and getattr(fast, "fallback_value", False) is not False
+                 and "_hooks" in self.__dict__ and not self._hooks.hooks
+                 and type(self).variation is Client.variation
+                 and type(self).variation_detail is Client.variation_detail
+                 and self._sync_fast())
+        if entry:
+            if fast.fallback_value is None:
+                # Bound methods, as the methods they stand in for: the entry points keep the
+                # client alive as ``client.variation`` always did (a cycle through _fast,
+                # broken by close() and otherwise collected).
+                fast.fallback_value = self._variation_full
+                fast.fallback_detail = self._variation_detail_full
+            self.__dict__["variation"] = fast.variation
+            self.__dict__["variation_detail"] = fast.variation_detail
+        else:
+            self.__dict__.pop("variation", None)
+            self.__dict__.pop("variation_detail", None)
+
     def _sync_fast(self) -> bool:
         """Point the fast path at the current recorder if it can count in it.
 
@@ -521,6 +577,9 @@ class Client:
     def variation(self, key: str, context: Any, default: Any) -> Any:
         """The flag's value for ``context``, or ``default``.
 
+        With the C evaluator and no hooks, the instance's ``variation`` is the C fast path's
+        entry point instead (see ``_refresh_entry``), which answers exactly as this method.
+
         :param key: flag key
         :param context: a :class:`shmflags.Context`, an ``ldclient.Context`` or LD context JSON
         :param default: returned when the flag cannot be evaluated
@@ -542,6 +601,20 @@ class Client:
                 detail = self._fast_detail(key, context, default)   # as in variation()
                 if detail is not self._SLOW:
                     return detail
+            value, index, reason, _ = self._evaluate(key, context, default, True)
+            return EvaluationDetail(value, index, reason)
+        return self._detail("variation_detail", key, context, default, None)
+
+    def _variation_full(self, key: str, context: Any, default: Any) -> Any:
+        """:meth:`variation` without trying the fast path: what its C entry point calls when
+        the fast path does not answer (it has just tried)."""
+        if not self._hooks.hooks:
+            return self._evaluate(key, context, default, False)[0]
+        return self._value("variation", key, context, default, None)
+
+    def _variation_detail_full(self, key: str, context: Any, default: Any) -> EvaluationDetail:
+        """:meth:`variation_detail` without trying the fast path (see ``_variation_full``)."""
+        if not self._hooks.hooks:
             value, index, reason, _ = self._evaluate(key, context, default, True)
             return EvaluationDetail(value, index, reason)
         return self._detail("variation_detail", key, context, default, None)

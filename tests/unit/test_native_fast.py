@@ -301,6 +301,59 @@ def test_fast_path_hands_unusual_cases_to_the_full_path(N: Any,
                                                                    "errorKind": "WRONG_TYPE"}
 
 
+@pytest.mark.c_only
+def test_variation_is_one_c_call_while_the_fast_path_may_answer(N: Any) -> None:
+    """``client.variation`` / ``variation_detail`` are the C entry points (no Python frame)
+    exactly while the fast path may answer; what it does not answer reaches the full path."""
+    builtin = type(len)
+    fast, full = _clients()
+    assert isinstance(fast.variation, builtin) and isinstance(fast.variation_detail, builtin)
+    assert not isinstance(full.variation, builtin), "a recorder the C core cannot count in"
+    # passed on unchanged: keywords, a dict context, a bad call (TypeError as the method)
+    assert fast.variation(key="s", context=USER, default=1) == "y"
+    assert fast.variation_detail("s", USER, default=1) == full.variation_detail("s", USER, 1)
+    assert fast.variation("s", {"kind": "user", "key": "k"}, 1) == "y"
+    assert fast.variation_detail("s", Context.create(""), 1).reason == {
+        "kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
+    for bad in [("s", USER), ("s", USER, 1, 2)]:
+        with pytest.raises(TypeError):
+            fast.variation(*bad)
+        with pytest.raises(TypeError):
+            fast.variation_detail(*bad)
+    # a recorder the core cannot count in, then none again
+    fast._recorder = _Recorder()
+    assert not isinstance(fast.variation, builtin) and fast.variation("s", USER, 1) == "y"
+    fast._recorder = None
+    assert isinstance(fast.variation, builtin)
+
+    class Hook:
+        def before_evaluation(self, series: Any, data: Any) -> Any:
+            return data
+
+        def after_evaluation(self, series: Any, data: Any, detail: Any) -> Any:
+            return data
+    hooked, _ = _clients()
+    hooked.add_hook(Hook())
+    assert not isinstance(hooked.variation, builtin)
+    assert not isinstance(hooked.variation_detail, builtin)
+
+    class Sub(Client):
+        def variation(self, key: str, context: Any, default: Any) -> Any:
+            return "sub"
+    sub = Sub.from_data({"flags": FLAGS})
+    assert sub.variation("s", USER, 1) == "sub", "a subclass's override is kept"
+    # close(): the entry points keep answering but no longer hold the client
+    import weakref
+    entry, ref = fast.variation, weakref.ref(fast)
+    fast.close()
+    assert entry("s", USER, 1) == "y"
+    del fast
+    gc.collect()
+    assert ref() is None
+    assert entry("s", USER, 1) == "y", "the fast path still answers on the snapshot"
+    assert entry("s", {"kind": "user", "key": "k"}, 1) == 1, "the full path: client gone"
+
+
 def test_no_snapshot_is_client_not_ready(name: str) -> None:
     client = Client(Config(name=name, environ={}, send_events=False), start_wait=0)
     assert client.variation("f", USER, "d") == "d"
