@@ -703,6 +703,212 @@ static PyTypeObject FastType = {
     .tp_new = Fast_new,
 };
 
+/* ---- _ContextBuilder: Context.from_dict's common case ------------------------------------ */
+
+/* The slots of shmflags.Context, in the order of CTX_SLOT_NAMES. */
+enum { CS_KIND, CS_KEY, CS_NAME, CS_ANON, CS_ATTRS, CS_PRIVATE, CS_MULTI, CS_ERROR, CS_FQK,
+       CS_EMAP, CS_SECONDARY, CS_COUNT };
+static const char *const CTX_SLOT_NAMES[CS_COUNT] = {
+    "_kind", "_key", "_name", "_anon", "_attrs", "_private", "_multi", "_error", "_fqk",
+    "_emap", "_secondary"};
+
+typedef struct {
+    PyObject_HEAD
+    PyTypeObject *ctx_type;
+    Py_ssize_t off[CS_COUNT];
+    PyObject *s_kind, *s_user;   /* interned "kind" and "user" */
+} ContextBuilderObject;
+
+static PyObject *ContextBuilder_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"context_type", NULL};
+    PyObject *ctx_type;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!:_ContextBuilder", kwlist, &PyType_Type,
+                                     &ctx_type))
+        return NULL;
+    ContextBuilderObject *b = (ContextBuilderObject *)type->tp_alloc(type, 0);
+    if (b == NULL)
+        return NULL;
+    Py_INCREF(ctx_type);
+    b->ctx_type = (PyTypeObject *)ctx_type;
+    for (int i = 0; i < CS_COUNT; i++) {
+        b->off[i] = slot_offset(b->ctx_type, CTX_SLOT_NAMES[i]);
+        if (b->off[i] < 0) {
+            PyErr_Format(PyExc_TypeError, "context_type needs the __slots__ entry %s",
+                         CTX_SLOT_NAMES[i]);
+            Py_DECREF(b);
+            return NULL;
+        }
+    }
+    if ((b->s_kind = PyUnicode_InternFromString("kind")) == NULL
+        || (b->s_user = PyUnicode_InternFromString("user")) == NULL) {
+        Py_DECREF(b);
+        return NULL;
+    }
+    return (PyObject *)b;
+}
+
+static int ContextBuilder_traverse(ContextBuilderObject *b, visitproc visit, void *arg)
+{
+    Py_VISIT(b->ctx_type);
+    return 0;
+}
+
+static void ContextBuilder_dealloc(ContextBuilderObject *b)
+{
+    PyObject_GC_UnTrack(b);
+    Py_CLEAR(b->ctx_type);
+    Py_CLEAR(b->s_kind);
+    Py_CLEAR(b->s_user);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+/* Whether @kind (an exact str) is a valid single-context kind: non-empty, not "kind" or
+ * "multi", only [-a-zA-Z0-9._] (context.py _kind_error()). */
+static int kind_ok(ContextBuilderObject *b, PyObject *kind)
+{
+    if (kind == b->s_user)
+        return 1;
+    if (!PyUnicode_IS_ASCII(kind))
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(kind);
+    const unsigned char *c = PyUnicode_1BYTE_DATA(kind);
+    if (n == 0 || (n == 4 && memcmp(c, "kind", 4) == 0) || (n == 5 && memcmp(c, "multi", 5) == 0))
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char ch = c[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')
+              || ch == '-' || ch == '.' || ch == '_'))
+            return 0;
+    }
+    return 1;
+}
+
+enum { P_ATTR, P_KEY, P_KIND, P_NAME, P_ANONYMOUS, P_OTHER };
+
+/* Which property the exact-str dict key @k is: the built-ins by length and bytes (no call per
+ * candidate); P_OTHER for "" and "_meta", which the Python path handles. */
+static int prop_of(PyObject *k)
+{
+    if (!PyUnicode_IS_ASCII(k))
+        return P_ATTR;
+    const char *c = (const char *)PyUnicode_1BYTE_DATA(k);
+    switch (PyUnicode_GET_LENGTH(k)) {
+    case 0: return P_OTHER;
+    case 3: return memcmp(c, "key", 3) == 0 ? P_KEY : P_ATTR;
+    case 4: return memcmp(c, "kind", 4) == 0 ? P_KIND : memcmp(c, "name", 4) == 0 ? P_NAME
+                                                                                : P_ATTR;
+    case 5: return memcmp(c, "_meta", 5) == 0 ? P_OTHER : P_ATTR;
+    case 9: return memcmp(c, "anonymous", 9) == 0 ? P_ANONYMOUS : P_ATTR;
+    default: return P_ATTR;
+    }
+}
+
+/*
+ * _ContextBuilder.from_dict(props) -> Context | _SLOW
+ *
+ * The common case of Context.from_dict, built as context.py's _from_dict_single() and
+ * _make_single() build it: an exact dict with an exact-str "kind" (not "multi"), a non-empty
+ * exact-str "key", "name" None or an exact str, "anonymous" a bool, and other attributes
+ * under exact-str keys (a None value removes the attribute, as there).  Anything else — a
+ * dict subclass, "_meta", a "" key, a wrong type, an invalid kind or key, the old user format,
+ * a multi-context — returns _SLOW and context.py answers it, so the C path never decides an
+ * error or an edge case.  Invariant: every slot gets the object the Python path would store
+ * (the dict's own key/kind/name/bool objects; a fresh attribute dict or None).
+ */
+static PyObject *ContextBuilder_from_dict(ContextBuilderObject *b, PyObject *props)
+{
+    if (!PyDict_CheckExact(props))
+        return slow();
+    PyObject *kind = PyDict_GetItemWithError(props, b->s_kind);   /* borrowed */
+    if (kind == NULL) {
+        PyErr_Clear();
+        return slow();
+    }
+    if (!PyUnicode_CheckExact(kind))
+        return slow();
+    PyObject *key = NULL, *name = Py_None, *anon = Py_False, *attrs = NULL;
+    PyObject *k, *v;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(props, &pos, &k, &v)) {    /* borrowed; no Python code runs here */
+        if (!PyUnicode_CheckExact(k))
+            goto fallback;
+        switch (prop_of(k)) {
+        case P_KEY:
+            if (!PyUnicode_CheckExact(v))
+                goto fallback;
+            key = v;
+            continue;
+        case P_KIND:
+            kind = v;          /* the same object the lookup above found */
+            continue;
+        case P_NAME:
+            if (v != Py_None && !PyUnicode_CheckExact(v))
+                goto fallback;
+            name = v;
+            continue;
+        case P_ANONYMOUS:
+            if (!PyBool_Check(v))
+                goto fallback;
+            anon = v;
+            continue;
+        case P_OTHER:
+            goto fallback;     /* "" or "_meta" */
+        default:
+            break;
+        }
+        /* the first attribute makes the dict, even one whose value is None (as there) */
+        if (attrs == NULL && (attrs = PyDict_New()) == NULL)
+            goto fallback;
+        if (v == Py_None) {
+            if (PyDict_DelItem(attrs, k) < 0) {
+                if (!PyErr_ExceptionMatches(PyExc_KeyError))
+                    goto fallback;
+                PyErr_Clear();
+            }
+        } else if (PyDict_SetItem(attrs, k, v) < 0) {
+            goto fallback;
+        }
+    }
+    if (key == NULL || PyUnicode_GET_LENGTH(key) == 0 || !kind_ok(b, kind))
+        goto fallback;
+    PyObject *c = b->ctx_type->tp_alloc(b->ctx_type, 0);
+    if (c == NULL)
+        goto fallback;
+    PyObject *vals[CS_COUNT] = {kind, key, name, anon, attrs != NULL ? attrs : Py_None,
+                                Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
+    for (int i = 0; i < CS_COUNT; i++) {
+        if (i != CS_ATTRS || attrs == NULL)
+            Py_INCREF(vals[i]);
+        SLOT(c, b->off[i]) = vals[i];   /* the slot takes the reference (attrs: ours) */
+    }
+    return c;
+
+fallback:
+    PyErr_Clear();
+    Py_XDECREF(attrs);
+    return slow();
+}
+
+static PyMethodDef ContextBuilder_methods[] = {
+    {"from_dict", (PyCFunction)ContextBuilder_from_dict, METH_O,
+     "from_dict(props) -> Context for the common case of Context.from_dict, else _SLOW"},
+    {NULL, NULL, 0, NULL}
+};
+
+static PyTypeObject ContextBuilderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmflags._native._ContextBuilder",
+    .tp_basicsize = sizeof(ContextBuilderObject),
+    .tp_dealloc = (destructor)ContextBuilder_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "_ContextBuilder(context_type): Context.from_dict's common case in C "
+              "(returns _SLOW for everything else).",
+    .tp_traverse = (traverseproc)ContextBuilder_traverse,
+    .tp_methods = ContextBuilder_methods,
+    .tp_new = ContextBuilder_new,
+};
+
 /**
  * sf_fast_register() - add _Watch, _Fast and _SLOW to the module (called once at import).
  * Return: 0, or -1 with an exception set.
@@ -710,7 +916,8 @@ static PyTypeObject FastType = {
 int sf_fast_register(PyObject *module, PyTypeObject *snap_type)
 {
     snapshot_type = snap_type;
-    if (PyType_Ready(&WatchType) < 0 || PyType_Ready(&FastType) < 0)
+    if (PyType_Ready(&WatchType) < 0 || PyType_Ready(&FastType) < 0
+        || PyType_Ready(&ContextBuilderType) < 0)
         return -1;
     slow_sentinel = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
     if (slow_sentinel == NULL)
@@ -723,6 +930,11 @@ int sf_fast_register(PyObject *module, PyTypeObject *snap_type)
     Py_INCREF(&FastType);
     if (PyModule_AddObject(module, "_Fast", (PyObject *)&FastType) < 0) {
         Py_DECREF(&FastType);
+        return -1;
+    }
+    Py_INCREF(&ContextBuilderType);
+    if (PyModule_AddObject(module, "_ContextBuilder", (PyObject *)&ContextBuilderType) < 0) {
+        Py_DECREF(&ContextBuilderType);
         return -1;
     }
     Py_INCREF(slow_sentinel);

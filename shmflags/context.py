@@ -193,6 +193,15 @@ class Context:
         :param props: the decoded JSON object
         :returns: a context, invalid if the data does not describe a valid context
         """
+        build = _C_FROM_DICT
+        if build is None:
+            build = _resolve_c_from_dict()
+        if build:
+            # the C evaluator's builder answers the common single-kind case (as _from_dict
+            # would build it); everything else, errors included, is _SLOW
+            built = build(props)
+            if built is not _C_SLOW:
+                return built
         return _from_dict(props, False)
 
     # -- properties --------------------------------------------------------------------
@@ -542,6 +551,27 @@ def _fully_qualified_key(c: Context) -> str:
 
 
 # -- JSON ------------------------------------------------------------------------------
+
+
+#: ``_native._ContextBuilder(Context).from_dict`` with the C evaluator, ``False`` without it,
+#: ``None`` until the first ``from_dict`` (resolved then: this module imports before the
+#: backend is chosen). ``_C_SLOW`` is what it returns for the cases it leaves to Python.
+_C_FROM_DICT: Any = None
+_C_SLOW: Any = object()
+
+
+def _resolve_c_from_dict() -> Any:
+    global _C_FROM_DICT, _C_SLOW
+    build: Any = False
+    try:
+        from shmflags.backend import evaluator_backend
+        if evaluator_backend() == "c":
+            from shmflags._native import _SLOW, _ContextBuilder
+            build, _C_SLOW = _ContextBuilder(Context).from_dict, _SLOW
+    except (ImportError, AttributeError):   # no C evaluator, or a build without the builder
+        build = False
+    _C_FROM_DICT = build
+    return build
 
 
 def _from_dict(props: Any, allow_empty_key: bool) -> Context:

@@ -474,3 +474,58 @@ def test_short_record_strings_by_content_match_the_python_backend(N: Any) -> Non
             assert got[:3] == ref[:3], (key, ctx, got, ref)
             hits += got[0] == "hit"
     assert hits > len(names)
+
+
+# -- Context.from_dict's C common case ----------------------------------------------------
+
+class _Str(str):
+    pass
+
+
+_PROP_KEYS: List[Any] = ["kind", "key", "name", "anonymous", "_meta", "", "email", "age",
+                         "Key", "kinds", "é", 1, _Str("email")]
+_PROP_VALUES: List[Any] = [None, "user", "org", "", "multi", "kind", "bad kind", "x", "é",
+                           "a.b-c_D9", True, False, 0, 1.5, [1], {"a": 1},
+                           {"privateAttributes": ["email"]}, _Str("user")]
+
+
+@pytest.mark.c_only
+def test_context_from_dict_c_builder_builds_what_python_builds(N: Any) -> None:
+    """The C builder answers the common single-kind case with exactly the slots the Python
+    path stores (the same objects), and leaves every other case to it (_SLOW)."""
+    import random
+
+    from shmflags import context as C
+    Context.from_dict({"kind": "user", "key": "k"})
+    build = C._C_FROM_DICT
+    assert build, "c_only: the C builder is in use"
+    rng = random.Random(7)
+    answered = 0
+    cases: List[Any] = [{"kind": "user", "key": "k", "email": None},
+                        {"kind": "org", "key": "k", "name": None, "anonymous": True},
+                        {"kind": "user", "key": "k", "kind2": 1, "kind": "org"},
+                        {"key": "old-user"}, {"kind": "multi", "user": {"key": "a"}},
+                        [("kind", "user")], None, "user"]
+    for _ in range(20000):
+        d: Dict[Any, Any] = {"kind": rng.choice(["user", "org", rng.choice(_PROP_VALUES)])}
+        if rng.random() < 0.9:
+            d["key"] = rng.choice(["u1", "", _Str("u2"), 5, None]) if rng.random() < 0.2 else "u1"
+        for _ in range(rng.randrange(5)):
+            d[rng.choice(_PROP_KEYS)] = rng.choice(_PROP_VALUES)
+        cases.append(d)
+    for props in cases:
+        expected = C._from_dict(props, False)
+        got = build(props)
+        if got is not C._C_SLOW:
+            answered += 1
+            assert type(got) is Context and got.valid
+            for slot in Context.__slots__:
+                a, b = getattr(got, slot), getattr(expected, slot)
+                assert type(a) is type(b) and a == b, (props, slot, a, b)
+                if slot in ("_kind", "_key", "_name", "_anon"):
+                    assert a is b, (props, slot)
+        ours = Context.from_dict(props)
+        assert ours == expected and ours.error == expected.error and ours.valid == expected.valid
+        if ours.valid:
+            assert ours.to_dict() == expected.to_dict()
+    assert answered > 3000, answered
