@@ -909,7 +909,7 @@ def coerce(obj: Any) -> Context:
         if isinstance(obj, Context):
             return obj
         if isinstance(obj, dict):
-            return _from_dict(obj, False)
+            return Context.from_dict(obj)
         if obj is None:
             return _invalid(_ERR_NONE)
         cls = type(obj)
