@@ -390,8 +390,8 @@ class Config:
         self._values = values
 
     def __getattr__(self, name: str) -> Any:
-        values = self.__dict__["_values"]
         try:
+            values = self.__dict__["_values"]
             return values[name]
         except KeyError:
             pass
@@ -399,6 +399,8 @@ class Config:
             value = _DEFAULTS[name]
         except KeyError:
             raise AttributeError(name) from None
+        if "_values" not in self.__dict__:   # half made (unpickling, copy): no defaults yet
+            raise AttributeError(name)
         if isinstance(value, (list, dict)):   # each Config owns its mutable defaults
             value = values[name] = _copy_default(value)
         return value

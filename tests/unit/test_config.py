@@ -1,6 +1,9 @@
 """Config: ldclient keywords, SHMFLAGS_* environment, TOML, precedence and errors naming settings."""
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 
 from shmflags.config import SETTINGS, Config, settings_markdown
@@ -120,6 +123,9 @@ def test_defaults_are_read_on_demand_but_owned_per_config():
     assert c.flush_interval == 2.0 and a.flush_interval == 5.0 and a.hooks == ["h"]
     with pytest.raises(AttributeError):
         a.no_such_setting  # noqa: B018
+    for twin in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert twin.flush_interval == 2.0 and twin.hooks == ["h", "i"]
+        assert twin.poll_interval == 30.0, "defaults still read on demand"
 
 
 def test_only_shmflags_variables_are_read_and_unknown_ones_ignored():
