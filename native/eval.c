@@ -116,9 +116,11 @@ PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec
 /**
  * sf_flag_cache_for() - the per-flag cache slot of a flag entry, or NULL.
  *
- * Ranks come from the entry's position: the builder lays flag entries out contiguously in
- * key order; any other layout (or a corrupt offset) simply gets no slot (NULL), which only
- * costs speed.  Invariant: a returned slot's rank was verified against the order array.
+ * Ranks come from the entry's position in the flag entries array (layout 3: the array is
+ * the key order).  An entry outside it (an index slot may name any entry in the
+ * directory; a corrupt one) simply gets no slot (NULL), which only costs speed.
+ * Invariant: a returned slot belongs to the entry at flag_entries_off + 32*rank, rank <
+ * n_flags.
  */
 sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent)
 {
@@ -128,9 +130,7 @@ sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent)
     if (off < so->entries_base || (off - so->entries_base) % SF_ENTRY_SIZE != 0)
         return NULL;
     uint32_t rank = (off - so->entries_base) / SF_ENTRY_SIZE;
-    const sf_entry_t *at;
-    if (rank >= so->snap.n_flags || sf_snapshot_entry_at(&so->snap, SF_FLAGS, rank, &at) != SF_OK
-        || at != ent)
+    if (rank >= so->snap.n_flags)
         return NULL;
     sf_flagcache_t *fc = &so->fcache[rank];
     fc->rec_off = ent->rec_off;

@@ -335,7 +335,7 @@ static PyObject *keys_of(SnapshotObject *self, int which)
         if (sf_snapshot_entry_at(&self->snap, which, i, &ent) != SF_OK
             || sf_entry_key(&self->snap, ent, &k, &kl) != SF_OK) {
             Py_DECREF(list);
-            return raise_code(SF_ECORRUPT, "order array");
+            return raise_code(SF_ECORRUPT, "entries array");
         }
         PyObject *s = PyUnicode_DecodeUTF8(k, kl, "surrogatepass");
         if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {

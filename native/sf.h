@@ -81,7 +81,7 @@ typedef struct sf_snap {
     uint32_t n_flags, n_segments;
     uint32_t flag_index_off, flag_index_cap;
     uint32_t seg_index_off, seg_index_cap;
-    uint32_t flag_order_off, seg_order_off;
+    uint32_t flag_entries_off, seg_entries_off;   /* entries arrays, in key order */
     uint32_t record_format;
     uint32_t blob_off;        /* directory is [SF_HEADER_SIZE, blob_off), blobs [blob_off, size) */
     uint32_t chunk_table_off, chunk_shift, n_chunks;
