@@ -116,47 +116,70 @@ PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec
 /**
  * sf_flag_cache_for() - the per-flag cache slot of a flag entry, or NULL.
  *
- * Ranks come from the entry's position: the builder lays flag entries out contiguously in
- * key order; any other layout (or a corrupt offset) simply gets no slot (NULL), which only
- * costs speed.  Invariant: a returned slot's rank was verified against the order array.
+ * Ranks come from the entry's position in the flag entries array (layout 3: the array is
+ * the key order).  An entry outside it (an index slot may name any entry in the
+ * directory; a corrupt one) simply gets no slot (NULL), which only costs speed.
+ * Invariant: a returned slot belongs to the entry at flag_entries_off + 32*rank, rank <
+ * n_flags.
  */
 sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent)
 {
-    if (so->fcache == NULL)
+    if (so->fpages == NULL)
         return NULL;
     uint32_t off = (uint32_t)((const uint8_t *)ent - so->snap.base);
     if (off < so->entries_base || (off - so->entries_base) % SF_ENTRY_SIZE != 0)
         return NULL;
     uint32_t rank = (off - so->entries_base) / SF_ENTRY_SIZE;
-    const sf_entry_t *at;
-    if (rank >= so->snap.n_flags || sf_snapshot_entry_at(&so->snap, SF_FLAGS, rank, &at) != SF_OK
-        || at != ent)
+    if (rank >= so->snap.n_flags)
         return NULL;
-    sf_flagcache_t *fc = &so->fcache[rank];
+    /* rank < n_flags, so rank >> SHIFT < n_fpages */
+    sf_flagcache_t **page = &so->fpages[rank >> SF_FCACHE_SHIFT];
+    if (*page == NULL) {
+        /* a failed allocation only costs speed: no slot, no exception */
+        *page = PyMem_Calloc(SF_FCACHE_PAGE, sizeof(sf_flagcache_t));
+        if (*page == NULL)
+            return NULL;
+    }
+    sf_flagcache_t *fc = &(*page)[rank & (SF_FCACHE_PAGE - 1)];
     fc->rec_off = ent->rec_off;
     fc->rec_len = ent->rec_len;
+    fc->rank = rank;
     return fc;
+}
+
+sf_flagcache_t *sf_flag_cache_at(SnapshotObject *so, uint32_t rank)
+{
+    if (so->fpages == NULL || rank >= so->snap.n_flags)
+        return NULL;
+    sf_flagcache_t *page = so->fpages[rank >> SF_FCACHE_SHIFT];
+    return page == NULL ? NULL : &page[rank & (SF_FCACHE_PAGE - 1)];
 }
 
 void sf_flagcache_free(SnapshotObject *so)
 {
-    if (so->fcache == NULL)
+    if (so->fpages == NULL)
         return;
-    for (uint32_t i = 0; i < so->snap.n_flags; i++) {
-        sf_flagcache_t *fc = &so->fcache[i];
-        Py_CLEAR(fc->key);
-        Py_CLEAR(fc->version);
-        Py_CLEAR(fc->info[0]);
-        Py_CLEAR(fc->info[1]);
-        if (fc->values != NULL) {
-            for (uint32_t j = 0; j < fc->nvalues; j++)
-                Py_CLEAR(fc->values[j]);
-            PyMem_Free(fc->values);
-            fc->values = NULL;
+    for (uint32_t p = 0; p < so->n_fpages; p++) {
+        sf_flagcache_t *page = so->fpages[p];
+        if (page == NULL)
+            continue;
+        for (uint32_t i = 0; i < SF_FCACHE_PAGE; i++) {
+            sf_flagcache_t *fc = &page[i];
+            Py_CLEAR(fc->key);
+            Py_CLEAR(fc->version);
+            Py_CLEAR(fc->info[0]);
+            Py_CLEAR(fc->info[1]);
+            if (fc->values != NULL) {
+                for (uint32_t j = 0; j < fc->nvalues; j++)
+                    Py_CLEAR(fc->values[j]);
+                PyMem_Free(fc->values);
+                fc->values = NULL;
+            }
         }
+        PyMem_Free(page);
     }
-    PyMem_Free(so->fcache);
-    so->fcache = NULL;
+    PyMem_Free(so->fpages);
+    so->fpages = NULL;
 }
 
 /* Convert "a Python exception is set" into the evaluator's code. */

@@ -33,10 +33,10 @@
 
 #define SF_SNAPSHOT_MAGIC      "SHMFLAGS"   /* 8 bytes, no NUL */
 #define SF_SNAPSHOT_MAGIC_LEN  8
-#define SF_LAYOUT_VERSION      2u
+#define SF_LAYOUT_VERSION      3u
 
 #define SF_HEADER_SIZE         160u
-#define SF_SLOT_SIZE           16u
+#define SF_SLOT_SIZE           8u
 #define SF_ENTRY_SIZE          32u
 #define SF_ALIGN               8u
 #define SF_MIN_INDEX_CAP       8u
@@ -77,8 +77,8 @@
  * @base_generation) and recomputes @header_check just before the object is
  * published.  Read-only afterwards.
  *
- * An object is a directory [160, blob_off) - indexes, order arrays, entries,
- * chunk table - covered by @checksum, then a blob area [blob_off, total_size)
+ * An object is a directory [160, blob_off) - indexes, entries, chunk table -
+ * covered by @checksum, then a blob area [blob_off, total_size)
  * cut into chunks of 1 << chunk_shift bytes, each verified against its
  * chunk-table xxh64 the first time a reader touches it.  An overlay
  * (@base_size != 0) also reads blobs from its base: entry offsets with bit 31
@@ -96,11 +96,11 @@ typedef struct sf_header {
     uint32_t n_flags;           /*  56 number of flag entries */
     uint32_t n_segments;        /*  60 number of segment entries */
     uint32_t flag_index_off;    /*  64 offset of the flag index (sf_slot_t[flag_index_cap]) */
-    uint32_t flag_index_cap;    /*  68 slots: power of two >= 2*n_flags, min 8 */
+    uint32_t flag_index_cap;    /*  68 slots: power of two, 4*cap >= 5*n_flags, min 8 */
     uint32_t seg_index_off;     /*  72 offset of the segment index */
-    uint32_t seg_index_cap;     /*  76 slots: power of two >= 2*n_segments, min 8 */
-    uint32_t flag_order_off;    /*  80 offset of n_flags u32 entry offsets, sorted by key bytes */
-    uint32_t seg_order_off;     /*  84 offset of n_segments u32 entry offsets, sorted by key bytes */
+    uint32_t seg_index_cap;     /*  76 slots: power of two, 4*cap >= 5*n_segments, min 8 */
+    uint32_t flag_entries_off;  /*  80 offset of n_flags sf_entry_t, sorted by key bytes */
+    uint32_t seg_entries_off;   /*  84 offset of n_segments sf_entry_t, sorted by key bytes */
     uint32_t chunk_table_off;   /*  88 offset of n_chunks u64: xxh64 (seed 0) of each blob chunk */
     uint32_t chunk_shift;       /*  92 chunk size is 1 << chunk_shift bytes */
     uint32_t n_chunks;          /*  96 ceil((total_size - blob_off) / chunk size) */
@@ -117,17 +117,21 @@ typedef struct sf_header {
 /*
  * sf_slot_t - one slot of an open-addressing index (linear probing).
  * Lookup: h = xxh64(key, seed 0); i = h & (cap - 1); probe i, i+1, ... (mod
- * cap) until entry_off == 0 (absent) or hash == h and the entry's key bytes
- * equal the key.  At least half of the slots are empty, so probing ends.
+ * cap) until entry_off == 0 (absent) or tag == h >> 32 and the entry's key
+ * bytes equal the key.  The home slot uses the low bits of h and the tag the
+ * high 32, so a tag match is a 1-in-2^32 false positive, settled by the key
+ * compare.  At least a fifth of the slots are empty (4*cap >= 5*n), so
+ * probing ends; readers still bound it at cap steps.
  */
 typedef struct sf_slot {
-    uint64_t hash;              /*   0 xxh64(key bytes, seed 0) */
-    uint32_t entry_off;         /*   8 offset of an sf_entry_t; 0 = empty slot */
-    uint32_t zero;              /*  12 0 */
+    uint32_t tag;               /*   0 high 32 bits of xxh64(key bytes, seed 0) */
+    uint32_t entry_off;         /*   4 offset of an sf_entry_t; 0 = empty slot */
 } sf_slot_t;
 
 /*
- * sf_entry_t - one flag or segment (entries lie in the directory).  Each of
+ * sf_entry_t - one flag or segment.  Entries lie in the directory, in two
+ * arrays (flags, then segments), each sorted by key bytes: the array is the
+ * iteration order, and entry i of a kind is at entries_off + 32*i.  Each of
  * key_off/raw_off/rec_off with bit 31 clear is an offset in this object's
  * blob area; with bit 31 set, (off & 0x7fffffff) is an offset in the base
  * object's blob area (overlays only).  The key is followed by one NUL (not
@@ -161,8 +165,8 @@ _Static_assert(offsetof(sf_header_t, flag_index_off) == 64, "flag_index_off");
 _Static_assert(offsetof(sf_header_t, flag_index_cap) == 68, "flag_index_cap");
 _Static_assert(offsetof(sf_header_t, seg_index_off) == 72, "seg_index_off");
 _Static_assert(offsetof(sf_header_t, seg_index_cap) == 76, "seg_index_cap");
-_Static_assert(offsetof(sf_header_t, flag_order_off) == 80, "flag_order_off");
-_Static_assert(offsetof(sf_header_t, seg_order_off) == 84, "seg_order_off");
+_Static_assert(offsetof(sf_header_t, flag_entries_off) == 80, "flag_entries_off");
+_Static_assert(offsetof(sf_header_t, seg_entries_off) == 84, "seg_entries_off");
 _Static_assert(offsetof(sf_header_t, chunk_table_off) == 88, "chunk_table_off");
 _Static_assert(offsetof(sf_header_t, chunk_shift) == 92, "chunk_shift");
 _Static_assert(offsetof(sf_header_t, n_chunks) == 96, "n_chunks");
@@ -176,9 +180,8 @@ _Static_assert(offsetof(sf_header_t, reserved) == 136, "reserved");
 _Static_assert(offsetof(sf_header_t, header_check) == 152, "header_check");
 
 _Static_assert(sizeof(sf_slot_t) == SF_SLOT_SIZE, "slot size");
-_Static_assert(offsetof(sf_slot_t, hash) == 0, "slot.hash");
-_Static_assert(offsetof(sf_slot_t, entry_off) == 8, "slot.entry_off");
-_Static_assert(offsetof(sf_slot_t, zero) == 12, "slot.zero");
+_Static_assert(offsetof(sf_slot_t, tag) == 0, "slot.tag");
+_Static_assert(offsetof(sf_slot_t, entry_off) == 4, "slot.entry_off");
 
 _Static_assert(sizeof(sf_entry_t) == SF_ENTRY_SIZE, "entry size");
 _Static_assert(offsetof(sf_entry_t, key_off) == 0, "entry.key_off");
@@ -190,7 +193,7 @@ _Static_assert(offsetof(sf_entry_t, rec_len) == 20, "entry.rec_len");
 _Static_assert(offsetof(sf_entry_t, version_lo) == 24, "entry.version_lo");
 _Static_assert(offsetof(sf_entry_t, version_hi) == 28, "entry.version_hi");
 
-_Static_assert(SF_FORMAT_WORD == 0x02141020u, "format word (format.py FORMAT_WORD)");
+_Static_assert(SF_FORMAT_WORD == 0x03140820u, "format word (format.py FORMAT_WORD)");
 
 /*
  * Validation a reader performs, in this order (format.py/reader.py do the
@@ -201,9 +204,9 @@ _Static_assert(SF_FORMAT_WORD == 0x02141020u, "format word (format.py FORMAT_WOR
  *     blob_off 8-aligned in [160, total_size];
  *  4. checksum == xxh3_64(bytes[160,blob_off)) - once per mapped object
  *     (state byte 0 remembers it);
- *  5. each index: off 8-aligned, cap a power of two >= max(8, 2*n),
- *     [off, off + cap*16) inside the directory [160, blob_off);
- *     each order array 8-aligned inside the directory; chunk_shift in
+ *  5. each index: off 8-aligned, cap a power of two >= 8 with 4*cap >= 5*n,
+ *     [off, off + cap*8) inside the directory [160, blob_off);
+ *     each entries array [off, off + n*32) 8-aligned inside the directory; chunk_shift in
  *     [12, 30]; n_chunks == ceil((total_size - blob_off) >> shift); chunk
  *     table 8-aligned inside the directory; raw_off in [blob_off, total_size];
  *     base_size == 0 implies base_generation == base_checksum == 0;

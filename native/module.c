@@ -278,8 +278,10 @@ static PyObject *Snapshot_new(PyTypeObject *type, PyObject *args, PyObject *kwds
         const sf_entry_t *first;
         if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, 0, &first) == SF_OK) {
             self->entries_base = (uint32_t)((const uint8_t *)first - self->snap.base);
-            self->fcache = PyMem_Calloc(self->snap.n_flags, sizeof(sf_flagcache_t));
-            if (self->fcache == NULL) {
+            self->n_fpages = (uint32_t)(((uint64_t)self->snap.n_flags + SF_FCACHE_PAGE - 1)
+                                        >> SF_FCACHE_SHIFT);
+            self->fpages = PyMem_Calloc(self->n_fpages, sizeof(sf_flagcache_t *));
+            if (self->fpages == NULL) {
                 PyErr_NoMemory();
                 goto fail;
             }
@@ -335,7 +337,7 @@ static PyObject *keys_of(SnapshotObject *self, int which)
         if (sf_snapshot_entry_at(&self->snap, which, i, &ent) != SF_OK
             || sf_entry_key(&self->snap, ent, &k, &kl) != SF_OK) {
             Py_DECREF(list);
-            return raise_code(SF_ECORRUPT, "order array");
+            return raise_code(SF_ECORRUPT, "entries array");
         }
         PyObject *s = PyUnicode_DecodeUTF8(k, kl, "surrogatepass");
         if (s == NULL && PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) {

@@ -107,19 +107,24 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
     if (self->flag_lookup != NULL && PyUnicode_CheckExact(key)) {
         PyObject *hit = PyDict_GetItemWithError(self->flag_lookup, key);
         if (hit != NULL) {
-            /* invariant: only ranks verified by sf_flag_cache_for() are stored */
-            sf_flagcache_t *fc = &self->fcache[PyLong_AsSize_t(hit)];
-            sf_entry_t ent;
-            memset(&ent, 0, sizeof(ent));
-            ent.rec_off = fc->rec_off;
-            ent.rec_len = fc->rec_len;
-            if (sf_entry_record(&self->snap, &ent, rec) != SF_OK || sf_flag_header(rec, f) != SF_OK)
-                return -1;
-            rec->fc = fc;
-            return 1;
-        }
-        if (PyErr_Occurred())
+            /* invariant: only ranks verified by sf_flag_cache_for() are stored, so the slot
+             * (and its page) exists */
+            sf_flagcache_t *fc = sf_flag_cache_at(self, (uint32_t)PyLong_AsSize_t(hit));
+            if (fc != NULL) {
+                sf_entry_t ent;
+                memset(&ent, 0, sizeof(ent));
+                ent.rec_off = fc->rec_off;
+                ent.rec_len = fc->rec_len;
+                if (sf_entry_record(&self->snap, &ent, rec) != SF_OK
+                    || sf_flag_header(rec, f) != SF_OK)
+                    return -1;
+                rec->fc = fc;
+                return 1;
+            }
+            /* no slot (cannot happen, see above): the index path below */
+        } else if (PyErr_Occurred()) {
             return -1;
+        }
     }
     Py_ssize_t kl;
     const char *k;
@@ -139,7 +144,7 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
     if (rec->fc != NULL && PyUnicode_CheckExact(key)) {
         if (self->flag_lookup == NULL && (self->flag_lookup = PyDict_New()) == NULL)
             return -1;
-        PyObject *rank = PyLong_FromSize_t((size_t)(rec->fc - self->fcache));
+        PyObject *rank = PyLong_FromSize_t((size_t)rec->fc->rank);
         int prc = rank ? PyDict_SetItem(self->flag_lookup, key, rank) : -1;
         Py_XDECREF(rank);
         if (prc < 0)

@@ -81,7 +81,7 @@ typedef struct sf_snap {
     uint32_t n_flags, n_segments;
     uint32_t flag_index_off, flag_index_cap;
     uint32_t seg_index_off, seg_index_cap;
-    uint32_t flag_order_off, seg_order_off;
+    uint32_t flag_entries_off, seg_entries_off;   /* entries arrays, in key order */
     uint32_t record_format;
     uint32_t blob_off;        /* directory is [SF_HEADER_SIZE, blob_off), blobs [blob_off, size) */
     uint32_t chunk_table_off, chunk_shift, n_chunks;
@@ -106,7 +106,10 @@ int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, u
 /*
  * sf_flagcache_t - per-flag Python objects of one Snapshot, indexed by the flag's rank in
  * key order: one cache line to reach everything a result needs, instead of a probe of the
- * generic cache per object.  Filled lazily; owned by the Snapshot.
+ * generic cache per object.  Filled lazily; owned by the Snapshot.  Slots live in pages of
+ * SF_FCACHE_PAGE, allocated when a flag of the page is first evaluated: a worker that
+ * switches to a new generation and evaluates a few flags allocates (and later frees) a few
+ * KiB, not n_flags * 48 bytes (480 KB zeroed and walked per switch at 10,000 flags).
  */
 typedef struct sf_flagcache {
     PyObject *key;            /* str */
@@ -115,8 +118,11 @@ typedef struct sf_flagcache {
     PyObject **values;        /* decoded variations (nvalues of them), or NULL */
     uint32_t nvalues;
     uint32_t rec_off, rec_len;/* record span, 0 until known */
-    uint32_t reserved;
+    uint32_t rank;            /* the slot's own rank (flag_lookup stores it) */
 } sf_flagcache_t;
+
+#define SF_FCACHE_SHIFT 6u
+#define SF_FCACHE_PAGE  (1u << SF_FCACHE_SHIFT)   /* slots per page: 64 x 48 B = 3 KiB */
 
 /* sf_rec_t - a bounds-checked view of one compiled record. */
 typedef struct sf_rec {
@@ -217,7 +223,9 @@ typedef struct {
     PyObject *re_compile;    /* re.compile */
     PyObject *big_segments;  /* BigSegmentsProvider (get_membership) or NULL */
     PyObject *flag_lookup;   /* exact str key -> PyLong rank: skips the index */
-    sf_flagcache_t *fcache;  /* n_flags slots, or NULL when entries are not contiguous */
+    sf_flagcache_t **fpages; /* ceil(n_flags / SF_FCACHE_PAGE) page pointers (NULL until a
+                                flag of the page is evaluated), or NULL: no flag cache */
+    uint32_t n_fpages;
     uint32_t entries_base;   /* entry offset of rank 0 */
     sf_strslot_t strs[SF_STRS];   /* short record strings by content (eval.c sf_rec_pystr) */
 } SnapshotObject;
@@ -296,6 +304,8 @@ PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_r
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref);
 PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f);
 sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent);
+/* the slot of a rank sf_flag_cache_for() returned before, or NULL */
+sf_flagcache_t *sf_flag_cache_at(SnapshotObject *so, uint32_t rank);
 void sf_flagcache_free(SnapshotObject *so);
 PyObject *sf_deep_copy(PyObject *o, int depth);
 int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_result_t *r);

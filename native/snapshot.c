@@ -5,10 +5,10 @@
  *
  * Invariants established by sf_snapshot_open() and relied on afterwards:
  *  - total_size <= the buffer length, so [0, size) is readable;
- *  - both index tables, both order arrays and the chunk table lie inside the
- *    directory [160, blob_off);
+ *  - both index tables, both entries arrays and the chunk table lie inside
+ *    the directory [160, blob_off);
  *  - index capacities are powers of two (probing masks with cap - 1).
- * Entry offsets read from an index or order array are checked on every use
+ * Entry offsets read from an index slot are checked on every use
  * (step 6 of layout.h), since a checksum can be recomputed by an attacker.
  * The header check and the directory checksum are verified by module.c at
  * construction (once per mapped object); blob chunks here, at first use, in
@@ -26,7 +26,8 @@ static int index_ok(const sf_snap_t *s, uint32_t off, uint32_t cap, uint32_t n)
 {
     if ((off & 7u) != 0 || cap < SF_MIN_INDEX_CAP || (cap & (cap - 1)) != 0)
         return 0;
-    if ((uint64_t)cap < 2 * (uint64_t)n)
+    /* at least a fifth of the slots empty: 4*cap >= 5*n (in 64 bits: no overflow) */
+    if (4 * (uint64_t)cap < 5 * (uint64_t)n)
         return 0;
     return dir_ok(s, off, (uint64_t)cap * SF_SLOT_SIZE);
 }
@@ -63,8 +64,8 @@ int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len)
     s->flag_index_cap = h->flag_index_cap;
     s->seg_index_off = h->seg_index_off;
     s->seg_index_cap = h->seg_index_cap;
-    s->flag_order_off = h->flag_order_off;
-    s->seg_order_off = h->seg_order_off;
+    s->flag_entries_off = h->flag_entries_off;
+    s->seg_entries_off = h->seg_entries_off;
     s->record_format = h->record_format;
     s->blob_off = h->blob_off;
     s->chunk_table_off = h->chunk_table_off;
@@ -79,9 +80,11 @@ int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len)
     if (!index_ok(s, s->flag_index_off, s->flag_index_cap, s->n_flags)
         || !index_ok(s, s->seg_index_off, s->seg_index_cap, s->n_segments))
         return SF_ECORRUPT;
-    if ((s->flag_order_off & 7u) != 0 || (s->seg_order_off & 7u) != 0
-        || !dir_ok(s, s->flag_order_off, 4ull * s->n_flags)
-        || !dir_ok(s, s->seg_order_off, 4ull * s->n_segments))
+    /* entries arrays: 8-aligned, inside the directory (so entry i of a kind, at
+     * entries_off + 32*i for i < n, is too) */
+    if ((s->flag_entries_off & 7u) != 0 || (s->seg_entries_off & 7u) != 0
+        || !dir_ok(s, s->flag_entries_off, (uint64_t)SF_ENTRY_SIZE * s->n_flags)
+        || !dir_ok(s, s->seg_entries_off, (uint64_t)SF_ENTRY_SIZE * s->n_segments))
         return SF_ECORRUPT;
     if (s->chunk_shift < SF_MIN_CHUNK_SHIFT || s->chunk_shift > SF_MAX_CHUNK_SHIFT)
         return SF_ECORRUPT;
@@ -228,12 +231,13 @@ int sf_snapshot_find(const sf_snap_t *s, int which, const char *key, size_t klen
     uint32_t cap = which == SF_FLAGS ? s->flag_index_cap : s->seg_index_cap;
     const sf_slot_t *slots = (const sf_slot_t *)(s->base + off);
     uint64_t h = sf_xxh64(key, klen, 0);
+    uint32_t tag = (uint32_t)(h >> 32);
     uint32_t i = (uint32_t)h & (cap - 1);
     for (uint32_t n = 0; n < cap; n++, i = (i + 1) & (cap - 1)) {
         const sf_slot_t *sl = &slots[i];
         if (sl->entry_off == 0)
             return SF_ENOTFOUND;
-        if (sl->hash != h)
+        if (sl->tag != tag)
             continue;
         const sf_entry_t *e = entry(s, sl->entry_off);
         const char *k;
@@ -249,18 +253,18 @@ int sf_snapshot_find(const sf_snap_t *s, int which, const char *key, size_t klen
 }
 
 /**
- * sf_snapshot_entry_at() - the i-th entry in key order.
+ * sf_snapshot_entry_at() - the i-th entry in key order: entry i of the kind's
+ * entries array.
  * Return: SF_OK, SF_ENOTFOUND (i out of range) or SF_ECORRUPT.
  */
 int sf_snapshot_entry_at(const sf_snap_t *s, int which, uint32_t i, const sf_entry_t **out)
 {
     uint32_t n = which == SF_FLAGS ? s->n_flags : s->n_segments;
-    uint32_t off = which == SF_FLAGS ? s->flag_order_off : s->seg_order_off;
+    uint32_t off = which == SF_FLAGS ? s->flag_entries_off : s->seg_entries_off;
     if (i >= n)
         return SF_ENOTFOUND;
-    uint32_t eo;
-    memcpy(&eo, s->base + off + 4ull * i, 4);
-    const sf_entry_t *e = entry(s, eo);
+    /* i < n and the array was checked inside the directory at open; entry() checks again */
+    const sf_entry_t *e = entry(s, (uint32_t)(off + (uint64_t)SF_ENTRY_SIZE * i));
     if (e == NULL)
         return SF_ECORRUPT;
     *out = e;

@@ -144,7 +144,7 @@ def _overlay_case(rng: random.Random, overlay: bytes, base: bytes) -> Tuple[str,
         other = bytes(bs)
     elif kind == "overlay_entry_base":
         n = h.n_flags + h.n_segments
-        first = struct.unpack_from("<I", overlay, h.flag_order_off)[0]
+        first = h.flag_entries_off       # flag entries, then segment entries
         for _ in range(rng.randint(1, 4)):
             eoff = first + fmt.ENTRY_SIZE * rng.randrange(n)
             field = rng.choice([0, 8, 16, 4, 12, 20])
@@ -222,14 +222,14 @@ def make_case(bases: List[Any], seed: int, index: int) -> Tuple[str, Any]:
     elif kind == "entry_field" or kind == "slot_field":
         h = fmt.unpack_header(base)
         if kind == "entry_field" and h.n_flags + h.n_segments:
-            order = h.flag_order_off if h.n_flags else h.seg_order_off
+            first = h.flag_entries_off if h.n_flags else h.seg_entries_off
             cnt = h.n_flags or h.n_segments
-            eoff = struct.unpack_from("<I", base, order + 4 * rng.randrange(cnt))[0]
+            eoff = first + fmt.ENTRY_SIZE * rng.randrange(cnt)
             off = eoff + 4 * rng.randrange(8)
         else:
             cap = h.flag_index_cap if rng.random() < 0.7 else h.seg_index_cap
             ioff = h.flag_index_off if cap == h.flag_index_cap else h.seg_index_off
-            off = ioff + 16 * rng.randrange(cap) + rng.choice([0, 4, 8, 12])
+            off = ioff + fmt.SLOT_SIZE * rng.randrange(cap) + rng.choice([0, 4])
         old = int.from_bytes(buf[off:off + 4], "little")
         buf[off:off + 4] = _value(rng, 4, old).to_bytes(4, "little")
         rehash(buf)

@@ -593,8 +593,10 @@ class Publisher:
         fd = shm.fd
         try:
             self._fix_perms(fd)
-            # Reserve every page now: a full /dev/shm is ENOSPC here, never SIGBUS later.
-            os.posix_fallocate(fd, 0, total)
+            # Every byte of [0, total) is written before the object is announced, so every
+            # page is allocated by these writes: a full /dev/shm is ENOSPC here (pwrite), never
+            # SIGBUS in a reader later. (posix_fallocate first reserved and zeroed the same
+            # pages: ~0.06 ms more CPU per one-flag patch at 10,000 flags.)
             header = fmt.stamp_generation(mv[:fmt.HEADER_SIZE], gen, base_gen)
             _pwrite_all(fd, header, 0)
             _pwrite_all(fd, mv[fmt.HEADER_SIZE:total], fmt.HEADER_SIZE)

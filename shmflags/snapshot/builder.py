@@ -65,10 +65,10 @@ class _Base(NamedTuple):
     items: Tuple[Dict[str, _Item], Dict[str, _Item]]    # per kind: key -> item, as built
     rank: Tuple[Dict[str, int], Dict[str, int]]         # per kind: key -> rank in key order
     n_flags: int
-    head: bytes               # indexes and order arrays, as in the base's directory
+    head: bytes               # the indexes, as in the base's directory
     entries: bytes            # the base's entries with bit 31 set on key/raw/rec offsets
     entries_off: int          # where the entries start (the same in every overlay on it)
-    dir_fields: Tuple[int, int, int, int, int, int]   # flag/seg index off+cap, order offs
+    dir_fields: Tuple[int, int, int, int, int, int]   # flag/seg index off+cap, entries offs
 
 
 #: Compaction: an overlay whose blob area would exceed this fraction of its base's blob area,
@@ -117,7 +117,7 @@ class SnapshotBuilder:
 
     Each item's bytes (key, msgpack, compiled record) are cached by key; a later build reuses
     them when the item is the same dict object with the same version, or when its msgpack
-    hashes the same. Only the indexes, order arrays, entries and header are rebuilt, so a
+    hashes the same. Only the indexes, entries and header are rebuilt, so a
     one-flag patch of a large environment costs little.
 
     Treat the dicts given to :meth:`build` as immutable: a changed item must be a new dict (the
@@ -333,10 +333,8 @@ class SnapshotBuilder:
         blob_len = len(blob)
 
         flag_index_off = fmt.HEADER_SIZE
-        seg_index_off = flag_index_off + ftab.cap * fmt.SLOT_SIZE
-        flag_order_off = seg_index_off + stab.cap * fmt.SLOT_SIZE
-        seg_order_off = flag_order_off + fmt.align(4 * nf)
-        flag_entries_off = seg_order_off + fmt.align(4 * ns)
+        seg_index_off = flag_index_off + fmt.align(ftab.cap * fmt.SLOT_SIZE)
+        flag_entries_off = seg_index_off + fmt.align(stab.cap * fmt.SLOT_SIZE)
         seg_entries_off = flag_entries_off + nf * fmt.ENTRY_SIZE
         chunk_table_off = seg_entries_off + ns * fmt.ENTRY_SIZE
         shift = self._chunk_shift
@@ -359,8 +357,6 @@ class SnapshotBuilder:
         directory = b"".join((
             self._index(_FLAGS, ftab, fitems, flag_entries_off),
             self._index(_SEGMENTS, stab, sitems, seg_entries_off),
-            _order_bytes(nf, flag_entries_off),
-            _order_bytes(ns, seg_entries_off),
             entries,
             _chunk_table(blob, shift),
             bytes(blob_off - dir_end),
@@ -368,7 +364,7 @@ class SnapshotBuilder:
         directory_sum = fmt.checksum(directory)
         header = self._header(directory_sum, total, payload_version, built_at_ms, generation, nf,
                               ns, flag_index_off, ftab.cap, seg_index_off, stab.cap,
-                              flag_order_off, seg_order_off, chunk_table_off, shift, n_chunks,
+                              flag_entries_off, seg_entries_off, chunk_table_off, shift, n_chunks,
                               blob_off, blob_off + raw_start, 0, 0, 0)
         # Remember this build as the base of the overlays that follow.
         over = bytearray(entries)
@@ -383,7 +379,8 @@ class SnapshotBuilder:
             (dict(zip(ftab.keys, fitems)), dict(zip(stab.keys, sitems))),
             ({k: r for r, k in enumerate(ftab.keys)}, {k: r for r, k in enumerate(stab.keys)}),
             nf, directory[:flag_entries_off - fmt.HEADER_SIZE], bytes(over), flag_entries_off,
-            (flag_index_off, ftab.cap, seg_index_off, stab.cap, flag_order_off, seg_order_off))
+            (flag_index_off, ftab.cap, seg_index_off, stab.cap, flag_entries_off,
+             seg_entries_off))
         return b"".join((header, directory, blob))
 
     def _overlay(self, flags: Mapping[str, dict], segments: Mapping[str, dict],
@@ -438,14 +435,13 @@ class SnapshotBuilder:
             k in base.rank[_FLAGS] for k, _i in fsince) and all(
             k in base.rank[_SEGMENTS] for k, _i in ssince)
         if same_keys:
-            # Same key set as the base: its indexes, order arrays and entry positions hold;
+            # Same key set as the base: its indexes and entry positions hold;
             # copy its entries (all pointing into the base) and repoint the changed ones.
             nf = base.n_flags
             ns = len(base.rank[_SEGMENTS])
             head = base.head
-            (flag_index_off, ftab_cap, seg_index_off, stab_cap, flag_order_off,
-             seg_order_off) = base.dir_fields
-            entries_off = base.entries_off
+            (flag_index_off, ftab_cap, seg_index_off, stab_cap, entries_off,
+             seg_entries_off) = base.dir_fields
             chunk_table_off = entries_off + len(base.entries)
             blob_off = _align_to(chunk_table_off + 8 * n_chunks, fmt.BLOB_ALIGN)
             entries = bytearray(base.entries)
@@ -456,7 +452,7 @@ class SnapshotBuilder:
                 pack_entry(entries, rank * fmt.ENTRY_SIZE, k, it.key_len, blob_off + rp,
                            it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo, it.version_hi)
         else:
-            # Keys were added or removed: rebuild the indexes and order arrays; entries of
+            # Keys were added or removed: rebuild the indexes; entries of
             # unchanged items are copied from the base's (already pointing into it).
             per_kind = []
             for kind in (_FLAGS, _SEGMENTS):
@@ -467,10 +463,9 @@ class SnapshotBuilder:
             nf, ns = len(fitems), len(sitems)
             ftab_cap, stab_cap = ftab.cap, stab.cap
             flag_index_off = fmt.HEADER_SIZE
-            seg_index_off = flag_index_off + ftab.cap * fmt.SLOT_SIZE
-            flag_order_off = seg_index_off + stab.cap * fmt.SLOT_SIZE
-            seg_order_off = flag_order_off + fmt.align(4 * nf)
-            entries_off = seg_order_off + fmt.align(4 * ns)
+            seg_index_off = flag_index_off + fmt.align(ftab.cap * fmt.SLOT_SIZE)
+            entries_off = seg_index_off + fmt.align(stab.cap * fmt.SLOT_SIZE)
+            seg_entries_off = entries_off + nf * fmt.ENTRY_SIZE
             chunk_table_off = entries_off + (nf + ns) * fmt.ENTRY_SIZE
             blob_off = _align_to(chunk_table_off + 8 * n_chunks, fmt.BLOB_ALIGN)
             own = {}
@@ -497,16 +492,14 @@ class SnapshotBuilder:
                     eoff += fmt.ENTRY_SIZE
             head = b"".join((
                 self._index(_FLAGS, ftab, fitems, entries_off),
-                self._index(_SEGMENTS, stab, sitems, entries_off + nf * fmt.ENTRY_SIZE),
-                _order_bytes(nf, entries_off),
-                _order_bytes(ns, entries_off + nf * fmt.ENTRY_SIZE),
+                self._index(_SEGMENTS, stab, sitems, seg_entries_off),
             ))
         dir_end = chunk_table_off + 8 * n_chunks
         total = blob_off + blob_len
         directory = b"".join((head, entries, _chunk_table(blob, shift), bytes(blob_off - dir_end)))
         header = self._header(fmt.checksum(directory), total, payload_version, built_at_ms,
                               generation, nf, ns, flag_index_off, ftab_cap, seg_index_off,
-                              stab_cap, flag_order_off, seg_order_off, chunk_table_off, shift,
+                              stab_cap, entries_off, seg_entries_off, chunk_table_off, shift,
                               n_chunks, blob_off, blob_off + raw_start, 0, base.size,
                               base.checksum)
         return b"".join((header, directory, blob))
@@ -551,16 +544,18 @@ def _blob_area(items: Sequence[_Item]) -> Tuple[List[int], List[int], int, bytes
 
 
 def _index_bytes(table: _Table, items: Sequence[_Item], entries_off: int) -> bytes:
+    """The slots of one index: ``(tag, entry offset)``, empty slots zero; padded to 8."""
     pack = fmt.SLOT_STRUCT.pack
-    empty = pack(0, 0, 0)
+    empty = pack(0, 0)
     out = []
     for rank1 in table.slot_ranks:
         if rank1:
             r = rank1 - 1
-            out.append(pack(items[r].hash, entries_off + r * fmt.ENTRY_SIZE, 0))
+            out.append(pack(fmt.key_tag(items[r].hash), entries_off + r * fmt.ENTRY_SIZE))
         else:
             out.append(empty)
-    return b"".join(out)
+    raw = b"".join(out)
+    return raw + _pad(len(raw))
 
 
 def _align_to(n: int, a: int) -> int:
@@ -576,12 +571,3 @@ def _chunk_table(blob: bytes, shift: int) -> bytes:
     if sys.byteorder != "little":
         sums.byteswap()
     return sums.tobytes()
-
-
-def _order_bytes(n: int, entries_off: int) -> bytes:
-    # Entries are written in key order at a fixed stride, so the order array is arithmetic.
-    arr = array.array("I", range(entries_off, entries_off + n * fmt.ENTRY_SIZE, fmt.ENTRY_SIZE))
-    if sys.byteorder != "little":
-        arr.byteswap()
-    raw = arr.tobytes()
-    return raw + _pad(len(raw))

@@ -17,9 +17,9 @@ import xxhash
 # --------------------------------------------------------------------------------------------
 
 MAGIC = b"SHMFLAGS"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 HEADER_SIZE = 160
-SLOT_SIZE = 16
+SLOT_SIZE = 8
 ENTRY_SIZE = 32
 ALIGN = 8
 MIN_INDEX_CAP = 8
@@ -40,11 +40,11 @@ MAX_CHUNK_SHIFT = 30
 #: LMDB-style format word: layout version and struct sizes folded into one u32, so a reader
 #: built against another layout refuses the bytes before reading anything else.
 FORMAT_WORD = (LAYOUT_VERSION << 24) | ((HEADER_SIZE // 8) << 16) | (SLOT_SIZE << 8) | ENTRY_SIZE
-assert FORMAT_WORD == 0x02141020
+assert FORMAT_WORD == 0x03140820
 
 #: ``sf_header_t``: magic, format, record_format, total_size, checksum, generation,
 #: built_at_ms, payload_version, n_flags, n_segments, flag_index_off, flag_index_cap,
-#: seg_index_off, seg_index_cap, flag_order_off, seg_order_off, chunk_table_off, chunk_shift,
+#: seg_index_off, seg_index_cap, flag_entries_off, seg_entries_off, chunk_table_off, chunk_shift,
 #: n_chunks, blob_off, raw_off, 4 reserved bytes, base_generation, base_size, base_checksum,
 #: 16 reserved bytes, header_check.
 HEADER_STRUCT = struct.Struct("<8sIIQQQQqIIIIIIIIIIIII4xQQQ16xQ")
@@ -65,8 +65,8 @@ OFF_FLAG_INDEX_OFF = 64
 OFF_FLAG_INDEX_CAP = 68
 OFF_SEG_INDEX_OFF = 72
 OFF_SEG_INDEX_CAP = 76
-OFF_FLAG_ORDER_OFF = 80
-OFF_SEG_ORDER_OFF = 84
+OFF_FLAG_ENTRIES_OFF = 80
+OFF_SEG_ENTRIES_OFF = 84
 OFF_CHUNK_TABLE_OFF = 88
 OFF_CHUNK_SHIFT = 92
 OFF_N_CHUNKS = 96
@@ -85,8 +85,9 @@ CHUNK_UNKNOWN = 0
 CHUNK_OK = 1
 CHUNK_BAD = 2
 
-#: ``sf_slot_t``: xxh64 of the key, entry offset (0 = empty), zero.
-SLOT_STRUCT = struct.Struct("<QII")
+#: ``sf_slot_t``: the key's tag (high 32 bits of its xxh64, :func:`key_tag`), entry offset
+#: (0 = empty).
+SLOT_STRUCT = struct.Struct("<II")
 assert SLOT_STRUCT.size == SLOT_SIZE
 
 #: ``sf_entry_t``: key_off, key_len, raw_off, raw_len, rec_off, rec_len, version_lo, version_hi.
@@ -111,8 +112,8 @@ class Header(NamedTuple):
     flag_index_cap: int
     seg_index_off: int
     seg_index_cap: int
-    flag_order_off: int
-    seg_order_off: int
+    flag_entries_off: int
+    seg_entries_off: int
     chunk_table_off: int
     chunk_shift: int
     n_chunks: int
@@ -127,6 +128,12 @@ class Header(NamedTuple):
 def key_hash(key: bytes) -> int:
     """Return the index hash of a key: xxh64 of its UTF-8 bytes, seed 0."""
     return xxhash.xxh64_intdigest(key)
+
+
+def key_tag(hash64: int) -> int:
+    """Return the tag an index slot stores for a key whose :func:`key_hash` is ``hash64``:
+    its high 32 bits (the low bits pick the home slot, so the tag adds information)."""
+    return hash64 >> 32
 
 
 def checksum(data: bytes | memoryview) -> int:
@@ -145,9 +152,10 @@ def n_chunks_for(blob_len: int, shift: int) -> int:
 
 
 def index_capacity(n: int) -> int:
-    """Return the slot count of an index for ``n`` keys: a power of two >= 2n, at least 8."""
+    """Return the slot count of an index for ``n`` keys: the smallest power of two >= 1.25n
+    (``4 * cap >= 5 * n``), at least 8. So at least a fifth of the slots are empty."""
     cap = MIN_INDEX_CAP
-    while cap < 2 * n:
+    while 4 * cap < 5 * n:
         cap <<= 1
     return cap
 

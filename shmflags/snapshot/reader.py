@@ -127,8 +127,8 @@ def check_header(buf: memoryview, *, verify_checksum: bool = True) -> fmt.Header
                 f"{name} index capacity: expected a power of two >= {want} for {n} keys, "
                 f"got {cap}")
         _dir_span(h, f"{name} index", off, cap * fmt.SLOT_SIZE)
-    _dir_span(h, "flag order", h.flag_order_off, 4 * h.n_flags)
-    _dir_span(h, "segment order", h.seg_order_off, 4 * h.n_segments)
+    _dir_span(h, "flag entries", h.flag_entries_off, fmt.ENTRY_SIZE * h.n_flags)
+    _dir_span(h, "segment entries", h.seg_entries_off, fmt.ENTRY_SIZE * h.n_segments)
     if not fmt.MIN_CHUNK_SHIFT <= h.chunk_shift <= fmt.MAX_CHUNK_SHIFT:
         raise SnapshotFormatError(
             f"bad chunk_shift: expected {fmt.MIN_CHUNK_SHIFT}..{fmt.MAX_CHUNK_SHIFT}, "
@@ -237,7 +237,7 @@ class _Obj:
 class SnapshotReader:
     """A validated view of one snapshot's bytes (and of its base, for an overlay).
 
-    Opening checks the header, sizes, the directory checksum and the index, order and chunk
+    Opening checks the header, sizes, the directory checksum and the index, entries and chunk
     table regions; every entry is bounds-checked when it is used, and each blob chunk is
     verified against the chunk table the first time a key, raw or record span touches it.
     The reader keeps a memoryview of ``buffer`` (so an mmap stays mapped while the reader
@@ -360,15 +360,16 @@ class SnapshotReader:
         except (UnicodeEncodeError, AttributeError):
             return None
         h = fmt.key_hash(kb)
+        tag = fmt.key_tag(h)
         mask = cap - 1
         i = h & mask
         buf = self._buf
         unpack = fmt.SLOT_STRUCT.unpack_from
         for _ in range(cap):
-            slot_hash, entry_off, _zero = unpack(buf, index_off + i * fmt.SLOT_SIZE)
+            slot_tag, entry_off = unpack(buf, index_off + i * fmt.SLOT_SIZE)
             if entry_off == 0:
                 return None
-            if slot_hash == h:
+            if slot_tag == tag:
                 e = self.entry_at(entry_off, what)
                 if e.key == key:
                     return e
@@ -385,18 +386,20 @@ class SnapshotReader:
         h = self.header
         return self._lookup(key, h.seg_index_off, h.seg_index_cap, "segment entry")
 
-    def _order(self, off: int, n: int, what: str) -> Iterator[Entry]:
+    def _entries(self, off: int, n: int, what: str) -> Iterator[Entry]:
+        # The entries array lies inside the directory (checked at open); each entry's spans
+        # are checked by entry_at.
         for i in range(n):
-            entry_off = int.from_bytes(self._buf[off + 4 * i:off + 4 * i + 4], "little")
-            yield self.entry_at(entry_off, what)
+            yield self.entry_at(off + fmt.ENTRY_SIZE * i, what)
 
     def flags(self) -> Iterator[Entry]:
-        """Yield the flag entries in key order."""
-        return self._order(self.header.flag_order_off, self.header.n_flags, "flag entry")
+        """Yield the flag entries in key order (the order of the flag entries array)."""
+        return self._entries(self.header.flag_entries_off, self.header.n_flags, "flag entry")
 
     def segments(self) -> Iterator[Entry]:
         """Yield the segment entries in key order."""
-        return self._order(self.header.seg_order_off, self.header.n_segments, "segment entry")
+        return self._entries(self.header.seg_entries_off, self.header.n_segments,
+                             "segment entry")
 
     def raw(self, entry: Entry) -> memoryview:
         """Return the msgpack bytes of ``entry`` (a view into the snapshot or its base).

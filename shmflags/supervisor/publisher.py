@@ -5,6 +5,12 @@ change, then builds and publishes at once: a single patch is visible to workers 
 milliseconds. Changes that arrive while a build is running are coalesced into the next build,
 so a burst of patches costs a few publishes, not one per patch, without any added delay.
 
+What the switch does not need waits until the thread has been idle for :data:`SETTLE`: the
+``on_publish`` callbacks (last-known-good file, the main loop's status and log line) and the
+store's copy-on-write copies (:meth:`Store.unshare`). Right after a switch every worker maps
+the new generation; on a host with few cores the supervisor's own CPU would compete with them
+(issue #6: a patch visible in all 8 workers of a 2-core host within 5 ms).
+
 A build that fails (data that cannot be encoded) is not published: the state becomes
 ``INTERRUPTED`` with an ``INVALID_DATA`` error and workers keep the previous generation. A publish
 that fails in shared memory (``/dev/shm`` full: :mod:`shmflags.shm` says how many bytes were
@@ -15,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from shmflags.errors import SnapshotError
 from shmflags.shm import SnapshotBaseMissing
@@ -26,6 +32,12 @@ log = logging.getLogger(__name__)
 #: Backoff between publish retries after an OS error: first delay and cap, in seconds.
 RETRY_FIRST = 0.1
 RETRY_MAX = 5.0
+#: Seconds without a new change after a publish before the publisher thread runs the
+#: ``on_publish`` callbacks and :meth:`Store.unshare` (long enough for workers to switch, short
+#: against the last-known-good writer's own delay and the 1 s promise of DESIGN §12).
+SETTLE = 0.02
+#: ... but not later than this after the publish, however busy the stream.
+SETTLE_MAX = 0.1
 
 
 class PublishResult:
@@ -72,6 +84,9 @@ class SnapshotPublisher:
         self._thread: Optional[threading.Thread] = None
         self._retry_delay = 0.0
         self._store_error = False
+        #: (monotonic time, result) of publishes whose callbacks wait for the thread to be
+        #: idle (publishes made by _run), oldest first
+        self._deferred: List[Tuple[float, PublishResult]] = []
 
     def on_publish(self, callback: Callable[[PublishResult], None]) -> None:
         """Call ``callback(result)`` after each successful publish (in the publisher thread)."""
@@ -83,17 +98,26 @@ class SnapshotPublisher:
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread, publishing what the store holds if it was not published yet."""
+        """Stop the thread, publishing what the store holds if it was not published yet (every
+        callback has run when this returns)."""
         self._stop.set()
         self.store.changed.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            alive = self._thread.is_alive()
             self._thread = None
+            if alive:        # stuck (its deferred work is its own): do not race it
+                return
+        self._run_deferred()
         if self.store.initialized and self.store.revision != self.published_revision:
             self.publish_once()
 
-    def publish_once(self) -> bool:
+    def publish_once(self, defer: bool = False) -> bool:
         """Build and publish the store's current data now; returns whether it was published.
+
+        :param defer: leave the ``on_publish`` callbacks to :meth:`_run_deferred` (the
+            publisher thread runs them once idle for :data:`SETTLE`); by default they have run
+            when this returns.
 
         Patches (upserts and deletes since the last build) are published as an overlay on the
         last self-contained generation, built from the changed keys alone; a put (``init``),
@@ -153,22 +177,54 @@ class SnapshotPublisher:
                 self.store.set_status("VALID")
         result = PublishResult(generation, revision, flags, segments, len(data), seconds,
                                status["from_cache"], status["source"], full=changed is None)
+        if defer:
+            self._deferred.append((time.monotonic(), result))
+            return True
+        self._callbacks_for(result)
+        return True
+
+    def _callbacks_for(self, result: PublishResult) -> None:
         for callback in list(self._callbacks):
             try:
                 callback(result)
             except Exception:  # noqa: BLE001 - a callback must not stop publishing
                 log.exception("publish callback failed")
-        return True
+
+    def _run_deferred(self) -> None:
+        """Run the callbacks of deferred publishes, in publication order, then let the store
+        make its copy-on-write copies (publisher thread, or the caller of :meth:`stop`)."""
+        while self._deferred:
+            self._callbacks_for(self._deferred.pop(0)[1])
+        try:
+            self.store.unshare()
+        except Exception:  # noqa: BLE001 - the next change copies instead
+            log.exception("store unshare failed")
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            timeout = self._retry_delay or None
-            self.store.changed.wait(timeout)
-            if self._stop.is_set():
-                return
-            self.store.changed.clear()
-            if self.store.initialized and self.store.revision != self.published_revision:
-                self.publish_once()
+        try:
+            while not self._stop.is_set():
+                idle_work = bool(self._deferred) or self.store.shared
+                timeout = self._retry_delay or None
+                if idle_work:
+                    timeout = SETTLE if timeout is None else min(timeout, SETTLE)
+                woke = self.store.changed.wait(timeout)
+                if self._stop.is_set():
+                    return
+                if not woke and idle_work:
+                    # Idle for SETTLE since the last publish: the deferred work, then wait
+                    # again (a pending retry waits its whole delay from now).
+                    self._run_deferred()
+                    continue
+                self.store.changed.clear()
+                if self.store.initialized and self.store.revision != self.published_revision:
+                    # A burst: callbacks keep waiting (they run in publication order once
+                    # the thread is idle), unless the oldest has waited SETTLE_MAX already.
+                    if self._deferred and \
+                            time.monotonic() - self._deferred[0][0] >= SETTLE_MAX:
+                        self._run_deferred()
+                    self.publish_once(defer=True)
+        finally:
+            self._run_deferred()
 
 
 def _error(kind: str, message: str) -> Dict[str, Any]:

@@ -38,6 +38,9 @@ class Store:
         #: the same without tombstones, kept up to date so that :meth:`data` is a plain copy
         #: (a filtering pass over 10,000 items took ~3-9 ms per publish)
         self._live: Dict[str, Items] = {kind: {} for kind in KINDS}
+        #: kinds whose ``_live`` dict :meth:`data_changes` handed out: it is never mutated
+        #: again; the next change of that kind (or :meth:`unshare`) works on a copy
+        self._shared: set = set()
         self._listeners: List[ChangeListener] = []
         self._status_listeners: List[Callable[[], None]] = []
         self.changed = threading.Event()
@@ -68,6 +71,7 @@ class Store:
             self._items = new
             self._live = {kind: {k: v for k, v in new[kind].items() if not v.get("deleted")}
                           for kind in KINDS}
+            self._shared = set()
             self._dirty = None
             self.initialized = True
             self.from_cache = from_cache
@@ -123,17 +127,41 @@ class Store:
     def data_changes(self) -> Tuple[int, Items, Items, Optional[Tuple[set, set]]]:
         """:meth:`data` plus the keys changed since the previous call, consistently.
 
+        Unlike :meth:`data`, the dicts are not copied here: they are the store's own, which it
+        never mutates again (copy on write: the next change of a kind copies that kind's dict
+        first, unless :meth:`unshare` did already). So the publisher's critical path, from a
+        patch to the new generation, does not copy 10,000 items (~0.1-0.4 ms, touching every
+        item's reference count). Callers must treat them as read-only.
+
         :returns: ``(revision, flags, segments, changed)``; ``changed`` is ``(flag keys,
             segment keys)`` upserted or deleted since the previous call, or ``None`` when an
             ``init`` came in between (or on the first call): then everything may differ and
             the snapshot builder writes a self-contained generation.
         """
         with self._lock:
-            revision, flags, segments = self._data_locked()
+            revision = self.revision
+            flags, segments = self._live["flags"], self._live["segments"]
+            self._shared.update(KINDS)
             dirty = self._dirty
             self._dirty = {kind: set() for kind in KINDS}
         changed = None if dirty is None else (dirty["flags"], dirty["segments"])
         return revision, flags, segments, changed
+
+    def unshare(self) -> None:
+        """Make the copies that the next change would otherwise make (see :meth:`data_changes`).
+
+        The publisher calls this once it is idle after a publish, so that a later patch does
+        not pay for the copy either.
+        """
+        with self._lock:
+            for kind in self._shared:
+                self._live[kind] = dict(self._live[kind])
+            self._shared = set()
+
+    @property
+    def shared(self) -> bool:
+        """Whether a dict handed out by :meth:`data_changes` still is the store's own."""
+        return bool(self._shared)
 
     def _data_locked(self) -> Tuple[int, Items, Items]:
         return self.revision, dict(self._live["flags"]), dict(self._live["segments"])
@@ -182,6 +210,9 @@ class Store:
             if stored is not None and version <= stored.get("version", 0):
                 return
             self._items[kind][key] = item
+            if kind in self._shared:       # handed out by data_changes: copy on write
+                self._live[kind] = dict(self._live[kind])
+                self._shared.discard(kind)
             if item.get("deleted"):
                 self._live[kind].pop(key, None)
             else:

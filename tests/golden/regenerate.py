@@ -47,7 +47,7 @@ def describe(data: bytes) -> dict:
             slot = None
             for i in range(cap):
                 s = (hh + i) & (cap - 1)
-                if fmt.SLOT_STRUCT.unpack_from(data, index_off + 16 * s)[1] == e.offset:
+                if fmt.SLOT_STRUCT.unpack_from(data, index_off + fmt.SLOT_SIZE * s)[1] == e.offset:
                     slot = s
                     break
             out.append({"kind": kind, "key": e.key, "key_hex": kb.hex(), "hash": hh,

@@ -234,9 +234,16 @@ def test_full_shm_is_an_error_and_previous_keeps_serving(ns, monkeypatch):
     with shm.Publisher(ns) as pub:
         pub.publish(_snap(1))
 
-        def full(fd, off, size):
+        real_pwrite = os.pwrite
+        calls = []
+
+        def full(fd, data, offset):
+            # a tmpfs that fills up: the first write lands partly, the next one fails
+            calls.append(offset)
+            if len(calls) == 1:
+                return real_pwrite(fd, memoryview(data)[:64], offset)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        monkeypatch.setattr(os, "posix_fallocate", full)
+        monkeypatch.setattr(os, "pwrite", full)
         data = _snap(2)
         with pytest.raises(SnapshotError, match=f"{len(data)} bytes needed"):
             pub.publish(data)

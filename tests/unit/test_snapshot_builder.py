@@ -247,7 +247,8 @@ def test_overlay_of_a_patch_evaluates_like_a_full_build():
     assert h.blob_off <= bh.blob_off + 4096
     assert h.total_size - h.blob_off < base_blobs // 50, (h.total_size, h.blob_off, base_blobs)
     # same key set: the directory is the base's with one entry repointed
-    assert overlay[fmt.HEADER_SIZE:h.flag_order_off] == base[fmt.HEADER_SIZE:bh.flag_order_off]
+    assert overlay[fmt.HEADER_SIZE:h.flag_entries_off] == \
+        base[fmt.HEADER_SIZE:bh.flag_entries_off]
     r = SnapshotReader(overlay, base=base)
     assert r.find_flag(key).rec_off & fmt.BASE_BIT == 0
     assert r.find_flag("flag-00018").rec_off & fmt.BASE_BIT

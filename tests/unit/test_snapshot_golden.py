@@ -42,7 +42,7 @@ def test_builder_reproduces_golden_bytes(dataset, golden):
 
 def test_golden_header_fields(golden, dataset):
     assert golden[:8] == b"SHMFLAGS"
-    assert struct.unpack_from("<I", golden, 8)[0] == 0x02141020
+    assert struct.unpack_from("<I", golden, 8)[0] == 0x03140820
     r = SnapshotReader(golden)
     h = r.header
     assert h.total_size == len(golden)
@@ -94,9 +94,9 @@ def test_layout_description_matches_bytes(golden, layout):
     probed = 0
     for item in layout["flags"] + layout["segments"]:
         index_off = h.flag_index_off if item["kind"] == "flag" else h.seg_index_off
-        slot_hash, entry_off, zero = fmt.SLOT_STRUCT.unpack_from(
-            golden, index_off + 16 * item["slot"])
-        assert (slot_hash, entry_off, zero) == (item["hash"], item["entry_off"], 0)
+        slot_tag, entry_off = fmt.SLOT_STRUCT.unpack_from(
+            golden, index_off + fmt.SLOT_SIZE * item["slot"])
+        assert (slot_tag, entry_off) == (item["hash"] >> 32, item["entry_off"])
         assert item["hash"] == fmt.key_hash(bytes.fromhex(item["key_hex"]))
         key_off, key_len = struct.unpack_from("<II", golden, entry_off)
         assert golden[key_off:key_off + key_len + 1] == bytes.fromhex(item["key_hex"]) + b"\0"

@@ -64,7 +64,10 @@ def test_bad_magic(snap):
 def test_format_word_names_both_values(snap):
     buf = bytearray(snap)
     struct.pack_into("<I", buf, 8, 0x01101020)
-    _reject(bytes(buf), "0x02141020", "0x01101020", "layout version 1")
+    _reject(bytes(buf), "0x03140820", "0x01101020", "layout version 1")
+    # layout 2 (16-byte index slots, order arrays) is refused at byte 8 as well
+    struct.pack_into("<I", buf, 8, 0x02141020)
+    _reject(bytes(buf), "0x03140820", "0x02141020", "layout version 2")
 
 
 def test_header_check(snap):
@@ -156,11 +159,12 @@ def test_trailing_bytes_after_total_size_are_ignored(snap):
 
 @pytest.mark.parametrize("field,value,words", [
     (fmt.OFF_FLAG_INDEX_CAP, 12, ["power of two", "got 12"]),
-    (fmt.OFF_FLAG_INDEX_CAP, 8, ["power of two >= 32", "got 8"]),
+    (fmt.OFF_FLAG_INDEX_CAP, 8, ["power of two >= 16", "got 8"]),
     (fmt.OFF_FLAG_INDEX_OFF, 8, ["flag index", "outside the directory"]),
     (fmt.OFF_FLAG_INDEX_OFF, 164, ["multiple of 8"]),
     (fmt.OFF_SEG_INDEX_OFF, 0xFFFFFFF0, ["segment index", "outside the directory"]),
-    (fmt.OFF_FLAG_ORDER_OFF, 0xFFFFFFF8, ["flag order", "outside"]),
+    (fmt.OFF_FLAG_ENTRIES_OFF, 0xFFFFFFF8, ["flag entries", "outside"]),
+    (fmt.OFF_SEG_ENTRIES_OFF, 4, ["segment entries", "multiple of 8"]),
     (fmt.OFF_N_FLAGS, 0xFFFFFFFF, ["flag index capacity"]),
     (fmt.OFF_CHUNK_SHIFT, 11, ["chunk_shift", "12..30", "got 11"]),
     (fmt.OFF_N_CHUNKS, 7, ["n_chunks", "expected 1", "got 7"]),
@@ -194,9 +198,9 @@ def test_entry_offsets_are_bounds_checked_on_use(snap):
     for bad in (h.total_size, h.blob_off, 161):
         buf = bytearray(snap)
         for i in range(h.flag_index_cap):
-            slot = h.flag_index_off + 16 * i
-            if struct.unpack_from("<I", buf, slot + 8)[0]:
-                struct.pack_into("<I", buf, slot + 8, bad)
+            slot = h.flag_index_off + fmt.SLOT_SIZE * i
+            if struct.unpack_from("<I", buf, slot + 4)[0]:
+                struct.pack_into("<I", buf, slot + 4, bad)
         r3 = SnapshotReader(_rehash(buf))
         with pytest.raises(SnapshotFormatError):
             for i in range(10):
@@ -223,7 +227,7 @@ def test_full_index_without_empty_slot_terminates(snap):
     buf = bytearray(snap)
     some_entry = r.find_flag("f0").offset
     for i in range(h.flag_index_cap):
-        struct.pack_into("<QII", buf, h.flag_index_off + 16 * i, 1, some_entry, 0)
+        struct.pack_into("<II", buf, h.flag_index_off + fmt.SLOT_SIZE * i, 1, some_entry)
     assert SnapshotReader(_rehash(buf)).find_flag("nope") is None
 
 
@@ -298,7 +302,7 @@ def test_base_directory_is_verified(layered):
     base, overlay = layered
     bh = fmt.unpack_header(base)
     buf = bytearray(base)
-    buf[bh.flag_order_off] ^= 1
+    buf[bh.flag_entries_off] ^= 1
     with pytest.raises(SnapshotFormatError, match="checksum mismatch"):
         SnapshotReader(overlay, base=bytes(buf))
 

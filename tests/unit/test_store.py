@@ -106,3 +106,26 @@ def test_source_is_cache_until_live_data():
     store.init({}, {}, from_cache=True)
     store.upsert("flags", flag("z", 1))
     assert store.status()["source"] == "file"
+
+
+def test_data_changes_hands_out_dicts_the_store_never_mutates_again():
+    """Copy on write: the publisher builds from the store's own dicts (no 10,000-item copy on
+    the patch path); a later change, or unshare(), copies first, so what was handed out keeps
+    the data of its revision."""
+    store = Store()
+    store.init({"a": {"key": "a", "version": 1}}, {"s": {"key": "s", "version": 1}})
+    rev, flags, segments, changed = store.data_changes()
+    assert changed is None and store.shared
+    before_f, before_s = dict(flags), dict(segments)
+    store.upsert("flags", {"key": "b", "version": 1})
+    store.delete("flags", "a", 2)
+    store.upsert("segments", {"key": "t", "version": 1})
+    assert flags == before_f and segments == before_s
+    rev2, flags2, segments2, changed = store.data_changes()
+    assert rev2 == rev + 3 and set(flags2) == {"b"} and set(segments2) == {"s", "t"}
+    assert changed == ({"a", "b"}, {"t"})
+    store.unshare()
+    assert not store.shared
+    store.upsert("flags", {"key": "c", "version": 1})
+    assert set(flags2) == {"b"}
+    assert set(store.data()[1]) == {"b", "c"}

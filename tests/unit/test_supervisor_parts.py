@@ -283,6 +283,49 @@ def test_unencodable_data_is_not_published():
     assert len(fake.published) == 1
 
 
+def test_thread_runs_callbacks_once_idle_in_publication_order_and_stop_flushes():
+    """The publisher thread switches first and runs the on_publish callbacks (last-known-good,
+    status, log) only after SETTLE without a change, so the supervisor's CPU does not compete
+    with workers mapping the new generation; every publish still gets its callback, in order,
+    and stop() runs what is pending."""
+    from shmflags.supervisor import publisher as publisher_mod
+    store, fake = Store(), FakeShm()
+    published = {}
+    real_publish = fake.publish
+
+    def publish(data, source=None, from_cache=None):
+        gen = real_publish(data, source, from_cache)
+        published[gen] = time.monotonic()
+        return gen
+    fake.publish = publish
+    pub = SnapshotPublisher(store, fake, FakeBuilder())
+    seen = []
+    pub.on_publish(lambda r: seen.append((r.generation, time.monotonic())))
+    pub.start()
+    try:
+        store.init({}, {})
+        wait(lambda: seen)
+        assert [g for g, _t in seen] == [1]
+        assert seen[0][1] - published[1] >= publisher_mod.SETTLE
+        for i in range(5):                       # a burst: coalesced or not, all reported
+            store.upsert("flags", {"key": f"f{i}", "version": 1})
+        wait(lambda: pub.published_revision == store.revision)
+        wait(lambda: len(seen) == pub.generation)
+        assert [g for g, _t in seen] == list(range(1, pub.generation + 1))
+        assert not store.shared                  # unshare ran once idle
+    finally:
+        pub.stop()
+    store2, fake2 = Store(), FakeShm()
+    pub2 = SnapshotPublisher(store2, fake2, FakeBuilder())
+    seen2 = []
+    pub2.on_publish(seen2.append)
+    pub2.start()
+    store2.init({"late": {"key": "late", "version": 1}}, {})
+    wait(lambda: fake2.published)
+    pub2.stop()                                  # likely within SETTLE: stop runs it
+    assert [r.generation for r in seen2] == [1]
+
+
 def test_stop_publishes_pending_changes():
     store, fake = Store(), FakeShm()
     pub = SnapshotPublisher(store, fake, FakeBuilder())
