@@ -63,12 +63,18 @@ typedef struct {
     PyObject *ctx_type;   /* _context_type: the one class whose cached ``_fqk`` slot is read */
     PyObject *lock;       /* _lock: the recorder's threading.Lock, or None */
     PyObject *locked;     /* lock.locked (bound), cached when _lock is set; NULL if none */
+    PyObject *events;     /* _events: the window's full events (list), or None */
+    Py_ssize_t unsent_events;  /* _unsent_events: events held in packed, unsent datagrams */
+    Py_ssize_t capacity;  /* _capacity: events_max_pending */
 } RecorderCore;
 
 static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
+/* the feature event's keys and kind, interned once */
+static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
+                *s_version, *s_variation, *s_reason, *s_context;
 
 static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
 {
@@ -79,6 +85,7 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->ctx_type);
     Py_VISIT(self->lock);
     Py_VISIT(self->locked);
+    Py_VISIT(self->events);
     return 0;
 }
 
@@ -91,6 +98,7 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->locked);
+    Py_CLEAR(self->events);
     return 0;
 }
 
@@ -116,6 +124,9 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->ctx_type = Py_NewRef(Py_None);
     self->lock = Py_NewRef(Py_None);
     self->locked = NULL;
+    self->events = Py_NewRef(Py_None);
+    self->unsent_events = 0;
+    self->capacity = 0;   /* no room: feature events take the Python path until __init__ */
     return (PyObject *)self;
 }
 
@@ -147,19 +158,37 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 static PyObject *s_one;      /* the int 1 */
 
-/* 1 when an info tuple needs no full event and is counted in the summary:
- * (version, bits 0, debugEventsUntilDate None, samplingRatio); else 0. */
-static int plain_info(PyObject *info)
+/* Info bits (docs/internals.md): 1 trackEvents, 2 experiment (both: a feature event),
+ * 4 excludeFromSummaries (not counted).  No other bit is ever set by the evaluator. */
+#define INFO_FEATURE 3
+#define INFO_EXCLUDED 4
+
+/* The bits of an info tuple (version, bits, debugEventsUntilDate, samplingRatio) that this
+ * path can record: 0..7 with no debugEventsUntilDate (a debug event, and its clock
+ * comparison, is the Python path's).  Return the bits, or -1 for "take the Python path". */
+static int info_bits(PyObject *info)
 {
     if (!PyTuple_CheckExact(info) || PyTuple_GET_SIZE(info) != 4
         || PyTuple_GET_ITEM(info, 2) != Py_None)
-        return 0;
+        return -1;
     PyObject *bits = PyTuple_GET_ITEM(info, 1);
     if (!PyLong_CheckExact(bits))
-        return 0;
+        return -1;
     int overflow = 0;
     long b = PyLong_AsLongAndOverflow(bits, &overflow);   /* cannot fail on an exact int */
-    return !overflow && b == 0;
+    return overflow || b < 0 || b > 7 ? -1 : (int)b;
+}
+
+/* 1 when samplingRatio keeps every event without drawing a random number (the Python
+ * path's _sample(): None, or exactly the int 1); 0: the Python path samples. */
+static int keeps_all(PyObject *sampling)
+{
+    if (sampling == Py_None)
+        return 1;
+    if (!PyLong_CheckExact(sampling))
+        return 0;
+    int overflow = 0;
+    return PyLong_AsLongAndOverflow(sampling, &overflow) == 1 && !overflow;
 }
 
 /* The existing counter [count, value] of (key, variation) in the summary, counted for the
@@ -229,20 +258,64 @@ static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
 }
 
 /*
+ * feature_event() - the feature event _Recorder._full() builds for a call's own flag (not a
+ * prerequisite, no debug event): the same keys in the same order, the same objects, so the
+ * packed bytes are the same.  @now: the call's time (s).  Return: new dict, or NULL with an
+ * exception set.
+ */
+static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, PyObject *version,
+                               PyObject *variation, PyObject *reason, PyObject *ctx_dict,
+                               double now)
+{
+    PyObject *ev = PyDict_New();
+    if (ev == NULL)
+        return NULL;
+    /* int(now * 1000) of a positive, finite time: truncation, as int() */
+    PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+    int bad = ms == NULL
+              || PyDict_SetItem(ev, s_kind, s_feature) < 0
+              || PyDict_SetItem(ev, s_creationDate, ms) < 0
+              || PyDict_SetItem(ev, s_key, key) < 0
+              || PyDict_SetItem(ev, s_value, value) < 0
+              || PyDict_SetItem(ev, s_default, dflt) < 0
+              || PyDict_SetItem(ev, s_version, version) < 0
+              || (variation != Py_None && PyDict_SetItem(ev, s_variation, variation) < 0)
+              || (reason != NULL && PyDict_SetItem(ev, s_reason, reason) < 0)
+              || PyDict_SetItem(ev, s_context, ctx_dict) < 0;
+    Py_XDECREF(ms);
+    if (bad)
+        Py_CLEAR(ev);
+    return ev;
+}
+
+/*
  * core_common() - the common case, as _record_evaluation_py computes it: the context's entry
  * gets one use for the evaluation and one per prerequisite with a flag; the flag's counter
- * and each prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
+ * and each prerequisite's counter get one evaluation (none for a flag excluded from
+ * summaries); a flag that tracks events or is an experiment gets its feature event appended
+ * to _events; _last_ctx/_last_entry and _end are set.
  * @key, @context, @variation (int or None), @info: as in the EvalTuple.
+ * @value: the EvalTuple's value (ignored when @variation is None: the event holds @dflt).
+ * @dflt: the caller's default.
+ * @reason: the evaluation's reason dict, or None/NULL when the caller did not compute it
+ *          (then an event that needs it takes the Python path).
+ * @with_reason: 1 variation_detail, 0 variation, -1 unknown (an event takes the Python path).
  * @prereqs: exact tuple or list of prerequisite event tuples, or NULL for none.
  * @now: the time of the call (already checked against _deadline by the caller).
  *
+ * A feature event is recorded here only when the Python path would keep exactly one event
+ * and not flush: no debug event, no sampling draw, the context's own dict in its entry, room
+ * for the event with the buffer still not full after it (the call that fills the buffer, or
+ * finds it full, takes the Python path, which drops, counts and flushes), and no
+ * prerequisite that needs a full event.
  * Every check comes before the first change, so a call either does all of this or leaves
  * the state unchanged for the Python path (only a MemoryError can stop it half-way, and the
  * Python path has the same property).  Runs no Python code (see the header comment).
  * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
  */
 static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
-                       PyObject *variation, PyObject *info, PyObject *prereqs, double now)
+                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
+                       int with_reason, PyObject *info, PyObject *prereqs, double now)
 {
     Py_ssize_t np = 0;
     PyObject **pitems = NULL;
@@ -252,9 +325,23 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         np = PySequence_Fast_GET_SIZE(prereqs);
         pitems = PySequence_Fast_ITEMS(prereqs);
     }
-    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
-    if (!plain_info(info) || np > MAX_PREREQS)
+    /* An existing flag without a debug event; at most MAX_PREREQS prerequisites. */
+    int bits = info_bits(info);
+    if (bits < 0 || np > MAX_PREREQS)
         return 0;
+    int event = (bits & INFO_FEATURE) != 0;
+    if (event) {
+        /* as _full(): reason when variation_detail or an experiment, and not None */
+        int want_reason = with_reason == 1 || (bits & 2);
+        if (with_reason < 0 || !keeps_all(PyTuple_GET_ITEM(info, 3)) || dflt == NULL
+            || (want_reason && reason == NULL) || !PyList_CheckExact(self->events)
+            || PyList_GET_SIZE(self->events) + self->unsent_events + 1 >= self->capacity)
+            return 0;
+        if (!want_reason || reason == Py_None)
+            reason = NULL;   /* not in the event */
+        if (variation == Py_None || value == NULL)
+            value = dflt;    /* as the Python path: no variation, the default */
+    }
     /* The context's window entry: the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
      * slot read runs no Python code); a context not yet seen in this window, or any other
@@ -277,6 +364,10 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
         || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
         return 0;
+    /* An event carries the entry's context dict only when the entry is this very context
+     * (_full(): otherwise context.to_dict(), which is Python code). */
+    if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context))
+        return 0;
     /* No thread is inside a section locked by the Python code (see the header comment). */
     if (self->locked == NULL)
         return 0;
@@ -287,14 +378,18 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     if (held != Py_False)
         return 0;
     PyObject *kinds = PyList_GET_ITEM(entry, 4);
-    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
+    /* counters: the flag's (unless excluded from summaries); then one per prerequisite
+     * that has a flag (info not None) and is not excluded. */
     PyObject *counters[MAX_PREREQS + 1];
-    Py_ssize_t n = 0;
-    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), variation,
+    Py_ssize_t n = 0, uses = 1;
+    int r;
+    if (!(bits & INFO_EXCLUDED)) {
+        r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), variation,
                          &counters[n]);
-    if (r <= 0)
-        return r;
-    n++;
+        if (r <= 0)
+            return r;
+        n++;
+    }
     for (Py_ssize_t i = 0; i < np; i++) {
         /* (prereq_of, key, value, variation, reason, info) */
         PyObject *p = pitems[i];
@@ -303,24 +398,39 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
         if (pinfo == Py_None)
             continue;                             /* unknown prerequisite: not counted */
-        if (!plain_info(pinfo))
+        int pbits = info_bits(pinfo);
+        if (pbits < 0 || (pbits & INFO_FEATURE))  /* its full event: Python path */
             return 0;
+        uses++;                                   /* every prerequisite event is a use */
+        if (pbits & INFO_EXCLUDED)
+            continue;
         r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
                          PyTuple_GET_ITEM(p, 3), &counters[n]);
         if (r <= 0)
             return r;
         n++;
     }
-    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
-     * incremented twice, as the Python path does. */
+    /* All checked.  The event first: its failure (no memory) leaves the window unchanged. */
+    if (event) {
+        PyObject *ev = feature_event(key, value, dflt, PyTuple_GET_ITEM(info, 0), variation,
+                                     reason, PyList_GET_ITEM(entry, 0), now);
+        if (ev == NULL)
+            return -1;
+        r = PyList_Append(self->events, ev);
+        Py_DECREF(ev);
+        if (r < 0)
+            return -1;
+    }
+    /* Count.  A counter listed twice (a prerequisite reached twice) is incremented twice,
+     * as the Python path does. */
     for (Py_ssize_t i = 0; i < n; i++)
         if (add_to(counters[i], 0, s_one) < 0)
             return -1;
-    PyObject *uses = PyLong_FromSsize_t(n);
-    if (uses == NULL)
+    PyObject *pyuses = PyLong_FromSsize_t(uses);
+    if (pyuses == NULL)
         return -1;
-    r = add_to(entry, 2, uses);
-    Py_DECREF(uses);
+    r = add_to(entry, 2, pyuses);
+    Py_DECREF(pyuses);
     if (r < 0)
         return -1;
     if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
@@ -348,7 +458,9 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     PyObject *t = args[2];
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
-    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 3),
+    int with_reason = args[4] == Py_True ? 1 : args[4] == Py_False ? 0 : -1;
+    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0),
+                        args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
                         PyTuple_GET_ITEM(t, 4), now);
     if (r < 0)
         return NULL;
@@ -368,22 +480,31 @@ int sf_core_check(PyObject *o)
 
 /**
  * sf_core_record_fast() - record one evaluation from the client's fast path (fast.c), which
- * has no EvalTuple: the same checks and counting as record_evaluation's common case.
+ * has no EvalTuple: the same checks, counting and feature events as record_evaluation's
+ * common case.
  * @core: a _RecorderCore (sf_core_check()).
  * @variation: the variation index as an int, or None.
+ * @value: the evaluation's value before any typed conversion (NULL or anything when
+ *         @variation is None: the event then holds @dflt).
+ * @dflt: the caller's default.
+ * @reason: the reason dict, or NULL when not computed (an event that needs it - detail,
+ *          experiment - then takes the Python path).
+ * @with_reason: 1 for variation_detail, else 0.
  * @info: the flag's info tuple; @prereqs: list of prerequisite event tuples, or NULL.
  *
- * Return: 1 counted; 0 nothing recorded (the caller must take the full Python path, which
+ * Return: 1 recorded; 0 nothing recorded (the caller must take the full Python path, which
  * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
  */
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
+                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
                         PyObject *info, PyObject *prereqs)
 {
     RecorderCore *self = (RecorderCore *)core;
     double now = now_seconds();
     if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
         return 0;
-    return core_common(self, key, context, variation, info, prereqs, now);
+    return core_common(self, key, context, variation, value, dflt, reason, with_reason, info,
+                       prereqs, now);
 }
 
 static PyObject *core_get_lock(RecorderCore *self, void *closure)
@@ -417,6 +538,11 @@ static PyMemberDef core_members[] = {
     {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
     {"_summary", T_OBJECT, offsetof(RecorderCore, summary), 0, "the window's summary"},
     {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
+    {"_events", T_OBJECT, offsetof(RecorderCore, events), 0, "the window's full events"},
+    {"_unsent_events", T_PYSSIZET, offsetof(RecorderCore, unsent_events), 0,
+     "full events held in packed datagrams not sent yet (count against _capacity)"},
+    {"_capacity", T_PYSSIZET, offsetof(RecorderCore, capacity), 0,
+     "events_max_pending: bound of _events + _unsent_events"},
     {"_context_type", T_OBJECT, offsetof(RecorderCore, ctx_type), 0,
      "shmflags.Context: contexts of this exact class are looked up by their cached _fqk"},
     {NULL, 0, 0, 0, NULL}
@@ -459,6 +585,15 @@ int sf_events_add_types(PyObject *m)
         s_one = PyLong_FromLong(1);
         if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_one == NULL)
             return -1;
+        struct { PyObject **slot; const char *text; } names[] = {
+            {&s_kind, "kind"}, {&s_feature, "feature"}, {&s_creationDate, "creationDate"},
+            {&s_key, "key"}, {&s_value, "value"}, {&s_default, "default"},
+            {&s_version, "version"}, {&s_variation, "variation"}, {&s_reason, "reason"},
+            {&s_context, "context"},
+        };
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+                return -1;
     }
     if (PyType_Ready(&RecorderCoreType) < 0)
         return -1;

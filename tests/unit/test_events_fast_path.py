@@ -55,7 +55,15 @@ FLAGS = {f["key"]: f for f in [
     _flag("debug", debugEventsUntilDate=FAR),
     _flag("str", variations=["a", "b"]),
     _flag("fresh"),
+    _flag("rule-tracked", rules=[{"id": "r2", "variation": 0, "trackEvents": True, "clauses": [
+        {"attribute": "key", "op": "in", "values": ["u1", "u9"], "contextKind": "user"}]}]),
+    _flag("sampled1", trackEvents=True, samplingRatio=1),
+    _flag("excl-only", excludeFromSummaries=True),
+    _flag("pre-excl", prerequisites=[{"key": "excl-only", "variation": 0}]),
+    _flag("tracked-str", trackEvents=True, variations=["a", "b"]),
 ]}
+# (a samplingRatio other than 1 draws random numbers, so two recorders' datagrams differ:
+# that case is checked alone below)
 KEYS = list(FLAGS) + ["missing"]
 
 
@@ -146,15 +154,71 @@ def test_fast_path_takes_the_common_case(tmp_path):
             client.variation(key, ctx, None)
             assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
         d = client._fast_detail("fresh", ctx, None, 0)
-        # tracked, experiment, debug and excluded flags need full events: Python path
-        for key in ("tracked", "exp", "debug", "exclude", "pre-tracked", "missing"):
+        # a debug event, a prerequisite's full event, an unknown flag: Python path
+        for key in ("debug", "pre-tracked", "missing"):
             assert client._fast_value(key, ctx, None, 0) is client._SLOW, key
+        # feature events (trackEvents, experiment, rule trackEvents) and excluded flags are
+        # recorded here once their counters exist: the same events as the Python path's
+        for key in ("tracked", "exp", "rule-tracked", "sampled1", "tracked-str"):
+            assert client._fast_value(key, ctx, None, 0) is client._SLOW, key  # no counter
+            client.variation(key, ctx, None)
+        for key in ("exclude", "excl-only", "pre-excl"):
+            client.variation(key, ctx, None)
+        before = len(rec._events)
+        for key in ("tracked", "exp", "rule-tracked", "sampled1", "exclude", "excl-only",
+                    "pre-excl"):
+            assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
+        assert client._fast_detail("tracked", ctx, "dd", 0) == shmflags.EvaluationDetail(
+            True, 0, {"kind": "FALLTHROUGH"})
+        # typed: the caller gets the converted value, the event the evaluated one
+        assert client._fast_value("tracked-str", ctx, "s", 4) == "a"
+        new = rec._events[before:]
+        assert [e["key"] for e in new] == ["tracked", "exp", "rule-tracked", "sampled1",
+                                           "exclude", "tracked", "tracked-str"]
+        assert all(e["context"] is rec._contexts[ctx.fully_qualified_key][0] for e in new)
+        assert "reason" not in new[0] and new[5]["reason"] == {"kind": "FALLTHROUGH"}
+        assert new[5]["default"] == "dd" and new[6]["value"] == "a"
+        assert new[1]["reason"]["inExperiment"] is True
+        assert new[2]["reason"] == {"kind": "RULE_MATCH", "ruleIndex": 0, "ruleId": "r2"}
         # a wrong type is recorded by the Python path (variation None)
         assert client._fast_value("str", ctx, None, 1) is client._SLOW
         assert d is client._SLOW  # "fresh" not counted yet in this window: Python path
         client.variation_detail("fresh", ctx, None)
         d = client._fast_detail("fresh", ctx, None, 0)
         assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
+        client.close()
+    finally:
+        sink.close()
+
+
+@native
+def test_sampled_or_buffer_filling_events_take_the_python_path(tmp_path):
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        config = Config(send_events=True, socket=sink.path, flush_interval=3600,
+                         events_max_pending=4)
+        flags = dict(FLAGS, sampled=_flag("sampled", trackEvents=True, samplingRatio=2))
+        client = shmflags.Client.from_data({"flags": flags}, config=config)
+        client._recorder = R.EventRecorder(config)
+        rec = client._recorder
+        ctx = Context.create("u9")
+        for key in ("sampled", "tracked"):
+            client.variation(key, ctx, None)
+        rec._deadline = rec._end + 3600
+        # samplingRatio 2 draws a random number (Python path); not even counted here
+        assert client._fast_value("sampled", ctx, None, 0) is client._SLOW
+        n = len(rec._events)
+        assert n <= 2
+        # the C path records while the buffer stays below its bound after the event ...
+        while len(rec._events) + 1 < 4:
+            assert client._fast_value("tracked", ctx, None, 0) is True
+        # ... and leaves the event that fills it (drop or flush) to the Python path
+        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
+        rec._unsent_events = 1   # packed events not sent yet count against the bound too
+        rec._events.pop()
+        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
+        rec._unsent_events = 0
+        assert client._fast_value("tracked", ctx, None, 0) is True
         client.close()
     finally:
         sink.close()
