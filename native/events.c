@@ -44,6 +44,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
 #include <time.h>
 
 #include "sf.h"
@@ -74,7 +77,7 @@ static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
 /* the feature event's keys and kind, interned once */
 static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
-                *s_version, *s_variation, *s_reason, *s_context;
+                *s_version, *s_variation, *s_reason, *s_context, *s_prereqOf, *s_debugUntil;
 
 static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
 {
@@ -576,6 +579,344 @@ static PyTypeObject RecorderCoreType = {
     .tp_methods = core_methods,
 };
 
+/* ---- packing a feature/debug event (shmflags.events.sender._encode_event) ----------------
+ *
+ * _pack_event(event, context_bytes) -> bytes | None: the validation of
+ * datagram.check_event(event, context_checked=True) for a feature or debug event, and the
+ * msgpack bytes of msgpack.packb(event, use_bin_type=True) with the context's own (already
+ * checked and packed) bytes spliced in as the last field.  None: the schema refuses the
+ * event (the sender drops and counts it).  The caller (sender.py) only passes a dict of 2..15
+ * fields whose last key is "context" and whose kind is "feature" or "debug"; anything else
+ * raises TypeError here, never a crash.  Runs no Python code: every value is checked by its
+ * exact type before it is read (so no __eq__/__hash__ of a subclass runs either).
+ * tests/unit/test_events_pack.py compares it with the Python functions on random and
+ * hostile events.
+ */
+
+#define PACK_MAX_DEPTH 32   /* datagram.MAX_DEPTH */
+
+typedef struct {
+    char *buf;            /* the caller's stack buffer, or heap (PyMem) once grown */
+    Py_ssize_t len, cap;
+    int heap;             /* buf is PyMem memory */
+} wbuf_t;
+
+static void w_free(wbuf_t *w)
+{
+    if (w->heap)
+        PyMem_Free(w->buf);
+}
+
+/* Room for @n more bytes.  0, or -1 with MemoryError. */
+static int w_reserve(wbuf_t *w, Py_ssize_t n)
+{
+    if (n <= w->cap - w->len)
+        return 0;
+    if (n > PY_SSIZE_T_MAX / 2 - w->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t cap = w->cap ? w->cap : 256;
+    while (cap - w->len < n)
+        cap *= 2;   /* invariant: cap < PY_SSIZE_T_MAX (checked above) */
+    char *b = w->heap ? PyMem_Realloc(w->buf, (size_t)cap) : PyMem_Malloc((size_t)cap);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!w->heap && w->len > 0)
+        memcpy(b, w->buf, (size_t)w->len);
+    w->buf = b;
+    w->cap = cap;
+    w->heap = 1;
+    return 0;
+}
+
+static inline int w_put(wbuf_t *w, const void *p, Py_ssize_t n)
+{
+    if (w_reserve(w, n) < 0)
+        return -1;
+    memcpy(w->buf + w->len, p, (size_t)n);
+    w->len += n;
+    return 0;
+}
+
+/* One byte of type @t followed by the @n low bytes of @v, big-endian (msgpack). */
+static inline int w_be(wbuf_t *w, unsigned char t, uint64_t v, int n)
+{
+    if (w->cap - w->len < 9 && w_reserve(w, 9) < 0)
+        return -1;
+    unsigned char *b = (unsigned char *)w->buf + w->len;   /* 9 bytes of room (above) */
+    b[0] = t;
+    for (int i = 0; i < n; i++)
+        b[1 + i] = (unsigned char)(v >> (8 * (n - 1 - i)));
+    w->len += 1 + n;
+    return 0;
+}
+
+/* A container or string header: fix form below @fixmax (OR-ed into @fix), else the 8-bit
+ * (@t8, str only: 0), 16-bit and 32-bit forms - msgpack-python's choices.
+ * Return: 1 written, 0 too long for msgpack (refused), -1 MemoryError. */
+static int w_head(wbuf_t *w, Py_ssize_t n, unsigned char fix, Py_ssize_t fixmax,
+                  unsigned char t8, unsigned char t16, unsigned char t32)
+{
+    int rc;
+    if (n < fixmax)
+        rc = w_be(w, (unsigned char)(fix | n), 0, 0);
+    else if (t8 && n < 256)
+        rc = w_be(w, t8, (uint64_t)n, 1);
+    else if (n < 65536)
+        rc = w_be(w, t16, (uint64_t)n, 2);
+    else if ((uint64_t)n <= 0xFFFFFFFFu)
+        rc = w_be(w, t32, (uint64_t)n, 4);
+    else
+        return 0;   /* unreachable for a datagram (the caller's size check drops it) */
+    return rc < 0 ? -1 : 1;
+}
+
+/* An int64 as msgpack-python packs it (smallest form; non-negative as unsigned). */
+static int w_int(wbuf_t *w, long long v)
+{
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u < 128)
+            return w_be(w, (unsigned char)u, 0, 0);
+        if (u < 256)
+            return w_be(w, 0xcc, u, 1);
+        if (u < 65536)
+            return w_be(w, 0xcd, u, 2);
+        if (u < 4294967296ull)
+            return w_be(w, 0xce, u, 4);
+        return w_be(w, 0xcf, u, 8);
+    }
+    if (v >= -32)
+        return w_be(w, (unsigned char)(0xe0 | (v & 0x1f)), 0, 0);
+    if (v >= -128)
+        return w_be(w, 0xd0, (uint64_t)v, 1);
+    if (v >= -32768)
+        return w_be(w, 0xd1, (uint64_t)v, 2);
+    if (v >= -2147483648ll)
+        return w_be(w, 0xd2, (uint64_t)v, 4);
+    return w_be(w, 0xd3, (uint64_t)v, 8);
+}
+
+/* The int64 value of an exact int within [lo, 2**63 - 1]: 1 with *out, 0 not one. */
+static int int64_in(PyObject *o, long long lo, long long *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);   /* exact int: cannot fail */
+    if (overflow || v < lo)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static int w_str(wbuf_t *w, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) {   /* a lone surrogate: msgpack cannot encode it either */
+        PyErr_Clear();
+        return 0;
+    }
+    int r = w_head(w, n, 0xa0, 32, 0xd9, 0xda, 0xdb);
+    return r <= 0 ? r : (w_put(w, u, n) < 0 ? -1 : 1);
+}
+
+/*
+ * pack_json() - datagram._check_json(@o, @depth) and msgpack.packb(@o) in one walk.
+ * Return: 1 packed, 0 refused by the JSON rules (w may hold a partial value), -1 error.
+ */
+static int pack_json(wbuf_t *w, PyObject *o, int depth)
+{
+    if (o == Py_None)
+        return w_be(w, 0xc0, 0, 0) < 0 ? -1 : 1;
+    if (o == Py_True || o == Py_False)
+        return w_be(w, o == Py_True ? 0xc3 : 0xc2, 0, 0) < 0 ? -1 : 1;
+    if (PyUnicode_CheckExact(o))
+        return w_str(w, o);
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (!isfinite(d))
+            return 0;   /* NaN or infinite number */
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof bits);
+        return w_be(w, 0xcb, bits, 8) < 0 ? -1 : 1;
+    }
+    if (PyLong_CheckExact(o)) {
+        long long v;
+        if (!int64_in(o, LLONG_MIN, &v))
+            return 0;   /* integer out of range */
+        return w_int(w, v) < 0 ? -1 : 1;
+    }
+    if (depth >= PACK_MAX_DEPTH)
+        return 0;       /* nested deeper than MAX_DEPTH (or not a JSON value) */
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_GET_SIZE(o);
+        int r = w_head(w, n, 0x90, 16, 0, 0xdc, 0xdd);
+        if (r <= 0)
+            return r;
+        /* the list cannot change meanwhile: no Python code runs */
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((r = pack_json(w, PyList_GET_ITEM(o, i), depth + 1)) <= 0)
+                return r;
+        return 1;
+    }
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int r = w_head(w, PyDict_GET_SIZE(o), 0x80, 16, 0, 0xde, 0xdf);
+        if (r <= 0)
+            return r;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k))
+                return 0;   /* map key is not a string */
+            if ((r = w_str(w, k)) <= 0 || (r = pack_json(w, v, depth + 1)) <= 0)
+                return r;
+        }
+        return 1;
+    }
+    return 0;   /* not a JSON value */
+}
+
+/* The value of the str key @name in the exact dict @d (borrowed), or NULL.  A walk rather
+ * than a lookup, so that no key's __eq__ can run (the dicts are small); a str subclass key
+ * is compared by its characters, as dict.get would find it. */
+static PyObject *dict_get_ascii(PyObject *d, const char *name)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v))
+        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, name) == 0)
+            return v;
+    return NULL;
+}
+
+/* The fields a feature or debug event may have (datagram._EVAL_KEYS). */
+enum { F_KIND, F_DATE, F_KEY, F_VALUE, F_DEFAULT, F_VERSION, F_VARIATION, F_REASON,
+       F_PREREQ_OF, F_CONTEXT, F_DEBUG_UNTIL, F_COUNT, F_OTHER = F_COUNT };
+static PyObject **field_names[F_COUNT] = {
+    &s_kind, &s_creationDate, &s_key, &s_value, &s_default, &s_version, &s_variation,
+    &s_reason, &s_prereqOf, &s_context, &s_debugUntil,
+};
+
+/* Which field the str @k names: the interned name itself (the recorder's literal keys, one
+ * pointer comparison), else compared by characters (PyUnicode_Compare runs no Python code,
+ * also for a subclass); F_OTHER. */
+static int field_id(PyObject *k)
+{
+    for (int i = 0; i < F_COUNT; i++)
+        if (k == *field_names[i])
+            return i;
+    for (int i = 0; i < F_COUNT; i++)
+        if (PyUnicode_Compare(k, *field_names[i]) == 0)
+            return i;
+    return F_OTHER;
+}
+
+/* check_event()'s per-field rule for field @id of a feature/debug event; 1 ok, 0 refused. */
+static int event_field_ok(int id, PyObject *v, int debug)
+{
+    long long x;
+    switch (id) {
+    case F_KIND:
+    case F_VALUE:
+    case F_DEFAULT:
+        return 1;   /* kind: checked by the caller; values: JSON rules when packed */
+    case F_DATE:
+    case F_VARIATION:
+        return int64_in(v, 0, &x);
+    case F_VERSION:
+        return int64_in(v, LLONG_MIN, &x);
+    case F_KEY:
+    case F_PREREQ_OF:
+        return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0;
+    case F_REASON: {
+        if (!PyDict_CheckExact(v))
+            return 0;
+        PyObject *kind = dict_get_ascii(v, "kind");
+        return kind != NULL && PyUnicode_CheckExact(kind);   /* its JSON: packed at depth 1 */
+    }
+    case F_DEBUG_UNTIL:
+        return debug && int64_in(v, 0, &x);
+    default:
+        return 0;   /* unexpected field */
+    }
+}
+
+static PyObject *pack_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_pack_event(event: dict, context_bytes: bytes)");
+        return NULL;
+    }
+    PyObject *event = args[0], *cbytes = args[1];
+    Py_ssize_t n = PyDict_GET_SIZE(event);
+    PyObject *kind = dict_get_ascii(event, "kind");
+    int debug = kind != NULL && PyUnicode_CheckExact(kind)
+                && PyUnicode_CompareWithASCIIString(kind, "debug") == 0;
+    if (n < 2 || n > 15 || kind == NULL || !PyUnicode_CheckExact(kind)
+        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "_pack_event takes a feature or debug event of 2 to "
+                        "15 fields");
+        return NULL;
+    }
+    char small[512];   /* most events fit: no allocation */
+    wbuf_t w = {small, 0, sizeof small, 0};
+    int r = w_be(&w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
+    unsigned seen = 0;
+    int last_context = 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (r > 0 && PyDict_Next(event, &pos, &k, &v)) {
+        if (!PyUnicode_Check(k)) {
+            r = 0;   /* check_event would find it unexpected */
+            break;
+        }
+        int id = field_id(k);   /* a str subclass: by its characters, as check_event */
+        last_context = id == F_CONTEXT;
+        if (last_context)
+            continue;   /* its bytes come last; it must be the last key (checked below) */
+        if (!event_field_ok(id, v, debug)) {
+            r = 0;
+            break;
+        }
+        seen |= 1u << id;
+        if ((r = w_str(&w, k)) > 0)
+            r = pack_json(&w, v, id == F_REASON ? 1 : 0);
+    }
+    if (r > 0 && !last_context) {
+        w_free(&w);
+        PyErr_SetString(PyExc_TypeError, "_pack_event: \"context\" must be the last field");
+        return NULL;
+    }
+    unsigned need = 1u << F_VALUE | 1u << F_DEFAULT | 1u << F_DATE | 1u << F_KEY
+                    | (debug ? 1u << F_DEBUG_UNTIL : 0u);
+    if (r > 0 && (seen & need) != need)
+        r = 0;   /* a required field is missing */
+    static const char ctx_key[] = "\xa7" "context";   /* msgpack fixstr "context" */
+    if (r > 0 && (w_put(&w, ctx_key, 8) < 0
+                  || w_put(&w, PyBytes_AS_STRING(cbytes), PyBytes_GET_SIZE(cbytes)) < 0))
+        r = -1;
+    PyObject *out = NULL;
+    if (r > 0)
+        out = PyBytes_FromStringAndSize(w.buf, w.len);
+    else if (r == 0)
+        out = Py_NewRef(Py_None);
+    w_free(&w);
+    return out;
+}
+
+static PyMethodDef events_functions[] = {
+    {"_pack_event", (PyCFunction)(void (*)(void))pack_event, METH_FASTCALL,
+     "_pack_event(event, context_bytes) -> bytes | None: check and pack a feature or debug "
+     "event whose last field is its context (already packed), as sender._encode_event "
+     "does in Python; None when the schema refuses it"},
+    {NULL, NULL, 0, NULL}
+};
+
 int sf_events_add_types(PyObject *m)
 {
     if (s_record_py == NULL) {
@@ -589,13 +930,13 @@ int sf_events_add_types(PyObject *m)
             {&s_kind, "kind"}, {&s_feature, "feature"}, {&s_creationDate, "creationDate"},
             {&s_key, "key"}, {&s_value, "value"}, {&s_default, "default"},
             {&s_version, "version"}, {&s_variation, "variation"}, {&s_reason, "reason"},
-            {&s_context, "context"},
+            {&s_context, "context"}, {&s_prereqOf, "prereqOf"}, {&s_debugUntil, "debugUntil"},
         };
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 return -1;
     }
-    if (PyType_Ready(&RecorderCoreType) < 0)
+    if (PyType_Ready(&RecorderCoreType) < 0 || PyModule_AddFunctions(m, events_functions) < 0)
         return -1;
     Py_INCREF(&RecorderCoreType);
     if (PyModule_AddObject(m, "_RecorderCore", (PyObject *)&RecorderCoreType) < 0) {

@@ -75,8 +75,14 @@ def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
         return None
 
 
+try:  # feature/debug events checked and packed in C (native/events.c); optional
+    from shmflags._native import _pack_event  # type: ignore[attr-defined]
+except ImportError:  # no extension (or an older build): the Python code below
+    _pack_event = None
+
 _CONTEXT_KEY = msgpack.packb("context")
 _NO_BYTES = b""
+_EVAL_KINDS = ("feature", "debug")
 
 
 def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
@@ -98,6 +104,16 @@ def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
         contexts[id(ctx)] = cbytes
     if cbytes is _NO_BYTES:
         return None
+    kind = event.get("kind")
+    if _pack_event is not None and type(kind) is str and kind in _EVAL_KINDS:
+        # the same rules and bytes as below in one C walk (~10x faster)
+        return _pack_event(event, cbytes)
+    return _encode_event_py(event, n, cbytes)
+
+
+def _encode_event_py(event: dict, n: int, cbytes: bytes) -> Optional[bytes]:
+    """The rest of :func:`_encode_event` in Python (``native/events.c``'s ``_pack_event``
+    does the same for feature and debug events)."""
     try:
         check_event(event, context_checked=True)
         rest = dict(event)
