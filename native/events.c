@@ -69,6 +69,10 @@ typedef struct {
     PyObject *events;     /* _events: the window's full events (list), or None */
     Py_ssize_t unsent_events;  /* _unsent_events: events held in packed, unsent datagrams */
     Py_ssize_t capacity;  /* _capacity: events_max_pending */
+    Py_ssize_t dropped;   /* _dropped: full events lost since the last datagram */
+    PyObject *retry_at;   /* _retry_at: time of the flush thread's next retry, or None */
+    PyObject *thread;     /* _thread: this process's flush thread, or None */
+    PyObject *stats;      /* stats: {"sent", "send_failures", "dropped"} (dict) */
 } RecorderCore;
 
 static PyTypeObject RecorderCoreType;   /* defined below */
@@ -89,6 +93,9 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->locked);
     Py_VISIT(self->events);
+    Py_VISIT(self->retry_at);
+    Py_VISIT(self->thread);
+    Py_VISIT(self->stats);
     return 0;
 }
 
@@ -102,6 +109,9 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->locked);
     Py_CLEAR(self->events);
+    Py_CLEAR(self->retry_at);
+    Py_CLEAR(self->thread);
+    Py_CLEAR(self->stats);
     return 0;
 }
 
@@ -130,6 +140,10 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->events = Py_NewRef(Py_None);
     self->unsent_events = 0;
     self->capacity = 0;   /* no room: feature events take the Python path until __init__ */
+    self->dropped = 0;
+    self->retry_at = Py_NewRef(Py_None);
+    self->thread = Py_NewRef(Py_None);
+    self->stats = Py_NewRef(Py_None);
     return (PyObject *)self;
 }
 
@@ -333,13 +347,39 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     if (bits < 0 || np > MAX_PREREQS)
         return 0;
     int event = (bits & INFO_FEATURE) != 0;
+    PyObject *stat_key = NULL, *stat_val = NULL;   /* the drop case: stats["dropped"] */
     if (event) {
         /* as _full(): reason when variation_detail or an experiment, and not None */
         int want_reason = with_reason == 1 || (bits & 2);
         if (with_reason < 0 || !keeps_all(PyTuple_GET_ITEM(info, 3)) || dflt == NULL
-            || (want_reason && reason == NULL) || !PyList_CheckExact(self->events)
-            || PyList_GET_SIZE(self->events) + self->unsent_events + 1 >= self->capacity)
+            || (want_reason && reason == NULL) || !PyList_CheckExact(self->events))
             return 0;
+        Py_ssize_t held = PyList_GET_SIZE(self->events) + self->unsent_events;
+        if (held + 1 >= self->capacity) {
+            /* The buffer is full or this event fills it.  The Python path then drops the
+             * event (_append) and calls _flush_full(), which does nothing while a failed
+             * send waits for the flush thread's retry (_retry_at set, thread started): in
+             * that case only, the drop is counted here (_dropped, stats["dropped"]).  The
+             * event that fills the buffer, or a full buffer with no retry pending, is the
+             * Python path's (it flushes from the calling thread). */
+            if (held < self->capacity || self->retry_at == Py_None || self->thread == Py_None
+                || !PyDict_CheckExact(self->stats) || self->dropped == PY_SSIZE_T_MAX)
+                return 0;
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            /* every key an exact str (then setting one compares str data, no __eq__ runs) */
+            while (PyDict_Next(self->stats, &pos, &k, &v)) {
+                if (!PyUnicode_CheckExact(k))
+                    return 0;
+                if (PyUnicode_CompareWithASCIIString(k, "dropped") == 0) {
+                    stat_key = k;
+                    stat_val = v;
+                }
+            }
+            if (stat_val == NULL || !PyLong_CheckExact(stat_val))
+                return 0;
+            event = 0;   /* counted, not kept */
+        }
         if (!want_reason || reason == Py_None)
             reason = NULL;   /* not in the event */
         if (variation == Py_None || value == NULL)
@@ -413,7 +453,17 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
             return r;
         n++;
     }
-    /* All checked.  The event first: its failure (no memory) leaves the window unchanged. */
+    /* All checked.  The event (or its drop) first: its failure (no memory) leaves the window
+     * unchanged. */
+    if (stat_key != NULL) {
+        PyObject *sum = PyNumber_Add(stat_val, s_one);   /* int + int: C only */
+        /* an existing key of a dict of exact str keys: replaced in place, no Python code */
+        r = sum == NULL ? -1 : PyDict_SetItem(self->stats, stat_key, sum);
+        Py_XDECREF(sum);
+        if (r < 0)
+            return -1;
+        self->dropped++;
+    }
     if (event) {
         PyObject *ev = feature_event(key, value, dflt, PyTuple_GET_ITEM(info, 0), variation,
                                      reason, PyList_GET_ITEM(entry, 0), now);
@@ -546,6 +596,13 @@ static PyMemberDef core_members[] = {
      "full events held in packed datagrams not sent yet (count against _capacity)"},
     {"_capacity", T_PYSSIZET, offsetof(RecorderCore, capacity), 0,
      "events_max_pending: bound of _events + _unsent_events"},
+    {"_dropped", T_PYSSIZET, offsetof(RecorderCore, dropped), 0,
+     "full events lost since the last datagram (reported in the next one)"},
+    {"_retry_at", T_OBJECT, offsetof(RecorderCore, retry_at), 0,
+     "time of the flush thread's next retry of a failed send, or None"},
+    {"_thread", T_OBJECT, offsetof(RecorderCore, thread), 0, "the flush thread, or None"},
+    {"stats", T_OBJECT, offsetof(RecorderCore, stats), 0,
+     "counters: sent, send_failures, dropped"},
     {"_context_type", T_OBJECT, offsetof(RecorderCore, ctx_type), 0,
      "shmflags.Context: contexts of this exact class are looked up by their cached _fqk"},
     {NULL, 0, 0, 0, NULL}

@@ -219,6 +219,34 @@ def test_sampled_or_buffer_filling_events_take_the_python_path(tmp_path):
         assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
         rec._unsent_events = 0
         assert client._fast_value("tracked", ctx, None, 0) is True
+        # a full buffer while a failed send waits for the flush thread's retry: the Python
+        # path would drop the event, count it and leave the flush to that thread; so does C
+        assert len(rec._events) == 3
+        rec._events.append(dict(rec._events[-1]))
+        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW  # no retry pending
+        assert rec._thread is not None
+        rec._retry_at = rec._end + 3600
+        counter = rec._summary["tracked"][2][0]
+        count, dropped, stat = counter[0], rec._dropped, rec.stats["dropped"]
+        assert client._fast_value("tracked", ctx, None, 0) is True
+        assert (counter[0], rec._dropped, rec.stats["dropped"]) == (count + 1, dropped + 1,
+                                                                     stat + 1)
+        assert len(rec._events) == 4
+        ref = R.PythonEventRecorder(config)   # the reference, in the same state
+        for name in ("_summary", "_contexts", "_events", "_last_ctx", "_last_entry",
+                     "_thread", "_dropped", "_end"):
+            setattr(ref, name, getattr(rec, name))
+        ref.stats = dict(rec.stats)
+        ref._retry_at, ref._deadline = rec._retry_at, rec._deadline
+        ref.record_evaluation("tracked", ctx, client._current().evaluate("tracked", ctx),
+                              None, False)
+        assert (counter[0], ref._dropped, ref.stats["dropped"]) == (count + 2, dropped + 2,
+                                                                     stat + 2)
+        assert len(rec._events) == 4
+        ref._new_window()   # the window is rec's: ref sends nothing of it
+        ref._thread = None
+        ref.close()
+        rec._retry_at = None
         client.close()
     finally:
         sink.close()
