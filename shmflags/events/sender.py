@@ -223,12 +223,29 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
             continue
         add("contexts", data, (fq, entry))
     context_bytes: Dict[int, bytes] = {}
+    # (the loop of add() and _encode_event() inlined: a window holds up to
+    # events_max_pending events, and their packing is the flush's largest cost)
+    pack = _pack_event
+    b = builders[-1]
     for event in events:
-        data = _encode_event(event, context_bytes)
+        ctx = event.get("context") if type(event) is dict else None
+        kind = event.get("kind") if ctx is not None else None
+        cbytes = context_bytes.get(id(ctx)) if type(kind) is str else None
+        if (cbytes and pack is not None and kind in _EVAL_KINDS and 1 < len(event) <= 15
+                and next(reversed(event)) == "context"):
+            # what _encode_event does for a feature or debug event whose context is known
+            data = pack(event, cbytes)
+        else:
+            data = _encode_event(event, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue
-        add("events", data, event)
+        n = len(data)
+        if b.size + n > _ITEM_LIMIT:
+            b = _Builder()
+            builders.append(b)
+        b.events.append((data, event))
+        b.size += n
     packer = msgpack.Packer(use_bin_type=True)
     out = []
     for i, b in enumerate(builders):
