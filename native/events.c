@@ -73,6 +73,7 @@ typedef struct {
     PyObject *retry_at;   /* _retry_at: time of the flush thread's next retry, or None */
     PyObject *thread;     /* _thread: this process's flush thread, or None */
     PyObject *stats;      /* stats: {"sent", "send_failures", "dropped"} (dict) */
+    PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
 } RecorderCore;
 
 static PyTypeObject RecorderCoreType;   /* defined below */
@@ -96,6 +97,7 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->retry_at);
     Py_VISIT(self->thread);
     Py_VISIT(self->stats);
+    Py_VISIT(self->start);
     return 0;
 }
 
@@ -112,6 +114,7 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->retry_at);
     Py_CLEAR(self->thread);
     Py_CLEAR(self->stats);
+    Py_CLEAR(self->start);
     return 0;
 }
 
@@ -144,6 +147,7 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->retry_at = Py_NewRef(Py_None);
     self->thread = Py_NewRef(Py_None);
     self->stats = Py_NewRef(Py_None);
+    self->start = Py_NewRef(Py_None);
     return (PyObject *)self;
 }
 
@@ -208,37 +212,65 @@ static int keeps_all(PyObject *sampling)
     return PyLong_AsLongAndOverflow(sampling, &overflow) == 1 && !overflow;
 }
 
-/* The existing counter [count, value] of (key, variation) in the summary, counted for the
- * same kinds object and at the flag's window version.  1: found (*out borrowed, kept alive
- * by the summary); 0: absent or not in the expected shape (the Python path creates or
- * re-keys it); -1: a Python exception is set. */
+/* What the summary needs for one (flag, variation) count: find_counter()'s plan. */
+typedef struct {
+    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary) */
+    PyObject *flag;       /* NEW_COUNTER, or FOUND with add_kinds: the flag's list (borrowed) */
+    int how;              /* FOUND, NEW_COUNTER (first of this variation), NEW_FLAG */
+    int add_kinds;        /* the context's kinds go into the flag's kinds set first */
+} plan_t;
+
+enum { FOUND = 1, NEW_COUNTER = 2, NEW_FLAG = 3 };
+
+/*
+ * find_counter() - how to count (key, variation) in the summary for a context of @kinds,
+ * at @version, as _record_evaluation_py/_count do: the existing counter, a new counter in
+ * an existing flag (the first of this variation), or a new flag (the first count of the
+ * flag in this window); the flag's kinds set gets the context's kinds when it lacks one.
+ * @kinds: the context's kinds tuple (interned by recorder._kinds_of; exact str members).
+ * Return: 1 with *p set; 0 not in the expected shape, or counted under another version in
+ * this window ((variation, version) keys: the Python path); -1 a Python exception is set.
+ */
 static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObject *version,
-                        PyObject *variation, PyObject **out)
+                        PyObject *variation, plan_t *p)
 {
-    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation)))
+    p->counter = p->flag = NULL;
+    p->add_kinds = 0;
+    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation))
+        || !PyTuple_CheckExact(kinds))
         return 0;
     PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
-    if (flag == NULL)
-        return PyErr_Occurred() ? -1 : 0;                     /* first in this window */
-    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must
-     * already hold every kind of this context: true when the context has the kinds object
-     * the flag was last counted with (kinds tuples are interned), else checked one by one
-     * (str members: hashing and comparison are C).  Otherwise the Python path adds them.
-     * "last kinds" is only the Python path's shortcut; it is not sent, so it is not
-     * updated here. */
+    if (flag == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        /* first in this window: [default, set(kinds), {variation: [1, value]}, kinds,
+         * version], made by the caller; set(kinds) hashes exact str members only */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++)
+            if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(kinds, i)))
+                return 0;
+        p->how = NEW_FLAG;
+        return 1;
+    }
+    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must hold
+     * every kind of this context: true when the context has the kinds object the flag was
+     * last counted with (kinds tuples are interned), else checked one by one (str members:
+     * hashing and comparison are C) and the missing ones added by the caller. */
     if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5)
         return 0;
+    p->flag = flag;
     if (PyList_GET_ITEM(flag, 3) != kinds) {
         PyObject *set = PyList_GET_ITEM(flag, 1);
-        if (!PyTuple_CheckExact(kinds) || !PySet_CheckExact(set))
+        if (!PySet_CheckExact(set))
             return 0;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++) {
             PyObject *kind = PyTuple_GET_ITEM(kinds, i);
             if (!PyUnicode_CheckExact(kind))
                 return 0;
             int in = PySet_Contains(set, kind);
-            if (in != 1)
-                return in;   /* 0: a kind to add (Python path); -1: error */
+            if (in < 0)
+                return -1;
+            if (in == 0)
+                p->add_kinds = 1;
         }
     }
     PyObject *fversion = PyList_GET_ITEM(flag, 4);
@@ -255,14 +287,28 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
     if (!PyDict_CheckExact(counters))
         return 0;
     PyObject *counter = PyDict_GetItemWithError(counters, variation);  /* borrowed */
-    if (counter == NULL)
-        return PyErr_Occurred() ? -1 : 0;                     /* first of this variation */
+    if (counter == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        p->how = NEW_COUNTER;                                 /* first of this variation */
+        return 1;
+    }
     if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
         || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
         return 0;
-    *out = counter;
+    p->counter = counter;
+    p->how = FOUND;
     return 1;
 }
+
+/*
+ * apply_plan() - count one evaluation as find_counter() planned it (see there).
+ * @dflt: the flag's default when the flag is new; @value: the counter's value when new.
+ * Only a MemoryError can fail half-way (as in the Python path).  Return: 0, or -1.
+ */
+static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
+                      PyObject *version, PyObject *variation, PyObject *dflt, PyObject *value,
+                      const plan_t *p, double now);
 
 /* list[i] += n for an exact int list[i] (checked by the caller); 0, or -1 on MemoryError. */
 static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
@@ -272,6 +318,65 @@ static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
         return -1;
     PyList_SetItem(list, i, sum);   /* steals sum, drops the old int (no Python code) */
     return 0;
+}
+
+static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
+                      PyObject *version, PyObject *variation, PyObject *dflt, PyObject *value,
+                      const plan_t *p, double now)
+{
+    if (p->how == NEW_FLAG) {
+        /* [default, set(kinds), {variation: [1, value]}, kinds, version], as the Python
+         * path; the window's first counted evaluation also sets _start */
+        PyObject *counter = PyList_New(2), *counters = PyDict_New(), *set = PySet_New(kinds);
+        PyObject *flag = PyList_New(5);
+        int bad = counter == NULL || counters == NULL || set == NULL || flag == NULL;
+        if (!bad) {
+            PyList_SET_ITEM(counter, 0, Py_NewRef(s_one));
+            PyList_SET_ITEM(counter, 1, Py_NewRef(value));
+            bad = PyDict_SetItem(counters, variation, counter) < 0;
+        }
+        if (!bad) {
+            PyList_SET_ITEM(flag, 0, Py_NewRef(dflt));
+            PyList_SET_ITEM(flag, 1, set);        /* the list takes the references */
+            PyList_SET_ITEM(flag, 2, counters);
+            PyList_SET_ITEM(flag, 3, Py_NewRef(kinds));
+            PyList_SET_ITEM(flag, 4, Py_NewRef(version));
+            set = counters = NULL;
+            bad = PyDict_SetItem(summary, key, flag) < 0;
+        }
+        Py_XDECREF(counter);
+        Py_XDECREF(counters);
+        Py_XDECREF(set);
+        Py_XDECREF(flag);
+        if (bad)
+            return -1;
+        if (self->start == Py_None) {
+            PyObject *t = PyFloat_FromDouble(now);
+            if (t == NULL)
+                return -1;
+            Py_SETREF(self->start, t);
+        }
+        return 0;
+    }
+    /* an existing flag: first its kinds (flag[3] = kinds; flag[1].update(kinds)) */
+    if (p->flag != NULL && PyList_GET_ITEM(p->flag, 3) != kinds) {
+        PyObject *set = PyList_GET_ITEM(p->flag, 1);
+        for (Py_ssize_t i = 0; p->add_kinds && i < PyTuple_GET_SIZE(kinds); i++)
+            if (PySet_Add(set, PyTuple_GET_ITEM(kinds, i)) < 0)   /* exact str: C only */
+                return -1;
+        Py_INCREF(kinds);
+        PyList_SetItem(p->flag, 3, kinds);   /* steals; drops the old tuple (C only) */
+    }
+    if (p->how == FOUND)
+        return add_to(p->counter, 0, s_one);
+    PyObject *counter = PyList_New(2);   /* NEW_COUNTER: counters[variation] = [1, value] */
+    if (counter == NULL)
+        return -1;
+    PyList_SET_ITEM(counter, 0, Py_NewRef(s_one));
+    PyList_SET_ITEM(counter, 1, Py_NewRef(value));
+    int r = PyDict_SetItem(PyList_GET_ITEM(p->flag, 2), variation, counter);
+    Py_DECREF(counter);
+    return r;
 }
 
 /*
@@ -348,6 +453,9 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         return 0;
     int event = (bits & INFO_FEATURE) != 0;
     PyObject *stat_key = NULL, *stat_val = NULL;   /* the drop case: stats["dropped"] */
+    /* the value counted and put in the event: as the Python path, the default when there
+     * is no variation */
+    PyObject *cvalue = variation == Py_None || value == NULL ? dflt : value;
     if (event) {
         /* as _full(): reason when variation_detail or an experiment, and not None */
         int want_reason = with_reason == 1 || (bits & 2);
@@ -382,8 +490,6 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         }
         if (!want_reason || reason == Py_None)
             reason = NULL;   /* not in the event */
-        if (variation == Py_None || value == NULL)
-            value = dflt;    /* as the Python path: no variation, the default */
     }
     /* The context's window entry: the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
@@ -423,16 +529,13 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     PyObject *kinds = PyList_GET_ITEM(entry, 4);
     /* counters: the flag's (unless excluded from summaries); then one per prerequisite
      * that has a flag (info not None) and is not excluded. */
-    PyObject *counters[MAX_PREREQS + 1];
+    /* plans[0..np_plans): the prerequisites' counters (existing ones only: a prerequisite
+     * first counted in this window is the Python path's, which also keeps its order of
+     * insertion); main: the flag's own, which may be a new counter or a new flag. */
+    plan_t plans[MAX_PREREQS], main;
     Py_ssize_t n = 0, uses = 1;
-    int r;
-    if (!(bits & INFO_EXCLUDED)) {
-        r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), variation,
-                         &counters[n]);
-        if (r <= 0)
-            return r;
-        n++;
-    }
+    int r, count_main = !(bits & INFO_EXCLUDED);
+    PyObject *version = PyTuple_GET_ITEM(info, 0);
     for (Py_ssize_t i = 0; i < np; i++) {
         /* (prereq_of, key, value, variation, reason, info) */
         PyObject *p = pitems[i];
@@ -448,10 +551,17 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         if (pbits & INFO_EXCLUDED)
             continue;
         r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
-                         PyTuple_GET_ITEM(p, 3), &counters[n]);
+                         PyTuple_GET_ITEM(p, 3), &plans[n]);
+        if (r <= 0 || plans[n].how != FOUND)
+            return r < 0 ? -1 : 0;
+        n++;
+    }
+    if (count_main) {
+        r = find_counter(summary, key, kinds, version, variation, &main);
         if (r <= 0)
             return r;
-        n++;
+        if (main.how != FOUND && (cvalue == NULL || dflt == NULL))
+            return 0;   /* (no default: not a caller of this module) */
     }
     /* All checked.  The event (or its drop) first: its failure (no memory) leaves the window
      * unchanged. */
@@ -465,8 +575,8 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         self->dropped++;
     }
     if (event) {
-        PyObject *ev = feature_event(key, value, dflt, PyTuple_GET_ITEM(info, 0), variation,
-                                     reason, PyList_GET_ITEM(entry, 0), now);
+        PyObject *ev = feature_event(key, cvalue, dflt, version, variation, reason,
+                                     PyList_GET_ITEM(entry, 0), now);
         if (ev == NULL)
             return -1;
         r = PyList_Append(self->events, ev);
@@ -474,11 +584,14 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         if (r < 0)
             return -1;
     }
-    /* Count.  A counter listed twice (a prerequisite reached twice) is incremented twice,
-     * as the Python path does. */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (add_to(counters[i], 0, s_one) < 0)
+    /* Count, the prerequisites first (as the Python path).  A counter listed twice (a
+     * prerequisite reached twice) is incremented twice, as the Python path does. */
+    for (Py_ssize_t i = 0; i < n; i++)   /* FOUND plans: key, version, values unused */
+        if (apply_plan(self, summary, NULL, kinds, NULL, NULL, NULL, NULL, &plans[i], now) < 0)
             return -1;
+    if (count_main && apply_plan(self, summary, key, kinds, version, variation, dflt, cvalue,
+                                 &main, now) < 0)
+        return -1;
     PyObject *pyuses = PyLong_FromSsize_t(uses);
     if (pyuses == NULL)
         return -1;
@@ -596,6 +709,8 @@ static PyMemberDef core_members[] = {
      "full events held in packed datagrams not sent yet (count against _capacity)"},
     {"_capacity", T_PYSSIZET, offsetof(RecorderCore, capacity), 0,
      "events_max_pending: bound of _events + _unsent_events"},
+    {"_start", T_OBJECT, offsetof(RecorderCore, start), 0,
+     "time of the window's first counted evaluation (s), or None"},
     {"_dropped", T_PYSSIZET, offsetof(RecorderCore, dropped), 0,
      "full events lost since the last datagram (reported in the next one)"},
     {"_retry_at", T_OBJECT, offsetof(RecorderCore, retry_at), 0,

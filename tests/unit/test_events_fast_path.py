@@ -159,11 +159,6 @@ def test_fast_path_takes_the_common_case(tmp_path):
             assert client._fast_value(key, ctx, None, 0) is client._SLOW, key
         # feature events (trackEvents, experiment, rule trackEvents) and excluded flags are
         # recorded here once their counters exist: the same events as the Python path's
-        for key in ("tracked", "exp", "rule-tracked", "sampled1", "tracked-str"):
-            assert client._fast_value(key, ctx, None, 0) is client._SLOW, key  # no counter
-            client.variation(key, ctx, None)
-        for key in ("exclude", "excl-only", "pre-excl"):
-            client.variation(key, ctx, None)
         before = len(rec._events)
         for key in ("tracked", "exp", "rule-tracked", "sampled1", "exclude", "excl-only",
                     "pre-excl"):
@@ -175,6 +170,11 @@ def test_fast_path_takes_the_common_case(tmp_path):
         new = rec._events[before:]
         assert [e["key"] for e in new] == ["tracked", "exp", "rule-tracked", "sampled1",
                                            "exclude", "tracked", "tracked-str"]
+        # first counts of a flag in the window (a new flag, a new variation) are made here too
+        assert rec._summary["tracked"][2] == {0: [2, True]}
+        assert rec._summary["tracked-str"][2] == {0: [1, "a"]}
+        assert "excl-only" not in rec._summary and "exclude" not in rec._summary
+        assert rec._summary["fresh"][:2] == [None, {"user"}]
         assert all(e["context"] is rec._contexts[ctx.fully_qualified_key][0] for e in new)
         assert "reason" not in new[0] and new[5]["reason"] == {"kind": "FALLTHROUGH"}
         assert new[5]["default"] == "dd" and new[6]["value"] == "a"
@@ -182,10 +182,16 @@ def test_fast_path_takes_the_common_case(tmp_path):
         assert new[2]["reason"] == {"kind": "RULE_MATCH", "ruleIndex": 0, "ruleId": "r2"}
         # a wrong type is recorded by the Python path (variation None)
         assert client._fast_value("str", ctx, None, 1) is client._SLOW
-        assert d is client._SLOW  # "fresh" not counted yet in this window: Python path
-        client.variation_detail("fresh", ctx, None)
-        d = client._fast_detail("fresh", ctx, None, 0)
+        # "fresh" was not counted yet in this window: a new flag, counted here
         assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
+        # a new context in the window (its to_dict() is Python code): Python path
+        assert client._fast_value("plain", Context.create("new"), None, 0) is client._SLOW
+        # a window whose first counted evaluation is made here gets its start here
+        rec._new_window()
+        client.variation("excl-only", ctx, None)   # a sighting (Python path), no count
+        assert rec._start is None and rec._summary == {}
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert rec._start == rec._end and rec._summary["plain"][2] == {0: [1, True]}
         client.close()
     finally:
         sink.close()
