@@ -162,7 +162,11 @@ class _Recorder:
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
+    def _clear_counter_cache(self) -> None:
+        """Forget references into the old window (the C core's counter cache; nothing here)."""
+
     def _new_window(self) -> None:
+        self._clear_counter_cache()
         self._summary: Dict[str, list] = {}
         self._contexts: Dict[str, list] = {}
         self._events: List[dict] = []

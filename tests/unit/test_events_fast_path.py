@@ -259,6 +259,41 @@ def test_sampled_or_buffer_filling_events_take_the_python_path(tmp_path):
 
 
 @native
+def test_counter_cache_follows_the_window(tmp_path):
+    """The core's counter cache never counts into a summary dict that is not the window's."""
+    sink = Sink(str(tmp_path / "s.sock"))
+    try:
+        client = _client(R.EventRecorder, sink.path)
+        rec = client._recorder
+        ctx = Context.create("u1")
+        client.variation("plain", ctx, None)
+        rec._deadline = rec._end + 3600
+        for _ in range(3):
+            assert client._fast_value("plain", ctx, None, 0) is True   # cached after one
+        old = rec._summary
+        assert old["plain"][2] == {0: [4, True]}
+        rec._summary = {}                  # replaced behind the cache's back (old kept)
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert old["plain"][2] == {0: [4, True]} and rec._summary["plain"][2] == {0: [1, True]}
+        second = rec._summary
+        rec._summary = {}                  # the cache now holds the only reference to second
+        del second
+        for _ in range(2):
+            assert client._fast_value("plain", ctx, None, 0) is True
+        assert rec._summary["plain"][2] == {0: [2, True]}
+        rec._clear_counter_cache()
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert rec._summary["plain"][2] == {0: [3, True]}
+        rec._new_window()                  # the recorder's own window change
+        client.variation("plain", ctx, None)  # a new sighting: Python path
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert rec._summary["plain"][2] == {0: [2, True]} and old["plain"][2] == {0: [4, True]}
+        client.close()
+    finally:
+        sink.close()
+
+
+@native
 def test_held_lock_or_pending_check_takes_the_python_path(tmp_path):
     sink = Sink(str(tmp_path / "s.sock"))
     try:
