@@ -94,7 +94,64 @@ typedef struct {
     PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
     PyObject *cc_summary; /* the summary dict the counter cache is for (strong), or NULL */
     cc_slot_t *cc;        /* CC_SLOTS slots (PyMem), or NULL until first used */
+    PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
+    PyObject **cx;        /* CX_SLOTS pairs (context, entry) (PyMem), or NULL */
 } RecorderCore;
+
+/*
+ * The context cache: context object -> its window entry in the contexts dict
+ * ``cx_contexts``, direct-mapped on the context's address, strong references.  Made only
+ * from an entry found in that dict by the context's cached fully-qualified key; the
+ * Python code replaces an entry of a live window only in _put_back, which empties the
+ * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
+ * the contexts dict lookup by one slot.
+ */
+#define CX_SLOTS 2048   /* a power of two */
+
+static void cx_clear(RecorderCore *self)
+{
+    if (self->cx != NULL)
+        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
+            Py_CLEAR(self->cx[i]);
+    Py_CLEAR(self->cx_contexts);
+}
+
+static size_t cx_index(PyObject *context)
+{
+    uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
+    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 1);
+}
+
+/* The cached entry of @context in the live contexts dict (borrowed), or NULL. */
+static PyObject *cx_get(RecorderCore *self, PyObject *context)
+{
+    if (self->cx == NULL || self->cx_contexts != self->contexts)
+        return NULL;
+    size_t i = cx_index(context);
+    return self->cx[2 * i] == context ? self->cx[2 * i + 1] : NULL;
+}
+
+/* Remember @entry, found in the live contexts dict for @context (same freeing rule as
+ * cc_put: an old dict is only let go while someone else still holds it). */
+static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
+{
+    if (self->cx_contexts != self->contexts) {
+        if (self->cx_contexts != NULL && Py_REFCNT(self->cx_contexts) <= 1)
+            return;
+        cx_clear(self);
+        Py_INCREF(self->contexts);
+        self->cx_contexts = self->contexts;
+    }
+    if (self->cx == NULL) {
+        self->cx = PyMem_Calloc(2 * CX_SLOTS, sizeof(PyObject *));
+        if (self->cx == NULL)
+            return;
+    }
+    size_t i = cx_index(context);
+    /* the old pair's entry is still in the live dict, its context alive: no finalizer */
+    Py_XSETREF(self->cx[2 * i], Py_NewRef(context));
+    Py_XSETREF(self->cx[2 * i + 1], Py_NewRef(entry));
+}
 
 static void cc_clear_slot(cc_slot_t *c)
 {
@@ -146,7 +203,7 @@ static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObj
         /* Another window.  Emptying the cache must not free the old window (its values
          * may be any object of the caller's, whose finalizer would run Python code here):
          * only when someone else still holds that summary dict; otherwise the cache stays
-         * off until the Python code empties it (_new_window: _clear_counter_cache). */
+         * off until the Python code empties it (_new_window: _clear_caches). */
         if (self->cc_summary != NULL && Py_REFCNT(self->cc_summary) <= 1)
             return;
         cc_clear(self);
@@ -190,6 +247,10 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->stats);
     Py_VISIT(self->start);
     Py_VISIT(self->cc_summary);
+    Py_VISIT(self->cx_contexts);
+    if (self->cx != NULL)
+        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
+            Py_VISIT(self->cx[i]);
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++) {
             cc_slot_t *c = &self->cc[i];
@@ -217,6 +278,7 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->stats);
     Py_CLEAR(self->start);
     cc_clear(self);
+    cx_clear(self);
     return 0;
 }
 
@@ -226,6 +288,8 @@ static void core_dealloc(RecorderCore *self)
     core_clear(self);
     PyMem_Free(self->cc);
     self->cc = NULL;
+    PyMem_Free(self->cx);
+    self->cx = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -254,6 +318,8 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->start = Py_NewRef(Py_None);
     self->cc_summary = NULL;
     self->cc = NULL;
+    self->cx_contexts = NULL;
+    self->cx = NULL;
     return (PyObject *)self;
 }
 
@@ -621,7 +687,7 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
      * slot read runs no Python code); a context not yet seen in this window, or any other
      * object, takes the Python path, which creates the entry and fills the cache. */
     PyObject *entry = self->last_entry, *summary = self->summary;
-    if (context != self->last_ctx) {
+    if (context != self->last_ctx && (entry = cx_get(self, context)) == NULL) {
         if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
             return 0;
         PyObject *fq = PyObject_GetAttr(context, s_fqk);
@@ -633,6 +699,7 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
         if (entry == NULL)
             return PyErr_Occurred() ? -1 : 0;
+        cx_put(self, context, entry);
     }
     /* entry = [context dict, first_ms, count, index, kinds, context] */
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
@@ -853,15 +920,16 @@ static PyGetSetDef core_getset[] = {
     {NULL, NULL, NULL, NULL, NULL}
 };
 
-static PyObject *core_clear_counter_cache(PyObject *op, PyObject *unused)
+static PyObject *core_clear_caches(PyObject *op, PyObject *unused)
 {
     cc_clear((RecorderCore *)op);   /* may free an old window: called from Python code */
+    cx_clear((RecorderCore *)op);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef core_methods[] = {
-    {"_clear_counter_cache", core_clear_counter_cache, METH_NOARGS,
-     "Empty the C counter cache (the window's summary dict is being replaced)."},
+    {"_clear_caches", core_clear_caches, METH_NOARGS,
+     "Empty the C counter and context caches (the window is replaced or merged into)."},
     {"record_evaluation", (PyCFunction)(void (*)(void))core_record,
      METH_FASTCALL | METH_KEYWORDS,
      "record_evaluation(key, context, eval_tuple, default, with_reason)\n\n"

@@ -162,11 +162,12 @@ class _Recorder:
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
-    def _clear_counter_cache(self) -> None:
-        """Forget references into the old window (the C core's counter cache; nothing here)."""
+    def _clear_caches(self) -> None:
+        """Forget references into the window (the C core's counter and context caches, which
+        must not outlive a replaced window or entry; nothing here without the core)."""
 
     def _new_window(self) -> None:
-        self._clear_counter_cache()
+        self._clear_caches()
         self._summary: Dict[str, list] = {}
         self._contexts: Dict[str, list] = {}
         self._events: List[dict] = []
@@ -656,6 +657,7 @@ class _Recorder:
                         self._contexts[fq] = entry
                         if self._last_entry is live:
                             self._last_ctx = self._last_entry = None
+            self._clear_caches()  # a live entry may have been replaced
             old = [e for p in packets for e in p.events]
             if old:
                 merged = old + self._events

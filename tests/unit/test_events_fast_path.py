@@ -19,6 +19,7 @@ import shmflags
 from shmflags.config import Config
 from shmflags.context import Context
 from shmflags.events import recorder as R
+from shmflags.events import sender as S
 
 from tests.unit.test_events_recorder_native import Sink, untimed
 
@@ -281,13 +282,31 @@ def test_counter_cache_follows_the_window(tmp_path):
         for _ in range(2):
             assert client._fast_value("plain", ctx, None, 0) is True
         assert rec._summary["plain"][2] == {0: [2, True]}
-        rec._clear_counter_cache()
+        rec._clear_caches()
         assert client._fast_value("plain", ctx, None, 0) is True
         assert rec._summary["plain"][2] == {0: [3, True]}
         rec._new_window()                  # the recorder's own window change
         client.variation("plain", ctx, None)  # a new sighting: Python path
         assert client._fast_value("plain", ctx, None, 0) is True
         assert rec._summary["plain"][2] == {0: [2, True]} and old["plain"][2] == {0: [4, True]}
+        # an unsent window merged back replaces the live entry of a context: the context
+        # cache must not keep counting into the replaced one
+        other = Context.create("u2")
+        client.variation("plain", other, None)
+        assert client._fast_value("plain", ctx, None, 0) is True   # ctx cached, not last
+        start, end, dropped, summary, contexts, events, seq = rec._take()
+        packs, _ = S.pack_window(os.getpid(), seq, dropped, start, end, summary, contexts,
+                                 events)
+        client.variation("plain", ctx, None)       # live entries for both ...
+        client.variation("plain", other, None)
+        assert client._fast_value("plain", ctx, None, 0) is True   # ... ctx's now cached
+        rec._put_back(packs, start)                # then merged with the unsent ones
+        fq = ctx.fully_qualified_key
+        merged = rec._contexts[fq]
+        assert merged[2] == 3 + 2
+        client.variation("plain", other, None)     # ctx no longer the last context
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert rec._contexts[fq] is merged and merged[2] == 6
         client.close()
     finally:
         sink.close()
