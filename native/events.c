@@ -1,24 +1,28 @@
 /*
- * events.c - the common path of EventRecorder.record_evaluation in C.
+ * events.c - the common path of EventRecorder.record_evaluation in C, and the packing of
+ * feature/debug events for the sender.
  *
  * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
- * the C base class of shmflags.events.recorder.EventRecorder.  It holds the
- * recorder's hot state as members (_deadline, _end, _last_ctx, _last_entry,
- * _summary, _lock) and
- * implements record_evaluation() for the common case only: an evaluation of
- * a context already seen in this window (the last one, or a shmflags Context
- * found by its cached fully-qualified key), of a flag (and prerequisites)
- * already counted in this window at the same version and variation and for
- * the same context kinds, with no full event (bits 0, no
- * debugEventsUntilDate), before the next slow check (_deadline).  That case
- * adds 1 to each counter and to the context's use count and sets _end.
- * Everything else is passed unchanged to the Python method
- * _record_evaluation_py, which is the reference implementation (and the
- * whole implementation when this extension is absent).  Both work on the
- * same Python objects, so the datagrams are the same by construction.
- * The client's fast path (fast.c) reaches the same common case through
- * sf_core_record_fast(), without an EvalTuple; a refusal there records nothing and the
- * client takes its Python path.
+ * the C base class of shmflags.events.recorder.EventRecorder, and the function
+ * _native._pack_event.  The core holds the recorder's hot state as members (_deadline,
+ * _end, _start, _last_ctx, _last_entry, _summary, _contexts, _events, _unsent_events,
+ * _capacity, _dropped, _retry_at, _thread, stats, _lock) and implements
+ * record_evaluation() for every evaluation of a context already seen in this window (the
+ * last one, or a shmflags Context found by its cached fully-qualified key) before the next
+ * slow check (_deadline): it counts the flag (a new flag, a new variation or new kinds
+ * included) and its prerequisites (whose counters must exist), adds the context's uses,
+ * sets _end, and appends the feature event of a flag that tracks events or is an
+ * experiment - or counts its drop when the buffer is full and a retry is pending - when
+ * the Python path would keep exactly that one event without flushing (no debug event, no
+ * sampling draw, no prerequisite with a full event).
+ * Everything else (a first sighting, a debug event, sampling, an unknown flag, the call
+ * that fills the buffer, a version change within the window) is passed unchanged to the
+ * Python method _record_evaluation_py, which is the reference implementation (and the
+ * whole implementation when this extension is absent).  Both work on the same Python
+ * objects, built the same way, so the datagrams are the same (tests compare them).
+ * The client's fast path (fast.c) reaches the same code through sf_core_record_fast(),
+ * without an EvalTuple; a refusal there records nothing and the client takes its Python
+ * path.  Two caches (counter, context; see below) replace dict lookups by one slot each.
  * Runs in worker processes only.
  *
  * Data shapes (built by recorder.py; anything else goes to the Python path):
@@ -29,9 +33,10 @@
  * Thread safety.  The Python code changes the window only while holding
  * _lock, in several bytecode steps; another thread can run between them.
  * This code never releases the GIL and never runs Python code (it only
- * touches exact dicts, lists, ints and str keys, whose hashing, comparison
- * and deallocation are C), so it runs as one atomic step with respect to
- * every other Python thread.  It therefore only needs to know that no thread
+ * touches exact dicts, lists, sets, tuples, ints and str keys, whose hashing,
+ * comparison and deallocation are C, and it never drops the last reference to
+ * a caller's object: the caches let an old window go only from Python code),
+ * so it runs as one atomic step with respect to every other Python thread.  It therefore only needs to know that no thread
  * is inside a locked section: if _lock is held it takes the Python path,
  * which waits for the lock as before.  It never takes the lock itself, so it
  * cannot deadlock with it.
@@ -148,7 +153,11 @@ static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
             return;
     }
     size_t i = cx_index(context);
-    /* the old pair's entry is still in the live dict, its context alive: no finalizer */
+    /* The pair evicted: its entry is in the live dict; its context (possibly an equal
+     * twin of the entry's own) must not be freed here, where a finalizer of one of its
+     * attributes would run Python code: only evicted while someone else holds it. */
+    if (self->cx[2 * i] != NULL && Py_REFCNT(self->cx[2 * i]) <= 1)
+        return;
     Py_XSETREF(self->cx[2 * i], Py_NewRef(context));
     Py_XSETREF(self->cx[2 * i + 1], Py_NewRef(entry));
 }
