@@ -237,6 +237,7 @@ static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
+static PyObject *s_ev;        /* "_ev" */
 /* the feature event's keys and kind, interned once */
 static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
                 *s_version, *s_variation, *s_reason, *s_context, *s_prereqOf, *s_debugUntil;
@@ -357,6 +358,13 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
 }
 
 #define MAX_PREREQS 16   /* more prerequisites than this in one call: Python path */
+
+/* Whether the C path may create containers (see core_common(): needs PyGC_Disable). */
+#if PY_VERSION_HEX >= 0x030A0000
+#define CAN_CREATE 1
+#else
+#define CAN_CREATE 0
+#endif
 
 static PyObject *s_one;      /* the int 1 */
 
@@ -635,9 +643,10 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
  * Python path has the same property).  Runs no Python code (see the header comment).
  * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
  */
-static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
-                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
-                       int with_reason, PyObject *info, PyObject *prereqs, double now)
+static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context,
+                            PyObject *variation, PyObject *value, PyObject *dflt,
+                            PyObject *reason, int with_reason, PyObject *info,
+                            PyObject *prereqs, double now)
 {
     Py_ssize_t np = 0;
     PyObject **pitems = NULL;
@@ -652,6 +661,8 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     if (bits < 0 || np > MAX_PREREQS)
         return 0;
     int event = (bits & INFO_FEATURE) != 0;
+    if (event && !CAN_CREATE)
+        return 0;
     PyObject *stat_key = NULL, *stat_val = NULL;   /* the drop case: stats["dropped"] */
     /* the value counted and put in the event: as the Python path, the default when there
      * is no variation */
@@ -696,6 +707,7 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
      * slot read runs no Python code); a context not yet seen in this window, or any other
      * object, takes the Python path, which creates the entry and fills the cache. */
     PyObject *entry = self->last_entry, *summary = self->summary;
+    PyObject *new_fq = NULL, *kinds, *ctx_dict;   /* new_fq: a first sighting, made here */
     if (context != self->last_ctx && (entry = cx_get(self, context)) == NULL) {
         if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
             return 0;
@@ -704,19 +716,53 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
             PyErr_Clear();
             return 0;
         }
-        entry = PyUnicode_CheckExact(fq) ? PyDict_GetItemWithError(self->contexts, fq) : NULL;
-        Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
-        if (entry == NULL)
-            return PyErr_Occurred() ? -1 : 0;
-        cx_put(self, context, entry);
+        /* fq stays alive after this decref: the context's _fqk slot holds it, the caller
+         * holds the context, and no Python code runs here to change either */
+        Py_DECREF(fq);
+        if (!PyUnicode_CheckExact(fq))
+            return 0;
+        entry = PyDict_GetItemWithError(self->contexts, fq);   /* borrowed, kept by the dict */
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            if (!CAN_CREATE)
+                return 0;
+            /* The context's first sighting in this window (_sight).  Made here when the
+             * context carries its JSON and kinds (_ev, cached by the Python path's first
+             * sighting of it), the flush thread exists, and the window has room for it
+             * without reaching the contexts bound (drop or flush: the Python path's). */
+            PyObject *ev = PyObject_GetAttr(context, s_ev);   /* slot: no Python code */
+            if (ev == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(ev);   /* kept alive by the context's slot, as fq */
+            if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 2
+                || !PyDict_CheckExact(PyTuple_GET_ITEM(ev, 0))
+                || !PyTuple_CheckExact(PyTuple_GET_ITEM(ev, 1))
+                || self->thread == Py_None
+                || PyDict_GET_SIZE(self->contexts) + 1 >= self->capacity)
+                return 0;
+            new_fq = fq;
+            ctx_dict = PyTuple_GET_ITEM(ev, 0);
+            kinds = PyTuple_GET_ITEM(ev, 1);
+        } else {
+            cx_put(self, context, entry);
+        }
     }
-    /* entry = [context dict, first_ms, count, index, kinds, context] */
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
-        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
-        return 0;
-    /* An event carries the entry's context dict only when the entry is this very context
-     * (_full(): otherwise context.to_dict(), which is Python code). */
-    if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context))
+    if (new_fq == NULL) {
+        /* entry = [context dict, first_ms, count, index, kinds, context] */
+        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+            || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+            return 0;
+        /* An event carries the entry's context dict only when the entry is this very
+         * context (_full(): otherwise context.to_dict(), which is Python code). */
+        if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context))
+            return 0;
+        ctx_dict = PyList_GET_ITEM(entry, 0);
+        kinds = PyList_GET_ITEM(entry, 4);
+    }
+    if (!PyDict_CheckExact(summary))
         return 0;
     /* No thread is inside a section locked by the Python code (see the header comment). */
     if (self->locked == NULL)
@@ -727,7 +773,6 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     Py_DECREF(held);
     if (held != Py_False)
         return 0;
-    PyObject *kinds = PyList_GET_ITEM(entry, 4);
     /* counters: the flag's (unless excluded from summaries); then one per prerequisite
      * that has a flag (info not None) and is not excluded. */
     /* plans[0..np_plans): the prerequisites' counters (existing ones only: a prerequisite
@@ -761,7 +806,7 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         r = plan_count(self, summary, key, kinds, version, variation, &main);
         if (r <= 0)
             return r;
-        if (main.how != FOUND && (cvalue == NULL || dflt == NULL))
+        if (main.how != FOUND && (cvalue == NULL || dflt == NULL || !CAN_CREATE))
             return 0;   /* (no default: not a caller of this module) */
     }
     /* All checked.  The event (or its drop) first: its failure (no memory) leaves the window
@@ -776,8 +821,8 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         self->dropped++;
     }
     if (event) {
-        PyObject *ev = feature_event(key, cvalue, dflt, version, variation, reason,
-                                     PyList_GET_ITEM(entry, 0), now);
+        PyObject *ev = feature_event(key, cvalue, dflt, version, variation, reason, ctx_dict,
+                                     now);
         if (ev == NULL)
             return -1;
         r = PyList_Append(self->events, ev);
@@ -796,10 +841,32 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     PyObject *pyuses = PyLong_FromSsize_t(uses);
     if (pyuses == NULL)
         return -1;
-    r = add_to(entry, 2, pyuses);
-    Py_DECREF(pyuses);
-    if (r < 0)
-        return -1;
+    if (new_fq != NULL) {
+        /* as _sight: [context dict, first_ms, uses, index True, kinds, context] */
+        PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+        entry = ms != NULL ? PyList_New(6) : NULL;
+        if (entry == NULL) {
+            Py_XDECREF(ms);
+            Py_DECREF(pyuses);
+            return -1;
+        }
+        PyList_SET_ITEM(entry, 0, Py_NewRef(ctx_dict));
+        PyList_SET_ITEM(entry, 1, ms);
+        PyList_SET_ITEM(entry, 2, pyuses);   /* the list takes the reference */
+        PyList_SET_ITEM(entry, 3, Py_NewRef(Py_True));
+        PyList_SET_ITEM(entry, 4, Py_NewRef(kinds));
+        PyList_SET_ITEM(entry, 5, Py_NewRef(context));
+        r = PyDict_SetItem(self->contexts, new_fq, entry);   /* exact str key: C only */
+        Py_DECREF(entry);   /* borrowed from the dict from here on */
+        if (r < 0)
+            return -1;
+        cx_put(self, context, entry);
+    } else {
+        r = add_to(entry, 2, pyuses);
+        Py_DECREF(pyuses);
+        if (r < 0)
+            return -1;
+    }
     if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
         Py_INCREF(context);
         Py_INCREF(entry);
@@ -808,6 +875,32 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     }
     self->end = now;
     return 1;
+}
+
+/*
+ * core_common() - core_common_nogc() with the cyclic garbage collector paused.  Creating a
+ * container (an event dict, a new flag, counter or entry) can start a collection, and a
+ * collection can run Python code (finalizers, weakref callbacks), which could let another
+ * thread replace the window between this call's checks and its changes.  With collection
+ * paused for the call's duration no Python code runs (the header's invariant); the
+ * allocations made meanwhile count toward the next collection as usual.  Without
+ * PyGC_Disable (Python < 3.10) the calls that create containers take the Python path.
+ */
+static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
+                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
+                       int with_reason, PyObject *info, PyObject *prereqs, double now)
+{
+#if CAN_CREATE
+    int was_enabled = PyGC_Disable();
+    int r = core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
+                             info, prereqs, now);
+    if (was_enabled)
+        PyGC_Enable();
+    return r;
+#else
+    return core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
+                            info, prereqs, now);
+#endif
 }
 
 /* record_evaluation(key, context, eval_tuple, default, with_reason): core_common() for the
@@ -1305,8 +1398,10 @@ int sf_events_add_types(PyObject *m)
         s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
         s_locked = PyUnicode_InternFromString("locked");
         s_fqk = PyUnicode_InternFromString("_fqk");
+        s_ev = PyUnicode_InternFromString("_ev");
         s_one = PyLong_FromLong(1);
-        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_one == NULL)
+        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_ev == NULL
+            || s_one == NULL)
             return -1;
         struct { PyObject **slot; const char *text; } names[] = {
             {&s_kind, "kind"}, {&s_feature, "feature"}, {&s_creationDate, "creationDate"},

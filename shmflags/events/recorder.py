@@ -226,8 +226,14 @@ class _Recorder:
         if entry is None:
             if self._thread is None:
                 self._start_thread()
-            entry = [context.to_dict(), int(now * 1000), count, index, _kinds_of(context),
-                     context]
+            # A shmflags Context keeps its JSON and kinds for the next windows (and for the
+            # C path, which sights a context that has them); the dict is only ever read.
+            ev = context._ev if type(context) is _Context else None
+            if ev is None:
+                ev = (context.to_dict(), _kinds_of(context))
+                if type(context) is _Context:
+                    context._ev = ev
+            entry = [ev[0], int(now * 1000), count, index, ev[1], context]
             if len(self._contexts) >= self._capacity:
                 self._dropped += 1
                 self.stats["dropped"] += 1

@@ -187,9 +187,22 @@ def test_fast_path_takes_the_common_case(tmp_path):
         assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
         # a new context in the window (its to_dict() is Python code): Python path
         assert client._fast_value("plain", Context.create("new"), None, 0) is client._SLOW
+        # a context sighted before carries its JSON and kinds (_ev): its first sighting in
+        # a later window is made here, as the Python path's
+        rec._new_window()
+        assert ctx._ev is not None
+        assert client._fast_value("plain", ctx, None, 0) is True
+        entry = rec._contexts[ctx.fully_qualified_key]
+        assert entry[0] is ctx._ev[0] and entry[2:] == [1, True, ("user",), ctx]
+        assert entry[1] == int(rec._end * 1000) and rec._last_entry is entry
+        # ... unless the window's contexts bound would be reached (drop or flush: Python)
+        rec._new_window()
+        rec._capacity, capacity = 1, rec._capacity
+        assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+        rec._capacity = capacity
         # a window whose first counted evaluation is made here gets its start here
         rec._new_window()
-        client.variation("excl-only", ctx, None)   # a sighting (Python path), no count
+        client.variation("excl-only", ctx, None)   # a sighting, no count
         assert rec._start is None and rec._summary == {}
         assert client._fast_value("plain", ctx, None, 0) is True
         assert rec._start == rec._end and rec._summary["plain"][2] == {0: [1, True]}
