@@ -1,24 +1,28 @@
 /*
- * events.c - the common path of EventRecorder.record_evaluation in C.
+ * events.c - the common path of EventRecorder.record_evaluation in C, and the packing of
+ * feature/debug events for the sender.
  *
  * Owns: the type shmflags._native._RecorderCore (private: not a backend name),
- * the C base class of shmflags.events.recorder.EventRecorder.  It holds the
- * recorder's hot state as members (_deadline, _end, _last_ctx, _last_entry,
- * _summary, _lock) and
- * implements record_evaluation() for the common case only: an evaluation of
- * a context already seen in this window (the last one, or a shmflags Context
- * found by its cached fully-qualified key), of a flag (and prerequisites)
- * already counted in this window at the same version and variation and for
- * the same context kinds, with no full event (bits 0, no
- * debugEventsUntilDate), before the next slow check (_deadline).  That case
- * adds 1 to each counter and to the context's use count and sets _end.
- * Everything else is passed unchanged to the Python method
- * _record_evaluation_py, which is the reference implementation (and the
- * whole implementation when this extension is absent).  Both work on the
- * same Python objects, so the datagrams are the same by construction.
- * The client's fast path (fast.c) reaches the same common case through
- * sf_core_record_fast(), without an EvalTuple; a refusal there records nothing and the
- * client takes its Python path.
+ * the C base class of shmflags.events.recorder.EventRecorder, and the function
+ * _native._pack_event.  The core holds the recorder's hot state as members (_deadline,
+ * _end, _start, _last_ctx, _last_entry, _summary, _contexts, _events, _unsent_events,
+ * _capacity, _dropped, _retry_at, _thread, stats, _lock) and implements
+ * record_evaluation() for every evaluation of a context already seen in this window (the
+ * last one, or a shmflags Context found by its cached fully-qualified key) before the next
+ * slow check (_deadline): it counts the flag (a new flag, a new variation or new kinds
+ * included) and its prerequisites (whose counters must exist), adds the context's uses,
+ * sets _end, and appends the feature event of a flag that tracks events or is an
+ * experiment - or counts its drop when the buffer is full and a retry is pending - when
+ * the Python path would keep exactly that one event without flushing (no debug event, no
+ * sampling draw, no prerequisite with a full event).
+ * Everything else (a first sighting, a debug event, sampling, an unknown flag, the call
+ * that fills the buffer, a version change within the window) is passed unchanged to the
+ * Python method _record_evaluation_py, which is the reference implementation (and the
+ * whole implementation when this extension is absent).  Both work on the same Python
+ * objects, built the same way, so the datagrams are the same (tests compare them).
+ * The client's fast path (fast.c) reaches the same code through sf_core_record_fast(),
+ * without an EvalTuple; a refusal there records nothing and the client takes its Python
+ * path.  Two caches (counter, context; see below) replace dict lookups by one slot each.
  * Runs in worker processes only.
  *
  * Data shapes (built by recorder.py; anything else goes to the Python path):
@@ -29,9 +33,10 @@
  * Thread safety.  The Python code changes the window only while holding
  * _lock, in several bytecode steps; another thread can run between them.
  * This code never releases the GIL and never runs Python code (it only
- * touches exact dicts, lists, ints and str keys, whose hashing, comparison
- * and deallocation are C), so it runs as one atomic step with respect to
- * every other Python thread.  It therefore only needs to know that no thread
+ * touches exact dicts, lists, sets, tuples, ints and str keys, whose hashing,
+ * comparison and deallocation are C, and it never drops the last reference to
+ * a caller's object: the caches let an old window go only from Python code),
+ * so it runs as one atomic step with respect to every other Python thread.  It therefore only needs to know that no thread
  * is inside a locked section: if _lock is held it takes the Python path,
  * which waits for the lock as before.  It never takes the lock itself, so it
  * cannot deadlock with it.
@@ -44,6 +49,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
 #include <time.h>
 
 #include "sf.h"
@@ -51,6 +59,24 @@
 #if PY_VERSION_HEX < 0x030A0000   /* Py_NewRef is 3.10+; the package supports 3.9 */
 static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
 #endif
+
+/*
+ * The counter cache: (flag key, variation, context kinds, version) -> the summary's counter
+ * list, for the window's summary dict ``summary``; direct-mapped on the key's and the
+ * variation's addresses.  An entry is only made for a counter that find_counter() found
+ * with every one of those kinds in the flag's kinds set and at the flag's version; within
+ * one summary dict a counter, its flag and the kinds set only grow (the Python code never
+ * removes or replaces them), so the entry stays right until the window's summary dict
+ * changes, which empties the cache.  Every object is held by a strong reference (the
+ * addresses compared can never be reused for another object meanwhile).  It replaces the
+ * summary lookup, the flag list, the counters dict and its lookup (four to six cache misses
+ * with a 10,000-flag summary) by one slot.
+ */
+#define CC_SLOTS 4096   /* a power of two */
+typedef struct {
+    PyObject *key, *variation, *kinds, *version;   /* NULL: empty slot */
+    PyObject *counter;                             /* [count, value] */
+} cc_slot_t;
 
 typedef struct {
     PyObject_HEAD
@@ -63,12 +89,158 @@ typedef struct {
     PyObject *ctx_type;   /* _context_type: the one class whose cached ``_fqk`` slot is read */
     PyObject *lock;       /* _lock: the recorder's threading.Lock, or None */
     PyObject *locked;     /* lock.locked (bound), cached when _lock is set; NULL if none */
+    PyObject *events;     /* _events: the window's full events (list), or None */
+    Py_ssize_t unsent_events;  /* _unsent_events: events held in packed, unsent datagrams */
+    Py_ssize_t capacity;  /* _capacity: events_max_pending */
+    Py_ssize_t dropped;   /* _dropped: full events lost since the last datagram */
+    PyObject *retry_at;   /* _retry_at: time of the flush thread's next retry, or None */
+    PyObject *thread;     /* _thread: this process's flush thread, or None */
+    PyObject *stats;      /* stats: {"sent", "send_failures", "dropped"} (dict) */
+    PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
+    PyObject *cc_summary; /* the summary dict the counter cache is for (strong), or NULL */
+    cc_slot_t *cc;        /* CC_SLOTS slots (PyMem), or NULL until first used */
+    PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
+    PyObject **cx;        /* CX_SLOTS pairs (context, entry) (PyMem), or NULL */
 } RecorderCore;
+
+/*
+ * The context cache: context object -> its window entry in the contexts dict
+ * ``cx_contexts``, direct-mapped on the context's address, strong references.  Made only
+ * from an entry found in that dict by the context's cached fully-qualified key; the
+ * Python code replaces an entry of a live window only in _put_back, which empties the
+ * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
+ * the contexts dict lookup by one slot.
+ */
+#define CX_SLOTS 2048   /* a power of two */
+
+static void cx_clear(RecorderCore *self)
+{
+    if (self->cx != NULL)
+        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
+            Py_CLEAR(self->cx[i]);
+    Py_CLEAR(self->cx_contexts);
+}
+
+static size_t cx_index(PyObject *context)
+{
+    uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
+    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 1);
+}
+
+/* The cached entry of @context in the live contexts dict (borrowed), or NULL. */
+static PyObject *cx_get(RecorderCore *self, PyObject *context)
+{
+    if (self->cx == NULL || self->cx_contexts != self->contexts)
+        return NULL;
+    size_t i = cx_index(context);
+    return self->cx[2 * i] == context ? self->cx[2 * i + 1] : NULL;
+}
+
+/* Remember @entry, found in the live contexts dict for @context (same freeing rule as
+ * cc_put: an old dict is only let go while someone else still holds it). */
+static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
+{
+    if (self->cx_contexts != self->contexts) {
+        if (self->cx_contexts != NULL && Py_REFCNT(self->cx_contexts) <= 1)
+            return;
+        cx_clear(self);
+        Py_INCREF(self->contexts);
+        self->cx_contexts = self->contexts;
+    }
+    if (self->cx == NULL) {
+        self->cx = PyMem_Calloc(2 * CX_SLOTS, sizeof(PyObject *));
+        if (self->cx == NULL)
+            return;
+    }
+    size_t i = cx_index(context);
+    /* The pair evicted: its entry is in the live dict; its context (possibly an equal
+     * twin of the entry's own) must not be freed here, where a finalizer of one of its
+     * attributes would run Python code: only evicted while someone else holds it. */
+    if (self->cx[2 * i] != NULL && Py_REFCNT(self->cx[2 * i]) <= 1)
+        return;
+    Py_XSETREF(self->cx[2 * i], Py_NewRef(context));
+    Py_XSETREF(self->cx[2 * i + 1], Py_NewRef(entry));
+}
+
+static void cc_clear_slot(cc_slot_t *c)
+{
+    Py_CLEAR(c->key);
+    Py_CLEAR(c->variation);
+    Py_CLEAR(c->kinds);
+    Py_CLEAR(c->version);
+    Py_CLEAR(c->counter);
+}
+
+/* Empty the counter cache (and forget its summary dict). */
+static void cc_clear(RecorderCore *self)
+{
+    if (self->cc != NULL)
+        for (size_t i = 0; i < CC_SLOTS; i++)
+            if (self->cc[i].key != NULL)
+                cc_clear_slot(&self->cc[i]);
+    Py_CLEAR(self->cc_summary);
+}
+
+static size_t cc_index(PyObject *key, PyObject *variation)
+{
+    uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ ((uintptr_t)variation >> 4);
+    return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 1);
+}
+
+/* The cached counter for these objects in the live summary (borrowed), or NULL. */
+static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
+                        PyObject *kinds, PyObject *version)
+{
+    if (self->cc == NULL || self->cc_summary != self->summary)
+        return NULL;
+    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version)
+        return NULL;
+    PyObject *counter = c->counter;   /* shape re-checked: the Python code may write it */
+    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
+        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+        return NULL;
+    return counter;
+}
+
+/* Remember a counter find_counter() found for these objects (see the cache's comment).
+ * Failing to allocate the table only leaves the cache off. */
+static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObject *kinds,
+                   PyObject *version, PyObject *counter)
+{
+    if (self->cc_summary != self->summary) {
+        /* Another window.  Emptying the cache must not free the old window (its values
+         * may be any object of the caller's, whose finalizer would run Python code here):
+         * only when someone else still holds that summary dict; otherwise the cache stays
+         * off until the Python code empties it (_new_window: _clear_caches). */
+        if (self->cc_summary != NULL && Py_REFCNT(self->cc_summary) <= 1)
+            return;
+        cc_clear(self);
+        Py_INCREF(self->summary);
+        self->cc_summary = self->summary;
+    }
+    if (self->cc == NULL) {
+        self->cc = PyMem_Calloc(CC_SLOTS, sizeof(cc_slot_t));
+        if (self->cc == NULL)
+            return;
+    }
+    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    cc_clear_slot(c);
+    c->key = Py_NewRef(key);
+    c->variation = Py_NewRef(variation);
+    c->kinds = Py_NewRef(kinds);
+    c->version = Py_NewRef(version);
+    c->counter = Py_NewRef(counter);
+}
 
 static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
+static PyObject *s_ev;        /* "_ev" */
+/* the feature event's keys and kind, interned once */
+static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
+                *s_version, *s_variation, *s_reason, *s_context, *s_prereqOf, *s_debugUntil;
 
 static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
 {
@@ -79,6 +251,25 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->ctx_type);
     Py_VISIT(self->lock);
     Py_VISIT(self->locked);
+    Py_VISIT(self->events);
+    Py_VISIT(self->retry_at);
+    Py_VISIT(self->thread);
+    Py_VISIT(self->stats);
+    Py_VISIT(self->start);
+    Py_VISIT(self->cc_summary);
+    Py_VISIT(self->cx_contexts);
+    if (self->cx != NULL)
+        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
+            Py_VISIT(self->cx[i]);
+    if (self->cc != NULL)
+        for (size_t i = 0; i < CC_SLOTS; i++) {
+            cc_slot_t *c = &self->cc[i];
+            Py_VISIT(c->key);
+            Py_VISIT(c->variation);
+            Py_VISIT(c->kinds);
+            Py_VISIT(c->version);
+            Py_VISIT(c->counter);
+        }
     return 0;
 }
 
@@ -91,6 +282,13 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->locked);
+    Py_CLEAR(self->events);
+    Py_CLEAR(self->retry_at);
+    Py_CLEAR(self->thread);
+    Py_CLEAR(self->stats);
+    Py_CLEAR(self->start);
+    cc_clear(self);
+    cx_clear(self);
     return 0;
 }
 
@@ -98,6 +296,10 @@ static void core_dealloc(RecorderCore *self)
 {
     PyObject_GC_UnTrack(self);
     core_clear(self);
+    PyMem_Free(self->cc);
+    self->cc = NULL;
+    PyMem_Free(self->cx);
+    self->cx = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -116,6 +318,18 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->ctx_type = Py_NewRef(Py_None);
     self->lock = Py_NewRef(Py_None);
     self->locked = NULL;
+    self->events = Py_NewRef(Py_None);
+    self->unsent_events = 0;
+    self->capacity = 0;   /* no room: feature events take the Python path until __init__ */
+    self->dropped = 0;
+    self->retry_at = Py_NewRef(Py_None);
+    self->thread = Py_NewRef(Py_None);
+    self->stats = Py_NewRef(Py_None);
+    self->start = Py_NewRef(Py_None);
+    self->cc_summary = NULL;
+    self->cc = NULL;
+    self->cx_contexts = NULL;
+    self->cx = NULL;
     return (PyObject *)self;
 }
 
@@ -145,54 +359,107 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
 
 #define MAX_PREREQS 16   /* more prerequisites than this in one call: Python path */
 
+/* Whether the C path may create containers (see core_common(): needs PyGC_Disable). */
+#if PY_VERSION_HEX >= 0x030A0000
+#define CAN_CREATE 1
+#else
+#define CAN_CREATE 0
+#endif
+
 static PyObject *s_one;      /* the int 1 */
 
-/* 1 when an info tuple needs no full event and is counted in the summary:
- * (version, bits 0, debugEventsUntilDate None, samplingRatio); else 0. */
-static int plain_info(PyObject *info)
+/* Info bits (docs/internals.md): 1 trackEvents, 2 experiment (both: a feature event),
+ * 4 excludeFromSummaries (not counted).  No other bit is ever set by the evaluator. */
+#define INFO_FEATURE 3
+#define INFO_EXCLUDED 4
+
+/* The bits of an info tuple (version, bits, debugEventsUntilDate, samplingRatio) that this
+ * path can record: 0..7 with no debugEventsUntilDate (a debug event, and its clock
+ * comparison, is the Python path's).  Return the bits, or -1 for "take the Python path". */
+static int info_bits(PyObject *info)
 {
     if (!PyTuple_CheckExact(info) || PyTuple_GET_SIZE(info) != 4
         || PyTuple_GET_ITEM(info, 2) != Py_None)
-        return 0;
+        return -1;
     PyObject *bits = PyTuple_GET_ITEM(info, 1);
     if (!PyLong_CheckExact(bits))
-        return 0;
+        return -1;
     int overflow = 0;
     long b = PyLong_AsLongAndOverflow(bits, &overflow);   /* cannot fail on an exact int */
-    return !overflow && b == 0;
+    return overflow || b < 0 || b > 7 ? -1 : (int)b;
 }
 
-/* The existing counter [count, value] of (key, variation) in the summary, counted for the
- * same kinds object and at the flag's window version.  1: found (*out borrowed, kept alive
- * by the summary); 0: absent or not in the expected shape (the Python path creates or
- * re-keys it); -1: a Python exception is set. */
-static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObject *version,
-                        PyObject *variation, PyObject **out)
+/* 1 when samplingRatio keeps every event without drawing a random number (the Python
+ * path's _sample(): None, or exactly the int 1); 0: the Python path samples. */
+static int keeps_all(PyObject *sampling)
 {
-    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation)))
+    if (sampling == Py_None)
+        return 1;
+    if (!PyLong_CheckExact(sampling))
+        return 0;
+    int overflow = 0;
+    return PyLong_AsLongAndOverflow(sampling, &overflow) == 1 && !overflow;
+}
+
+/* What the summary needs for one (flag, variation) count: find_counter()'s plan. */
+typedef struct {
+    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary) */
+    PyObject *flag;       /* NEW_COUNTER, or FOUND with add_kinds: the flag's list (borrowed) */
+    int how;              /* FOUND, NEW_COUNTER (first of this variation), NEW_FLAG */
+    int add_kinds;        /* the context's kinds go into the flag's kinds set first */
+} plan_t;
+
+enum { FOUND = 1, NEW_COUNTER = 2, NEW_FLAG = 3 };
+
+/*
+ * find_counter() - how to count (key, variation) in the summary for a context of @kinds,
+ * at @version, as _record_evaluation_py/_count do: the existing counter, a new counter in
+ * an existing flag (the first of this variation), or a new flag (the first count of the
+ * flag in this window); the flag's kinds set gets the context's kinds when it lacks one.
+ * @kinds: the context's kinds tuple (interned by recorder._kinds_of; exact str members).
+ * Return: 1 with *p set; 0 not in the expected shape, or counted under another version in
+ * this window ((variation, version) keys: the Python path); -1 a Python exception is set.
+ */
+static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObject *version,
+                        PyObject *variation, plan_t *p)
+{
+    p->counter = p->flag = NULL;
+    p->add_kinds = 0;
+    if (!PyUnicode_CheckExact(key) || (variation != Py_None && !PyLong_CheckExact(variation))
+        || !PyTuple_CheckExact(kinds))
         return 0;
     PyObject *flag = PyDict_GetItemWithError(summary, key);   /* borrowed */
-    if (flag == NULL)
-        return PyErr_Occurred() ? -1 : 0;                     /* first in this window */
-    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must
-     * already hold every kind of this context: true when the context has the kinds object
-     * the flag was last counted with (kinds tuples are interned), else checked one by one
-     * (str members: hashing and comparison are C).  Otherwise the Python path adds them.
-     * "last kinds" is only the Python path's shortcut; it is not sent, so it is not
-     * updated here. */
+    if (flag == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        /* first in this window: [default, set(kinds), {variation: [1, value]}, kinds,
+         * version], made by the caller; set(kinds) hashes exact str members only */
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++)
+            if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(kinds, i)))
+                return 0;
+        p->how = NEW_FLAG;
+        return 1;
+    }
+    /* flag = [default, kinds set, counters, last kinds, version].  The kinds set must hold
+     * every kind of this context: true when the context has the kinds object the flag was
+     * last counted with (kinds tuples are interned), else checked one by one (str members:
+     * hashing and comparison are C) and the missing ones added by the caller. */
     if (!PyList_CheckExact(flag) || PyList_GET_SIZE(flag) != 5)
         return 0;
+    p->flag = flag;
     if (PyList_GET_ITEM(flag, 3) != kinds) {
         PyObject *set = PyList_GET_ITEM(flag, 1);
-        if (!PyTuple_CheckExact(kinds) || !PySet_CheckExact(set))
+        if (!PySet_CheckExact(set))
             return 0;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(kinds); i++) {
             PyObject *kind = PyTuple_GET_ITEM(kinds, i);
             if (!PyUnicode_CheckExact(kind))
                 return 0;
             int in = PySet_Contains(set, kind);
-            if (in != 1)
-                return in;   /* 0: a kind to add (Python path); -1: error */
+            if (in < 0)
+                return -1;
+            if (in == 0)
+                p->add_kinds = 1;
         }
     }
     PyObject *fversion = PyList_GET_ITEM(flag, 4);
@@ -209,14 +476,47 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
     if (!PyDict_CheckExact(counters))
         return 0;
     PyObject *counter = PyDict_GetItemWithError(counters, variation);  /* borrowed */
-    if (counter == NULL)
-        return PyErr_Occurred() ? -1 : 0;                     /* first of this variation */
+    if (counter == NULL) {
+        if (PyErr_Occurred())
+            return -1;
+        p->how = NEW_COUNTER;                                 /* first of this variation */
+        return 1;
+    }
     if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
         || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
         return 0;
-    *out = counter;
+    p->counter = counter;
+    p->how = FOUND;
     return 1;
 }
+
+/* find_counter() through the counter cache: a hit is a FOUND plan without a flag (nothing
+ * else to update); a FOUND result of find_counter() is remembered. */
+static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
+                      PyObject *version, PyObject *variation, plan_t *p)
+{
+    PyObject *counter = cc_get(self, key, variation, kinds, version);
+    if (counter != NULL) {
+        p->counter = counter;
+        p->flag = NULL;
+        p->add_kinds = 0;
+        p->how = FOUND;
+        return 1;
+    }
+    int r = find_counter(summary, key, kinds, version, variation, p);
+    if (r == 1 && p->how == FOUND && !p->add_kinds)
+        cc_put(self, key, variation, kinds, version, p->counter);
+    return r;
+}
+
+/*
+ * apply_plan() - count one evaluation as find_counter() planned it (see there).
+ * @dflt: the flag's default when the flag is new; @value: the counter's value when new.
+ * Only a MemoryError can fail half-way (as in the Python path).  Return: 0, or -1.
+ */
+static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
+                      PyObject *version, PyObject *variation, PyObject *dflt, PyObject *value,
+                      const plan_t *p, double now);
 
 /* list[i] += n for an exact int list[i] (checked by the caller); 0, or -1 on MemoryError. */
 static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
@@ -228,21 +528,125 @@ static int add_to(PyObject *list, Py_ssize_t i, PyObject *n)
     return 0;
 }
 
+static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
+                      PyObject *version, PyObject *variation, PyObject *dflt, PyObject *value,
+                      const plan_t *p, double now)
+{
+    if (p->how == NEW_FLAG) {
+        /* [default, set(kinds), {variation: [1, value]}, kinds, version], as the Python
+         * path; the window's first counted evaluation also sets _start */
+        PyObject *counter = PyList_New(2), *counters = PyDict_New(), *set = PySet_New(kinds);
+        PyObject *flag = PyList_New(5);
+        int bad = counter == NULL || counters == NULL || set == NULL || flag == NULL;
+        if (!bad) {
+            PyList_SET_ITEM(counter, 0, Py_NewRef(s_one));
+            PyList_SET_ITEM(counter, 1, Py_NewRef(value));
+            bad = PyDict_SetItem(counters, variation, counter) < 0;
+        }
+        if (!bad) {
+            PyList_SET_ITEM(flag, 0, Py_NewRef(dflt));
+            PyList_SET_ITEM(flag, 1, set);        /* the list takes the references */
+            PyList_SET_ITEM(flag, 2, counters);
+            PyList_SET_ITEM(flag, 3, Py_NewRef(kinds));
+            PyList_SET_ITEM(flag, 4, Py_NewRef(version));
+            set = counters = NULL;
+            bad = PyDict_SetItem(summary, key, flag) < 0;
+        }
+        Py_XDECREF(counter);
+        Py_XDECREF(counters);
+        Py_XDECREF(set);
+        Py_XDECREF(flag);
+        if (bad)
+            return -1;
+        if (self->start == Py_None) {
+            PyObject *t = PyFloat_FromDouble(now);
+            if (t == NULL)
+                return -1;
+            Py_SETREF(self->start, t);
+        }
+        return 0;
+    }
+    /* an existing flag: first its kinds (flag[3] = kinds; flag[1].update(kinds)) */
+    if (p->flag != NULL && PyList_GET_ITEM(p->flag, 3) != kinds) {
+        PyObject *set = PyList_GET_ITEM(p->flag, 1);
+        for (Py_ssize_t i = 0; p->add_kinds && i < PyTuple_GET_SIZE(kinds); i++)
+            if (PySet_Add(set, PyTuple_GET_ITEM(kinds, i)) < 0)   /* exact str: C only */
+                return -1;
+        Py_INCREF(kinds);
+        PyList_SetItem(p->flag, 3, kinds);   /* steals; drops the old tuple (C only) */
+    }
+    if (p->how == FOUND)
+        return add_to(p->counter, 0, s_one);
+    PyObject *counter = PyList_New(2);   /* NEW_COUNTER: counters[variation] = [1, value] */
+    if (counter == NULL)
+        return -1;
+    PyList_SET_ITEM(counter, 0, Py_NewRef(s_one));
+    PyList_SET_ITEM(counter, 1, Py_NewRef(value));
+    int r = PyDict_SetItem(PyList_GET_ITEM(p->flag, 2), variation, counter);
+    Py_DECREF(counter);
+    return r;
+}
+
+/*
+ * feature_event() - the feature event _Recorder._full() builds for a call's own flag (not a
+ * prerequisite, no debug event): the same keys in the same order, the same objects, so the
+ * packed bytes are the same.  @now: the call's time (s).  Return: new dict, or NULL with an
+ * exception set.
+ */
+static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, PyObject *version,
+                               PyObject *variation, PyObject *reason, PyObject *ctx_dict,
+                               double now)
+{
+    PyObject *ev = PyDict_New();
+    if (ev == NULL)
+        return NULL;
+    /* int(now * 1000) of a positive, finite time: truncation, as int() */
+    PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+    int bad = ms == NULL
+              || PyDict_SetItem(ev, s_kind, s_feature) < 0
+              || PyDict_SetItem(ev, s_creationDate, ms) < 0
+              || PyDict_SetItem(ev, s_key, key) < 0
+              || PyDict_SetItem(ev, s_value, value) < 0
+              || PyDict_SetItem(ev, s_default, dflt) < 0
+              || PyDict_SetItem(ev, s_version, version) < 0
+              || (variation != Py_None && PyDict_SetItem(ev, s_variation, variation) < 0)
+              || (reason != NULL && PyDict_SetItem(ev, s_reason, reason) < 0)
+              || PyDict_SetItem(ev, s_context, ctx_dict) < 0;
+    Py_XDECREF(ms);
+    if (bad)
+        Py_CLEAR(ev);
+    return ev;
+}
+
 /*
  * core_common() - the common case, as _record_evaluation_py computes it: the context's entry
  * gets one use for the evaluation and one per prerequisite with a flag; the flag's counter
- * and each prerequisite's counter get one evaluation; _last_ctx/_last_entry and _end are set.
+ * and each prerequisite's counter get one evaluation (none for a flag excluded from
+ * summaries); a flag that tracks events or is an experiment gets its feature event appended
+ * to _events; _last_ctx/_last_entry and _end are set.
  * @key, @context, @variation (int or None), @info: as in the EvalTuple.
+ * @value: the EvalTuple's value (ignored when @variation is None: the event holds @dflt).
+ * @dflt: the caller's default.
+ * @reason: the evaluation's reason dict, or None/NULL when the caller did not compute it
+ *          (then an event that needs it takes the Python path).
+ * @with_reason: 1 variation_detail, 0 variation, -1 unknown (an event takes the Python path).
  * @prereqs: exact tuple or list of prerequisite event tuples, or NULL for none.
  * @now: the time of the call (already checked against _deadline by the caller).
  *
+ * A feature event is recorded here only when the Python path would keep exactly one event
+ * and not flush: no debug event, no sampling draw, the context's own dict in its entry, room
+ * for the event with the buffer still not full after it (the call that fills the buffer, or
+ * finds it full, takes the Python path, which drops, counts and flushes), and no
+ * prerequisite that needs a full event.
  * Every check comes before the first change, so a call either does all of this or leaves
  * the state unchanged for the Python path (only a MemoryError can stop it half-way, and the
  * Python path has the same property).  Runs no Python code (see the header comment).
  * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
  */
-static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
-                       PyObject *variation, PyObject *info, PyObject *prereqs, double now)
+static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context,
+                            PyObject *variation, PyObject *value, PyObject *dflt,
+                            PyObject *reason, int with_reason, PyObject *info,
+                            PyObject *prereqs, double now)
 {
     Py_ssize_t np = 0;
     PyObject **pitems = NULL;
@@ -252,15 +656,59 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         np = PySequence_Fast_GET_SIZE(prereqs);
         pitems = PySequence_Fast_ITEMS(prereqs);
     }
-    /* An existing flag without full events; at most MAX_PREREQS prerequisites. */
-    if (!plain_info(info) || np > MAX_PREREQS)
+    /* An existing flag without a debug event; at most MAX_PREREQS prerequisites. */
+    int bits = info_bits(info);
+    if (bits < 0 || np > MAX_PREREQS)
         return 0;
+    int event = (bits & INFO_FEATURE) != 0;
+    if (event && !CAN_CREATE)
+        return 0;
+    PyObject *stat_key = NULL, *stat_val = NULL;   /* the drop case: stats["dropped"] */
+    /* the value counted and put in the event: as the Python path, the default when there
+     * is no variation */
+    PyObject *cvalue = variation == Py_None || value == NULL ? dflt : value;
+    if (event) {
+        /* as _full(): reason when variation_detail or an experiment, and not None */
+        int want_reason = with_reason == 1 || (bits & 2);
+        if (with_reason < 0 || !keeps_all(PyTuple_GET_ITEM(info, 3)) || dflt == NULL
+            || (want_reason && reason == NULL) || !PyList_CheckExact(self->events))
+            return 0;
+        Py_ssize_t held = PyList_GET_SIZE(self->events) + self->unsent_events;
+        if (held + 1 >= self->capacity) {
+            /* The buffer is full or this event fills it.  The Python path then drops the
+             * event (_append) and calls _flush_full(), which does nothing while a failed
+             * send waits for the flush thread's retry (_retry_at set, thread started): in
+             * that case only, the drop is counted here (_dropped, stats["dropped"]).  The
+             * event that fills the buffer, or a full buffer with no retry pending, is the
+             * Python path's (it flushes from the calling thread). */
+            if (held < self->capacity || self->retry_at == Py_None || self->thread == Py_None
+                || !PyDict_CheckExact(self->stats) || self->dropped == PY_SSIZE_T_MAX)
+                return 0;
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            /* every key an exact str (then setting one compares str data, no __eq__ runs) */
+            while (PyDict_Next(self->stats, &pos, &k, &v)) {
+                if (!PyUnicode_CheckExact(k))
+                    return 0;
+                if (PyUnicode_CompareWithASCIIString(k, "dropped") == 0) {
+                    stat_key = k;
+                    stat_val = v;
+                }
+            }
+            if (stat_val == NULL || !PyLong_CheckExact(stat_val))
+                return 0;
+            event = 0;   /* counted, not kept */
+        }
+        if (!want_reason || reason == Py_None)
+            reason = NULL;   /* not in the event */
+    }
     /* The context's window entry: the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
      * slot read runs no Python code); a context not yet seen in this window, or any other
      * object, takes the Python path, which creates the entry and fills the cache. */
     PyObject *entry = self->last_entry, *summary = self->summary;
-    if (context != self->last_ctx) {
+    PyObject *new_fq = NULL, *kinds, *ctx_dict;   /* new_fq: a first sighting, made here */
+    if (context != self->last_ctx && (entry = cx_get(self, context)) == NULL) {
         if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
             return 0;
         PyObject *fq = PyObject_GetAttr(context, s_fqk);
@@ -268,14 +716,53 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
             PyErr_Clear();
             return 0;
         }
-        entry = PyUnicode_CheckExact(fq) ? PyDict_GetItemWithError(self->contexts, fq) : NULL;
-        Py_DECREF(fq);   /* the entry is borrowed from self->contexts, which keeps it */
-        if (entry == NULL)
-            return PyErr_Occurred() ? -1 : 0;
+        /* fq stays alive after this decref: the context's _fqk slot holds it, the caller
+         * holds the context, and no Python code runs here to change either */
+        Py_DECREF(fq);
+        if (!PyUnicode_CheckExact(fq))
+            return 0;
+        entry = PyDict_GetItemWithError(self->contexts, fq);   /* borrowed, kept by the dict */
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                return -1;
+            if (!CAN_CREATE)
+                return 0;
+            /* The context's first sighting in this window (_sight).  Made here when the
+             * context carries its JSON and kinds (_ev, cached by the Python path's first
+             * sighting of it), the flush thread exists, and the window has room for it
+             * without reaching the contexts bound (drop or flush: the Python path's). */
+            PyObject *ev = PyObject_GetAttr(context, s_ev);   /* slot: no Python code */
+            if (ev == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(ev);   /* kept alive by the context's slot, as fq */
+            if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 2
+                || !PyDict_CheckExact(PyTuple_GET_ITEM(ev, 0))
+                || !PyTuple_CheckExact(PyTuple_GET_ITEM(ev, 1))
+                || self->thread == Py_None
+                || PyDict_GET_SIZE(self->contexts) + 1 >= self->capacity)
+                return 0;
+            new_fq = fq;
+            ctx_dict = PyTuple_GET_ITEM(ev, 0);
+            kinds = PyTuple_GET_ITEM(ev, 1);
+        } else {
+            cx_put(self, context, entry);
+        }
     }
-    /* entry = [context dict, first_ms, count, index, kinds, context] */
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5 || !PyDict_CheckExact(summary)
-        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+    if (new_fq == NULL) {
+        /* entry = [context dict, first_ms, count, index, kinds, context] */
+        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+            || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+            return 0;
+        /* An event carries the entry's context dict only when the entry is this very
+         * context (_full(): otherwise context.to_dict(), which is Python code). */
+        if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context))
+            return 0;
+        ctx_dict = PyList_GET_ITEM(entry, 0);
+        kinds = PyList_GET_ITEM(entry, 4);
+    }
+    if (!PyDict_CheckExact(summary))
         return 0;
     /* No thread is inside a section locked by the Python code (see the header comment). */
     if (self->locked == NULL)
@@ -286,15 +773,15 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     Py_DECREF(held);
     if (held != Py_False)
         return 0;
-    PyObject *kinds = PyList_GET_ITEM(entry, 4);
-    /* counters[0]: the flag's; then one per prerequisite that has a flag (info not None). */
-    PyObject *counters[MAX_PREREQS + 1];
-    Py_ssize_t n = 0;
-    int r = find_counter(summary, key, kinds, PyTuple_GET_ITEM(info, 0), variation,
-                         &counters[n]);
-    if (r <= 0)
-        return r;
-    n++;
+    /* counters: the flag's (unless excluded from summaries); then one per prerequisite
+     * that has a flag (info not None) and is not excluded. */
+    /* plans[0..np_plans): the prerequisites' counters (existing ones only: a prerequisite
+     * first counted in this window is the Python path's, which also keeps its order of
+     * insertion); main: the flag's own, which may be a new counter or a new flag. */
+    plan_t plans[MAX_PREREQS], main;
+    Py_ssize_t n = 0, uses = 1;
+    int r, count_main = !(bits & INFO_EXCLUDED);
+    PyObject *version = PyTuple_GET_ITEM(info, 0);
     for (Py_ssize_t i = 0; i < np; i++) {
         /* (prereq_of, key, value, variation, reason, info) */
         PyObject *p = pitems[i];
@@ -303,26 +790,83 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
         PyObject *pinfo = PyTuple_GET_ITEM(p, 5);
         if (pinfo == Py_None)
             continue;                             /* unknown prerequisite: not counted */
-        if (!plain_info(pinfo))
+        int pbits = info_bits(pinfo);
+        if (pbits < 0 || (pbits & INFO_FEATURE))  /* its full event: Python path */
             return 0;
-        r = find_counter(summary, PyTuple_GET_ITEM(p, 1), kinds, PyTuple_GET_ITEM(pinfo, 0),
-                         PyTuple_GET_ITEM(p, 3), &counters[n]);
-        if (r <= 0)
-            return r;
+        uses++;                                   /* every prerequisite event is a use */
+        if (pbits & INFO_EXCLUDED)
+            continue;
+        r = plan_count(self, summary, PyTuple_GET_ITEM(p, 1), kinds,
+                       PyTuple_GET_ITEM(pinfo, 0), PyTuple_GET_ITEM(p, 3), &plans[n]);
+        if (r <= 0 || plans[n].how != FOUND)
+            return r < 0 ? -1 : 0;
         n++;
     }
-    /* All checked: count.  A counter listed twice (a prerequisite reached twice) is
-     * incremented twice, as the Python path does. */
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (add_to(counters[i], 0, s_one) < 0)
+    if (count_main) {
+        r = plan_count(self, summary, key, kinds, version, variation, &main);
+        if (r <= 0)
+            return r;
+        if (main.how != FOUND && (cvalue == NULL || dflt == NULL || !CAN_CREATE))
+            return 0;   /* (no default: not a caller of this module) */
+    }
+    /* All checked.  The event (or its drop) first: its failure (no memory) leaves the window
+     * unchanged. */
+    if (stat_key != NULL) {
+        PyObject *sum = PyNumber_Add(stat_val, s_one);   /* int + int: C only */
+        /* an existing key of a dict of exact str keys: replaced in place, no Python code */
+        r = sum == NULL ? -1 : PyDict_SetItem(self->stats, stat_key, sum);
+        Py_XDECREF(sum);
+        if (r < 0)
             return -1;
-    PyObject *uses = PyLong_FromSsize_t(n);
-    if (uses == NULL)
+        self->dropped++;
+    }
+    if (event) {
+        PyObject *ev = feature_event(key, cvalue, dflt, version, variation, reason, ctx_dict,
+                                     now);
+        if (ev == NULL)
+            return -1;
+        r = PyList_Append(self->events, ev);
+        Py_DECREF(ev);
+        if (r < 0)
+            return -1;
+    }
+    /* Count, the prerequisites first (as the Python path).  A counter listed twice (a
+     * prerequisite reached twice) is incremented twice, as the Python path does. */
+    for (Py_ssize_t i = 0; i < n; i++)   /* FOUND plans: key, version, values unused */
+        if (apply_plan(self, summary, NULL, kinds, NULL, NULL, NULL, NULL, &plans[i], now) < 0)
+            return -1;
+    if (count_main && apply_plan(self, summary, key, kinds, version, variation, dflt, cvalue,
+                                 &main, now) < 0)
         return -1;
-    r = add_to(entry, 2, uses);
-    Py_DECREF(uses);
-    if (r < 0)
+    PyObject *pyuses = PyLong_FromSsize_t(uses);
+    if (pyuses == NULL)
         return -1;
+    if (new_fq != NULL) {
+        /* as _sight: [context dict, first_ms, uses, index True, kinds, context] */
+        PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+        entry = ms != NULL ? PyList_New(6) : NULL;
+        if (entry == NULL) {
+            Py_XDECREF(ms);
+            Py_DECREF(pyuses);
+            return -1;
+        }
+        PyList_SET_ITEM(entry, 0, Py_NewRef(ctx_dict));
+        PyList_SET_ITEM(entry, 1, ms);
+        PyList_SET_ITEM(entry, 2, pyuses);   /* the list takes the reference */
+        PyList_SET_ITEM(entry, 3, Py_NewRef(Py_True));
+        PyList_SET_ITEM(entry, 4, Py_NewRef(kinds));
+        PyList_SET_ITEM(entry, 5, Py_NewRef(context));
+        r = PyDict_SetItem(self->contexts, new_fq, entry);   /* exact str key: C only */
+        Py_DECREF(entry);   /* borrowed from the dict from here on */
+        if (r < 0)
+            return -1;
+        cx_put(self, context, entry);
+    } else {
+        r = add_to(entry, 2, pyuses);
+        Py_DECREF(pyuses);
+        if (r < 0)
+            return -1;
+    }
     if (context != self->last_ctx) {   /* as _sight: this context is now the last one */
         Py_INCREF(context);
         Py_INCREF(entry);
@@ -331,6 +875,32 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
     }
     self->end = now;
     return 1;
+}
+
+/*
+ * core_common() - core_common_nogc() with the cyclic garbage collector paused.  Creating a
+ * container (an event dict, a new flag, counter or entry) can start a collection, and a
+ * collection can run Python code (finalizers, weakref callbacks), which could let another
+ * thread replace the window between this call's checks and its changes.  With collection
+ * paused for the call's duration no Python code runs (the header's invariant); the
+ * allocations made meanwhile count toward the next collection as usual.  Without
+ * PyGC_Disable (Python < 3.10) the calls that create containers take the Python path.
+ */
+static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
+                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
+                       int with_reason, PyObject *info, PyObject *prereqs, double now)
+{
+#if CAN_CREATE
+    int was_enabled = PyGC_Disable();
+    int r = core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
+                             info, prereqs, now);
+    if (was_enabled)
+        PyGC_Enable();
+    return r;
+#else
+    return core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
+                            info, prereqs, now);
+#endif
 }
 
 /* record_evaluation(key, context, eval_tuple, default, with_reason): core_common() for the
@@ -348,7 +918,9 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     PyObject *t = args[2];
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
-    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 3),
+    int with_reason = args[4] == Py_True ? 1 : args[4] == Py_False ? 0 : -1;
+    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0),
+                        args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
                         PyTuple_GET_ITEM(t, 4), now);
     if (r < 0)
         return NULL;
@@ -368,22 +940,31 @@ int sf_core_check(PyObject *o)
 
 /**
  * sf_core_record_fast() - record one evaluation from the client's fast path (fast.c), which
- * has no EvalTuple: the same checks and counting as record_evaluation's common case.
+ * has no EvalTuple: the same checks, counting and feature events as record_evaluation's
+ * common case.
  * @core: a _RecorderCore (sf_core_check()).
  * @variation: the variation index as an int, or None.
+ * @value: the evaluation's value before any typed conversion (NULL or anything when
+ *         @variation is None: the event then holds @dflt).
+ * @dflt: the caller's default.
+ * @reason: the reason dict, or NULL when not computed (an event that needs it - detail,
+ *          experiment - then takes the Python path).
+ * @with_reason: 1 for variation_detail, else 0.
  * @info: the flag's info tuple; @prereqs: list of prerequisite event tuples, or NULL.
  *
- * Return: 1 counted; 0 nothing recorded (the caller must take the full Python path, which
+ * Return: 1 recorded; 0 nothing recorded (the caller must take the full Python path, which
  * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
  */
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
+                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
                         PyObject *info, PyObject *prereqs)
 {
     RecorderCore *self = (RecorderCore *)core;
     double now = now_seconds();
     if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
         return 0;
-    return core_common(self, key, context, variation, info, prereqs, now);
+    return core_common(self, key, context, variation, value, dflt, reason, with_reason, info,
+                       prereqs, now);
 }
 
 static PyObject *core_get_lock(RecorderCore *self, void *closure)
@@ -417,6 +998,20 @@ static PyMemberDef core_members[] = {
     {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
     {"_summary", T_OBJECT, offsetof(RecorderCore, summary), 0, "the window's summary"},
     {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
+    {"_events", T_OBJECT, offsetof(RecorderCore, events), 0, "the window's full events"},
+    {"_unsent_events", T_PYSSIZET, offsetof(RecorderCore, unsent_events), 0,
+     "full events held in packed datagrams not sent yet (count against _capacity)"},
+    {"_capacity", T_PYSSIZET, offsetof(RecorderCore, capacity), 0,
+     "events_max_pending: bound of _events + _unsent_events"},
+    {"_start", T_OBJECT, offsetof(RecorderCore, start), 0,
+     "time of the window's first counted evaluation (s), or None"},
+    {"_dropped", T_PYSSIZET, offsetof(RecorderCore, dropped), 0,
+     "full events lost since the last datagram (reported in the next one)"},
+    {"_retry_at", T_OBJECT, offsetof(RecorderCore, retry_at), 0,
+     "time of the flush thread's next retry of a failed send, or None"},
+    {"_thread", T_OBJECT, offsetof(RecorderCore, thread), 0, "the flush thread, or None"},
+    {"stats", T_OBJECT, offsetof(RecorderCore, stats), 0,
+     "counters: sent, send_failures, dropped"},
     {"_context_type", T_OBJECT, offsetof(RecorderCore, ctx_type), 0,
      "shmflags.Context: contexts of this exact class are looked up by their cached _fqk"},
     {NULL, 0, 0, 0, NULL}
@@ -427,7 +1022,16 @@ static PyGetSetDef core_getset[] = {
     {NULL, NULL, NULL, NULL, NULL}
 };
 
+static PyObject *core_clear_caches(PyObject *op, PyObject *unused)
+{
+    cc_clear((RecorderCore *)op);   /* may free an old window: called from Python code */
+    cx_clear((RecorderCore *)op);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef core_methods[] = {
+    {"_clear_caches", core_clear_caches, METH_NOARGS,
+     "Empty the C counter and context caches (the window is replaced or merged into)."},
     {"record_evaluation", (PyCFunction)(void (*)(void))core_record,
      METH_FASTCALL | METH_KEYWORDS,
      "record_evaluation(key, context, eval_tuple, default, with_reason)\n\n"
@@ -450,17 +1054,366 @@ static PyTypeObject RecorderCoreType = {
     .tp_methods = core_methods,
 };
 
+/* ---- packing a feature/debug event (shmflags.events.sender._encode_event) ----------------
+ *
+ * _pack_event(event, context_bytes) -> bytes | None: the validation of
+ * datagram.check_event(event, context_checked=True) for a feature or debug event, and the
+ * msgpack bytes of msgpack.packb(event, use_bin_type=True) with the context's own (already
+ * checked and packed) bytes spliced in as the last field.  None: the schema refuses the
+ * event (the sender drops and counts it).  The caller (sender.py) only passes a dict of 2..15
+ * fields whose last key is "context" and whose kind is "feature" or "debug"; anything else
+ * raises TypeError here, never a crash.  Runs no Python code: every value is checked by its
+ * exact type before it is read (so no __eq__/__hash__ of a subclass runs either).
+ * tests/unit/test_events_pack.py compares it with the Python functions on random and
+ * hostile events.
+ */
+
+#define PACK_MAX_DEPTH 32   /* datagram.MAX_DEPTH */
+
+typedef struct {
+    char *buf;            /* the caller's stack buffer, or heap (PyMem) once grown */
+    Py_ssize_t len, cap;
+    int heap;             /* buf is PyMem memory */
+} wbuf_t;
+
+static void w_free(wbuf_t *w)
+{
+    if (w->heap)
+        PyMem_Free(w->buf);
+}
+
+/* Room for @n more bytes.  0, or -1 with MemoryError. */
+static int w_reserve(wbuf_t *w, Py_ssize_t n)
+{
+    if (n <= w->cap - w->len)
+        return 0;
+    if (n > PY_SSIZE_T_MAX / 2 - w->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t cap = w->cap ? w->cap : 256;
+    while (cap - w->len < n)
+        cap *= 2;   /* invariant: cap < PY_SSIZE_T_MAX (checked above) */
+    char *b = w->heap ? PyMem_Realloc(w->buf, (size_t)cap) : PyMem_Malloc((size_t)cap);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (!w->heap && w->len > 0)
+        memcpy(b, w->buf, (size_t)w->len);
+    w->buf = b;
+    w->cap = cap;
+    w->heap = 1;
+    return 0;
+}
+
+static inline int w_put(wbuf_t *w, const void *p, Py_ssize_t n)
+{
+    if (w_reserve(w, n) < 0)
+        return -1;
+    memcpy(w->buf + w->len, p, (size_t)n);
+    w->len += n;
+    return 0;
+}
+
+/* One byte of type @t followed by the @n low bytes of @v, big-endian (msgpack). */
+static inline int w_be(wbuf_t *w, unsigned char t, uint64_t v, int n)
+{
+    if (w->cap - w->len < 9 && w_reserve(w, 9) < 0)
+        return -1;
+    unsigned char *b = (unsigned char *)w->buf + w->len;   /* 9 bytes of room (above) */
+    b[0] = t;
+    for (int i = 0; i < n; i++)
+        b[1 + i] = (unsigned char)(v >> (8 * (n - 1 - i)));
+    w->len += 1 + n;
+    return 0;
+}
+
+/* A container or string header: fix form below @fixmax (OR-ed into @fix), else the 8-bit
+ * (@t8, str only: 0), 16-bit and 32-bit forms - msgpack-python's choices.
+ * Return: 1 written, 0 too long for msgpack (refused), -1 MemoryError. */
+static int w_head(wbuf_t *w, Py_ssize_t n, unsigned char fix, Py_ssize_t fixmax,
+                  unsigned char t8, unsigned char t16, unsigned char t32)
+{
+    int rc;
+    if (n < fixmax)
+        rc = w_be(w, (unsigned char)(fix | n), 0, 0);
+    else if (t8 && n < 256)
+        rc = w_be(w, t8, (uint64_t)n, 1);
+    else if (n < 65536)
+        rc = w_be(w, t16, (uint64_t)n, 2);
+    else if ((uint64_t)n <= 0xFFFFFFFFu)
+        rc = w_be(w, t32, (uint64_t)n, 4);
+    else
+        return 0;   /* unreachable for a datagram (the caller's size check drops it) */
+    return rc < 0 ? -1 : 1;
+}
+
+/* An int64 as msgpack-python packs it (smallest form; non-negative as unsigned). */
+static int w_int(wbuf_t *w, long long v)
+{
+    if (v >= 0) {
+        uint64_t u = (uint64_t)v;
+        if (u < 128)
+            return w_be(w, (unsigned char)u, 0, 0);
+        if (u < 256)
+            return w_be(w, 0xcc, u, 1);
+        if (u < 65536)
+            return w_be(w, 0xcd, u, 2);
+        if (u < 4294967296ull)
+            return w_be(w, 0xce, u, 4);
+        return w_be(w, 0xcf, u, 8);
+    }
+    if (v >= -32)
+        return w_be(w, (unsigned char)(0xe0 | (v & 0x1f)), 0, 0);
+    if (v >= -128)
+        return w_be(w, 0xd0, (uint64_t)v, 1);
+    if (v >= -32768)
+        return w_be(w, 0xd1, (uint64_t)v, 2);
+    if (v >= -2147483648ll)
+        return w_be(w, 0xd2, (uint64_t)v, 4);
+    return w_be(w, 0xd3, (uint64_t)v, 8);
+}
+
+/* The int64 value of an exact int within [lo, 2**63 - 1]: 1 with *out, 0 not one. */
+static int int64_in(PyObject *o, long long lo, long long *out)
+{
+    if (!PyLong_CheckExact(o))
+        return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(o, &overflow);   /* exact int: cannot fail */
+    if (overflow || v < lo)
+        return 0;
+    *out = v;
+    return 1;
+}
+
+static int w_str(wbuf_t *w, PyObject *s)
+{
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) {   /* a lone surrogate: msgpack cannot encode it either */
+        PyErr_Clear();
+        return 0;
+    }
+    int r = w_head(w, n, 0xa0, 32, 0xd9, 0xda, 0xdb);
+    return r <= 0 ? r : (w_put(w, u, n) < 0 ? -1 : 1);
+}
+
+/*
+ * pack_json() - datagram._check_json(@o, @depth) and msgpack.packb(@o) in one walk.
+ * Return: 1 packed, 0 refused by the JSON rules (w may hold a partial value), -1 error.
+ */
+static int pack_json(wbuf_t *w, PyObject *o, int depth)
+{
+    if (o == Py_None)
+        return w_be(w, 0xc0, 0, 0) < 0 ? -1 : 1;
+    if (o == Py_True || o == Py_False)
+        return w_be(w, o == Py_True ? 0xc3 : 0xc2, 0, 0) < 0 ? -1 : 1;
+    if (PyUnicode_CheckExact(o))
+        return w_str(w, o);
+    if (PyFloat_CheckExact(o)) {
+        double d = PyFloat_AS_DOUBLE(o);
+        if (!isfinite(d))
+            return 0;   /* NaN or infinite number */
+        uint64_t bits;
+        memcpy(&bits, &d, sizeof bits);
+        return w_be(w, 0xcb, bits, 8) < 0 ? -1 : 1;
+    }
+    if (PyLong_CheckExact(o)) {
+        long long v;
+        if (!int64_in(o, LLONG_MIN, &v))
+            return 0;   /* integer out of range */
+        return w_int(w, v) < 0 ? -1 : 1;
+    }
+    if (depth >= PACK_MAX_DEPTH)
+        return 0;       /* nested deeper than MAX_DEPTH (or not a JSON value) */
+    if (PyList_CheckExact(o)) {
+        Py_ssize_t n = PyList_GET_SIZE(o);
+        int r = w_head(w, n, 0x90, 16, 0, 0xdc, 0xdd);
+        if (r <= 0)
+            return r;
+        /* the list cannot change meanwhile: no Python code runs */
+        for (Py_ssize_t i = 0; i < n; i++)
+            if ((r = pack_json(w, PyList_GET_ITEM(o, i), depth + 1)) <= 0)
+                return r;
+        return 1;
+    }
+    if (PyDict_CheckExact(o)) {
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        int r = w_head(w, PyDict_GET_SIZE(o), 0x80, 16, 0, 0xde, 0xdf);
+        if (r <= 0)
+            return r;
+        while (PyDict_Next(o, &pos, &k, &v)) {
+            if (!PyUnicode_CheckExact(k))
+                return 0;   /* map key is not a string */
+            if ((r = w_str(w, k)) <= 0 || (r = pack_json(w, v, depth + 1)) <= 0)
+                return r;
+        }
+        return 1;
+    }
+    return 0;   /* not a JSON value */
+}
+
+/* The value of the str key @name in the exact dict @d (borrowed), or NULL.  A walk rather
+ * than a lookup, so that no key's __eq__ can run (the dicts are small); a str subclass key
+ * is compared by its characters, as dict.get would find it. */
+static PyObject *dict_get_ascii(PyObject *d, const char *name)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v))
+        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, name) == 0)
+            return v;
+    return NULL;
+}
+
+/* The fields a feature or debug event may have (datagram._EVAL_KEYS). */
+enum { F_KIND, F_DATE, F_KEY, F_VALUE, F_DEFAULT, F_VERSION, F_VARIATION, F_REASON,
+       F_PREREQ_OF, F_CONTEXT, F_DEBUG_UNTIL, F_COUNT, F_OTHER = F_COUNT };
+static PyObject **field_names[F_COUNT] = {
+    &s_kind, &s_creationDate, &s_key, &s_value, &s_default, &s_version, &s_variation,
+    &s_reason, &s_prereqOf, &s_context, &s_debugUntil,
+};
+
+/* Which field the str @k names: the interned name itself (the recorder's literal keys, one
+ * pointer comparison), else compared by characters (PyUnicode_Compare runs no Python code,
+ * also for a subclass); F_OTHER. */
+static int field_id(PyObject *k)
+{
+    for (int i = 0; i < F_COUNT; i++)
+        if (k == *field_names[i])
+            return i;
+    for (int i = 0; i < F_COUNT; i++)
+        if (PyUnicode_Compare(k, *field_names[i]) == 0)
+            return i;
+    return F_OTHER;
+}
+
+/* check_event()'s per-field rule for field @id of a feature/debug event; 1 ok, 0 refused. */
+static int event_field_ok(int id, PyObject *v, int debug)
+{
+    long long x;
+    switch (id) {
+    case F_KIND:
+    case F_VALUE:
+    case F_DEFAULT:
+        return 1;   /* kind: checked by the caller; values: JSON rules when packed */
+    case F_DATE:
+    case F_VARIATION:
+        return int64_in(v, 0, &x);
+    case F_VERSION:
+        return int64_in(v, LLONG_MIN, &x);
+    case F_KEY:
+    case F_PREREQ_OF:
+        return PyUnicode_CheckExact(v) && PyUnicode_GET_LENGTH(v) > 0;
+    case F_REASON: {
+        if (!PyDict_CheckExact(v))
+            return 0;
+        PyObject *kind = dict_get_ascii(v, "kind");
+        return kind != NULL && PyUnicode_CheckExact(kind);   /* its JSON: packed at depth 1 */
+    }
+    case F_DEBUG_UNTIL:
+        return debug && int64_in(v, 0, &x);
+    default:
+        return 0;   /* unexpected field */
+    }
+}
+
+static PyObject *pack_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_pack_event(event: dict, context_bytes: bytes)");
+        return NULL;
+    }
+    PyObject *event = args[0], *cbytes = args[1];
+    Py_ssize_t n = PyDict_GET_SIZE(event);
+    PyObject *kind = dict_get_ascii(event, "kind");
+    int debug = kind != NULL && PyUnicode_CheckExact(kind)
+                && PyUnicode_CompareWithASCIIString(kind, "debug") == 0;
+    if (n < 2 || n > 15 || kind == NULL || !PyUnicode_CheckExact(kind)
+        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0)) {
+        PyErr_SetString(PyExc_TypeError, "_pack_event takes a feature or debug event of 2 to "
+                        "15 fields");
+        return NULL;
+    }
+    char small[512];   /* most events fit: no allocation */
+    wbuf_t w = {small, 0, sizeof small, 0};
+    int r = w_be(&w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
+    unsigned seen = 0;
+    int last_context = 0;
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (r > 0 && PyDict_Next(event, &pos, &k, &v)) {
+        if (!PyUnicode_Check(k)) {
+            r = 0;   /* check_event would find it unexpected */
+            break;
+        }
+        int id = field_id(k);   /* a str subclass: by its characters, as check_event */
+        last_context = id == F_CONTEXT;
+        if (last_context)
+            continue;   /* its bytes come last; it must be the last key (checked below) */
+        if (!event_field_ok(id, v, debug)) {
+            r = 0;
+            break;
+        }
+        seen |= 1u << id;
+        if ((r = w_str(&w, k)) > 0)
+            r = pack_json(&w, v, id == F_REASON ? 1 : 0);
+    }
+    if (r > 0 && !last_context) {
+        w_free(&w);
+        PyErr_SetString(PyExc_TypeError, "_pack_event: \"context\" must be the last field");
+        return NULL;
+    }
+    unsigned need = 1u << F_VALUE | 1u << F_DEFAULT | 1u << F_DATE | 1u << F_KEY
+                    | (debug ? 1u << F_DEBUG_UNTIL : 0u);
+    if (r > 0 && (seen & need) != need)
+        r = 0;   /* a required field is missing */
+    static const char ctx_key[] = "\xa7" "context";   /* msgpack fixstr "context" */
+    if (r > 0 && (w_put(&w, ctx_key, 8) < 0
+                  || w_put(&w, PyBytes_AS_STRING(cbytes), PyBytes_GET_SIZE(cbytes)) < 0))
+        r = -1;
+    PyObject *out = NULL;
+    if (r > 0)
+        out = PyBytes_FromStringAndSize(w.buf, w.len);
+    else if (r == 0)
+        out = Py_NewRef(Py_None);
+    w_free(&w);
+    return out;
+}
+
+static PyMethodDef events_functions[] = {
+    {"_pack_event", (PyCFunction)(void (*)(void))pack_event, METH_FASTCALL,
+     "_pack_event(event, context_bytes) -> bytes | None: check and pack a feature or debug "
+     "event whose last field is its context (already packed), as sender._encode_event "
+     "does in Python; None when the schema refuses it"},
+    {NULL, NULL, 0, NULL}
+};
+
 int sf_events_add_types(PyObject *m)
 {
     if (s_record_py == NULL) {
         s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
         s_locked = PyUnicode_InternFromString("locked");
         s_fqk = PyUnicode_InternFromString("_fqk");
+        s_ev = PyUnicode_InternFromString("_ev");
         s_one = PyLong_FromLong(1);
-        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_one == NULL)
+        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_ev == NULL
+            || s_one == NULL)
             return -1;
+        struct { PyObject **slot; const char *text; } names[] = {
+            {&s_kind, "kind"}, {&s_feature, "feature"}, {&s_creationDate, "creationDate"},
+            {&s_key, "key"}, {&s_value, "value"}, {&s_default, "default"},
+            {&s_version, "version"}, {&s_variation, "variation"}, {&s_reason, "reason"},
+            {&s_context, "context"}, {&s_prereqOf, "prereqOf"}, {&s_debugUntil, "debugUntil"},
+        };
+        for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+            if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+                return -1;
     }
-    if (PyType_Ready(&RecorderCoreType) < 0)
+    if (PyType_Ready(&RecorderCoreType) < 0 || PyModule_AddFunctions(m, events_functions) < 0)
         return -1;
     Py_INCREF(&RecorderCoreType);
     if (PyModule_AddObject(m, "_RecorderCore", (PyObject *)&RecorderCoreType) < 0) {

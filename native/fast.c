@@ -355,12 +355,13 @@ static void Fast_dealloc(FastObject *f)
 
 /*
  * The shared front half: check the arguments, find the snapshot, evaluate.
- * @info, @prereqs: NULL, or (with a recorder) out: the event inputs of sf_fast_eval().
+ * @info, @prereqs, @ev_reason: NULL, or (with a recorder) out: the event inputs of
+ * sf_fast_eval().
  * Return 1 with the sf_fast_eval() outputs, 0 for "take the slow path" (nothing set).
  */
 static int fast_eval(FastObject *f, PyObject *const *args, Py_ssize_t nargs, int *kind,
                      PyObject **value, int32_t *index, PyObject **reason, PyObject **info,
-                     PyObject **prereqs)
+                     PyObject **prereqs, PyObject **ev_reason)
 {
     if (nargs < 3 || nargs > 4 || f->current == NULL)
         return 0;
@@ -405,7 +406,7 @@ static int fast_eval(FastObject *f, PyObject *const *args, Py_ssize_t nargs, int
         }
         if (emap != NULL) {
             done = sf_fast_eval((SnapshotObject *)snap, key, emap, value, index, reason,
-                                info, prereqs);
+                                info, prereqs, ev_reason);
             Py_DECREF(emap);
         }
     }
@@ -456,14 +457,16 @@ static PyObject *slow(void)
 }
 
 /*
- * Count the evaluation just made in f->recorder (sf_core_record_fast()); consumes @info and
- * @prereqs.  Return 1 counted (or lost to an exception, which is cleared: the Python path
- * also only logs a recording failure), 0 nothing recorded: the caller returns _SLOW and the
- * Python path evaluates again and records (the evaluation is deterministic and this one has
- * left no trace, so the outcome is the one it would have had from the start).
+ * Record the evaluation just made in f->recorder (sf_core_record_fast()); consumes @info and
+ * @prereqs.  @raw: the value before any typed conversion (NULL when @index < 0); @reason: the
+ * reason when computed, else NULL; both borrowed.  Return 1 recorded (or lost to an exception,
+ * which is cleared: the Python path also only logs a recording failure), 0 nothing recorded:
+ * the caller returns _SLOW and the Python path evaluates again and records (the evaluation is
+ * deterministic and this one has left no trace, so the outcome is the one it would have had
+ * from the start).
  */
-static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyObject *info,
-                       PyObject *prereqs)
+static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyObject *raw,
+                       PyObject *reason, int with_reason, PyObject *info, PyObject *prereqs)
 {
     PyObject *variation = Py_None;
     if (index >= 0)
@@ -471,7 +474,8 @@ static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyOb
     else
         Py_INCREF(variation);
     int r = variation == NULL ? -1
-            : sf_core_record_fast(f->recorder, args[0], args[1], variation, info, prereqs);
+            : sf_core_record_fast(f->recorder, args[0], args[1], variation, raw, args[2],
+                                  reason, with_reason, info, prereqs);
     Py_XDECREF(variation);
     Py_DECREF(info);
     Py_XDECREF(prereqs);
@@ -483,21 +487,29 @@ static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyOb
 /* _Fast.value(key, context, default, kind=0) -> value | default | _SLOW */
 static PyObject *Fast_value(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *value, *info, *prereqs;
+    PyObject *value, *info, *prereqs, *ev_reason;
     int32_t index;
     int kind;
     int events = f->recorder != Py_None;
-    if (!fast_eval(f, args, nargs, &kind, &value, &index, NULL,
-                   events ? &info : NULL, events ? &prereqs : NULL))
+    if (!fast_eval(f, args, nargs, &kind, &value, &index, NULL, events ? &info : NULL,
+                   events ? &prereqs : NULL, events ? &ev_reason : NULL))
         return slow();
     if (events) {
+        /* the event holds the value as evaluated, the caller gets it converted */
+        PyObject *raw = value;
+        Py_XINCREF(raw);
         /* A wrong JSON type is recorded with variation None: the Python path's case */
         if (index >= 0 && (value = typed(value, kind)) == NULL) {
+            Py_DECREF(raw);
+            Py_XDECREF(ev_reason);
             Py_DECREF(info);
             Py_XDECREF(prereqs);
             return slow();
         }
-        if (!fast_record(f, args, index, info, prereqs)) {
+        int done = fast_record(f, args, index, raw, ev_reason, 0, info, prereqs);
+        Py_XDECREF(raw);
+        Py_XDECREF(ev_reason);
+        if (!done) {
             Py_XDECREF(value);
             return slow();
         }
@@ -522,12 +534,12 @@ static PyObject *Fast_value(FastObject *f, PyObject *const *args, Py_ssize_t nar
 /* _Fast.detail(key, context, default, kind=0) -> EvaluationDetail | _SLOW */
 static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *value, *reason, *idx, *info = NULL, *prereqs = NULL;
+    PyObject *value, *reason, *idx, *raw = NULL, *info = NULL, *prereqs = NULL;
     int32_t index;
     int kind;
     int events = f->recorder != Py_None;
     if (!fast_eval(f, args, nargs, &kind, &value, &index, &reason,
-                   events ? &info : NULL, events ? &prereqs : NULL))
+                   events ? &info : NULL, events ? &prereqs : NULL, NULL))
         return slow();
     if (index < 0) {
         value = args[2];
@@ -535,19 +547,24 @@ static PyObject *Fast_detail(FastObject *f, PyObject *const *args, Py_ssize_t na
         idx = Py_None;
         Py_INCREF(idx);
     } else {
+        raw = value;   /* the event holds the value as evaluated */
+        Py_INCREF(raw);
         value = typed(value, kind);
         idx = value != NULL ? PyLong_FromLong(index) : NULL;
         if (idx == NULL) {   /* WRONG_TYPE (its reason object is the slow path's) or no memory */
             PyErr_Clear();
             Py_XDECREF(value);
+            Py_DECREF(raw);
             Py_DECREF(reason);
             Py_XDECREF(info);
             Py_XDECREF(prereqs);
             return slow();
         }
     }
-    /* counted before the detail is built: a refusal leaves nothing recorded */
-    if (events && !fast_record(f, args, index, info, prereqs)) {
+    /* recorded before the detail is built: a refusal leaves nothing recorded */
+    int done = !events || fast_record(f, args, index, raw, reason, 1, info, prereqs);
+    Py_XDECREF(raw);
+    if (!done) {
         Py_DECREF(value);
         Py_DECREF(idx);
         Py_DECREF(reason);

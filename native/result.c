@@ -321,6 +321,9 @@ done:
  * @info: out when not NULL (events wanted): new reference to the EvalTuple's info tuple.
  * @prereqs: out when @info is not NULL: new reference to the list of prerequisite event
  *           tuples (the EvalTuple's fifth field as a list), or NULL for none.
+ * @ev_reason: NULL, or (with @info, without @reason) out: new reference to the reason when
+ *           the flag's event needs it (info bit 2, an experiment), else NULL - so that
+ *           variation() builds a reason only for the evaluations whose feature event has one.
  *
  * With @info, a flag that is not found returns 0: its event (info None) is the Python
  * path's, and the recorder core would refuse it anyway.
@@ -333,7 +336,8 @@ done:
  * Return: 1 done, 0 take the slow path.
  */
 int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
-                 int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs)
+                 int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs,
+                 PyObject **ev_reason)
 {
     sf_rec_t rec;
     const sf_flag_rec_t *f;
@@ -345,6 +349,8 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
         *info = NULL;
         *prereqs = NULL;
     }
+    if (ev_reason != NULL)
+        *ev_reason = NULL;
     int found = find_flag(self, key, &rec, &f);
     if (found < 0) {
         PyErr_Clear();
@@ -376,6 +382,12 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
     }
     if (ok && info != NULL)
         ok = (*info = sf_info_tuple(self, &rec, f, &res)) != NULL;   /* cached: a new ref */
+    if (ok && info != NULL && reason == NULL && ev_reason != NULL
+        && sf_is_experiment(&rec, f, &res)) {   /* the info tuple's bit 2 */
+        ok = (*ev_reason = sf_make_reason(&e, &rec, &res)) != NULL
+             && (e.bigseg_status == NULL
+                 || PyDict_SetItem(*ev_reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) == 0);
+    }
     *index = res.variation;
     sf_kmemo_clear(&memo);
     if (ok && info != NULL) {
@@ -394,6 +406,8 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
             Py_CLEAR(*info);
             Py_CLEAR(*prereqs);
         }
+        if (ev_reason != NULL)
+            Py_CLEAR(*ev_reason);
         *index = -1;
         return 0;
     }

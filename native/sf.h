@@ -314,11 +314,13 @@ int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_resul
 PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
 int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
-                 int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs);
+                 int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs,
+                 PyObject **ev_reason);
 
 /* the recorder core's common path for the client's fast path (events.c) */
 int sf_core_check(PyObject *o);
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
+                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
                         PyObject *info, PyObject *prereqs);
 
 /* the client's fast path (fast.c): the _Watch and _Fast types, registered on the module */

@@ -29,6 +29,7 @@ LIBUBSAN=$($CC -print-file-name=libubsan.so)
 [ $# -gt 0 ] || set -- tests/unit/test_native.py tests/unit/test_parity.py \
     tests/unit/test_native_fuzz.py tests/unit/test_native_fast.py \
     tests/unit/test_events_recorder_native.py tests/unit/test_events_fast_path.py \
+    tests/unit/test_events_pack.py \
     tests/unit/test_record_sets.py tests/unit/test_snapshot_reader.py \
     tests/differential/test_native_vs_python.py
 export PYTHONPATH="$OUT/pkg"

@@ -91,5 +91,21 @@ class _RecorderCore:
     _contexts: Any
     _context_type: Any
     _lock: Any
+    _events: Any
+    _unsent_events: int
+    _capacity: int
+    _start: Optional[float]
+    _dropped: int
+    _retry_at: Optional[float]
+    _thread: Any
+    stats: Any
     def record_evaluation(self, key: str, context: Any, eval_tuple: tuple, default: Any,
                           with_reason: bool) -> None: ...
+    def _clear_caches(self) -> None: ...
+
+def _pack_event(event: dict, context_bytes: bytes) -> Optional[bytes]:
+    """Check and pack a feature or debug event whose last field is its context (given as
+    its packed bytes), as ``sender._encode_event`` does; ``None`` when the schema refuses it.
+    Raises ``TypeError`` for anything but a feature/debug event of 2 to 15 fields ending
+    with ``context``."""
+    ...

@@ -82,7 +82,7 @@ class Context:
 
     __slots__ = (
         "_kind", "_key", "_name", "_anon", "_attrs", "_private", "_multi", "_error",
-        "_fqk", "_emap", "_secondary",
+        "_fqk", "_emap", "_secondary", "_ev",
     )
 
     DEFAULT_KIND = "user"
@@ -100,6 +100,10 @@ class Context:
     _error: Optional[str]
     _fqk: Optional[str]
     _emap: Optional[Dict[str, Dict[str, Any]]]
+    # (to_dict(), kinds tuple) cached by the event recorder at its first sighting, so that
+    # later windows (and native/events.c) sight the context without Python code; never
+    # handed out: the recorder only reads the dict.
+    _ev: Optional[Tuple[Dict[str, Any], Tuple[str, ...]]]
     _secondary: Optional[str]
 
     def __init__(
@@ -447,6 +451,7 @@ def _unpickle(*state: Any) -> Context:
         setattr(c, slot, value)
     c._fqk = None
     c._emap = None
+    c._ev = None
     return c
 
 
@@ -462,6 +467,7 @@ def _invalid(error: str) -> Context:
     c._error = error
     c._fqk = ""
     c._emap = None
+    c._ev = None
     c._secondary = None
     return c
 
@@ -500,6 +506,7 @@ def _make_single(
     c._error = None
     c._fqk = None
     c._emap = None
+    c._ev = None
     c._secondary = None
     return c
 
@@ -535,6 +542,7 @@ def _make_multi(members: List[Any]) -> Context:
     c._error = None
     c._fqk = None
     c._emap = None
+    c._ev = None
     c._secondary = None
     return c
 

@@ -162,7 +162,12 @@ class _Recorder:
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
+    def _clear_caches(self) -> None:
+        """Forget references into the window (the C core's counter and context caches, which
+        must not outlive a replaced window or entry; nothing here without the core)."""
+
     def _new_window(self) -> None:
+        self._clear_caches()
         self._summary: Dict[str, list] = {}
         self._contexts: Dict[str, list] = {}
         self._events: List[dict] = []
@@ -221,8 +226,14 @@ class _Recorder:
         if entry is None:
             if self._thread is None:
                 self._start_thread()
-            entry = [context.to_dict(), int(now * 1000), count, index, _kinds_of(context),
-                     context]
+            # A shmflags Context keeps its JSON and kinds for the next windows (and for the
+            # C path, which sights a context that has them); the dict is only ever read.
+            ev = context._ev if type(context) is _Context else None
+            if ev is None:
+                ev = (context.to_dict(), _kinds_of(context))
+                if type(context) is _Context:
+                    context._ev = ev
+            entry = [ev[0], int(now * 1000), count, index, ev[1], context]
             if len(self._contexts) >= self._capacity:
                 self._dropped += 1
                 self.stats["dropped"] += 1
@@ -652,6 +663,7 @@ class _Recorder:
                         self._contexts[fq] = entry
                         if self._last_entry is live:
                             self._last_ctx = self._last_entry = None
+            self._clear_caches()  # a live entry may have been replaced
             old = [e for p in packets for e in p.events]
             if old:
                 merged = old + self._events

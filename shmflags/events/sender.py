@@ -75,8 +75,15 @@ def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
         return None
 
 
+try:  # feature/debug events checked and packed in C (native/events.c); optional
+    from shmflags._native import _pack_event  # type: ignore[attr-defined]
+except ImportError:  # no extension (or an older build): the Python code below
+    _pack_event = None
+
 _CONTEXT_KEY = msgpack.packb("context")
 _NO_BYTES = b""
+_EVAL_KINDS = ("feature", "debug")
+_DATA_OF = {"flags": "flag_data", "contexts": "context_data"}  # _Builder's parallel lists
 
 
 def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
@@ -98,6 +105,16 @@ def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
         contexts[id(ctx)] = cbytes
     if cbytes is _NO_BYTES:
         return None
+    kind = event.get("kind")
+    if _pack_event is not None and type(kind) is str and kind in _EVAL_KINDS:
+        # the same rules and bytes as below in one C walk (~10x faster)
+        return _pack_event(event, cbytes)
+    return _encode_event_py(event, n, cbytes)
+
+
+def _encode_event_py(event: dict, n: int, cbytes: bytes) -> Optional[bytes]:
+    """The rest of :func:`_encode_event` in Python (``native/events.c``'s ``_pack_event``
+    does the same for feature and debug events)."""
     try:
         check_event(event, context_checked=True)
         rest = dict(event)
@@ -128,13 +145,21 @@ def _flag_items(key: str, entry: list) -> List[Tuple[bytes, list]]:
 
 
 class _Builder:
-    """Accumulates encoded items for one datagram."""
+    """Accumulates encoded items for one datagram.
+
+    Each section keeps its encoded bytes and its window items in two parallel lists (no
+    tuple per item: a window holds up to ``events_max_pending`` events, and every tuple
+    would be one more object for the garbage collector to track and traverse).
+    """
 
     def __init__(self) -> None:
         self.size = 0
-        self.flags: List[Tuple[bytes, list]] = []
-        self.contexts: List[Tuple[bytes, Tuple[str, list]]] = []
-        self.events: List[Tuple[bytes, dict]] = []
+        self.flags: List[list] = []
+        self.flag_data: List[bytes] = []
+        self.contexts: List[Tuple[str, list]] = []
+        self.context_data: List[bytes] = []
+        self.events: List[dict] = []
+        self.event_data: List[bytes] = []
 
     def empty(self) -> bool:
         return not (self.flags or self.contexts or self.events)
@@ -154,15 +179,14 @@ class _Builder:
             parts += [packer.pack("summary"), packer.pack_array_header(3),
                       packer.pack(start_ms), packer.pack(max(start_ms, end_ms)),
                       packer.pack_array_header(len(self.flags))]
-            parts += [b for b, _ in self.flags]
+            parts += self.flag_data
         if self.contexts:
             parts += [packer.pack("contexts"), packer.pack_array_header(len(self.contexts))]
-            parts += [b for b, _ in self.contexts]
+            parts += self.context_data
         if self.events:
             parts += [packer.pack("events"), packer.pack_array_header(len(self.events))]
-            parts += [b for b, _ in self.events]
-        return Packed(b"".join(parts), [o for _, o in self.flags], [o for _, o in self.contexts],
-                      [o for _, o in self.events], dropped)
+            parts += self.event_data
+        return Packed(b"".join(parts), self.flags, self.contexts, self.events, dropped)
 
 
 def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
@@ -191,7 +215,8 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
         if not b.fits(len(data)):
             b = _Builder()
             builders.append(b)
-        getattr(b, kind).append((data, obj))
+        getattr(b, kind).append(obj)
+        getattr(b, _DATA_OF[kind]).append(data)
         b.size += len(data)
 
     for key, entry in summary.items():
@@ -207,12 +232,30 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
             continue
         add("contexts", data, (fq, entry))
     context_bytes: Dict[int, bytes] = {}
+    # (the loop of add() and _encode_event() inlined: a window holds up to
+    # events_max_pending events, and their packing is the flush's largest cost)
+    pack = _pack_event
+    b = builders[-1]
     for event in events:
-        data = _encode_event(event, context_bytes)
+        ctx = event.get("context") if type(event) is dict else None
+        kind = event.get("kind") if ctx is not None else None
+        cbytes = context_bytes.get(id(ctx)) if type(kind) is str else None
+        if (cbytes and pack is not None and kind in _EVAL_KINDS and 1 < len(event) <= 15
+                and next(reversed(event)) == "context"):
+            # what _encode_event does for a feature or debug event whose context is known
+            data = pack(event, cbytes)
+        else:
+            data = _encode_event(event, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue
-        add("events", data, event)
+        n = len(data)
+        if b.size + n > _ITEM_LIMIT:
+            b = _Builder()
+            builders.append(b)
+        b.events.append(event)
+        b.event_data.append(data)
+        b.size += n
     packer = msgpack.Packer(use_bin_type=True)
     out = []
     for i, b in enumerate(builders):
