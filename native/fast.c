@@ -729,10 +729,16 @@ static const char *const CTX_SLOT_NAMES[CS_COUNT] = {
     "_kind", "_key", "_name", "_anon", "_attrs", "_private", "_multi", "_error", "_fqk",
     "_emap", "_secondary"};
 
+#define CTX_MAX_SLOTS 32
+
 typedef struct {
     PyObject_HEAD
     PyTypeObject *ctx_type;
     Py_ssize_t off[CS_COUNT];
+    /* every object slot the type defines: a built context has None in each slot it does not
+     * set here (a slot added in context.py is never left unset, whatever its name) */
+    Py_ssize_t all_off[CTX_MAX_SLOTS];
+    int n_all;
     PyObject *s_kind, *s_user;   /* interned "kind" and "user" */
 } ContextBuilderObject;
 
@@ -756,6 +762,16 @@ static PyObject *ContextBuilder_new(PyTypeObject *type, PyObject *args, PyObject
             Py_DECREF(b);
             return NULL;
         }
+    }
+    for (PyMemberDef *m = b->ctx_type->tp_members; m != NULL && m->name != NULL; m++) {
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+            continue;
+        if (b->n_all == CTX_MAX_SLOTS) {
+            PyErr_SetString(PyExc_TypeError, "context_type has too many __slots__");
+            Py_DECREF(b);
+            return NULL;
+        }
+        b->all_off[b->n_all++] = m->offset;
     }
     if ((b->s_kind = PyUnicode_InternFromString("kind")) == NULL
         || (b->s_user = PyUnicode_InternFromString("user")) == NULL) {
@@ -892,13 +908,17 @@ static PyObject *ContextBuilder_from_dict(ContextBuilderObject *b, PyObject *pro
     PyObject *c = b->ctx_type->tp_alloc(b->ctx_type, 0);
     if (c == NULL)
         goto fallback;
-    PyObject *vals[CS_COUNT] = {kind, key, name, anon, attrs != NULL ? attrs : Py_None,
-                                Py_None, Py_None, Py_None, Py_None, Py_None, Py_None};
-    for (int i = 0; i < CS_COUNT; i++) {
-        if (i != CS_ATTRS || attrs == NULL)
-            Py_INCREF(vals[i]);
-        SLOT(c, b->off[i]) = vals[i];   /* the slot takes the reference (attrs: ours) */
+    for (int i = 0; i < b->n_all; i++) {   /* tp_alloc zeroed them: NULL until set */
+        Py_INCREF(Py_None);
+        SLOT(c, b->all_off[i]) = Py_None;
     }
+    PyObject *vals[4] = {kind, key, name, anon};
+    for (int i = 0; i < 4; i++) {       /* CS_KIND..CS_ANON */
+        Py_INCREF(vals[i]);
+        Py_SETREF(SLOT(c, b->off[i]), vals[i]);
+    }
+    if (attrs != NULL)                   /* the slot takes our reference */
+        Py_SETREF(SLOT(c, b->off[CS_ATTRS]), attrs);
     return c;
 
 fallback:

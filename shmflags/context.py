@@ -576,7 +576,7 @@ def _resolve_c_from_dict() -> Any:
         if evaluator_backend() == "c":
             from shmflags._native import _SLOW, _ContextBuilder
             build, _C_SLOW = _ContextBuilder(Context).from_dict, _SLOW
-    except (ImportError, AttributeError):   # no C evaluator, or a build without the builder
+    except (ImportError, AttributeError, TypeError):   # no C evaluator, or an older build
         build = False
     _C_FROM_DICT = build
     return build
