@@ -77,6 +77,8 @@ static int xxh3_range(PyObject *xxh3, const Py_buffer *v, Py_ssize_t a, Py_ssize
 static void Snapshot_dealloc(SnapshotObject *self)
 {
     sf_cache_clear(&self->cache);
+    for (int i = 0; i < SF_VERS; i++)
+        Py_CLEAR(self->vers[i].o);
     Py_CLEAR(self->unpack);
     Py_CLEAR(self->parse_time);
     Py_CLEAR(self->re_compile);

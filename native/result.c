@@ -72,28 +72,24 @@ static PyObject *context_map(PyObject *ctx)
     return m;
 }
 
-/* The flag's version as a cached int object (borrowed), or NULL with an exception. */
-static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const sf_flag_rec_t *f)
+/* The flag's version as an int object (new reference), or NULL with an exception.  Versions
+ * go through a small shared table (sf_verslot_t): thousands of flags share a few hundred
+ * distinct versions, and no per-flag object is kept (memory, issue 4). */
+static PyObject *version_object(SnapshotObject *self, const sf_flag_rec_t *f)
 {
-    if (rec->fc != NULL && rec->fc->version != NULL)
-        return rec->fc->version;
-    uint64_t ck = SF_CACHE_KEY(rec->abs, SF_TAG_VERSION);
-    PyObject *v = rec->fc ? NULL : sf_cache_get(&self->cache, ck);
-    if (v != NULL)
-        return v;
-    v = PyLong_FromLongLong(f->version);
+    long long ver = (long long)f->version;
+    sf_verslot_t *slot = &self->vers[(unsigned long long)ver % SF_VERS];
+    if (slot->o != NULL && slot->v == ver) {
+        Py_INCREF(slot->o);
+        return slot->o;
+    }
+    PyObject *v = PyLong_FromLongLong(ver);
     if (v == NULL)
         return NULL;
-    if (rec->fc != NULL) {
-        if (rec->fc->version == NULL)
-            rec->fc->version = v;   /* the slot owns it */
-        else
-            Py_DECREF(v);
-        return rec->fc->version;
-    }
-    PyObject *cached = sf_cache_put(&self->cache, ck, v);
-    Py_DECREF(v);
-    return cached;
+    Py_INCREF(v);
+    Py_XSETREF(slot->o, v);   /* the caller's reference keeps v alive either way */
+    slot->v = ver;
+    return v;
 }
 
 /*
@@ -533,8 +529,9 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
             if (ok && (with_reasons || exp) && !omit)
                 ok = PyDict_SetItem(meta, sf_c.s_reason, reason) == 0;
             if (ok && !omit) {
-                PyObject *v = version_object(self, &rec, f);
+                PyObject *v = version_object(self, f);
                 ok = v != NULL && PyDict_SetItem(meta, sf_c.s_version, v) == 0;
+                Py_XDECREF(v);
             }
             if (ok && keys != NULL && PyList_GET_SIZE(keys) > 0)
                 ok = PyDict_SetItem(meta, sf_c.s_prerequisites, keys) == 0;

@@ -109,14 +109,14 @@ int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, u
  * generic cache per object.  Filled lazily; owned by the Snapshot.
  */
 typedef struct sf_flagcache {
-    PyObject *key;            /* str */
-    PyObject *version;        /* int */
+    PyObject *key;            /* str: not interned and not in the generic cache (held once) */
     PyObject *info[2];        /* info tuples without / with the experiment bit */
-    PyObject **values;        /* decoded variations (nvalues of them), or NULL */
+    PyObject **values;        /* decoded variations (nvalues of them), or NULL; variations
+                               * that decode to singletons (true/false/null/0..127) are not
+                               * stored: sf_variation_value() makes them without a cache */
     uint32_t nvalues;
     uint32_t rec_off, rec_len;/* record span, 0 until known */
-    uint32_t reserved;
-} sf_flagcache_t;
+} sf_flagcache_t;             /* 48 bytes: all_flags_state fills one per flag (memory, issue 4) */
 
 /* sf_rec_t - a bounds-checked view of one compiled record. */
 typedef struct sf_rec {
@@ -181,7 +181,6 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_VALUE     3u
 #define SF_TAG_REGEX     4u
 #define SF_TAG_INFO      5u
-#define SF_TAG_VERSION   6u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
 /*
@@ -194,6 +193,17 @@ void sf_cache_clear(sf_cache_t *c);
  */
 #define SF_STRS 256
 #define SF_STRS_MAXLEN 32
+/*
+ * sf_verslot_t - flag versions as int objects, shared by every flag of one version: a
+ * direct-mapped table (version mod SF_VERS) instead of one int object per flag.  A slot owns
+ * its object; a collision replaces it (the caller holds its own reference meanwhile).
+ */
+#define SF_VERS 256
+typedef struct sf_verslot {
+    long long v;
+    PyObject *o;              /* int, or NULL (empty slot) */
+} sf_verslot_t;
+
 typedef struct sf_strslot {
     uint64_t h;               /* content hash (sf_rec_pystr) */
     PyObject *s;              /* compact ASCII str, or NULL (empty slot) */
@@ -220,6 +230,7 @@ typedef struct {
     sf_flagcache_t *fcache;  /* n_flags slots, or NULL when entries are not contiguous */
     uint32_t entries_base;   /* entry offset of rank 0 */
     sf_strslot_t strs[SF_STRS];   /* short record strings by content (eval.c sf_rec_pystr) */
+    sf_verslot_t vers[SF_VERS];   /* flag versions (result.c version_object) */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
