@@ -314,6 +314,8 @@ int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_resul
 /* Python-facing results (result.c) */
 PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
+PyObject *sf_py_all_flags_lazy(SnapshotObject *self, PyObject *args, PyObject *kwds);
+int sf_result_add_types(PyObject *m);   /* the _FlagsState type */
 int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
                  int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs);
 
