@@ -777,6 +777,7 @@ typedef struct {
     PyObject_HEAD
     afs_items_t it;           /* pass 1's items until built (then empty) */
     PyObject *built;          /* (values, metadata) once built */
+    int failed;               /* building failed (out of memory): the items are gone */
 } FlagsStateObject;
 
 static void FlagsState_dealloc(FlagsStateObject *self)
@@ -790,9 +791,16 @@ static void FlagsState_dealloc(FlagsStateObject *self)
 static PyObject *FlagsState_build(FlagsStateObject *self, PyObject *unused)
 {
     if (self->built == NULL) {
-        self->built = afs_build(&self->it, 0);
-        if (self->built == NULL)
+        if (self->failed) {
+            /* never an empty result in place of the lost one */
+            PyErr_SetString(PyExc_RuntimeError, "this all_flags_state result could not be built");
             return NULL;
+        }
+        self->built = afs_build(&self->it, 0);
+        if (self->built == NULL) {
+            self->failed = 1;
+            return NULL;
+        }
     }
     Py_INCREF(self->built);
     return self->built;
@@ -842,6 +850,7 @@ PyObject *sf_py_all_flags_lazy(SnapshotObject *self, PyObject *args, PyObject *k
     }
     o->it = it;
     o->built = NULL;
+    o->failed = 0;
     return (PyObject *)o;
 }
 
