@@ -103,13 +103,23 @@ PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref)
 PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f)
 {
     sf_flagcache_t *fc = rec->fc;
-    if (fc != NULL && fc->key != NULL)
+    if (fc == NULL)
+        return sf_rec_pystr(so, rec, f->key);
+    if (fc->key != NULL)
         return fc->key;
-    PyObject *k = sf_rec_pystr(so, rec, f->key);
-    if (k != NULL && fc != NULL) {
-        Py_INCREF(k);
-        fc->key = k;
+    /* with a per-flag slot the key is held there only: not interned and not in the generic
+     * cache (each would hold another reference and entry per flag; memory, issue 4) */
+    const char *s = sf_rec_str(rec, f->key);
+    if (s == NULL) {
+        PyErr_SetString(sf_c.exc_corrupt, "corrupt record string");
+        return NULL;
     }
+    PyObject *k = PyUnicode_DecodeUTF8(s, f->key.len, "surrogatepass");
+    if (k == NULL) {
+        PyErr_SetString(sf_c.exc_corrupt, "record string is not UTF-8");
+        return NULL;
+    }
+    fc->key = k;   /* the slot owns it */
     return k;
 }
 
@@ -166,7 +176,6 @@ void sf_flagcache_free(SnapshotObject *so)
         for (uint32_t i = 0; i < SF_FCACHE_PAGE; i++) {
             sf_flagcache_t *fc = &page[i];
             Py_CLEAR(fc->key);
-            Py_CLEAR(fc->version);
             Py_CLEAR(fc->info[0]);
             Py_CLEAR(fc->info[1]);
             if (fc->values != NULL) {
@@ -1212,7 +1221,8 @@ PyObject *sf_deep_copy(PyObject *o, int depth)
 
 /**
  * sf_variation_value() - the value of variation @index (decoded once per
- * Snapshot and cached; dicts and lists copied when @copy).
+ * Snapshot and cached, except one-byte values, which are shared objects; dicts and lists
+ * copied when @copy).
  * Return: new reference, or NULL with an exception set.
  */
 PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f,
@@ -1225,6 +1235,19 @@ PyObject *sf_variation_value(SnapshotObject *so, const sf_rec_t *rec, const sf_f
         return NULL;
     }
     sf_ref_t v = vars[index];
+    if (v.len == 1 && v.off != 0 && (uint64_t)v.off + 2 <= rec->len && rec->p[v.off + 1] == 0) {
+        /* one-byte msgpack values decode to shared objects: built directly, never cached
+         * (most flags are booleans; memory, issue 4).  Same objects as unpack_value gives. */
+        uint8_t b = rec->p[v.off];
+        if (b == 0xc3)
+            Py_RETURN_TRUE;
+        if (b == 0xc2)
+            Py_RETURN_FALSE;
+        if (b == 0xc0)
+            Py_RETURN_NONE;
+        if (b <= 0x7f)
+            return PyLong_FromLong(b);   /* positive fixint: a small int, no allocation */
+    }
     uint64_t key = SF_CACHE_KEY(rec->abs + v.off, SF_TAG_VARIATION);
     sf_flagcache_t *fc = rec->fc;
     if (fc != NULL && fc->values == NULL) {

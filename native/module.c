@@ -77,6 +77,8 @@ static int xxh3_range(PyObject *xxh3, const Py_buffer *v, Py_ssize_t a, Py_ssize
 static void Snapshot_dealloc(SnapshotObject *self)
 {
     sf_cache_clear(&self->cache);
+    for (int i = 0; i < SF_VERS; i++)
+        Py_CLEAR(self->vers[i].o);
     Py_CLEAR(self->unpack);
     Py_CLEAR(self->parse_time);
     Py_CLEAR(self->re_compile);
@@ -424,6 +426,9 @@ static PyMethodDef Snapshot_methods[] = {
     {"all_flags_state", (PyCFunction)(void (*)(void))sf_py_all_flags_state,
      METH_VARARGS | METH_KEYWORDS,
      "all_flags_state(context, with_reasons, client_side_only, details_only_for_tracked_flags, now_ms) -> dict"},
+    {"all_flags_lazy", (PyCFunction)(void (*)(void))sf_py_all_flags_lazy,
+     METH_VARARGS | METH_KEYWORDS,
+     "all_flags_lazy(<all_flags_state's arguments>) -> _FlagsState: evaluated now, dicts built on first use"},
     {"flag_keys", (PyCFunction)Snapshot_flag_keys, METH_NOARGS, "flag_keys() -> sorted list of keys"},
     {"segment_keys", (PyCFunction)Snapshot_segment_keys, METH_NOARGS, "segment_keys() -> sorted list"},
     {"raw_flag", (PyCFunction)Snapshot_raw_flag, METH_VARARGS, "raw_flag(key) -> dict | None"},
@@ -589,6 +594,7 @@ PyMODINIT_FUNC PyInit__native(void)
         || PyModule_AddIntConstant(m, "MAX_DEPTH", SF_MAX_DEPTH) < 0
         || PyModule_AddObject(m, "__all__", Py_BuildValue("[s]", "Snapshot")) < 0
         || sf_events_add_types(m) < 0   /* events.c: _RecorderCore */
+        || sf_result_add_types(m) < 0   /* result.c: _FlagsState */
         || sf_fast_register(m, &SnapshotType) < 0) {   /* the client's fast path (fast.c) */
         Py_DECREF(m);
         return NULL;

@@ -11,8 +11,12 @@
  */
 #include "sf.h"
 
+#include <sys/mman.h>
+
 /* how many flags ahead all_flags_state prefetches record headers */
 #define SF_PREFETCH_AHEAD 4
+/* all_flags_state item arrays of at least this many bytes are mapped by themselves */
+#define SF_AFS_MMAP_MIN (64u * 1024u)
 
 /* Log the pending exception through logging.getLogger("shmflags._native") and clear it. */
 static void log_exception(const char *what, PyObject *key)
@@ -72,28 +76,24 @@ static PyObject *context_map(PyObject *ctx)
     return m;
 }
 
-/* The flag's version as a cached int object (borrowed), or NULL with an exception. */
-static PyObject *version_object(SnapshotObject *self, const sf_rec_t *rec, const sf_flag_rec_t *f)
+/* The flag's version as an int object (new reference), or NULL with an exception.  Versions
+ * go through a small shared table (sf_verslot_t): thousands of flags share a few hundred
+ * distinct versions, and no per-flag object is kept (memory, issue 4). */
+static PyObject *version_object(SnapshotObject *self, int64_t version)
 {
-    if (rec->fc != NULL && rec->fc->version != NULL)
-        return rec->fc->version;
-    uint64_t ck = SF_CACHE_KEY(rec->abs, SF_TAG_VERSION);
-    PyObject *v = rec->fc ? NULL : sf_cache_get(&self->cache, ck);
-    if (v != NULL)
-        return v;
-    v = PyLong_FromLongLong(f->version);
+    long long ver = (long long)version;
+    sf_verslot_t *slot = &self->vers[(unsigned long long)ver % SF_VERS];
+    if (slot->o != NULL && slot->v == ver) {
+        Py_INCREF(slot->o);
+        return slot->o;
+    }
+    PyObject *v = PyLong_FromLongLong(ver);
     if (v == NULL)
         return NULL;
-    if (rec->fc != NULL) {
-        if (rec->fc->version == NULL)
-            rec->fc->version = v;   /* the slot owns it */
-        else
-            Py_DECREF(v);
-        return rec->fc->version;
-    }
-    PyObject *cached = sf_cache_put(&self->cache, ck, v);
-    Py_DECREF(v);
-    return cached;
+    Py_INCREF(v);
+    Py_XSETREF(slot->o, v);   /* the caller's reference keeps v alive either way */
+    slot->v = ver;
+    return v;
 }
 
 /*
@@ -414,6 +414,362 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
     return 1;
 }
 
+/*
+ * afs_item_t - one flag's outcome in all_flags_state(), between the two passes: pass 1
+ * evaluates every flag into a plain C array (and fills the Snapshot's lasting caches while
+ * nothing else is allocated, so they pack densely in the heap), pass 2 builds the result
+ * dicts in one go (their memory is all freed with the result; issue 4).
+ */
+typedef struct afs_item {
+    PyObject *key;            /* owned (the result may outlive the Snapshot) */
+    PyObject *value;          /* owned */
+    PyObject *reason;         /* owned: emitted in the metadata; NULL: not emitted */
+    PyObject *prereqs;        /* owned list of prerequisite keys, or NULL for none */
+    PyObject *debug;          /* owned debugEventsUntilDate, or NULL */
+    PyObject *version;        /* owned int, or NULL when not emitted (AFS_OMIT) */
+    int32_t variation;        /* -1: none */
+    uint32_t bits;            /* AFS_* */
+} afs_item_t;
+
+#define AFS_TRACK   1u        /* trackEvents: true */
+#define AFS_EXP     2u        /* trackReason: true (in an experiment) */
+#define AFS_OMIT    4u        /* details_only_for_tracked_flags: no reason, no version */
+
+/*
+ * The item array: a large one is mapped by itself, so that freeing it returns the memory at
+ * once; from the C heap, glibc would raise its mmap threshold after the first free and keep
+ * later arrays in a heap it does not shrink (the worker's memory, issue 4).  *@map_len is the
+ * mapped length, 0 for a heap block.
+ */
+static afs_item_t *afs_items_alloc(uint32_t cap, size_t *map_len)
+{
+    size_t len = (size_t)(cap ? cap : 1) * sizeof(afs_item_t);
+    *map_len = 0;
+    if (len >= SF_AFS_MMAP_MIN) {
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED) {
+            *map_len = len;
+            return p;
+        }
+    }
+    return PyMem_RawMalloc(len);
+}
+
+static void afs_items_free(afs_item_t *items, uint32_t n, size_t map_len)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        Py_XDECREF(items[i].key);
+        Py_XDECREF(items[i].value);
+        Py_XDECREF(items[i].reason);
+        Py_XDECREF(items[i].prereqs);
+        Py_XDECREF(items[i].debug);
+        Py_XDECREF(items[i].version);
+    }
+    if (map_len > 0)
+        munmap(items, map_len);
+    else
+        PyMem_RawFree(items);
+}
+
+/* Pass 1 for one flag: evaluate it into @it.  Return 1 stored, 0 left out, -1 error. */
+static int afs_eval_one(SnapshotObject *self, PyObject *emap, sf_kmemo_t *memo, uint32_t i,
+                        int with_reasons, int client_only, int details_only, long long now_ms,
+                        afs_item_t *it)
+{
+    const sf_entry_t *ent;
+    sf_rec_t rec;
+    const sf_flag_rec_t *f;
+    if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, i, &ent) != SF_OK
+        || sf_entry_record(&self->snap, ent, &rec) != SF_OK || sf_flag_header(&rec, &f) != SF_OK)
+        return 0;   /* corrupt entry: skipped (validated snapshots never have one) */
+    rec.fc = sf_flag_cache_for(self, ent);
+    if (f->bits & SF_FLAG_DELETED)
+        return 0;
+    if (client_only && !(f->bits & SF_FLAG_CLIENT_SIDE))
+        return 0;
+    PyObject *key = sf_flag_key(self, &rec, f);
+    if (key == NULL)
+        return corrupt_cleared() ? 0 : -1;   /* a damaged record cannot even be named: left out */
+    Py_INCREF(key);
+
+    sf_eval_t e;
+    sf_result_t res;
+    int rc = run_eval(&e, self, emap, &rec, f, &res, 1, memo);
+    PyObject *keys = e.prereq_keys;   /* owned; NULL when no prerequisite was seen */
+    PyObject *reason = NULL, *value = NULL;
+    int exception = 0;
+    if (rc == SF_EPYTHON) {
+        /* ldclient: an exception while evaluating one flag gives ERROR/EXCEPTION */
+        log_exception("Error evaluating flag in all_flags_state", key);
+        exception = 1;
+        Py_CLEAR(keys);
+    }
+    if (rc != SF_OK) {
+        memset(&res, 0, sizeof(res));
+        res.kind = SF_R_ERROR;
+        res.variation = -1;
+        Py_CLEAR(e.bigseg_status);
+    }
+    Py_CLEAR(e.events);
+    Py_CLEAR(e.bigseg_cache);
+    int exp = exception ? 0 : sf_is_experiment(&rec, f, &res);
+    if (!(with_reasons || exp)) {
+        reason = Py_None;   /* not emitted: skip building it */
+        Py_INCREF(reason);
+    } else if (exception) {
+        reason = error_reason(sf_c.s_EXCEPTION);
+    } else {
+        reason = sf_make_reason(&e, &rec, &res);
+        if (reason != NULL && e.bigseg_status
+            && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
+            Py_CLEAR(reason);
+        if (reason == NULL && corrupt_cleared()) {
+            res.kind = SF_R_ERROR;   /* damaged record: MALFORMED_FLAG */
+            res.variation = -1;
+            res.in_experiment = 0;
+            reason = error_reason(sf_c.s_MALFORMED_FLAG);
+        }
+    }
+    Py_CLEAR(e.bigseg_status);
+    if (res.variation >= 0) {
+        value = sf_variation_value(self, &rec, f, res.variation, 1);
+        if (value == NULL && corrupt_cleared()) {
+            res.variation = -1;   /* damaged value blob: MALFORMED_FLAG */
+            res.kind = SF_R_ERROR;
+            res.in_experiment = 0;
+            Py_CLEAR(reason);
+            reason = with_reasons ? error_reason(sf_c.s_MALFORMED_FLAG) : (Py_INCREF(Py_None), Py_None);
+            value = Py_None;
+            Py_INCREF(value);
+        }
+    } else {
+        value = Py_None;
+        Py_INCREF(value);
+    }
+    PyObject *debug = NULL;
+    double dd = 0;
+    int ok = reason != NULL && value != NULL;
+    if (ok && (f->bits & SF_FLAG_HAS_DEBUG)) {
+        const sf_value_t *d = &f->debug_date;
+        if (d->type == SF_V_INT) {
+            debug = PyLong_FromLongLong((int64_t)d->payload);
+            dd = (double)(int64_t)d->payload;
+        } else if (d->type == SF_V_FLOAT) {
+            memcpy(&dd, &d->payload, 8);
+            debug = PyFloat_FromDouble(dd);
+        } else if (d->type == SF_V_TRUE || d->type == SF_V_FALSE) {
+            dd = d->type == SF_V_TRUE;
+            debug = PyBool_FromLong(d->type == SF_V_TRUE);
+        }
+        ok = !(debug == NULL && PyErr_Occurred());   /* another type: damaged, none */
+    }
+    if (!ok) {
+        Py_DECREF(key);
+        Py_XDECREF(reason);
+        Py_XDECREF(value);
+        Py_XDECREF(keys);
+        Py_XDECREF(debug);
+        return -1;
+    }
+    int track = (f->bits & SF_FLAG_TRACK_EVENTS) || exp;
+    uint32_t bits = (track ? AFS_TRACK : 0u) | (exp ? AFS_EXP : 0u);
+    if (details_only && !track && !exp && !(debug != NULL && dd > (double)now_ms))
+        bits |= AFS_OMIT;
+    if (!(with_reasons || exp) || (bits & AFS_OMIT))
+        Py_CLEAR(reason);   /* invariant: items[i].reason != NULL <=> "reason" is emitted */
+    /* made here, not in pass 2: the version table keeps some of these objects, and a lasting
+     * object among pass 2's short-lived ones would pin their heap arena after the result
+     * is freed */
+    PyObject *version = NULL;
+    if (!(bits & AFS_OMIT) && (version = version_object(self, f->version)) == NULL) {
+        Py_DECREF(key);
+        Py_XDECREF(reason);
+        Py_XDECREF(value);
+        Py_XDECREF(keys);
+        Py_XDECREF(debug);
+        return -1;
+    }
+    if (keys != NULL && PyList_GET_SIZE(keys) == 0)
+        Py_CLEAR(keys);
+    it->key = key;
+    it->value = value;
+    it->reason = reason;
+    it->prereqs = keys;
+    it->debug = debug;
+    it->version = version;
+    it->variation = res.variation;
+    it->bits = bits;
+    return 1;
+}
+
+/* Pass 2 for one flag: its metadata dict (ldclient's key order), new reference or NULL. */
+static PyObject *afs_meta(const afs_item_t *it)
+{
+    PyObject *meta = PyDict_New();
+    if (meta == NULL)
+        return NULL;
+    int ok = 1;
+    if (it->reason != NULL)
+        ok = PyDict_SetItem(meta, sf_c.s_reason, it->reason) == 0;
+    if (ok && it->version != NULL)
+        ok = PyDict_SetItem(meta, sf_c.s_version, it->version) == 0;
+    if (ok && it->prereqs != NULL)
+        ok = PyDict_SetItem(meta, sf_c.s_prerequisites, it->prereqs) == 0;
+    if (ok && it->variation >= 0) {
+        PyObject *v = PyLong_FromLong(it->variation);
+        ok = v != NULL && PyDict_SetItem(meta, sf_c.s_variation, v) == 0;
+        Py_XDECREF(v);
+    }
+    if (ok && (it->bits & AFS_TRACK))
+        ok = PyDict_SetItem(meta, sf_c.s_trackEvents, Py_True) == 0;
+    if (ok && (it->bits & AFS_EXP))
+        ok = PyDict_SetItem(meta, sf_c.s_trackReason, Py_True) == 0;
+    if (ok && it->debug != NULL)
+        ok = PyDict_SetItem(meta, sf_c.s_debugEventsUntilDate, it->debug) == 0;
+    if (!ok)
+        Py_CLEAR(meta);
+    return meta;
+}
+
+/*
+ * afs_items_t - pass 1's outcome for one context: the evaluated flags in key order.
+ * Invariant: items[0..n) hold owned references (afs_item_t), released by afs_items_free.
+ */
+typedef struct afs_items {
+    afs_item_t *items;
+    uint32_t n;
+    size_t map_len;
+} afs_items_t;
+
+/* Pass 1 of all_flags_state(): parse the arguments, evaluate every flag.  0 or -1 (error). */
+static int afs_collect(SnapshotObject *self, PyObject *args, PyObject *kwds, const char *fname,
+                       afs_items_t *out)
+{
+    static char *kwlist[] = {"context", "with_reasons", "client_side_only",
+                             "details_only_for_tracked_flags", "now_ms", NULL};
+    char fmt[64];
+    PyObject *ctx;
+    int with_reasons = 0, client_only = 0, details_only = 0;
+    long long now_ms = 0;
+    snprintf(fmt, sizeof(fmt), "O|pppL:%s", fname);
+    out->items = NULL;
+    out->n = 0;
+    out->map_len = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, fmt, kwlist, &ctx,
+                                     &with_reasons, &client_only, &details_only, &now_ms))
+        return -1;
+    PyObject *emap = context_map(ctx);
+    if (emap == NULL)
+        return -1;
+    uint32_t cap = self->snap.n_flags;
+    out->items = afs_items_alloc(cap, &out->map_len);
+    if (out->items == NULL) {
+        Py_DECREF(emap);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int gc_was_enabled = 0;
+    (void)gc_was_enabled;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* the evaluations allocate few objects that live; no collection is needed meanwhile */
+    gc_was_enabled = PyGC_Disable();
+#endif
+    sf_kmemo_t memo;   /* one context for every flag: its keys are hashed once per call */
+    memo.n = 0;
+    int rc = 0;
+    for (uint32_t i = 0; i < cap; i++) {
+#if defined(__GNUC__)
+        /* records lie far apart in a large snapshot: start loading a later flag's header
+         * while this one is evaluated (a hint only; the read itself is checked later) */
+        const sf_entry_t *ahead;
+        if (i + SF_PREFETCH_AHEAD < cap
+            && sf_snapshot_entry_at(&self->snap, SF_FLAGS, i + SF_PREFETCH_AHEAD, &ahead) == SF_OK
+            && (uint64_t)ahead->rec_off + SF_FLAG_REC_SIZE <= self->snap.size) {
+            __builtin_prefetch(self->snap.base + ahead->rec_off);
+            __builtin_prefetch(self->snap.base + ahead->rec_off + 64);
+        }
+#endif
+        rc = afs_eval_one(self, emap, &memo, i, with_reasons, client_only, details_only,
+                          now_ms, &out->items[out->n]);
+        if (rc < 0)
+            break;
+        out->n += (uint32_t)rc;
+    }
+    sf_kmemo_clear(&memo);
+    Py_DECREF(emap);
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
+    if (rc < 0) {
+        afs_items_free(out->items, out->n, out->map_len);
+        out->items = NULL;
+        out->n = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* 1 if @key is "$flagsState" or "$valid" (the JSON's own members), else 0 */
+static int afs_reserved_key(PyObject *key)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(key);
+    if ((len != 6 && len != 11) || PyUnicode_READ_CHAR(key, 0) != '$')
+        return 0;
+    return PyUnicode_Compare(key, sf_c.s_flagsState) == 0 || PyUnicode_Compare(key, sf_c.s_valid) == 0;
+}
+
+/*
+ * Pass 2 of all_flags_state(): the result dicts, then the items are released.
+ * @full 1: ldclient's to_json_dict() (values, then "$flagsState" and "$valid"), one dict;
+ * @full 0: the tuple (values, metadata), values without a flag named "$flagsState" or
+ *          "$valid" (exactly what FeatureFlagsState keeps of the full form).
+ * Return: new reference, or NULL with an exception set.
+ */
+static PyObject *afs_build(afs_items_t *it, int full)
+{
+    PyObject *values = PyDict_New(), *meta_all = PyDict_New(), *ret = NULL;
+    int gc_was_enabled = 0;
+    (void)gc_was_enabled;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* thousands of small acyclic dicts would trigger young-generation collections that
+     * traverse the growing result again and again; restored below */
+    gc_was_enabled = PyGC_Disable();
+#endif
+    if (values == NULL || meta_all == NULL)
+        goto done;
+    for (uint32_t i = 0; i < it->n; i++) {
+        const afs_item_t *x = &it->items[i];
+        PyObject *meta = afs_meta(x);
+        int ok = meta != NULL && PyDict_SetItem(meta_all, x->key, meta) == 0
+                 && ((!full && afs_reserved_key(x->key))
+                     || PyDict_SetItem(values, x->key, x->value) == 0);
+        Py_XDECREF(meta);
+        if (!ok)
+            goto done;
+    }
+    if (full) {
+        if (PyDict_SetItem(values, sf_c.s_flagsState, meta_all) == 0
+            && PyDict_SetItem(values, sf_c.s_valid, Py_True) == 0) {
+            ret = values;
+            values = NULL;
+        }
+    } else {
+        ret = PyTuple_Pack(2, values, meta_all);
+    }
+done:
+    Py_XDECREF(values);
+    Py_XDECREF(meta_all);
+    afs_items_free(it->items, it->n, it->map_len);
+    it->items = NULL;
+    it->n = 0;
+#if PY_VERSION_HEX >= 0x030A0000
+    if (gc_was_enabled)
+        PyGC_Enable();
+#endif
+    return ret;
+}
+
 /**
  * sf_py_all_flags_state() - Snapshot.all_flags_state(...): ldclient's
  * FeatureFlagsState.to_json_dict() for a valid context, built in C (no events).
@@ -421,184 +777,111 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
  */
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"context", "with_reasons", "client_side_only",
-                             "details_only_for_tracked_flags", "now_ms", NULL};
-    PyObject *ctx;
-    int with_reasons = 0, client_only = 0, details_only = 0;
-    long long now_ms = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pppL:all_flags_state", kwlist, &ctx,
-                                     &with_reasons, &client_only, &details_only, &now_ms))
+    afs_items_t it;
+    if (afs_collect(self, args, kwds, "all_flags_state", &it) < 0)
         return NULL;
-    PyObject *emap = context_map(ctx);
-    if (emap == NULL)
-        return NULL;
-    int gc_was_enabled = 0;
-    (void)gc_was_enabled;
-    sf_kmemo_t memo;   /* one context for every flag: its keys are hashed once per call */
-    memo.n = 0;
-    PyObject *out = PyDict_New(), *meta_all = PyDict_New();
-    if (out == NULL || meta_all == NULL)
-        goto fail;
-#if PY_VERSION_HEX >= 0x030A0000
-    /* thousands of small acyclic dicts would trigger young-generation collections that
-     * traverse the growing result again and again; restored on every exit below */
-    gc_was_enabled = PyGC_Disable();
-#endif
-    for (uint32_t i = 0; i < self->snap.n_flags; i++) {
-#if defined(__GNUC__)
-        /* records lie far apart in a large snapshot: start loading a later flag's header
-         * while this one is evaluated (a hint only; the read itself is checked later) */
-        const sf_entry_t *ahead;
-        if (i + SF_PREFETCH_AHEAD < self->snap.n_flags
-            && sf_snapshot_entry_at(&self->snap, SF_FLAGS, i + SF_PREFETCH_AHEAD, &ahead) == SF_OK
-            && (uint64_t)ahead->rec_off + SF_FLAG_REC_SIZE <= self->snap.size) {
-            __builtin_prefetch(self->snap.base + ahead->rec_off);
-            __builtin_prefetch(self->snap.base + ahead->rec_off + 64);
-        }
-#endif
-        const sf_entry_t *ent;
-        sf_rec_t rec;
-        const sf_flag_rec_t *f;
-        if (sf_snapshot_entry_at(&self->snap, SF_FLAGS, i, &ent) != SF_OK
-            || sf_entry_record(&self->snap, ent, &rec) != SF_OK || sf_flag_header(&rec, &f) != SF_OK)
-            continue;   /* corrupt entry: skipped (validated snapshots never have one) */
-        rec.fc = sf_flag_cache_for(self, ent);
-        if (f->bits & SF_FLAG_DELETED)
-            continue;
-        if (client_only && !(f->bits & SF_FLAG_CLIENT_SIDE))
-            continue;
-        PyObject *key = sf_flag_key(self, &rec, f);
-        if (key == NULL) {
-            if (corrupt_cleared())
-                continue;   /* a damaged record cannot even be named: left out */
-            goto fail;
-        }
+    return afs_build(&it, 1);
+}
 
-        sf_eval_t e;
-        sf_result_t res;
-        int rc = run_eval(&e, self, emap, &rec, f, &res, 1, &memo);
-        PyObject *keys = e.prereq_keys;   /* owned; NULL when no prerequisite was seen */
-        PyObject *reason = NULL, *value = NULL;
-        int exception = 0;
-        if (rc == SF_EPYTHON) {
-            /* ldclient: an exception while evaluating one flag gives ERROR/EXCEPTION */
-            log_exception("Error evaluating flag in all_flags_state", key);
-            exception = 1;
-            Py_CLEAR(keys);
+/*
+ * _FlagsState: all_flags_state() evaluated, its dicts not built yet (FeatureFlagsState builds
+ * them on first use: most of the cost of a result is its 10,000 small dicts, and a caller
+ * that only wants the object, or nothing, pays none of it).
+ * Invariants: it holds no reference to the Snapshot (a result may outlive its generation);
+ * the objects it owns (keys, copied values, reasons, prerequisite lists) are reachable from
+ * nothing else until built, so it cannot be part of a reference cycle and is not a GC type;
+ * once built it keeps only the (values, metadata) tuple, returned by every later call.
+ */
+typedef struct {
+    PyObject_HEAD
+    afs_items_t it;           /* pass 1's items until built (then empty) */
+    PyObject *built;          /* (values, metadata) once built */
+    int failed;               /* building failed (out of memory): the items are gone */
+} FlagsStateObject;
+
+static void FlagsState_dealloc(FlagsStateObject *self)
+{
+    if (self->it.items != NULL)
+        afs_items_free(self->it.items, self->it.n, self->it.map_len);
+    Py_XDECREF(self->built);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *FlagsState_build(FlagsStateObject *self, PyObject *unused)
+{
+    if (self->built == NULL) {
+        if (self->failed) {
+            /* never an empty result in place of the lost one */
+            PyErr_SetString(PyExc_RuntimeError, "this all_flags_state result could not be built");
+            return NULL;
         }
-        if (rc != SF_OK) {
-            memset(&res, 0, sizeof(res));
-            res.kind = SF_R_ERROR;
-            res.variation = -1;
-            Py_CLEAR(e.bigseg_status);
+        self->built = afs_build(&self->it, 0);
+        if (self->built == NULL) {
+            self->failed = 1;
+            return NULL;
         }
-        Py_CLEAR(e.events);
-        Py_CLEAR(e.bigseg_cache);
-        int exp = exception ? 0 : sf_is_experiment(&rec, f, &res);
-        if (!(with_reasons || exp)) {
-            reason = Py_None;   /* not emitted: skip building it */
-            Py_INCREF(reason);
-        } else if (exception) {
-            reason = error_reason(sf_c.s_EXCEPTION);
-        } else {
-            reason = sf_make_reason(&e, &rec, &res);
-            if (reason != NULL && e.bigseg_status
-                && PyDict_SetItem(reason, sf_c.s_bigSegmentsStatus, e.bigseg_status) < 0)
-                Py_CLEAR(reason);
-            if (reason == NULL && corrupt_cleared()) {
-                res.kind = SF_R_ERROR;   /* damaged record: MALFORMED_FLAG */
-                res.variation = -1;
-                res.in_experiment = 0;
-                reason = error_reason(sf_c.s_MALFORMED_FLAG);
-            }
-        }
-        if (res.variation >= 0) {
-            value = sf_variation_value(self, &rec, f, res.variation, 1);
-            if (value == NULL && corrupt_cleared()) {
-                res.variation = -1;   /* damaged value blob: MALFORMED_FLAG */
-                res.kind = SF_R_ERROR;
-                res.in_experiment = 0;
-                Py_CLEAR(reason);
-                reason = with_reasons ? error_reason(sf_c.s_MALFORMED_FLAG) : (Py_INCREF(Py_None), Py_None);
-                value = Py_None;
-                Py_INCREF(value);
-            }
-        } else {
-            value = Py_None;
-            Py_INCREF(value);
-        }
-        PyObject *meta = PyDict_New();
-        int ok = reason != NULL && value != NULL && meta != NULL
-                 && PyDict_SetItem(out, key, value) == 0;
-        if (ok) {
-            int track = (f->bits & SF_FLAG_TRACK_EVENTS) || exp;
-            PyObject *debug = NULL;
-            double dd = 0;
-            if (f->bits & SF_FLAG_HAS_DEBUG) {
-                const sf_value_t *d = &f->debug_date;
-                if (d->type == SF_V_INT) {
-                    debug = PyLong_FromLongLong((int64_t)d->payload);
-                    dd = (double)(int64_t)d->payload;
-                } else if (d->type == SF_V_FLOAT) {
-                    memcpy(&dd, &d->payload, 8);
-                    debug = PyFloat_FromDouble(dd);
-                } else if (d->type == SF_V_TRUE || d->type == SF_V_FALSE) {
-                    dd = d->type == SF_V_TRUE;
-                    debug = PyBool_FromLong(d->type == SF_V_TRUE);
-                }
-                ok = !(debug == NULL && PyErr_Occurred());   /* another type: damaged, none */
-            }
-            int omit = details_only && !track && !exp && !(debug != NULL && dd > (double)now_ms);
-            if (ok && (with_reasons || exp) && !omit)
-                ok = PyDict_SetItem(meta, sf_c.s_reason, reason) == 0;
-            if (ok && !omit) {
-                PyObject *v = version_object(self, &rec, f);
-                ok = v != NULL && PyDict_SetItem(meta, sf_c.s_version, v) == 0;
-            }
-            if (ok && keys != NULL && PyList_GET_SIZE(keys) > 0)
-                ok = PyDict_SetItem(meta, sf_c.s_prerequisites, keys) == 0;
-            if (ok && res.variation >= 0) {
-                PyObject *v = PyLong_FromLong(res.variation);
-                ok = v != NULL && PyDict_SetItem(meta, sf_c.s_variation, v) == 0;
-                Py_XDECREF(v);
-            }
-            if (ok && track)
-                ok = PyDict_SetItem(meta, sf_c.s_trackEvents, Py_True) == 0;
-            if (ok && exp)
-                ok = PyDict_SetItem(meta, sf_c.s_trackReason, Py_True) == 0;
-            if (ok && debug != NULL)
-                ok = PyDict_SetItem(meta, sf_c.s_debugEventsUntilDate, debug) == 0;
-            Py_XDECREF(debug);
-            if (ok)
-                ok = PyDict_SetItem(meta_all, key, meta) == 0;
-        }
-        Py_XDECREF(meta);
-        Py_CLEAR(e.bigseg_status);
-        Py_XDECREF(reason);
-        Py_XDECREF(value);
-        Py_XDECREF(keys);
-        if (!ok)
-            goto fail;
     }
-    if (PyDict_SetItem(out, sf_c.s_flagsState, meta_all) < 0
-        || PyDict_SetItem(out, sf_c.s_valid, Py_True) < 0)
-        goto fail;
-    Py_DECREF(meta_all);
-    sf_kmemo_clear(&memo);
-    Py_DECREF(emap);
-#if PY_VERSION_HEX >= 0x030A0000
-    if (gc_was_enabled)
-        PyGC_Enable();
-#endif
-    return out;
-fail:
-    Py_XDECREF(out);
-    Py_XDECREF(meta_all);
-    sf_kmemo_clear(&memo);
-    Py_DECREF(emap);
-#if PY_VERSION_HEX >= 0x030A0000
-    if (gc_was_enabled)
-        PyGC_Enable();
-#endif
-    return NULL;
+    Py_INCREF(self->built);
+    return self->built;
+}
+
+static Py_ssize_t FlagsState_len(FlagsStateObject *self)
+{
+    return self->built != NULL ? PyDict_GET_SIZE(PyTuple_GET_ITEM(self->built, 1))
+                               : (Py_ssize_t)self->it.n;
+}
+
+static PyMethodDef FlagsState_methods[] = {
+    {"build", (PyCFunction)FlagsState_build, METH_NOARGS,
+     "build() -> (values, metadata): the dicts FeatureFlagsState keeps (built once)"},
+    {NULL, NULL, 0, NULL}
+};
+
+static PySequenceMethods FlagsState_seq = {
+    .sq_length = (lenfunc)FlagsState_len,
+};
+
+static PyTypeObject FlagsStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmflags._native._FlagsState",
+    .tp_basicsize = sizeof(FlagsStateObject),
+    .tp_dealloc = (destructor)FlagsState_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "all_flags_state() evaluated; build() makes its dicts once (FeatureFlagsState)",
+    .tp_methods = FlagsState_methods,
+    .tp_as_sequence = &FlagsState_seq,
+};
+
+/**
+ * sf_py_all_flags_lazy() - Snapshot.all_flags_lazy(...): all_flags_state()'s evaluation now,
+ * its dicts when first asked for (a _FlagsState).
+ * Return: new reference, or NULL with an exception set.
+ */
+PyObject *sf_py_all_flags_lazy(SnapshotObject *self, PyObject *args, PyObject *kwds)
+{
+    afs_items_t it;
+    if (afs_collect(self, args, kwds, "all_flags_lazy", &it) < 0)
+        return NULL;
+    FlagsStateObject *o = PyObject_New(FlagsStateObject, &FlagsStateType);
+    if (o == NULL) {
+        afs_items_free(it.items, it.n, it.map_len);
+        return NULL;
+    }
+    o->it = it;
+    o->built = NULL;
+    o->failed = 0;
+    return (PyObject *)o;
+}
+
+/* Add the _FlagsState type to the module (module.c). */
+int sf_result_add_types(PyObject *m)
+{
+    if (PyType_Ready(&FlagsStateType) < 0)
+        return -1;
+    Py_INCREF(&FlagsStateType);
+    if (PyModule_AddObject(m, "_FlagsState", (PyObject *)&FlagsStateType) < 0) {
+        Py_DECREF(&FlagsStateType);
+        return -1;
+    }
+    return 0;
 }

@@ -109,20 +109,21 @@ int sf_entry_raw(const sf_snap_t *s, const sf_entry_t *e, const uint8_t **raw, u
  * generic cache per object.  Filled lazily; owned by the Snapshot.  Slots live in pages of
  * SF_FCACHE_PAGE, allocated when a flag of the page is first evaluated: a worker that
  * switches to a new generation and evaluates a few flags allocates (and later frees) a few
- * KiB, not n_flags * 48 bytes (480 KB zeroed and walked per switch at 10,000 flags).
+ * KiB, not a slot per flag (~0.5 MB zeroed and walked per switch at 10,000 flags).
  */
 typedef struct sf_flagcache {
-    PyObject *key;            /* str */
-    PyObject *version;        /* int */
+    PyObject *key;            /* str: not interned and not in the generic cache (held once) */
     PyObject *info[2];        /* info tuples without / with the experiment bit */
-    PyObject **values;        /* decoded variations (nvalues of them), or NULL */
+    PyObject **values;        /* decoded variations (nvalues of them), or NULL; variations
+                               * that decode to singletons (true/false/null/0..127) are not
+                               * stored: sf_variation_value() makes them without a cache */
     uint32_t nvalues;
     uint32_t rec_off, rec_len;/* record span, 0 until known */
     uint32_t rank;            /* the slot's own rank (flag_lookup stores it) */
-} sf_flagcache_t;
+} sf_flagcache_t;             /* 56 bytes: all_flags_state fills one per flag (memory, issue 4) */
 
 #define SF_FCACHE_SHIFT 6u
-#define SF_FCACHE_PAGE  (1u << SF_FCACHE_SHIFT)   /* slots per page: 64 x 48 B = 3 KiB */
+#define SF_FCACHE_PAGE  (1u << SF_FCACHE_SHIFT)   /* slots per page: 64 x 56 B = 3.5 KiB */
 
 /* sf_rec_t - a bounds-checked view of one compiled record. */
 typedef struct sf_rec {
@@ -187,7 +188,6 @@ void sf_cache_clear(sf_cache_t *c);
 #define SF_TAG_VALUE     3u
 #define SF_TAG_REGEX     4u
 #define SF_TAG_INFO      5u
-#define SF_TAG_VERSION   6u
 #define SF_CACHE_KEY(abs_off, tag) (((uint64_t)(abs_off) << 3) | (tag))
 
 /*
@@ -200,6 +200,17 @@ void sf_cache_clear(sf_cache_t *c);
  */
 #define SF_STRS 256
 #define SF_STRS_MAXLEN 32
+/*
+ * sf_verslot_t - flag versions as int objects, shared by every flag of one version: a
+ * direct-mapped table (version mod SF_VERS) instead of one int object per flag.  A slot owns
+ * its object; a collision replaces it (the caller holds its own reference meanwhile).
+ */
+#define SF_VERS 256
+typedef struct sf_verslot {
+    long long v;
+    PyObject *o;              /* int, or NULL (empty slot) */
+} sf_verslot_t;
+
 typedef struct sf_strslot {
     uint64_t h;               /* content hash (sf_rec_pystr) */
     PyObject *s;              /* compact ASCII str, or NULL (empty slot) */
@@ -228,6 +239,7 @@ typedef struct {
     uint32_t n_fpages;
     uint32_t entries_base;   /* entry offset of rank 0 */
     sf_strslot_t strs[SF_STRS];   /* short record strings by content (eval.c sf_rec_pystr) */
+    sf_verslot_t vers[SF_VERS];   /* flag versions (result.c version_object) */
 } SnapshotObject;
 
 /* interned strings and constant objects, created once at module init */
@@ -313,6 +325,8 @@ int sf_is_experiment(const sf_rec_t *rec, const sf_flag_rec_t *f, const sf_resul
 /* Python-facing results (result.c) */
 PyObject *sf_py_evaluate(SnapshotObject *self, PyObject *const *args, Py_ssize_t nargs);
 PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *kwds);
+PyObject *sf_py_all_flags_lazy(SnapshotObject *self, PyObject *args, PyObject *kwds);
+int sf_result_add_types(PyObject *m);   /* the _FlagsState type */
 int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject **value,
                  int32_t *index, PyObject **reason, PyObject **info, PyObject **prereqs,
                  PyObject **ev_reason);

@@ -2,7 +2,7 @@
 
 The backend contract is in docs/internals.md; ``shmflags._pure`` implements the same names.
 """
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 EvalTuple = Tuple[Any, Optional[int], dict, Optional[Tuple[int, int, Any, Optional[int]]], tuple]
 
@@ -28,6 +28,9 @@ class Snapshot:
     def evaluate(self, key: str, context: Any) -> EvalTuple: ...
     def all_flags_state(self, context: Any, with_reasons: bool = ..., client_side_only: bool = ...,
                         details_only_for_tracked_flags: bool = ..., now_ms: int = ...) -> dict: ...
+    def all_flags_lazy(self, context: Any, with_reasons: bool = ..., client_side_only: bool = ...,
+                       details_only_for_tracked_flags: bool = ...,
+                       now_ms: int = ...) -> "_FlagsState": ...
     def flag_keys(self) -> List[str]: ...
     def segment_keys(self) -> List[str]: ...
     def raw_flag(self, key: str) -> Optional[dict]: ...
@@ -44,6 +47,12 @@ def _strerror(code: int) -> str: ...
 # -- private: the worker client's hot path (native/fast.c) and event counting (native/events.c)
 
 _SLOW: object
+
+class _FlagsState:
+    """``Snapshot.all_flags_lazy``'s result: every flag evaluated, its dicts not built yet."""
+    def build(self) -> Tuple[Dict[str, Any], Dict[str, Any]]: ...
+    def __len__(self) -> int: ...
+
 
 class _Watch:
     """``ShmSource.current()`` in C: one acquire load of the control block's generation."""

@@ -139,6 +139,18 @@ class Snapshot:
         return self._backend.all_flags_state(context, with_reasons, client_side_only,
                                              details_only_for_tracked_flags, now_ms)
 
+    def all_flags_lazy(self, context: Any, with_reasons: bool = False,
+                       client_side_only: bool = False,
+                       details_only_for_tracked_flags: bool = False,
+                       now_ms: int = 0) -> "_FlagsState":
+        """:meth:`all_flags_state` in the C backend's lazy form (``_native._FlagsState``).
+
+        Here the dicts are built at once (the Python evaluator builds them as it goes); the
+        object only gives the client one shape for both backends.
+        """
+        return _FlagsState(self.all_flags_state(context, with_reasons, client_side_only,
+                                                details_only_for_tracked_flags, now_ms))
+
     def flag_keys(self) -> List[str]:
         """Every flag key, sorted (a new list each call).
 
@@ -163,3 +175,21 @@ class Snapshot:
     def __repr__(self) -> str:
         return (f"<shmflags._pure.Snapshot generation={self.generation} "
                 f"flags={self.flag_count} segments={self.segment_count}>")
+
+
+class _FlagsState:
+    """``all_flags_lazy``'s result (same API as ``_native._FlagsState``) over a built dict."""
+
+    __slots__ = ("_built",)
+
+    def __init__(self, state: Dict[str, Any]) -> None:
+        meta = state.pop("$flagsState", None) or {}
+        state.pop("$valid", None)
+        self._built = (state, meta)
+
+    def build(self) -> tuple:
+        """``(values, metadata)``: the same pair on every call."""
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self._built[1])

@@ -686,7 +686,9 @@ class Client:
             if not ctx.valid:
                 log.warning("Context was invalid for all_flags_state (%s)", ctx.error)
                 return FeatureFlagsState(False)
-            state = snapshot.all_flags_state(
+            # the C evaluator's lazy form when there is one: the dicts are built on first use
+            compute = getattr(snapshot, "all_flags_lazy", None) or snapshot.all_flags_state
+            state = compute(
                 ctx, bool(with_reasons), bool(client_side_only),
                 bool(details_only_for_tracked_flags), int(time.time() * 1000))
         except Exception as exc:  # noqa: BLE001

@@ -18,25 +18,52 @@ class FeatureFlagsState:
     :meth:`to_json_dict`, :meth:`to_json_string`; plus equality by JSON content.
 
     :param valid: ``False`` when the state could not be computed (invalid context, no data)
-    :param state: the backend's output (``{key: value, ..., "$flagsState": {...}}``); the
-        object takes ownership of it
+    :param state: the backend's output (``{key: value, ..., "$flagsState": {...}}``), or the
+        C evaluator's evaluated-but-not-built result (``_native._FlagsState``, from
+        ``Snapshot.all_flags_lazy``: its dicts are built on first use, which is most of the
+        cost of a result; every method behaves as with the dict); the object takes
+        ownership of it
     """
 
-    __slots__ = ("_values", "_metadata", "_valid")
+    __slots__ = ("_values_d", "_metadata_d", "_valid", "_lazy")
 
-    def __init__(self, valid: bool, state: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, valid: bool, state: Any = None) -> None:
         self._valid = bool(valid)
-        values: Dict[str, Any] = {}
-        metadata: Dict[str, Any] = {}
-        if state:
+        self._lazy: Any = None
+        values: Optional[Dict[str, Any]] = {}
+        metadata: Optional[Dict[str, Any]] = {}
+        if state is not None and not isinstance(state, dict) and hasattr(state, "build"):
+            self._lazy = state
+            values = metadata = None
+        elif state:
             # The object owns ``state``: the two special keys are taken out of it in O(1),
             # and what remains (in order) is the values map. No flag key can clash with them
             # (a flag named "$valid" would be overwritten in the backend's output anyway).
             values = state if type(state) is dict else dict(state)
             metadata = values.pop("$flagsState", None) or {}
             values.pop("$valid", None)
-        self._values = values
-        self._metadata = metadata
+        self._values_d = values
+        self._metadata_d = metadata
+
+    def _build(self) -> None:
+        # build() returns the same (values, metadata) pair on every call, so two threads
+        # racing here both store the same dicts
+        values, metadata = self._lazy.build()
+        self._values_d = values
+        self._metadata_d = metadata
+        self._lazy = None
+
+    @property
+    def _values(self) -> Dict[str, Any]:
+        if self._values_d is None:
+            self._build()
+        return self._values_d  # type: ignore[return-value]
+
+    @property
+    def _metadata(self) -> Dict[str, Any]:
+        if self._metadata_d is None:
+            self._build()
+        return self._metadata_d  # type: ignore[return-value]
 
     @property
     def valid(self) -> bool:

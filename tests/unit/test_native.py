@@ -467,3 +467,77 @@ def test_deeply_nested_variation_values_are_copied(N):
     got = c.evaluate("d", Context.create("k"))
     assert got == py.evaluate("d", Context.create("k"))
     assert got[0] == deep and got[0] is not deep
+
+
+def _lazy_flags():
+    """Flags covering every metadata member, two keys equal to the JSON's own members, and
+    values of every kind (shared singletons, cached strings, copied dicts)."""
+    return {
+        "a": flag("a", trackEvents=True, debugEventsUntilDate=5, version=700),
+        "b": flag("b", variations=["x", "y", "z"], fallthrough={"variation": 2}),
+        "c": flag("c", variations=[{"k": [1, 2]}, {}], fallthrough={"variation": 0}),
+        "d": flag("d", prerequisites=[{"key": "a", "variation": 1}], clientSide=True),
+        "e": flag("e", fallthrough={"rollout": {"kind": "experiment", "variations": [
+            {"variation": 0, "weight": 50000}, {"variation": 1, "weight": 50000}]}}),
+        "f": flag("f", on=False, offVariation=None, debugEventsUntilDate=10**13),
+        "g": flag("g", variations=[7, 1000, None], fallthrough={"variation": 1}),
+        "$valid": flag("$valid"),
+        "$flagsState": flag("$flagsState", variations=[3, 4]),
+    }
+
+
+@pytest.mark.parametrize("opts", [(w, c, d) for w in (False, True) for c in (False, True)
+                                  for d in (False, True)])
+def test_all_flags_lazy_builds_what_all_flags_state_gives(N, opts):
+    from shmflags.client.flags_state import FeatureFlagsState
+    c, py = both(N, _lazy_flags())
+    for ctx in (Context.create("k"), Context.create("other-key")):
+        full = c.all_flags_state(ctx, *opts, 1000)
+        assert full == py.all_flags_state(ctx, *opts, 1000)
+        lazy = c.all_flags_lazy(ctx, *opts, 1000)
+        assert len(lazy) == len(full["$flagsState"])
+        values, meta = lazy.build()
+        assert lazy.build()[0] is values and lazy.build()[1] is meta   # built once
+        assert len(lazy) == len(meta)
+        expect = dict(full)
+        assert meta == expect.pop("$flagsState") and expect.pop("$valid") is True
+        expect.pop("$valid", None)
+        expect.pop("$flagsState", None)
+        assert list(values.items()) == list(expect.items())   # same keys in the same order
+        # FeatureFlagsState behaves the same over either form, in every method
+        a = FeatureFlagsState(True, dict(full))
+        b = FeatureFlagsState(True, c.all_flags_lazy(ctx, *opts, 1000))
+        p = FeatureFlagsState(True, py.all_flags_lazy(ctx, *opts, 1000))
+        assert repr(a) == repr(b) == repr(p)
+        for key in list(_lazy_flags()) + ["nope"]:
+            assert a.get_flag_value(key) == b.get_flag_value(key) == p.get_flag_value(key)
+            assert a.get_flag_reason(key) == b.get_flag_reason(key) == p.get_flag_reason(key)
+        assert a.to_values_map() == b.to_values_map() == p.to_values_map()
+        assert a.to_json_string() == b.to_json_string() == p.to_json_string()
+        assert a == b == p and b.valid
+        import pickle
+        assert pickle.loads(pickle.dumps(b)) == a
+
+
+def test_all_flags_lazy_outlives_its_snapshot(N):
+    import gc
+    c, _ = both(N, _lazy_flags())
+    lazy = c.all_flags_lazy(Context.create("k"), True, False, False, 0)
+    unbuilt = c.all_flags_lazy(Context.create("k"), True, False, False, 0)
+    expect = c.all_flags_state(Context.create("k"), True, False, False, 0)
+    del c
+    gc.collect()
+    values, meta = lazy.build()
+    assert meta == expect["$flagsState"] and values["c"] == {"k": [1, 2]}
+    values["c"]["k"].append(3)   # copies: the next result is not affected
+    del unbuilt   # released without ever being built
+
+
+def test_all_flags_lazy_wrong_arguments_raise(N):
+    c, _ = both(N, _lazy_flags())
+    with pytest.raises(TypeError):
+        c.all_flags_lazy()
+    with pytest.raises(TypeError):
+        c.all_flags_lazy(Context.create("k"), now_ms="x")
+    with pytest.raises(TypeError):
+        N._FlagsState()
