@@ -123,6 +123,16 @@ def run(impl: str, args: argparse.Namespace) -> Dict[str, Any]:
             times.append(time.perf_counter_ns() - t0)
     times.sort()
     out["all_flags_state_json_ns"] = times[len(times) // 2]
+    # the result used: shmflags builds FeatureFlagsState's dicts on first use, ldclient when
+    # it evaluates; to_values_map() is O(1) in ldclient, so this is both SDKs' whole work
+    times = []
+    for _ in range(reps):
+        for ctx in contexts[:n_ctx]:
+            t0 = time.perf_counter_ns()
+            client.all_flags_state(ctx).to_values_map()
+            times.append(time.perf_counter_ns() - t0)
+    times.sort()
+    out["all_flags_state_used_ns"] = times[len(times) // 2]
     out["load_after"] = common.load_average()
     close = getattr(client, "close", None)
     if close:
@@ -174,11 +184,15 @@ def bench(quick: bool, sizes: Optional[List[int]] = None) -> Dict[str, Any]:
                 "met": mix_ld / mix_c >= 20})
     big = max(out["sizes"], key=int)
     c, ld = out["sizes"][big].get("shmflags-c", {}), out["sizes"][big].get("ldclient", {})
-    a_c, a_ld = _ns(c, "all_flags_state_ns"), _ns(ld, "all_flags_state_ns")
+    # judged on the whole work (result built and used), not on the lazy call alone
+    a_c, a_ld = _ns(c, "all_flags_state_used_ns"), _ns(ld, "all_flags_state_used_ns")
+    l_c, l_ld = _ns(c, "all_flags_state_ns"), _ns(ld, "all_flags_state_ns")
     if a_c == a_c and a_ld == a_ld:
         out["targets"].append({
-            "target": f"all_flags_state ≥ 20× faster than ldclient ({big} flags)",
-            "measured": f"{a_ld / a_c:.1f}× ({_fmt(a_c)} vs {_fmt(a_ld)})",
+            "target": f"all_flags_state ≥ 20× faster than ldclient ({big} flags; result "
+                      f"used: + to_values_map())",
+            "measured": f"{a_ld / a_c:.1f}× ({_fmt(a_c)} vs {_fmt(a_ld)}); the call alone, "
+                        f"result not yet built: {l_ld / l_c:.1f}× ({_fmt(l_c)})",
             "met": a_ld / a_c >= 20})
     return out
 
@@ -217,7 +231,10 @@ def markdown(out: Dict[str, Any]) -> str:
         cats = sorted((c.get("variation_ns") or {}).keys(), key=lambda k: (k == "mix", k))
         measures += [(f"variation: {cat}", ("variation_ns", cat)) for cat in cats]
         measures += [("variation_detail (mix)", ("variation_detail_ns",)),
-                     ("all_flags_state", ("all_flags_state_ns",)),
+                     ("all_flags_state (shmflags: dicts built on first use)",
+                      ("all_flags_state_ns",)),
+                     ("all_flags_state + to_values_map() (result built)",
+                      ("all_flags_state_used_ns",)),
                      ("all_flags_state + to_json_dict()", ("all_flags_state_json_ns",)),
                      ("context from dict", ("context_build_ns",))]
         for label, path in measures:
