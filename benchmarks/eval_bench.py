@@ -104,35 +104,26 @@ def run(impl: str, args: argparse.Namespace) -> Dict[str, Any]:
     # all_flags_state: a few contexts, each state checked for validity once.
     reps = 2 if args.flags >= 10_000 else 5
     n_ctx = 4 if args.flags >= 10_000 else 10
-    times: List[float] = []
-    for _ in range(reps):
-        for ctx in contexts[:n_ctx]:
-            t0 = time.perf_counter_ns()
-            state = client.all_flags_state(ctx)
-            times.append(time.perf_counter_ns() - t0)
-            if not state.valid:
-                raise RuntimeError(f"{impl}: all_flags_state invalid")
-    times.sort()
-    out["all_flags_state_ns"] = times[len(times) // 2]
+
+    def median_ns(use: Callable[[Any], Any]) -> float:
+        times: List[float] = []
+        for _ in range(reps):
+            for ctx in contexts[:n_ctx]:
+                t0 = time.perf_counter_ns()
+                use(client.all_flags_state(ctx))
+                times.append(time.perf_counter_ns() - t0)
+        times.sort()
+        return times[len(times) // 2]
+
+    def check_valid(state: Any) -> None:
+        if not state.valid:
+            raise RuntimeError(f"{impl}: all_flags_state invalid")
+    out["all_flags_state_ns"] = median_ns(check_valid)
     # what a user does with the result (bootstrap JSON): both SDKs' to_json_dict() included
-    times = []
-    for _ in range(reps):
-        for ctx in contexts[:n_ctx]:
-            t0 = time.perf_counter_ns()
-            client.all_flags_state(ctx).to_json_dict()
-            times.append(time.perf_counter_ns() - t0)
-    times.sort()
-    out["all_flags_state_json_ns"] = times[len(times) // 2]
+    out["all_flags_state_json_ns"] = median_ns(lambda state: state.to_json_dict())
     # the result used: shmflags builds FeatureFlagsState's dicts on first use, ldclient when
     # it evaluates; to_values_map() is O(1) in ldclient, so this is both SDKs' whole work
-    times = []
-    for _ in range(reps):
-        for ctx in contexts[:n_ctx]:
-            t0 = time.perf_counter_ns()
-            client.all_flags_state(ctx).to_values_map()
-            times.append(time.perf_counter_ns() - t0)
-    times.sort()
-    out["all_flags_state_used_ns"] = times[len(times) // 2]
+    out["all_flags_state_used_ns"] = median_ns(lambda state: state.to_values_map())
     out["load_after"] = common.load_average()
     close = getattr(client, "close", None)
     if close:

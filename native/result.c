@@ -563,14 +563,9 @@ static int afs_eval_one(SnapshotObject *self, PyObject *emap, sf_kmemo_t *memo, 
         }
         ok = !(debug == NULL && PyErr_Occurred());   /* another type: damaged, none */
     }
-    if (!ok) {
-        Py_DECREF(key);
-        Py_XDECREF(reason);
-        Py_XDECREF(value);
-        Py_XDECREF(keys);
-        Py_XDECREF(debug);
-        return -1;
-    }
+    PyObject *version = NULL;
+    if (!ok)
+        goto fail;
     int track = (f->bits & SF_FLAG_TRACK_EVENTS) || exp;
     uint32_t bits = (track ? AFS_TRACK : 0u) | (exp ? AFS_EXP : 0u);
     if (details_only && !track && !exp && !(debug != NULL && dd > (double)now_ms))
@@ -580,15 +575,8 @@ static int afs_eval_one(SnapshotObject *self, PyObject *emap, sf_kmemo_t *memo, 
     /* made here, not in pass 2: the version table keeps some of these objects, and a lasting
      * object among pass 2's short-lived ones would pin their heap arena after the result
      * is freed */
-    PyObject *version = NULL;
-    if (!(bits & AFS_OMIT) && (version = version_object(self, f->version)) == NULL) {
-        Py_DECREF(key);
-        Py_XDECREF(reason);
-        Py_XDECREF(value);
-        Py_XDECREF(keys);
-        Py_XDECREF(debug);
-        return -1;
-    }
+    if (!(bits & AFS_OMIT) && (version = version_object(self, f->version)) == NULL)
+        goto fail;
     if (keys != NULL && PyList_GET_SIZE(keys) == 0)
         Py_CLEAR(keys);
     it->key = key;
@@ -600,6 +588,14 @@ static int afs_eval_one(SnapshotObject *self, PyObject *emap, sf_kmemo_t *memo, 
     it->variation = res.variation;
     it->bits = bits;
     return 1;
+
+fail:
+    Py_DECREF(key);
+    Py_XDECREF(reason);
+    Py_XDECREF(value);
+    Py_XDECREF(keys);
+    Py_XDECREF(debug);
+    return -1;
 }
 
 /* Pass 2 for one flag: its metadata dict (ldclient's key order), new reference or NULL. */

@@ -68,6 +68,14 @@ FLAGS = {f["key"]: f for f in [
 KEYS = list(FLAGS) + ["missing"]
 
 
+@pytest.fixture
+def sink(tmp_path: Any) -> Any:
+    """The supervisor's socket end: a Sink the test's recorders send to."""
+    s = Sink(str(tmp_path / "s.sock"))
+    yield s
+    s.close()
+
+
 def _client(cls: type, path: str, **kw: Any) -> Any:
     kw.setdefault("flush_interval", 3600)
     config = Config(send_events=True, socket=path, **kw)
@@ -142,229 +150,209 @@ def test_fast_path_sends_the_python_paths_datagrams(tmp_path, seed):
 
 
 @native
-def test_fast_path_takes_the_common_case(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        ctx = Context.create("u9")
-        client.variation("plain", ctx, None)  # first sighting, first counter: Python path
-        client.variation("pre2", ctx, None)
-        rec = client._recorder
-        rec._deadline = rec._end + 3600  # no slow check due during the test
-        for key in ("plain", "pre2", "off", "off-none"):
-            client.variation(key, ctx, None)
-            assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
-        d = client._fast_detail("fresh", ctx, None, 0)
-        # a debug event, a prerequisite's full event, an unknown flag: Python path
-        for key in ("debug", "pre-tracked", "missing"):
-            assert client._fast_value(key, ctx, None, 0) is client._SLOW, key
-        # feature events (trackEvents, experiment, rule trackEvents) and excluded flags are
-        # recorded here once their counters exist: the same events as the Python path's
-        before = len(rec._events)
-        for key in ("tracked", "exp", "rule-tracked", "sampled1", "exclude", "excl-only",
-                    "pre-excl"):
-            assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
-        assert client._fast_detail("tracked", ctx, "dd", 0) == shmflags.EvaluationDetail(
-            True, 0, {"kind": "FALLTHROUGH"})
-        # typed: the caller gets the converted value, the event the evaluated one
-        assert client._fast_value("tracked-str", ctx, "s", 4) == "a"
-        new = rec._events[before:]
-        assert [e["key"] for e in new] == ["tracked", "exp", "rule-tracked", "sampled1",
-                                           "exclude", "tracked", "tracked-str"]
-        # first counts of a flag in the window (a new flag, a new variation) are made here too
-        assert rec._summary["tracked"][2] == {0: [2, True]}
-        assert rec._summary["tracked-str"][2] == {0: [1, "a"]}
-        assert "excl-only" not in rec._summary and "exclude" not in rec._summary
-        assert rec._summary["fresh"][:2] == [None, {"user"}]
-        assert all(e["context"] is rec._contexts[ctx.fully_qualified_key][0] for e in new)
-        assert "reason" not in new[0] and new[5]["reason"] == {"kind": "FALLTHROUGH"}
-        assert new[5]["default"] == "dd" and new[6]["value"] == "a"
-        assert new[1]["reason"]["inExperiment"] is True
-        assert new[2]["reason"] == {"kind": "RULE_MATCH", "ruleIndex": 0, "ruleId": "r2"}
-        # a wrong type is recorded by the Python path (variation None)
-        assert client._fast_value("str", ctx, None, 1) is client._SLOW
-        # "fresh" was not counted yet in this window: a new flag, counted here
-        assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
-        # a new context in the window (its to_dict() is Python code): Python path
-        assert client._fast_value("plain", Context.create("new"), None, 0) is client._SLOW
-        # a context sighted before carries its JSON and kinds (_ev): its first sighting in
-        # a later window is made here, as the Python path's
-        rec._new_window()
-        assert ctx._ev is not None
-        assert client._fast_value("plain", ctx, None, 0) is True
-        entry = rec._contexts[ctx.fully_qualified_key]
-        assert entry[0] is ctx._ev[0] and entry[2:] == [1, True, ("user",), ctx]
-        assert entry[1] == int(rec._end * 1000) and rec._last_entry is entry
-        # ... unless the window's contexts bound would be reached (drop or flush: Python)
-        rec._new_window()
-        rec._capacity, capacity = 1, rec._capacity
-        assert client._fast_value("plain", ctx, None, 0) is client._SLOW
-        rec._capacity = capacity
-        # a window whose first counted evaluation is made here gets its start here
-        rec._new_window()
-        client.variation("excl-only", ctx, None)   # a sighting, no count
-        assert rec._start is None and rec._summary == {}
-        assert client._fast_value("plain", ctx, None, 0) is True
-        assert rec._start == rec._end and rec._summary["plain"][2] == {0: [1, True]}
-        client.close()
-    finally:
-        sink.close()
+def test_fast_path_takes_the_common_case(sink):
+    client = _client(R.EventRecorder, sink.path)
+    ctx = Context.create("u9")
+    client.variation("plain", ctx, None)  # first sighting, first counter: Python path
+    client.variation("pre2", ctx, None)
+    rec = client._recorder
+    rec._deadline = rec._end + 3600  # no slow check due during the test
+    for key in ("plain", "pre2", "off", "off-none"):
+        client.variation(key, ctx, None)
+        assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
+    d = client._fast_detail("fresh", ctx, None, 0)
+    # a debug event, a prerequisite's full event, an unknown flag: Python path
+    for key in ("debug", "pre-tracked", "missing"):
+        assert client._fast_value(key, ctx, None, 0) is client._SLOW, key
+    # feature events (trackEvents, experiment, rule trackEvents) and excluded flags are
+    # recorded here once their counters exist: the same events as the Python path's
+    before = len(rec._events)
+    for key in ("tracked", "exp", "rule-tracked", "sampled1", "exclude", "excl-only",
+                "pre-excl"):
+        assert client._fast_value(key, ctx, None, 0) is not client._SLOW, key
+    assert client._fast_detail("tracked", ctx, "dd", 0) == shmflags.EvaluationDetail(
+        True, 0, {"kind": "FALLTHROUGH"})
+    # typed: the caller gets the converted value, the event the evaluated one
+    assert client._fast_value("tracked-str", ctx, "s", 4) == "a"
+    new = rec._events[before:]
+    assert [e["key"] for e in new] == ["tracked", "exp", "rule-tracked", "sampled1",
+                                       "exclude", "tracked", "tracked-str"]
+    # first counts of a flag in the window (a new flag, a new variation) are made here too
+    assert rec._summary["tracked"][2] == {0: [2, True]}
+    assert rec._summary["tracked-str"][2] == {0: [1, "a"]}
+    assert "excl-only" not in rec._summary and "exclude" not in rec._summary
+    assert rec._summary["fresh"][:2] == [None, {"user"}]
+    assert all(e["context"] is rec._contexts[ctx.fully_qualified_key][0] for e in new)
+    assert "reason" not in new[0] and new[5]["reason"] == {"kind": "FALLTHROUGH"}
+    assert new[5]["default"] == "dd" and new[6]["value"] == "a"
+    assert new[1]["reason"]["inExperiment"] is True
+    assert new[2]["reason"] == {"kind": "RULE_MATCH", "ruleIndex": 0, "ruleId": "r2"}
+    # a wrong type is recorded by the Python path (variation None)
+    assert client._fast_value("str", ctx, None, 1) is client._SLOW
+    # "fresh" was not counted yet in this window: a new flag, counted here
+    assert d == shmflags.EvaluationDetail(True, 0, {"kind": "FALLTHROUGH"})
+    # a new context in the window (its to_dict() is Python code): Python path
+    assert client._fast_value("plain", Context.create("new"), None, 0) is client._SLOW
+    # a context sighted before carries its JSON and kinds (_ev): its first sighting in
+    # a later window is made here, as the Python path's
+    rec._new_window()
+    assert ctx._ev is not None
+    assert client._fast_value("plain", ctx, None, 0) is True
+    entry = rec._contexts[ctx.fully_qualified_key]
+    assert entry[0] is ctx._ev[0] and entry[2:] == [1, True, ("user",), ctx]
+    assert entry[1] == int(rec._end * 1000) and rec._last_entry is entry
+    # ... unless the window's contexts bound would be reached (drop or flush: Python)
+    rec._new_window()
+    rec._capacity, capacity = 1, rec._capacity
+    assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+    rec._capacity = capacity
+    # a window whose first counted evaluation is made here gets its start here
+    rec._new_window()
+    client.variation("excl-only", ctx, None)   # a sighting, no count
+    assert rec._start is None and rec._summary == {}
+    assert client._fast_value("plain", ctx, None, 0) is True
+    assert rec._start == rec._end and rec._summary["plain"][2] == {0: [1, True]}
+    client.close()
 
 
 @native
-def test_sampled_or_buffer_filling_events_take_the_python_path(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        config = Config(send_events=True, socket=sink.path, flush_interval=3600,
-                         events_max_pending=4)
-        flags = dict(FLAGS, sampled=_flag("sampled", trackEvents=True, samplingRatio=2))
-        client = shmflags.Client.from_data({"flags": flags}, config=config)
-        client._recorder = R.EventRecorder(config)
-        rec = client._recorder
-        ctx = Context.create("u9")
-        for key in ("sampled", "tracked"):
-            client.variation(key, ctx, None)
-        rec._deadline = rec._end + 3600
-        # samplingRatio 2 draws a random number (Python path); not even counted here
-        assert client._fast_value("sampled", ctx, None, 0) is client._SLOW
-        n = len(rec._events)
-        assert n <= 2
-        # the C path records while the buffer stays below its bound after the event ...
-        while len(rec._events) + 1 < 4:
-            assert client._fast_value("tracked", ctx, None, 0) is True
-        # ... and leaves the event that fills it (drop or flush) to the Python path
-        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
-        rec._unsent_events = 1   # packed events not sent yet count against the bound too
-        rec._events.pop()
-        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
-        rec._unsent_events = 0
+def test_sampled_or_buffer_filling_events_take_the_python_path(sink):
+    config = Config(send_events=True, socket=sink.path, flush_interval=3600,
+                     events_max_pending=4)
+    flags = dict(FLAGS, sampled=_flag("sampled", trackEvents=True, samplingRatio=2))
+    client = shmflags.Client.from_data({"flags": flags}, config=config)
+    client._recorder = R.EventRecorder(config)
+    rec = client._recorder
+    ctx = Context.create("u9")
+    for key in ("sampled", "tracked"):
+        client.variation(key, ctx, None)
+    rec._deadline = rec._end + 3600
+    # samplingRatio 2 draws a random number (Python path); not even counted here
+    assert client._fast_value("sampled", ctx, None, 0) is client._SLOW
+    n = len(rec._events)
+    assert n <= 2
+    # the C path records while the buffer stays below its bound after the event ...
+    while len(rec._events) + 1 < 4:
         assert client._fast_value("tracked", ctx, None, 0) is True
-        # a full buffer while a failed send waits for the flush thread's retry: the Python
-        # path would drop the event, count it and leave the flush to that thread; so does C
-        assert len(rec._events) == 3
-        rec._events.append(dict(rec._events[-1]))
-        assert client._fast_value("tracked", ctx, None, 0) is client._SLOW  # no retry pending
-        assert rec._thread is not None
-        rec._retry_at = rec._end + 3600
-        counter = rec._summary["tracked"][2][0]
-        count, dropped, stat = counter[0], rec._dropped, rec.stats["dropped"]
-        assert client._fast_value("tracked", ctx, None, 0) is True
-        assert (counter[0], rec._dropped, rec.stats["dropped"]) == (count + 1, dropped + 1,
-                                                                     stat + 1)
-        assert len(rec._events) == 4
-        ref = R.PythonEventRecorder(config)   # the reference, in the same state
-        for name in ("_summary", "_contexts", "_events", "_last_ctx", "_last_entry",
-                     "_thread", "_dropped", "_end"):
-            setattr(ref, name, getattr(rec, name))
-        ref.stats = dict(rec.stats)
-        ref._retry_at, ref._deadline = rec._retry_at, rec._deadline
-        ref.record_evaluation("tracked", ctx, client._current().evaluate("tracked", ctx),
-                              None, False)
-        assert (counter[0], ref._dropped, ref.stats["dropped"]) == (count + 2, dropped + 2,
-                                                                     stat + 2)
-        assert len(rec._events) == 4
-        ref._new_window()   # the window is rec's: ref sends nothing of it
-        ref._thread = None
-        ref.close()
-        rec._retry_at = None
-        client.close()
-    finally:
-        sink.close()
+    # ... and leaves the event that fills it (drop or flush) to the Python path
+    assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
+    rec._unsent_events = 1   # packed events not sent yet count against the bound too
+    rec._events.pop()
+    assert client._fast_value("tracked", ctx, None, 0) is client._SLOW
+    rec._unsent_events = 0
+    assert client._fast_value("tracked", ctx, None, 0) is True
+    # a full buffer while a failed send waits for the flush thread's retry: the Python
+    # path would drop the event, count it and leave the flush to that thread; so does C
+    assert len(rec._events) == 3
+    rec._events.append(dict(rec._events[-1]))
+    assert client._fast_value("tracked", ctx, None, 0) is client._SLOW  # no retry pending
+    assert rec._thread is not None
+    rec._retry_at = rec._end + 3600
+    counter = rec._summary["tracked"][2][0]
+    count, dropped, stat = counter[0], rec._dropped, rec.stats["dropped"]
+    assert client._fast_value("tracked", ctx, None, 0) is True
+    assert (counter[0], rec._dropped, rec.stats["dropped"]) == (count + 1, dropped + 1,
+                                                                 stat + 1)
+    assert len(rec._events) == 4
+    ref = R.PythonEventRecorder(config)   # the reference, in the same state
+    for name in ("_summary", "_contexts", "_events", "_last_ctx", "_last_entry",
+                 "_thread", "_dropped", "_end"):
+        setattr(ref, name, getattr(rec, name))
+    ref.stats = dict(rec.stats)
+    ref._retry_at, ref._deadline = rec._retry_at, rec._deadline
+    ref.record_evaluation("tracked", ctx, client._current().evaluate("tracked", ctx),
+                          None, False)
+    assert (counter[0], ref._dropped, ref.stats["dropped"]) == (count + 2, dropped + 2,
+                                                                 stat + 2)
+    assert len(rec._events) == 4
+    ref._new_window()   # the window is rec's: ref sends nothing of it
+    ref._thread = None
+    ref.close()
+    rec._retry_at = None
+    client.close()
 
 
 @native
-def test_counter_cache_follows_the_window(tmp_path):
+def test_counter_cache_follows_the_window(sink):
     """The core's counter cache never counts into a summary dict that is not the window's."""
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        rec = client._recorder
-        ctx = Context.create("u1")
-        client.variation("plain", ctx, None)
-        rec._deadline = rec._end + 3600
-        for _ in range(3):
-            assert client._fast_value("plain", ctx, None, 0) is True   # cached after one
-        old = rec._summary
-        assert old["plain"][2] == {0: [4, True]}
-        rec._summary = {}                  # replaced behind the cache's back (old kept)
+    client = _client(R.EventRecorder, sink.path)
+    rec = client._recorder
+    ctx = Context.create("u1")
+    client.variation("plain", ctx, None)
+    rec._deadline = rec._end + 3600
+    for _ in range(3):
+        assert client._fast_value("plain", ctx, None, 0) is True   # cached after one
+    old = rec._summary
+    assert old["plain"][2] == {0: [4, True]}
+    rec._summary = {}                  # replaced behind the cache's back (old kept)
+    assert client._fast_value("plain", ctx, None, 0) is True
+    assert old["plain"][2] == {0: [4, True]} and rec._summary["plain"][2] == {0: [1, True]}
+    second = rec._summary
+    rec._summary = {}                  # the cache now holds the only reference to second
+    del second
+    for _ in range(2):
         assert client._fast_value("plain", ctx, None, 0) is True
-        assert old["plain"][2] == {0: [4, True]} and rec._summary["plain"][2] == {0: [1, True]}
-        second = rec._summary
-        rec._summary = {}                  # the cache now holds the only reference to second
-        del second
-        for _ in range(2):
-            assert client._fast_value("plain", ctx, None, 0) is True
-        assert rec._summary["plain"][2] == {0: [2, True]}
-        rec._clear_caches()
-        assert client._fast_value("plain", ctx, None, 0) is True
-        assert rec._summary["plain"][2] == {0: [3, True]}
-        rec._new_window()                  # the recorder's own window change
-        client.variation("plain", ctx, None)  # a new sighting: Python path
-        assert client._fast_value("plain", ctx, None, 0) is True
-        assert rec._summary["plain"][2] == {0: [2, True]} and old["plain"][2] == {0: [4, True]}
-        # an unsent window merged back replaces the live entry of a context: the context
-        # cache must not keep counting into the replaced one
-        other = Context.create("u2")
-        client.variation("plain", other, None)
-        assert client._fast_value("plain", ctx, None, 0) is True   # ctx cached, not last
-        start, end, dropped, summary, contexts, events, seq = rec._take()
-        packs, _ = S.pack_window(os.getpid(), seq, dropped, start, end, summary, contexts,
-                                 events)
-        client.variation("plain", ctx, None)       # live entries for both ...
-        client.variation("plain", other, None)
-        assert client._fast_value("plain", ctx, None, 0) is True   # ... ctx's now cached
-        rec._put_back(packs, start)                # then merged with the unsent ones
-        fq = ctx.fully_qualified_key
-        merged = rec._contexts[fq]
-        assert merged[2] == 3 + 2
-        client.variation("plain", other, None)     # ctx no longer the last context
-        assert client._fast_value("plain", ctx, None, 0) is True
-        assert rec._contexts[fq] is merged and merged[2] == 6
-        client.close()
-    finally:
-        sink.close()
+    assert rec._summary["plain"][2] == {0: [2, True]}
+    rec._clear_caches()
+    assert client._fast_value("plain", ctx, None, 0) is True
+    assert rec._summary["plain"][2] == {0: [3, True]}
+    rec._new_window()                  # the recorder's own window change
+    client.variation("plain", ctx, None)  # a new sighting: Python path
+    assert client._fast_value("plain", ctx, None, 0) is True
+    assert rec._summary["plain"][2] == {0: [2, True]} and old["plain"][2] == {0: [4, True]}
+    # an unsent window merged back replaces the live entry of a context: the context
+    # cache must not keep counting into the replaced one
+    other = Context.create("u2")
+    client.variation("plain", other, None)
+    assert client._fast_value("plain", ctx, None, 0) is True   # ctx cached, not last
+    start, end, dropped, summary, contexts, events, seq = rec._take()
+    packs, _ = S.pack_window(os.getpid(), seq, dropped, start, end, summary, contexts,
+                             events)
+    client.variation("plain", ctx, None)       # live entries for both ...
+    client.variation("plain", other, None)
+    assert client._fast_value("plain", ctx, None, 0) is True   # ... ctx's now cached
+    rec._put_back(packs, start)                # then merged with the unsent ones
+    fq = ctx.fully_qualified_key
+    merged = rec._contexts[fq]
+    assert merged[2] == 3 + 2
+    client.variation("plain", other, None)     # ctx no longer the last context
+    assert client._fast_value("plain", ctx, None, 0) is True
+    assert rec._contexts[fq] is merged and merged[2] == 6
+    client.close()
 
 
 @native
-def test_held_lock_or_pending_check_takes_the_python_path(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        rec = client._recorder
-        ctx = Context.create("u1")
-        client.variation("plain", ctx, None)
-        rec._deadline = rec._end + 3600
-        assert client._fast_value("plain", ctx, None, 0) is True
-        with rec._lock:
-            assert client._fast_value("plain", ctx, None, 0) is client._SLOW
-            assert client._fast_detail("plain", ctx, None, 0) is client._SLOW
-        rec._deadline = 0.0  # a slow check (pid, flush) is due
+def test_held_lock_or_pending_check_takes_the_python_path(sink):
+    client = _client(R.EventRecorder, sink.path)
+    rec = client._recorder
+    ctx = Context.create("u1")
+    client.variation("plain", ctx, None)
+    rec._deadline = rec._end + 3600
+    assert client._fast_value("plain", ctx, None, 0) is True
+    with rec._lock:
         assert client._fast_value("plain", ctx, None, 0) is client._SLOW
-        client.close()
-        assert client._fast.recorder is None
-    finally:
-        sink.close()
+        assert client._fast_detail("plain", ctx, None, 0) is client._SLOW
+    rec._deadline = 0.0  # a slow check (pid, flush) is due
+    assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+    client.close()
+    assert client._fast.recorder is None
 
 
 @native
-def test_full_buffer_goes_to_the_python_path(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path, events_max_pending=3)
-        rec = client._recorder
-        a, b, c = Context.create("a"), Context.create("b"), Context.create("c")
-        client.variation("plain", a, None)
-        client.variation("plain", b, None)
-        rec._deadline = rec._end + 3600
-        assert client._fast_value("plain", b, None, 0) is True
-        client.variation("plain", c, None)  # the 3rd context fills the buffer: flush due
-        assert rec._deadline == 0.0
-        assert client._fast_value("plain", c, None, 0) is client._SLOW
-        client.variation("plain", c, None)  # the Python path flushes
-        assert sink.read(), "the full buffer was flushed by the calling path"
-        client.close()
-    finally:
-        sink.close()
+def test_full_buffer_goes_to_the_python_path(sink):
+    client = _client(R.EventRecorder, sink.path, events_max_pending=3)
+    rec = client._recorder
+    a, b, c = Context.create("a"), Context.create("b"), Context.create("c")
+    client.variation("plain", a, None)
+    client.variation("plain", b, None)
+    rec._deadline = rec._end + 3600
+    assert client._fast_value("plain", b, None, 0) is True
+    client.variation("plain", c, None)  # the 3rd context fills the buffer: flush due
+    assert rec._deadline == 0.0
+    assert client._fast_value("plain", c, None, 0) is client._SLOW
+    client.variation("plain", c, None)  # the Python path flushes
+    assert sink.read(), "the full buffer was flushed by the calling path"
+    client.close()
 
 
 def _counts(datagrams: List[Dict[str, Any]], key: str) -> int:
@@ -377,63 +365,55 @@ def _counts(datagrams: List[Dict[str, Any]], key: str) -> int:
 
 
 @native
-def test_counts_survive_threads(tmp_path):
+def test_counts_survive_threads(sink):
     import threading
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        contexts = [Context.create(f"t{i}") for i in range(4)]
-        n = 20000
+    client = _client(R.EventRecorder, sink.path)
+    contexts = [Context.create(f"t{i}") for i in range(4)]
+    n = 20000
 
-        def work(ctx: Context) -> None:
-            for i in range(n):
-                client.variation("pre" if i % 3 else "plain", ctx, None)
-                if i % 5000 == 0:
-                    client.flush()
-        threads = [threading.Thread(target=work, args=(c,)) for c in contexts]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        client.flush()
-        got = sink.read()
-        pre = len(contexts) * sum(1 for i in range(n) if i % 3)
-        plain = len(contexts) * n - pre
-        assert _counts(got, "pre") == pre
-        assert _counts(got, "plain") == plain + pre  # every "pre" counts its prerequisite
-        client.close()
-    finally:
-        sink.close()
+    def work(ctx: Context) -> None:
+        for i in range(n):
+            client.variation("pre" if i % 3 else "plain", ctx, None)
+            if i % 5000 == 0:
+                client.flush()
+    threads = [threading.Thread(target=work, args=(c,)) for c in contexts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client.flush()
+    got = sink.read()
+    pre = len(contexts) * sum(1 for i in range(n) if i % 3)
+    plain = len(contexts) * n - pre
+    assert _counts(got, "pre") == pre
+    assert _counts(got, "plain") == plain + pre  # every "pre" counts its prerequisite
+    client.close()
 
 
 @native
-def test_counts_survive_fork(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        ctx = Context.create("f")
-        for _ in range(1000):
-            client.variation("plain", ctx, None)
-        pid = os.fork()
-        if pid == 0:  # the child sends only its own evaluations
-            code = 1
-            try:
-                for _ in range(777):
-                    client.variation("plain", ctx, None)
-                client.flush()
-                code = 0
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        child = sink.read()
-        assert _counts(child, "plain") == 777
-        assert all(d["pid"] == pid for d in child if "pid" in d)
-        client.flush()
-        assert _counts(sink.read(), "plain") == 1000
-        client.close()
-    finally:
-        sink.close()
+def test_counts_survive_fork(sink):
+    client = _client(R.EventRecorder, sink.path)
+    ctx = Context.create("f")
+    for _ in range(1000):
+        client.variation("plain", ctx, None)
+    pid = os.fork()
+    if pid == 0:  # the child sends only its own evaluations
+        code = 1
+        try:
+            for _ in range(777):
+                client.variation("plain", ctx, None)
+            client.flush()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child = sink.read()
+    assert _counts(child, "plain") == 777
+    assert all(d["pid"] == pid for d in child if "pid" in d)
+    client.flush()
+    assert _counts(sink.read(), "plain") == 1000
+    client.close()
 
 
 def _rss_kib() -> int:
@@ -442,26 +422,22 @@ def _rss_kib() -> int:
 
 
 @native
-def test_refcounts_and_rss_stable(tmp_path):
-    sink = Sink(str(tmp_path / "s.sock"))
-    try:
-        client = _client(R.EventRecorder, sink.path)
-        ctx = Context.create("r")
-        default = object()
-        keys = ["plain", "pre2", "off-none", "rule"]
-        for key in keys:
-            client.variation(key, ctx, default)
+def test_refcounts_and_rss_stable(sink):
+    client = _client(R.EventRecorder, sink.path)
+    ctx = Context.create("r")
+    default = object()
+    keys = ["plain", "pre2", "off-none", "rule"]
+    for key in keys:
+        client.variation(key, ctx, default)
+        client.variation_detail(key, ctx, default)
+    rec = client._recorder
+    refs = [sys.getrefcount(o) for o in (ctx, default, rec, *keys)]
+    rss = _rss_kib()
+    for i in range(100_000):
+        key = keys[i & 3]
+        client.variation(key, ctx, default)
+        if i % 7 == 0:
             client.variation_detail(key, ctx, default)
-        rec = client._recorder
-        refs = [sys.getrefcount(o) for o in (ctx, default, rec, *keys)]
-        rss = _rss_kib()
-        for i in range(100_000):
-            key = keys[i & 3]
-            client.variation(key, ctx, default)
-            if i % 7 == 0:
-                client.variation_detail(key, ctx, default)
-        assert [sys.getrefcount(o) for o in (ctx, default, rec, *keys)] == refs
-        assert _rss_kib() - rss < 2048
-        client.close()
-    finally:
-        sink.close()
+    assert [sys.getrefcount(o) for o in (ctx, default, rec, *keys)] == refs
+    assert _rss_kib() - rss < 2048
+    client.close()
