@@ -47,8 +47,12 @@ class FeatureFlagsState:
 
     def _build(self) -> None:
         # build() returns the same (values, metadata) pair on every call, so two threads
-        # racing here both store the same dicts
-        values, metadata = self._lazy.build()
+        # racing here both store the same dicts; a thread that finds _lazy already gone
+        # comes after one that stored both (they are set before _lazy is cleared)
+        lazy = self._lazy
+        if lazy is None:
+            return
+        values, metadata = lazy.build()
         self._values_d = values
         self._metadata_d = metadata
         self._lazy = None

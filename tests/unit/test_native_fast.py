@@ -529,3 +529,27 @@ def test_context_from_dict_c_builder_builds_what_python_builds(N: Any) -> None:
         if ours.valid:
             assert ours.to_dict() == expected.to_dict()
     assert answered > 3000, answered
+
+
+def test_flags_state_first_use_from_many_threads() -> None:
+    """A lazily built FeatureFlagsState used first by several threads at once: every one
+    gets the same, complete result (and none an error)."""
+    import threading
+    fast, full = _clients()
+    expected = full.all_flags_state(USER).to_json_dict()
+    for _ in range(30):
+        state = fast.all_flags_state(USER)
+        barrier = threading.Barrier(4)
+        out: List[Any] = []
+
+        def use() -> None:
+            barrier.wait()
+            out.append((state.to_values_map(), state.to_json_dict()))
+        threads = [threading.Thread(target=use) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(out) == 4
+        assert all(values is out[0][0] for values, _ in out)
+        assert all(js == expected for _, js in out)
