@@ -639,32 +639,20 @@ static PyObject *Fast_variation_detail(FastObject *f, PyObject *const *args, siz
     return entry(f, 1, args, nargsf, kwnames);
 }
 
-static PyObject *Fast_get_fallback_value(FastObject *f, void *c)
+/* fallback_value / fallback_detail: the getset closure is the index in f->fallback */
+static PyObject *Fast_get_fallback(FastObject *f, void *which)
 {
-    return get_object(f->fallback[0]);
+    return get_object(f->fallback[(intptr_t)which]);
 }
 
-static int Fast_set_fallback_value(FastObject *f, PyObject *v, void *c)
+static int Fast_set_fallback(FastObject *f, PyObject *v, void *which)
 {
+    const char *name = which ? "fallback_detail" : "fallback_value";
     if (v != NULL && v != Py_None && !PyCallable_Check(v)) {
-        PyErr_SetString(PyExc_TypeError, "fallback_value must be callable or None");
+        PyErr_Format(PyExc_TypeError, "%s must be callable or None", name);
         return -1;
     }
-    return set_object(&f->fallback[0], v, "fallback_value");
-}
-
-static PyObject *Fast_get_fallback_detail(FastObject *f, void *c)
-{
-    return get_object(f->fallback[1]);
-}
-
-static int Fast_set_fallback_detail(FastObject *f, PyObject *v, void *c)
-{
-    if (v != NULL && v != Py_None && !PyCallable_Check(v)) {
-        PyErr_SetString(PyExc_TypeError, "fallback_detail must be callable or None");
-        return -1;
-    }
-    return set_object(&f->fallback[1], v, "fallback_detail");
+    return set_object(&f->fallback[(intptr_t)which], v, name);
 }
 
 static PyObject *Fast_get_recorder(FastObject *f, void *c) { return get_object(f->recorder); }
@@ -683,11 +671,11 @@ static int Fast_set_recorder(FastObject *f, PyObject *v, void *c)
 static PyGetSetDef Fast_getset[] = {
     {"recorder", (getter)Fast_get_recorder, (setter)Fast_set_recorder,
      "_RecorderCore that counts the fast path's evaluations (None: events off)", NULL},
-    {"fallback_value", (getter)Fast_get_fallback_value, (setter)Fast_set_fallback_value,
+    {"fallback_value", (getter)Fast_get_fallback, (setter)Fast_set_fallback,
      "what variation() calls when the fast path does not answer (None: not an entry yet)",
-     NULL},
-    {"fallback_detail", (getter)Fast_get_fallback_detail, (setter)Fast_set_fallback_detail,
-     "what variation_detail() calls when the fast path does not answer", NULL},
+     (void *)0},
+    {"fallback_detail", (getter)Fast_get_fallback, (setter)Fast_set_fallback,
+     "what variation_detail() calls when the fast path does not answer", (void *)1},
     {NULL, NULL, NULL, NULL, NULL}
 };
 
