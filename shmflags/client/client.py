@@ -363,66 +363,53 @@ class Client:
         as in ldclient."""
         return self.is_offline() or self._source.current() is not None
 
+    def _made(self, attr: str, make: Callable[[], Any]) -> Any:
+        """The object in ``attr``, made by ``make()`` on first use (once, under a lock)."""
+        made = getattr(self, attr)
+        if made is None:
+            with self._lazy_lock:
+                made = getattr(self, attr)
+                if made is None:
+                    made = make()
+                    setattr(self, attr, made)
+        return made
+
     @property
     def flag_tracker(self) -> FlagTracker:
         """Listeners for flag configuration and value changes."""
-        tracker = self._flag_tracker_
-        if tracker is None:
-            with self._lazy_lock:
-                if self._flag_tracker_ is None:
-                    # As in ldclient, value-change listeners evaluate through variation()
-                    # (hooks, events).
-                    self._flag_tracker_ = FlagTracker(
-                        self._source.current, lambda key, ctx: self.variation(key, ctx, None),
-                        self._watcher)
-                tracker = self._flag_tracker_
-        return tracker
+        # As in ldclient, value-change listeners evaluate through variation() (hooks, events).
+        return self._made("_flag_tracker_", lambda: FlagTracker(
+            self._source.current, lambda key, ctx: self.variation(key, ctx, None),
+            self._watcher))
 
     @property
     def data_source_status_provider(self) -> DataSourceStatusProvider:
         """The supervisor's data source status as this worker sees it."""
-        provider = self._status_provider_
-        if provider is None:
-            with self._lazy_lock:
-                if self._status_provider_ is None:
-                    made = DataSourceStatusProvider(self._source.status,
-                                                    self._watcher.ensure_running)
-                    self._watcher.add_poller(made.poll)
-                    self._status_provider_ = made
-                provider = self._status_provider_
-        return provider
+        def make() -> DataSourceStatusProvider:
+            made = DataSourceStatusProvider(self._source.status, self._watcher.ensure_running)
+            self._watcher.add_poller(made.poll)
+            return made
+        return self._made("_status_provider_", make)
 
     @property
     def big_segment_store_status_provider(self) -> BigSegmentStoreStatusProvider:
         """Big Segment store status: the supervisor's mirror for a shared-memory client
         (``available=False, stale=False`` without one, as ldclient without a store)."""
-        provider = self._big_segment_status_
-        if provider is None:
-            with self._lazy_lock:
-                if self._big_segment_status_ is None:
-                    big_segments = getattr(self._source, "big_segments", None)
-                    if big_segments is not None:
-                        # issue 11: status of the supervisor's Big Segments mirror, polled by
-                        # the watcher
-                        from shmflags.integrations.bigsegments import StatusProvider
-                        made: Any = StatusProvider(big_segments, self._watcher.ensure_running)
-                        self._watcher.add_poller(made.poll)
-                    else:
-                        made = BigSegmentStoreStatusProvider()
-                    self._big_segment_status_ = made
-                provider = self._big_segment_status_
-        return provider
+        def make() -> Any:
+            big_segments = getattr(self._source, "big_segments", None)
+            if big_segments is None:
+                return BigSegmentStoreStatusProvider()
+            # issue 11: status of the supervisor's Big Segments mirror, polled by the watcher
+            from shmflags.integrations.bigsegments import StatusProvider
+            made = StatusProvider(big_segments, self._watcher.ensure_running)
+            self._watcher.add_poller(made.poll)
+            return made
+        return self._made("_big_segment_status_", make)
 
     @property
     def data_store_status_provider(self) -> DataStoreStatusProvider:
         """Data store status: the mapped snapshot is always available."""
-        provider = self._data_store_status_
-        if provider is None:
-            with self._lazy_lock:
-                if self._data_store_status_ is None:
-                    self._data_store_status_ = DataStoreStatusProvider()
-                provider = self._data_store_status_
-        return provider
+        return self._made("_data_store_status_", DataStoreStatusProvider)
 
     def add_hook(self, hook: Any) -> None:
         """Add an evaluation hook (ours, ldclient's, or any object with the same methods)."""
@@ -507,7 +494,7 @@ class Client:
         "Hot path with the C evaluator")."""
         fast = self._fast
         entry = (fast is not None and getattr(fast, "fallback_value", False) is not False
-                 and "_hooks" in self.__dict__ and not self._hooks.hooks
+                 and not self._hooks.hooks
                  and type(self).variation is Client.variation
                  and type(self).variation_detail is Client.variation_detail
                  and self._sync_fast())
@@ -591,8 +578,7 @@ class Client:
                 value = self._fast_value(key, context, default)
                 if value is not self._SLOW:
                     return value
-            return self._evaluate(key, context, default, False)[0]
-        return self._value("variation", key, context, default, None)
+        return self._variation_full(key, context, default)
 
     def variation_detail(self, key: str, context: Any, default: Any) -> EvaluationDetail:
         """Like :meth:`variation`, with the variation index and the reason."""
@@ -601,13 +587,11 @@ class Client:
                 detail = self._fast_detail(key, context, default)   # as in variation()
                 if detail is not self._SLOW:
                     return detail
-            value, index, reason, _ = self._evaluate(key, context, default, True)
-            return EvaluationDetail(value, index, reason)
-        return self._detail("variation_detail", key, context, default, None)
+        return self._variation_detail_full(key, context, default)
 
     def _variation_full(self, key: str, context: Any, default: Any) -> Any:
-        """:meth:`variation` without trying the fast path: what its C entry point calls when
-        the fast path does not answer (it has just tried)."""
+        """:meth:`variation` without trying the fast path: what the method and its C entry
+        point end in when the fast path did not answer (it has just been tried)."""
         if not self._hooks.hooks:
             return self._evaluate(key, context, default, False)[0]
         return self._value("variation", key, context, default, None)
