@@ -84,6 +84,17 @@ def _client(cls: type, path: str, **kw: Any) -> Any:
     return client
 
 
+def _primed(sink: Any) -> Any:
+    """``(client, recorder, context)``: context u1 seen and flag "plain" counted once (the
+    Python path), and no slow check due during the test: the next calls can take the C path."""
+    client = _client(R.EventRecorder, sink.path)
+    rec = client._recorder
+    ctx = Context.create("u1")
+    client.variation("plain", ctx, None)
+    rec._deadline = rec._end + 3600
+    return client, rec, ctx
+
+
 def _contexts() -> List[Context]:
     users = [Context.create(f"u{i}") for i in range(5)]
     twins = [Context.create(f"u{i}") for i in range(5)]  # equal, other objects
@@ -275,11 +286,7 @@ def test_sampled_or_buffer_filling_events_take_the_python_path(sink):
 @native
 def test_counter_cache_follows_the_window(sink):
     """The core's counter cache never counts into a summary dict that is not the window's."""
-    client = _client(R.EventRecorder, sink.path)
-    rec = client._recorder
-    ctx = Context.create("u1")
-    client.variation("plain", ctx, None)
-    rec._deadline = rec._end + 3600
+    client, rec, ctx = _primed(sink)
     for _ in range(3):
         assert client._fast_value("plain", ctx, None, 0) is True   # cached after one
     old = rec._summary
@@ -323,11 +330,7 @@ def test_counter_cache_follows_the_window(sink):
 
 @native
 def test_held_lock_or_pending_check_takes_the_python_path(sink):
-    client = _client(R.EventRecorder, sink.path)
-    rec = client._recorder
-    ctx = Context.create("u1")
-    client.variation("plain", ctx, None)
-    rec._deadline = rec._end + 3600
+    client, rec, ctx = _primed(sink)
     assert client._fast_value("plain", ctx, None, 0) is True
     with rec._lock:
         assert client._fast_value("plain", ctx, None, 0) is client._SLOW
