@@ -715,35 +715,85 @@ static int afs_reserved_key(PyObject *key)
     return PyUnicode_Compare(key, sf_c.s_flagsState) == 0 || PyUnicode_Compare(key, sf_c.s_valid) == 0;
 }
 
+/* Pass 2, values: flag key -> value in key order, new reference or NULL.  @skip_reserved
+ * leaves out a flag named "$flagsState" or "$valid" (exactly what FeatureFlagsState keeps). */
+static PyObject *afs_values(const afs_items_t *it, int skip_reserved)
+{
+    PyObject *values = PyDict_New();
+    if (values == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < it->n; i++) {
+        const afs_item_t *x = &it->items[i];
+        if (skip_reserved && afs_reserved_key(x->key))
+            continue;
+        if (PyDict_SetItem(values, x->key, x->value) < 0) {
+            Py_DECREF(values);
+            return NULL;
+        }
+    }
+    return values;
+}
+
+/* Pass 2, metadata: flag key -> metadata dict in key order, new reference or NULL. */
+static PyObject *afs_metadata(const afs_items_t *it)
+{
+    PyObject *meta_all = PyDict_New();
+    if (meta_all == NULL)
+        return NULL;
+    for (uint32_t i = 0; i < it->n; i++) {
+        const afs_item_t *x = &it->items[i];
+        PyObject *meta = afs_meta(x);
+        int ok = meta != NULL && PyDict_SetItem(meta_all, x->key, meta) == 0;
+        Py_XDECREF(meta);
+        if (!ok) {
+            Py_DECREF(meta_all);
+            return NULL;
+        }
+    }
+    return meta_all;
+}
+
+/* Pause the cyclic GC while result dicts are built: thousands of small acyclic dicts would
+ * trigger young-generation collections that traverse the growing result again and again.
+ * Return: what afs_gc_resume() needs to restore the previous state. */
+static int afs_gc_pause(void)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyGC_Disable();
+#else
+    return 0;
+#endif
+}
+
+static void afs_gc_resume(int was_enabled)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    if (was_enabled)
+        PyGC_Enable();
+#else
+    (void)was_enabled;
+#endif
+}
+
 /*
  * Pass 2 of all_flags_state(): the result dicts, then the items are released.
  * @full 1: ldclient's to_json_dict() (values, then "$flagsState" and "$valid"), one dict;
  * @full 0: the tuple (values, metadata), values without a flag named "$flagsState" or
  *          "$valid" (exactly what FeatureFlagsState keeps of the full form).
+ * @values: the values dict already built for @full 0 (afs_values(it, 1)), or NULL; the
+ *          reference is borrowed.
  * Return: new reference, or NULL with an exception set.
  */
-static PyObject *afs_build(afs_items_t *it, int full)
+static PyObject *afs_build(afs_items_t *it, int full, PyObject *values)
 {
-    PyObject *values = PyDict_New(), *meta_all = PyDict_New(), *ret = NULL;
-    int gc_was_enabled = 0;
-    (void)gc_was_enabled;
-#if PY_VERSION_HEX >= 0x030A0000
-    /* thousands of small acyclic dicts would trigger young-generation collections that
-     * traverse the growing result again and again; restored below */
-    gc_was_enabled = PyGC_Disable();
-#endif
-    if (values == NULL || meta_all == NULL)
+    PyObject *meta_all = NULL, *ret = NULL;
+    int gc_was_enabled = afs_gc_pause();
+    if (values != NULL)
+        Py_INCREF(values);
+    else
+        values = afs_values(it, !full);
+    if (values == NULL || (meta_all = afs_metadata(it)) == NULL)
         goto done;
-    for (uint32_t i = 0; i < it->n; i++) {
-        const afs_item_t *x = &it->items[i];
-        PyObject *meta = afs_meta(x);
-        int ok = meta != NULL && PyDict_SetItem(meta_all, x->key, meta) == 0
-                 && ((!full && afs_reserved_key(x->key))
-                     || PyDict_SetItem(values, x->key, x->value) == 0);
-        Py_XDECREF(meta);
-        if (!ok)
-            goto done;
-    }
     if (full) {
         if (PyDict_SetItem(values, sf_c.s_flagsState, meta_all) == 0
             && PyDict_SetItem(values, sf_c.s_valid, Py_True) == 0) {
@@ -759,10 +809,7 @@ done:
     afs_items_free(it->items, it->n, it->map_len);
     it->items = NULL;
     it->n = 0;
-#if PY_VERSION_HEX >= 0x030A0000
-    if (gc_was_enabled)
-        PyGC_Enable();
-#endif
+    afs_gc_resume(gc_was_enabled);
     return ret;
 }
 
@@ -776,7 +823,7 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
     afs_items_t it;
     if (afs_collect(self, args, kwds, "all_flags_state", &it) < 0)
         return NULL;
-    return afs_build(&it, 1);
+    return afs_build(&it, 1, NULL);
 }
 
 /*
@@ -784,21 +831,48 @@ PyObject *sf_py_all_flags_state(SnapshotObject *self, PyObject *args, PyObject *
  * them on first use: most of the cost of a result is its 10,000 small dicts, and a caller
  * that only wants the object, or nothing, pays none of it).
  * Invariants: it holds no reference to the Snapshot (a result may outlive its generation);
- * the objects it owns (keys, copied values, reasons, prerequisite lists) are reachable from
- * nothing else until built, so it cannot be part of a reference cycle and is not a GC type;
- * once built it keeps only the (values, metadata) tuple, returned by every later call.
+ * the items it owns (keys, copied values, reasons, prerequisite lists) are reachable from
+ * nothing else until built, so the GC need not see them; the dicts it hands out are the
+ * caller's too and could be made part of a cycle, so it is a GC type that shows the GC
+ * those (values, built) and nothing else;
+ * values() builds the values dict alone (what to_values_map() needs), once; build() reuses
+ * it, so both calls return the same values dict; once built it keeps only the
+ * (values, metadata) tuple, returned by every later call.
  */
 typedef struct {
     PyObject_HEAD
     afs_items_t it;           /* pass 1's items until built (then empty) */
+    PyObject *values;         /* the values dict once values() made it, until built */
     PyObject *built;          /* (values, metadata) once built */
     int failed;               /* building failed (out of memory): the items are gone */
 } FlagsStateObject;
 
+static int FlagsState_traverse(FlagsStateObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->values);
+    Py_VISIT(self->built);
+    return 0;
+}
+
+static int FlagsState_clear(FlagsStateObject *self)
+{
+    Py_CLEAR(self->values);
+    Py_CLEAR(self->built);
+    if (self->it.items != NULL) {
+        afs_items_free(self->it.items, self->it.n, self->it.map_len);
+        self->it.items = NULL;
+        self->it.n = 0;
+    }
+    self->failed = 1;   /* cleared by the GC: a later build() fails instead of inventing */
+    return 0;
+}
+
 static void FlagsState_dealloc(FlagsStateObject *self)
 {
+    PyObject_GC_UnTrack(self);
     if (self->it.items != NULL)
         afs_items_free(self->it.items, self->it.n, self->it.map_len);
+    Py_XDECREF(self->values);
     Py_XDECREF(self->built);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -811,7 +885,8 @@ static PyObject *FlagsState_build(FlagsStateObject *self, PyObject *unused)
             PyErr_SetString(PyExc_RuntimeError, "this all_flags_state result could not be built");
             return NULL;
         }
-        self->built = afs_build(&self->it, 0);
+        self->built = afs_build(&self->it, 0, self->values);
+        Py_CLEAR(self->values);   /* now held by built (or lost with the failure) */
         if (self->built == NULL) {
             self->failed = 1;
             return NULL;
@@ -819,6 +894,28 @@ static PyObject *FlagsState_build(FlagsStateObject *self, PyObject *unused)
     }
     Py_INCREF(self->built);
     return self->built;
+}
+
+static PyObject *FlagsState_values(FlagsStateObject *self, PyObject *unused)
+{
+    if (self->built != NULL) {
+        PyObject *v = PyTuple_GET_ITEM(self->built, 0);
+        Py_INCREF(v);
+        return v;
+    }
+    if (self->values == NULL) {
+        if (self->failed) {
+            PyErr_SetString(PyExc_RuntimeError, "this all_flags_state result could not be built");
+            return NULL;
+        }
+        int gc_was_enabled = afs_gc_pause();
+        self->values = afs_values(&self->it, 1);
+        afs_gc_resume(gc_was_enabled);
+        if (self->values == NULL)
+            return NULL;   /* the items are intact: a later call may try again */
+    }
+    Py_INCREF(self->values);
+    return self->values;
 }
 
 static Py_ssize_t FlagsState_len(FlagsStateObject *self)
@@ -830,6 +927,8 @@ static Py_ssize_t FlagsState_len(FlagsStateObject *self)
 static PyMethodDef FlagsState_methods[] = {
     {"build", (PyCFunction)FlagsState_build, METH_NOARGS,
      "build() -> (values, metadata): the dicts FeatureFlagsState keeps (built once)"},
+    {"values", (PyCFunction)FlagsState_values, METH_NOARGS,
+     "values() -> the values dict alone (built once; build() returns the same one)"},
     {NULL, NULL, 0, NULL}
 };
 
@@ -842,7 +941,9 @@ static PyTypeObject FlagsStateType = {
     .tp_name = "shmflags._native._FlagsState",
     .tp_basicsize = sizeof(FlagsStateObject),
     .tp_dealloc = (destructor)FlagsState_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)FlagsState_traverse,
+    .tp_clear = (inquiry)FlagsState_clear,
     .tp_doc = "all_flags_state() evaluated; build() makes its dicts once (FeatureFlagsState)",
     .tp_methods = FlagsState_methods,
     .tp_as_sequence = &FlagsState_seq,
@@ -858,14 +959,16 @@ PyObject *sf_py_all_flags_lazy(SnapshotObject *self, PyObject *args, PyObject *k
     afs_items_t it;
     if (afs_collect(self, args, kwds, "all_flags_lazy", &it) < 0)
         return NULL;
-    FlagsStateObject *o = PyObject_New(FlagsStateObject, &FlagsStateType);
+    FlagsStateObject *o = PyObject_GC_New(FlagsStateObject, &FlagsStateType);
     if (o == NULL) {
         afs_items_free(it.items, it.n, it.map_len);
         return NULL;
     }
     o->it = it;
+    o->values = NULL;
     o->built = NULL;
     o->failed = 0;
+    PyObject_GC_Track(o);
     return (PyObject *)o;
 }
 

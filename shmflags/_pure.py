@@ -191,5 +191,9 @@ class _FlagsState:
         """``(values, metadata)``: the same pair on every call."""
         return self._built
 
+    def values(self) -> Dict[str, Any]:
+        """The values dict: the one :meth:`build` returns."""
+        return self._built[0]
+
     def __len__(self) -> int:
         return len(self._built[1])

@@ -60,7 +60,12 @@ class FeatureFlagsState:
     @property
     def _values(self) -> Dict[str, Any]:
         if self._values_d is None:
-            self._build()
+            # the values dict alone (to_values_map(), get_flag_value()): the 10,000 metadata
+            # dicts are built only if asked for; values() and build() hand out the same dict.
+            # _build stores both dicts before clearing _lazy, so None here means they are set.
+            lazy = self._lazy
+            if lazy is not None:
+                self._values_d = lazy.values()
         return self._values_d  # type: ignore[return-value]
 
     @property

@@ -519,6 +519,50 @@ def test_all_flags_lazy_builds_what_all_flags_state_gives(N, opts):
         assert pickle.loads(pickle.dumps(b)) == a
 
 
+def test_all_flags_lazy_values_alone_then_build(N):
+    """values() builds the values dict alone (to_values_map() pays for no metadata); a later
+    build() returns that same dict with the metadata, on both evaluators."""
+    from shmflags.client.flags_state import FeatureFlagsState
+    c, py = both(N, _lazy_flags())
+    ctx = Context.create("k")
+    full = c.all_flags_state(ctx, True, False, False, 1000)
+    for make in (c.all_flags_lazy, py.all_flags_lazy):
+        lazy = make(ctx, True, False, False, 1000)
+        values = lazy.values()
+        assert lazy.values() is values
+        assert "$valid" not in values and "$flagsState" not in values
+        assert all(values[k] == full[k] for k in values)
+        built_values, meta = lazy.build()
+        assert built_values is values and lazy.values() is values
+        assert meta == full["$flagsState"]
+    # through FeatureFlagsState: values first, then a reason, then the JSON
+    state = FeatureFlagsState(True, c.all_flags_lazy(ctx, True, False, False, 1000))
+    values = state.to_values_map()
+    assert state.get_flag_value("c") == {"k": [1, 2]}
+    assert state.get_flag_reason("a") == full["$flagsState"]["a"]["reason"]
+    assert state.to_values_map() is values
+    assert state.to_json_dict() == full
+
+
+def test_all_flags_lazy_cycle_through_its_values_is_collected(N):
+    """A caller may store the lazy result inside its own values dict: the GC frees the cycle."""
+    import gc
+    import weakref
+    c, _ = both(N, _lazy_flags())
+
+    class Holder:
+        pass
+    lazy = c.all_flags_lazy(Context.create("k"), True, False, False, 0)
+    values = lazy.values()
+    holder = Holder()
+    holder.lazy = lazy
+    values["cycle"] = holder
+    gone = weakref.ref(holder)
+    del lazy, values, holder
+    gc.collect()
+    assert gone() is None
+
+
 def test_all_flags_lazy_outlives_its_snapshot(N):
     import gc
     c, _ = both(N, _lazy_flags())
