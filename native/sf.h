@@ -315,7 +315,9 @@ PyObject *sf_info_tuple(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_r
                         const sf_result_t *r);
 PyObject *sf_rec_pystr(SnapshotObject *so, const sf_rec_t *rec, sf_ref_t ref);
 PyObject *sf_flag_key(SnapshotObject *so, const sf_rec_t *rec, const sf_flag_rec_t *f);
+PyObject *sf_key_str(const char *s, uint32_t n);   /* new str of record key bytes */
 sf_flagcache_t *sf_flag_cache_for(SnapshotObject *so, const sf_entry_t *ent);
+sf_flagcache_t *sf_flag_cache_if_any(SnapshotObject *so, const sf_entry_t *ent);   /* no new page */
 /* the slot of a rank sf_flag_cache_for() returned before, or NULL */
 sf_flagcache_t *sf_flag_cache_at(SnapshotObject *so, uint32_t rank);
 void sf_flagcache_free(SnapshotObject *so);

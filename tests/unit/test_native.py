@@ -563,6 +563,22 @@ def test_all_flags_lazy_cycle_through_its_values_is_collected(N):
     assert gone() is None
 
 
+def test_all_flags_state_names_non_ascii_keys_as_python_does(N):
+    """all_flags_state makes each key str itself (ASCII directly, anything else through the
+    UTF-8 decoder): the same keys, in the same order, as the Python evaluator; and a key
+    evaluated by variation() first (cached by the snapshot) is the same str."""
+    flags = {k: flag(k) for k in ("ascii-key", "clé", "キー", "emoji-🚩", "", "z" * 300)}
+    c, py = both(N, flags)
+    ctx = Context.create("k")
+    assert c.evaluate("clé", ctx)[0] is True   # caches this one key in its slot
+    for _ in range(2):
+        got = c.all_flags_state(ctx, False, False, False, 0)
+        assert got == py.all_flags_state(ctx, False, False, False, 0)
+        assert list(got) == list(py.all_flags_state(ctx, False, False, False, 0))
+        values, _ = c.all_flags_lazy(ctx, False, False, False, 0).build()
+        assert set(values) == set(flags) and all(type(k) is str for k in values)
+
+
 def test_all_flags_lazy_outlives_its_snapshot(N):
     import gc
     c, _ = both(N, _lazy_flags())
