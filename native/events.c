@@ -62,8 +62,10 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
 
 /*
  * The counter cache: (flag key, variation, context kinds, version) -> the summary's counter
- * list, for the window's summary dict ``summary``; direct-mapped on the key's and the
- * variation's addresses.  An entry is only made for a counter that find_counter() found
+ * list, for the window's summary dict ``summary``; two-way set-associative on the key's and
+ * the variation's addresses (a set is two adjacent slots; the newest entry goes first, the
+ * older one moves to the second way and the one there is dropped: a thousand counters in a
+ * direct-mapped table collided on ~30% of calls).  An entry is only made for a counter that find_counter() found
  * with every one of those kinds in the flag's kinds set and at the flag's version; within
  * one summary dict a counter, its flag and the kinds set only grow (the Python code never
  * removes or replaces them), so the entry stays right until the window's summary dict
@@ -105,7 +107,8 @@ typedef struct {
 
 /*
  * The context cache: context object -> its window entry in the contexts dict
- * ``cx_contexts``, direct-mapped on the context's address, strong references.  Made only
+ * ``cx_contexts``, two-way set-associative on the context's address (as the counter
+ * cache), strong references.  Made only
  * from an entry found in that dict by the context's cached fully-qualified key; the
  * Python code replaces an entry of a live window only in _put_back, which empties the
  * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
@@ -121,10 +124,11 @@ static void cx_clear(RecorderCore *self)
     Py_CLEAR(self->cx_contexts);
 }
 
+/* The first pair of the set for @context; the second is the next one. */
 static size_t cx_index(PyObject *context)
 {
     uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
-    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 1);
+    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 2);
 }
 
 /* The cached entry of @context in the live contexts dict (borrowed), or NULL. */
@@ -132,8 +136,10 @@ static PyObject *cx_get(RecorderCore *self, PyObject *context)
 {
     if (self->cx == NULL || self->cx_contexts != self->contexts)
         return NULL;
-    size_t i = cx_index(context);
-    return self->cx[2 * i] == context ? self->cx[2 * i + 1] : NULL;
+    PyObject **p = &self->cx[2 * cx_index(context)];
+    if (p[0] == context)
+        return p[1];
+    return p[2] == context ? p[3] : NULL;
 }
 
 /* Remember @entry, found in the live contexts dict for @context (same freeing rule as
@@ -152,14 +158,25 @@ static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
         if (self->cx == NULL)
             return;
     }
-    size_t i = cx_index(context);
-    /* The pair evicted: its entry is in the live dict; its context (possibly an equal
-     * twin of the entry's own) must not be freed here, where a finalizer of one of its
-     * attributes would run Python code: only evicted while someone else holds it. */
-    if (self->cx[2 * i] != NULL && Py_REFCNT(self->cx[2 * i]) <= 1)
-        return;
-    Py_XSETREF(self->cx[2 * i], Py_NewRef(context));
-    Py_XSETREF(self->cx[2 * i + 1], Py_NewRef(entry));
+    PyObject **p = &self->cx[2 * cx_index(context)];
+    /* The pair evicted (the second way's, whose place the first way's pair takes): its
+     * entry is in the live dict; its context (possibly an equal twin of the entry's own)
+     * must not be freed here, where a finalizer of one of its attributes would run Python
+     * code: only evicted while someone else holds it; else the first way's pair is the one
+     * replaced, under the same rule, or nothing is cached. */
+    if (p[0] != NULL) {
+        if (p[2] == NULL || Py_REFCNT(p[2]) > 1) {
+            Py_XDECREF(p[2]);
+            Py_XDECREF(p[3]);
+            p[2] = p[0];   /* the references move */
+            p[3] = p[1];
+            p[0] = p[1] = NULL;
+        } else if (Py_REFCNT(p[0]) <= 1) {
+            return;
+        }
+    }
+    Py_XSETREF(p[0], Py_NewRef(context));
+    Py_XSETREF(p[1], Py_NewRef(entry));
 }
 
 static void cc_clear_slot(cc_slot_t *c)
@@ -181,10 +198,11 @@ static void cc_clear(RecorderCore *self)
     Py_CLEAR(self->cc_summary);
 }
 
+/* The first slot of the set for (key, variation); the second is the next one. */
 static size_t cc_index(PyObject *key, PyObject *variation)
 {
     uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ ((uintptr_t)variation >> 4);
-    return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 1);
+    return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 2);
 }
 
 /* The cached counter for these objects in the live summary (borrowed), or NULL. */
@@ -194,8 +212,12 @@ static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
     if (self->cc == NULL || self->cc_summary != self->summary)
         return NULL;
     cc_slot_t *c = &self->cc[cc_index(key, variation)];
-    if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version)
-        return NULL;
+    if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version) {
+        c++;   /* the set's second way */
+        if (c->key != key || c->variation != variation || c->kinds != kinds
+            || c->version != version)
+            return NULL;
+    }
     PyObject *counter = c->counter;   /* shape re-checked: the Python code may write it */
     if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
         || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
@@ -225,7 +247,12 @@ static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObj
             return;
     }
     cc_slot_t *c = &self->cc[cc_index(key, variation)];
-    cc_clear_slot(c);
+    if (c->key != NULL) {
+        /* the first way's entry moves to the second (the references move with it) */
+        cc_clear_slot(&c[1]);
+        c[1] = c[0];
+        memset(c, 0, sizeof(*c));
+    }
     c->key = Py_NewRef(key);
     c->variation = Py_NewRef(variation);
     c->kinds = Py_NewRef(kinds);
@@ -333,11 +360,22 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-/* The same clock as time.time(): CLOCK_REALTIME, as a double of seconds. */
-static double now_seconds(void)
+/*
+ * The same clock as time.time(): CLOCK_REALTIME, as a double of seconds.  @coarse: the
+ * kernel's reading of it at its last tick (CLOCK_REALTIME_COARSE: a memory read, ~5 ns
+ * instead of ~25 ns here; up to one tick, 1-4 ms, behind), for what every call reads and a
+ * few ms do not change: the deadline check (PID_CHECK_INTERVAL) and the window's end time.
+ * Event creation dates, a window's start and a context's first sighting read the exact clock.
+ */
+static double now_seconds(int coarse)
 {
     struct timespec ts;
+#ifdef CLOCK_REALTIME_COARSE
+    clock_gettime(coarse ? CLOCK_REALTIME_COARSE : CLOCK_REALTIME, &ts);
+#else
+    (void)coarse;
     clock_gettime(CLOCK_REALTIME, &ts);
+#endif
     return (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
 }
 
@@ -615,6 +653,12 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
     Py_XDECREF(ms);
     if (bad)
         Py_CLEAR(ev);
+    else
+        /* Invariant: nothing but the window's events list refers to this dict (the
+         * recorder's code only reads and copies it), so it is never part of a reference
+         * cycle, and the collector need not see it.  Untracked, a window of 10,000 events
+         * no longer makes the collector's oldest generation due, nor is walked by it. */
+        PyObject_GC_UnTrack(ev);
     return ev;
 }
 
@@ -755,12 +799,26 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
             || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
             return 0;
-        /* An event carries the entry's context dict only when the entry is this very
-         * context (_full(): otherwise context.to_dict(), which is Python code). */
-        if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context))
-            return 0;
         ctx_dict = PyList_GET_ITEM(entry, 0);
         kinds = PyList_GET_ITEM(entry, 4);
+        /* An event carries the entry's context dict when the entry is this very context;
+         * a twin (same fully-qualified key, another object) carries its own, as _json_of():
+         * taken here from its cached _ev slot (a slot read: no Python code), else the
+         * Python path makes it. */
+        if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context)) {
+            if ((PyObject *)Py_TYPE(context) != self->ctx_type)
+                return 0;
+            PyObject *ev = PyObject_GetAttr(context, s_ev);
+            if (ev == NULL) {
+                PyErr_Clear();
+                return 0;
+            }
+            Py_DECREF(ev);   /* kept alive by the context's slot */
+            if (!PyTuple_CheckExact(ev) || PyTuple_GET_SIZE(ev) != 2
+                || !PyDict_CheckExact(PyTuple_GET_ITEM(ev, 0)))
+                return 0;
+            ctx_dict = PyTuple_GET_ITEM(ev, 0);
+        }
     }
     if (!PyDict_CheckExact(summary))
         return 0;
@@ -809,8 +867,13 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (main.how != FOUND && (cvalue == NULL || dflt == NULL || !CAN_CREATE))
             return 0;   /* (no default: not a caller of this module) */
     }
-    /* All checked.  The event (or its drop) first: its failure (no memory) leaves the window
-     * unchanged. */
+    /* All checked.  @now is the coarse clock (now_seconds()); a call that records more than
+     * counts (an event's creation date, a window's start, a first sighting) reads the exact
+     * one, which then also ends the window, as in the Python path. */
+    if (event || new_fq != NULL
+        || (count_main && main.how == NEW_FLAG && self->start == Py_None))
+        now = now_seconds(0);
+    /* The event (or its drop) first: its failure (no memory) leaves the window unchanged. */
     if (stat_key != NULL) {
         PyObject *sum = PyNumber_Add(stat_val, s_one);   /* int + int: C only */
         /* an existing key of a dict of exact str keys: replaced in place, no Python code */
@@ -912,7 +975,7 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     if (nargs != 5 || kwnames != NULL)
         return slow_path(op, args, nargs, kwnames);
-    double now = now_seconds();
+    double now = now_seconds(1);
     if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
         return slow_path(op, args, nargs, kwnames);
     PyObject *t = args[2];
@@ -960,7 +1023,7 @@ int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObje
                         PyObject *info, PyObject *prereqs)
 {
     RecorderCore *self = (RecorderCore *)core;
-    double now = now_seconds();
+    double now = now_seconds(1);
     if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
         return 0;
     return core_common(self, key, context, variation, value, dflt, reason, with_reason, info,
@@ -1321,26 +1384,22 @@ static int event_field_ok(int id, PyObject *v, int debug)
     }
 }
 
-static PyObject *pack_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/*
+ * pack_event_into() - append the bytes _pack_event() returns for @event to @w.
+ * Return: 1 appended; 0 the schema refuses the event (@w may hold a partial write: the
+ * caller rewinds); -1 error set; -2 not a call this function takes (the TypeError cases of
+ * _pack_event: not a feature or debug event of 2..15 fields whose last key is "context").
+ */
+static int pack_event_into(wbuf_t *w, PyObject *event, PyObject *cbytes)
 {
-    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "_pack_event(event: dict, context_bytes: bytes)");
-        return NULL;
-    }
-    PyObject *event = args[0], *cbytes = args[1];
     Py_ssize_t n = PyDict_GET_SIZE(event);
     PyObject *kind = dict_get_ascii(event, "kind");
     int debug = kind != NULL && PyUnicode_CheckExact(kind)
                 && PyUnicode_CompareWithASCIIString(kind, "debug") == 0;
     if (n < 2 || n > 15 || kind == NULL || !PyUnicode_CheckExact(kind)
-        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0)) {
-        PyErr_SetString(PyExc_TypeError, "_pack_event takes a feature or debug event of 2 to "
-                        "15 fields");
-        return NULL;
-    }
-    char small[512];   /* most events fit: no allocation */
-    wbuf_t w = {small, 0, sizeof small, 0};
-    int r = w_be(&w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
+        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0))
+        return -2;
+    int r = w_be(w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
     unsigned seen = 0;
     int last_context = 0;
     Py_ssize_t pos = 0;
@@ -1359,27 +1418,111 @@ static PyObject *pack_event(PyObject *module, PyObject *const *args, Py_ssize_t 
             break;
         }
         seen |= 1u << id;
-        if ((r = w_str(&w, k)) > 0)
-            r = pack_json(&w, v, id == F_REASON ? 1 : 0);
+        if ((r = w_str(w, k)) > 0)
+            r = pack_json(w, v, id == F_REASON ? 1 : 0);
     }
-    if (r > 0 && !last_context) {
-        w_free(&w);
-        PyErr_SetString(PyExc_TypeError, "_pack_event: \"context\" must be the last field");
-        return NULL;
-    }
+    if (r > 0 && !last_context)
+        return -2;
     unsigned need = 1u << F_VALUE | 1u << F_DEFAULT | 1u << F_DATE | 1u << F_KEY
                     | (debug ? 1u << F_DEBUG_UNTIL : 0u);
     if (r > 0 && (seen & need) != need)
         r = 0;   /* a required field is missing */
     static const char ctx_key[] = "\xa7" "context";   /* msgpack fixstr "context" */
-    if (r > 0 && (w_put(&w, ctx_key, 8) < 0
-                  || w_put(&w, PyBytes_AS_STRING(cbytes), PyBytes_GET_SIZE(cbytes)) < 0))
+    if (r > 0 && (w_put(w, ctx_key, 8) < 0
+                  || w_put(w, PyBytes_AS_STRING(cbytes), PyBytes_GET_SIZE(cbytes)) < 0))
         r = -1;
+    return r;
+}
+
+static PyObject *pack_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "_pack_event(event: dict, context_bytes: bytes)");
+        return NULL;
+    }
+    char small[512];   /* most events fit: no allocation */
+    wbuf_t w = {small, 0, sizeof small, 0};
+    int r = pack_event_into(&w, args[0], args[1]);
     PyObject *out = NULL;
     if (r > 0)
         out = PyBytes_FromStringAndSize(w.buf, w.len);
     else if (r == 0)
         out = Py_NewRef(Py_None);
+    else if (r == -2)
+        PyErr_SetString(PyExc_TypeError, "_pack_event takes a feature or debug event of 2 to "
+                        "15 fields whose last field is \"context\"");
+    w_free(&w);
+    return out;
+}
+
+/*
+ * _pack_event_run(events, start, context_bytes, room) -> (bytes, end): the events
+ * events[start:end] packed back to back (each exactly as _pack_event() packs it), as many
+ * as fit in @room bytes, for one datagram (sender.pack_window).  It stops before the first
+ * event it does not take: not an exact dict; not a feature or debug event of the shape
+ * _pack_event() takes; a context dict whose bytes are not in @context_bytes (id(dict) ->
+ * bytes, filled by the caller; b"" = refused); an event the schema refuses; or one that
+ * does not fit.  The caller handles that event one at a time (sender._encode_event),
+ * then calls again: the same bytes, one Python step per datagram instead of per event.
+ * Runs no Python code: exact dicts, ints and bytes only (as _pack_event).
+ */
+static PyObject *pack_event_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyLong_CheckExact(args[1])
+        || !PyDict_CheckExact(args[2]) || !PyLong_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_pack_event_run(events: list, start: int, context_bytes: dict, room: int)");
+        return NULL;
+    }
+    PyObject *events = args[0], *cbmap = args[2];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]), room = PyLong_AsSsize_t(args[3]);
+    if ((start == -1 || room == -1) && PyErr_Occurred())
+        return NULL;
+    if (start < 0)
+        start = 0;
+    wbuf_t w = {NULL, 0, 0, 0};
+    Py_ssize_t j = start;
+    int r = 1;
+    /* the list may not change meanwhile: no Python code runs in this loop */
+    for (; j < PyList_GET_SIZE(events); j++) {
+        PyObject *ev = PyList_GET_ITEM(events, j);
+        if (!PyDict_CheckExact(ev))
+            break;
+        PyObject *ctx = dict_get_ascii(ev, "context");
+        if (ctx == NULL || !PyDict_CheckExact(ctx))
+            break;
+        PyObject *id = PyLong_FromVoidPtr(ctx);   /* id(ctx), as the caller's keys */
+        if (id == NULL) {
+            r = -1;
+            break;
+        }
+        PyObject *cbytes = PyDict_GetItemWithError(cbmap, id);   /* exact int key: C only */
+        Py_DECREF(id);
+        if (cbytes == NULL) {
+            if (PyErr_Occurred())
+                r = -1;
+            break;
+        }
+        if (!PyBytes_CheckExact(cbytes) || PyBytes_GET_SIZE(cbytes) == 0)
+            break;   /* a refused context: the caller counts the event */
+        Py_ssize_t mark = w.len;
+        int one = pack_event_into(&w, ev, cbytes);
+        if (one < 0 && one != -2) {
+            r = -1;
+            break;
+        }
+        if (one <= 0 || w.len > room) {
+            w.len = mark;   /* not taken: the caller's */
+            break;
+        }
+    }
+    PyObject *out = NULL;
+    if (r > 0) {
+        PyObject *blob = PyBytes_FromStringAndSize(w.buf != NULL ? w.buf : "", w.len);
+        if (blob != NULL) {
+            out = Py_BuildValue("(Nn)", blob, j);
+        }
+    }
     w_free(&w);
     return out;
 }
@@ -1389,6 +1532,10 @@ static PyMethodDef events_functions[] = {
      "_pack_event(event, context_bytes) -> bytes | None: check and pack a feature or debug "
      "event whose last field is its context (already packed), as sender._encode_event "
      "does in Python; None when the schema refuses it"},
+    {"_pack_event_run", (PyCFunction)(void (*)(void))pack_event_run, METH_FASTCALL,
+     "_pack_event_run(events, start, context_bytes, room) -> (bytes, end): events[start:end] "
+     "packed back to back as _pack_event packs each, as many as fit in room bytes; stops "
+     "before the first event it does not take"},
     {NULL, NULL, 0, NULL}
 };
 

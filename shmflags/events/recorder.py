@@ -94,6 +94,25 @@ def _kinds_of(context: Any) -> Tuple[str, ...]:
     return kinds
 
 
+def _ev_of(context: Any) -> Tuple[dict, Tuple[str, ...]]:
+    """``(JSON dict, kinds)`` of a context for the window. A shmflags Context keeps it in
+    its ``_ev`` slot for the next windows and for the C path (which sights a context, or
+    puts it in an event, only when it has them); the dict is only ever read."""
+    if type(context) is not _Context:
+        return context.to_dict(), _kinds_of(context)
+    ev = context._ev
+    if ev is None:
+        ev = context._ev = (context.to_dict(), _kinds_of(context))
+    return ev
+
+
+def _json_of(context: Any, entry: list) -> dict:
+    """The JSON an event carries for ``context``: its window entry's when the entry was made
+    from this very object, else its own (a twin: same fully-qualified key, another object,
+    whose attributes may differ)."""
+    return entry[0] if entry[5] is context else _ev_of(context)[0]
+
+
 def _after_fork_in_child(ref: "weakref.ref[EventRecorder]") -> None:
     recorder = ref()
     if recorder is not None:
@@ -146,9 +165,11 @@ class _Recorder:
         # ``_deadline`` is the next time a call does the slow checks (pid, flush interval).
         # A disabled or closed recorder keeps it at 0 so that the one comparison on the hot
         # path also routes it to the early return.
-        # The first call after construction checks at once: a recorder built in a prefork
-        # master and inherited without fork handlers is then caught before it counts.
-        self._deadline = now if self._enabled else 0.0
+        # The first call after construction checks at once (0: whatever the clock, and the
+        # C path compares with a clock that may be a few ms behind this one): a recorder
+        # built in a prefork master and inherited without fork handlers is then caught
+        # before it counts.
+        self._deadline = 0.0
         self._retry_at: Optional[float] = None
         self._retry_delay = 0.0
         self._flush_requested = False
@@ -226,13 +247,7 @@ class _Recorder:
         if entry is None:
             if self._thread is None:
                 self._start_thread()
-            # A shmflags Context keeps its JSON and kinds for the next windows (and for the
-            # C path, which sights a context that has them); the dict is only ever read.
-            ev = context._ev if type(context) is _Context else None
-            if ev is None:
-                ev = (context.to_dict(), _kinds_of(context))
-                if type(context) is _Context:
-                    context._ev = ev
+            ev = _ev_of(context)
             entry = [ev[0], int(now * 1000), count, index, ev[1], context]
             if len(self._contexts) >= self._capacity:
                 self._dropped += 1
@@ -381,7 +396,7 @@ class _Recorder:
             event["reason"] = reason
         if prereq_of is not None:
             event["prereqOf"] = prereq_of
-        event["context"] = entry[0] if entry[5] is context else context.to_dict()
+        event["context"] = _json_of(context, entry)
         if bits & 3 and self._sample(sampling):
             self._append(event)
         if debug and self._sample(sampling):
@@ -417,8 +432,7 @@ class _Recorder:
             entry = self._sight(context, now, 1, True)
             event: Dict[str, Any] = {"kind": "custom", "creationDate": int(now * 1000),
                                      "key": key,
-                                     "context": entry[0] if entry[5] is context
-                                     else context.to_dict()}
+                                     "context": _json_of(context, entry)}
             if data is not None:
                 event["data"] = data
             if metric_value is not None:
@@ -442,7 +456,7 @@ class _Recorder:
             self._check_pid()
             entry = self._sight(context, now, 1, False)
             self._append({"kind": "identify", "creationDate": int(now * 1000),
-                          "context": entry[0] if entry[5] is context else context.to_dict()})
+                          "context": _json_of(context, entry)})
             full = len(self._events) + self._unsent_events >= self._capacity
         if full:
             self._flush_full()

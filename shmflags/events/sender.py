@@ -19,6 +19,7 @@ from shmflags.events.datagram import (
     MAX_DATAGRAM,
     VERSION,
     DatagramError,
+    _is_int,
     check_context,
     check_context_entry,
     check_event,
@@ -77,13 +78,41 @@ def _encode(obj: Any, check: Callable[[Any], None]) -> Optional[bytes]:
 
 try:  # feature/debug events checked and packed in C (native/events.c); optional
     from shmflags._native import _pack_event  # type: ignore[attr-defined]
+    from shmflags._native import _pack_event_run  # type: ignore[attr-defined]
 except ImportError:  # no extension (or an older build): the Python code below
-    _pack_event = None
+    _pack_event = _pack_event_run = None
 
 _CONTEXT_KEY = msgpack.packb("context")
 _NO_BYTES = b""
 _EVAL_KINDS = ("feature", "debug")
 _DATA_OF = {"flags": "flag_data", "contexts": "context_data"}  # _Builder's parallel lists
+
+
+def _context_bytes(ctx: dict, contexts: Dict[int, bytes]) -> bytes:
+    """A context dict checked and packed once per pack (``contexts``: ``id`` of the dict →
+    its bytes, ``b""`` when refused; the dicts stay alive for the whole pack, so ids are not
+    reused)."""
+    cbytes = contexts.get(id(ctx))
+    if cbytes is None:
+        cbytes = _encode(ctx, check_context) or _NO_BYTES
+        contexts[id(ctx)] = cbytes
+    return cbytes
+
+
+def _encode_entry(entry: list, contexts: Dict[int, bytes]) -> Optional[bytes]:
+    """msgpack bytes of a context sighting ``entry[:4]`` (``[context, first_ms, count,
+    index]``), or ``None`` when the schema would refuse it: exactly ``msgpack.packb(entry[:4])``,
+    with the context's bytes from :func:`_context_bytes` (the window's events reuse them)."""
+    if type(entry) is not list or len(entry) < 4 or type(entry[0]) is not dict:
+        return _encode(entry[:4], check_context_entry)
+    first, count, index = entry[1], entry[2], entry[3]
+    if not (_is_int(first) and _is_int(count) and type(index) is bool):
+        return None
+    cbytes = _context_bytes(entry[0], contexts)
+    if cbytes is _NO_BYTES:
+        return None
+    # a fixarray of 4: its header, the context, then the three others as packb packs them
+    return b"\x94" + cbytes + msgpack.packb([first, count, index])[1:]
 
 
 def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
@@ -99,10 +128,7 @@ def _encode_event(event: dict, contexts: Dict[int, bytes]) -> Optional[bytes]:
     ctx = event.get("context")
     if type(ctx) is not dict or not 1 < n <= 15 or next(reversed(event)) != "context":
         return _encode(event, check_event)
-    cbytes = contexts.get(id(ctx))
-    if cbytes is None:
-        cbytes = _encode(ctx, check_context) or _NO_BYTES
-        contexts[id(ctx)] = cbytes
+    cbytes = _context_bytes(ctx, contexts)
     if cbytes is _NO_BYTES:
         return None
     kind = event.get("kind")
@@ -225,18 +251,35 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
             unsendable += 1
         for data, item in items:
             add("flags", data, item)
+    context_bytes: Dict[int, bytes] = {}   # shared by the sightings and the events
     for fq, entry in contexts.items():
-        data = _encode(entry[:4], check_context_entry)
+        data = _encode_entry(entry, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue
         add("contexts", data, (fq, entry))
-    context_bytes: Dict[int, bytes] = {}
     # (the loop of add() and _encode_event() inlined: a window holds up to
-    # events_max_pending events, and their packing is the flush's largest cost)
-    pack = _pack_event
+    # events_max_pending events, and their packing is the flush's largest cost). With the
+    # extension, _pack_event_run packs the events that follow, as many as fit in this
+    # datagram, in one call; the loop below takes the one it stopped at (a context not
+    # packed yet, an event it refuses or that does not fit), then hands back to it.
+    pack, run = _pack_event, _pack_event_run
     b = builders[-1]
-    for event in events:
+    i, n_events = 0, len(events)
+    if type(events) is not list:
+        run = None
+    while i < n_events:
+        if run is not None:
+            blob, end = run(events, i, context_bytes, _ITEM_LIMIT - b.size)
+            if end > i:
+                b.events.extend(events[i:end])
+                b.event_data.append(blob)
+                b.size += len(blob)
+                i = end
+                if i == n_events:
+                    break
+        event = events[i]
+        i += 1
         ctx = event.get("context") if type(event) is dict else None
         kind = event.get("kind") if ctx is not None else None
         cbytes = context_bytes.get(id(ctx)) if type(kind) is str else None

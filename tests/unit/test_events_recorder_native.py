@@ -157,6 +157,33 @@ def test_c_path_counts_and_window_state(sinks):
 
 
 @native_only
+def test_twin_contexts_put_their_own_json_in_events_on_the_c_path(sinks):
+    """Two context objects with one key but other attributes: each feature event carries
+    its own context's JSON, on both paths, and after a twin's first event (which caches its
+    JSON) its events take the C path too."""
+    a, b = sinks
+    native = make(R.EventRecorder, a.path)
+    python = make(R.PythonEventRecorder, b.path)
+    first = Context.builder("u").set("plan", "free").build()
+    twin = Context.builder("u").set("plan", "pro").build()
+    tracked = ("on", 1, FALLTHROUGH, (9, 1, None, None), ())
+    native.record_evaluation("f", first, tracked, "off", False)   # slow checks, new flag
+    native.record_evaluation("f", twin, tracked, "off", False)    # caches the twin's JSON
+    slow = SlowCalls(native)
+    for ctx in [first, twin] * 50:
+        native.record_evaluation("f", ctx, tracked, "off", False)
+    assert slow.n == 0
+    for ctx in [first, twin] * 51:
+        python.record_evaluation("f", ctx, tracked, "off", False)
+    native.close()
+    python.close()
+    got_native, got_python = a.read(), b.read()
+    assert untimed(got_native) == untimed(got_python)
+    plans = [e["context"]["plan"] for d in got_native for e in d.get("events", [])]
+    assert plans == ["free", "pro"] * 51
+
+
+@native_only
 def test_c_path_counts_prerequisites(sinks):
     a, _ = sinks
     rec = make(R.EventRecorder, a.path)
