@@ -91,6 +91,8 @@ typedef struct {
     PyObject *ctx_type;   /* _context_type: the one class whose cached ``_fqk`` slot is read */
     PyObject *lock;       /* _lock: the recorder's threading.Lock, or None */
     PyObject *locked;     /* lock.locked (bound), cached when _lock is set; NULL if none */
+    PyCFunction locked_fn;/* the C function of type(lock).locked (a METH_NOARGS method), or
+                           * NULL: then the bound method is called */
     PyObject *events;     /* _events: the window's full events (list), or None */
     Py_ssize_t unsent_events;  /* _unsent_events: events held in packed, unsent datagrams */
     Py_ssize_t capacity;  /* _capacity: events_max_pending */
@@ -309,6 +311,7 @@ static int core_clear(RecorderCore *self)
     Py_CLEAR(self->ctx_type);
     Py_CLEAR(self->lock);
     Py_CLEAR(self->locked);
+    self->locked_fn = NULL;
     Py_CLEAR(self->events);
     Py_CLEAR(self->retry_at);
     Py_CLEAR(self->thread);
@@ -345,6 +348,7 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->ctx_type = Py_NewRef(Py_None);
     self->lock = Py_NewRef(Py_None);
     self->locked = NULL;
+    self->locked_fn = NULL;
     self->events = Py_NewRef(Py_None);
     self->unsent_events = 0;
     self->capacity = 0;   /* no room: feature events take the Python path until __init__ */
@@ -825,7 +829,11 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
     /* No thread is inside a section locked by the Python code (see the header comment). */
     if (self->locked == NULL)
         return 0;
-    PyObject *held = PyObject_CallNoArgs(self->locked);
+    /* locked_fn was taken from this lock's own type when _lock was set, and _lock is only
+     * replaced through that setter: the direct call is the bound call without its ~70
+     * instructions of calling machinery */
+    PyObject *held = self->locked_fn != NULL ? self->locked_fn(self->lock, NULL)
+                                             : PyObject_CallNoArgs(self->locked);
     if (held == NULL)
         return -1;
     Py_DECREF(held);
@@ -1048,8 +1056,21 @@ static int core_set_lock(RecorderCore *self, PyObject *value, void *closure)
         if (locked == NULL)
             return -1;
     }
+    /* type(lock).locked, when it is a C method taking no arguments (threading.Lock's) */
+    PyCFunction fn = NULL;
+    if (locked != NULL) {
+        PyObject *descr = PyObject_GetAttr((PyObject *)Py_TYPE(value), s_locked);
+        if (descr == NULL)
+            PyErr_Clear();
+        else if (Py_IS_TYPE(descr, &PyMethodDescr_Type)
+                 && ((PyMethodDescrObject *)descr)->d_method->ml_flags == METH_NOARGS
+                 && PyObject_TypeCheck(value, PyDescr_TYPE(descr)))
+            fn = ((PyMethodDescrObject *)descr)->d_method->ml_meth;
+        Py_XDECREF(descr);   /* the type holds it, and the lock holds its type */
+    }
     Py_SETREF(self->lock, Py_NewRef(value));
     Py_XSETREF(self->locked, locked);
+    self->locked_fn = fn;
     return 0;
 }
 

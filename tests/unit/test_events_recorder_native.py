@@ -224,6 +224,48 @@ def test_c_path_leaves_locked_windows_to_the_python_path(sinks):
     assert done.is_set() and slow.n == 1 and rec._summary["f"][2][1][0] == 3
 
 
+@native_only
+def test_c_path_asks_any_lock_whether_it_is_held(sinks):
+    """threading.Lock's locked() is called directly; a lock of another kind (here one whose
+    locked() is Python code) is asked through a normal call: both are obeyed."""
+    a, _ = sinks
+    rec = make(R.EventRecorder, a.path)
+    u = Context.create("u")
+    t = ("on", 1, FALLTHROUGH, (9, 0, None, None), ())
+    rec.record_evaluation("f", u, t, "off", False)
+    rec.record_evaluation("f", u, t, "off", False)
+
+    class Reported:
+        """A lock that reports itself held without being so (locked() is Python code)."""
+
+        def __init__(self) -> None:
+            self.inner = threading.Lock()
+            self.asked = 0
+
+        def locked(self) -> bool:
+            self.asked += 1
+            return True
+
+        def acquire(self, *a: Any) -> bool:
+            return self.inner.acquire(*a)
+
+        def release(self) -> None:
+            self.inner.release()
+
+        __enter__ = acquire
+
+        def __exit__(self, *exc: Any) -> None:
+            self.release()
+
+    lock = rec._lock = Reported()
+    slow = SlowCalls(rec)
+    rec.record_evaluation("f", u, t, "off", False)
+    assert lock.asked == 1 and slow.n == 1   # held, as it says: the Python path counted
+    rec._lock = threading.Lock()
+    rec.record_evaluation("f", u, t, "off", False)
+    assert slow.n == 1 and rec._summary["f"][2][1][0] == 4
+
+
 @pytest.mark.parametrize("cls", ["EventRecorder", "PythonEventRecorder"])
 def test_threads_and_concurrent_flushes_lose_no_counts(tmp_path, cls):
     sink = Sink(str(tmp_path / "t.sock"))
