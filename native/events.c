@@ -65,11 +65,11 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
  * list, for the window's summary dict ``summary``; two-way set-associative on the key's and
  * the variation's addresses (a set is two adjacent slots; the newest entry goes first, the
  * older one moves to the second way and the one there is dropped: a thousand counters in a
- * direct-mapped table collided on ~30% of calls).  An entry is only made for a counter that find_counter() found
- * with every one of those kinds in the flag's kinds set and at the flag's version; within
- * one summary dict a counter, its flag and the kinds set only grow (the Python code never
- * removes or replaces them), so the entry stays right until the window's summary dict
- * changes, which empties the cache.  Every object is held by a strong reference (the
+ * direct-mapped table collided on ~30% of calls).  An entry is only made for a counter that
+ * find_counter() found with every one of those kinds in the flag's kinds set and at the
+ * flag's version; within one summary dict a counter, its flag and the kinds set only grow
+ * (the Python code never removes or replaces them), so the entry stays right until the
+ * window's summary dict changes, which empties the cache.  Every object is held by a strong reference (the
  * addresses compared can never be reused for another object meanwhile).  It replaces the
  * summary lookup, the flag list, the counters dict and its lookup (four to six cache misses
  * with a 10,000-flag summary) by one slot.
@@ -110,8 +110,8 @@ typedef struct {
 /*
  * The context cache: context object -> its window entry in the contexts dict
  * ``cx_contexts``, two-way set-associative on the context's address (as the counter
- * cache), strong references.  Made only
- * from an entry found in that dict by the context's cached fully-qualified key; the
+ * cache), strong references.  Made only from an entry found in that dict by the context's
+ * cached fully-qualified key; the
  * Python code replaces an entry of a live window only in _put_back, which empties the
  * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
  * the contexts dict lookup by one slot.

@@ -164,16 +164,76 @@ def test_sender_uses_it_and_packs_the_same_window():
     events = [_event(random.Random(i)) for i in range(400)]
     events = [e for e in events if 1 < len(e) <= 15]
     c_packs, c_bad = S.pack_window(1, 0, 0, 0, 0, {}, {}, events)
-    saved = S._pack_event
-    S._pack_event = None
-    try:
-        py_packs, py_bad = S.pack_window(1, 0, 0, 0, 0, {}, {}, events)
-    finally:
-        S._pack_event = saved
+    py_packs, py_bad = _without_c(S.pack_window, 1, 0, 0, 0, 0, {}, {}, events)
     assert c_bad == py_bad > 0
     assert [p.data for p in c_packs] == [p.data for p in py_packs]
     for p in c_packs:
         datagram.decode(p.data)   # the supervisor's validation accepts every datagram
+
+
+def _without_c(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with the sender's C packing functions switched off."""
+    saved = S._pack_event, S._pack_event_run
+    S._pack_event = S._pack_event_run = None
+    try:
+        return fn(*args)
+    finally:
+        S._pack_event, S._pack_event_run = saved
+
+
+@native
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_runs_of_events_pack_as_one_at_a_time(seed):
+    """_pack_event_run packs a datagram's worth of events per call; a window of events that
+    share their contexts (some refused), mixed with events it does not take (other kinds,
+    malformed, too large for a datagram), packs into the same datagrams, with the same
+    items and the same count of unsendable events, as the per-event Python code."""
+    rng = random.Random(seed)
+    good = [dict(CONTEXT, key=f"u{i}") for i in range(5)]
+    refused = [{"kind": "user", "key": "bad", "x": float("nan")}, {"kind": "user", "key": ""}]
+    events: list = []
+    for i in range(3000):
+        r = rng.random()
+        if r < 0.02:
+            events.append({"kind": "custom", "creationDate": 1, "key": "c",
+                           "context": rng.choice(good)})
+        elif r < 0.025:
+            events.append({"kind": "feature", "creationDate": 1, "key": "big",
+                           "value": "x" * 70_000, "default": None, "version": 1,
+                           "context": rng.choice(good)})
+        else:
+            ev = _event(rng)
+            ev.pop("context", None)
+            ev["context"] = rng.choice(refused if rng.random() < 0.03 else good)
+            events.append(ev)
+    events = [e for e in events if 1 < len(e) <= 15]
+    contexts = {f"user:u{i}": [good[i], 1, 2, True] for i in range(3)}
+    c_packs, c_bad = S.pack_window(1, 0, 0, 0, 0, {}, contexts, events)
+    py_packs, py_bad = _without_c(S.pack_window, 1, 0, 0, 0, 0, {}, contexts, events)
+    assert c_bad == py_bad > 0
+    assert [p.data for p in c_packs] == [p.data for p in py_packs]
+    assert [p.events for p in c_packs] == [p.events for p in py_packs]
+    assert len(c_packs) > 5   # the runs stopped at a datagram's end, many times
+    for p in c_packs:
+        datagram.decode(p.data)
+
+
+@native
+def test_event_run_bad_calls_raise_type_error_or_stop():
+    run = S._pack_event_run
+    ok = {"kind": "feature", "creationDate": 1, "key": "k", "value": 1, "default": 1,
+          "context": CONTEXT}
+    cb = {id(CONTEXT): CBYTES}
+    for args in ((), ([ok], 0, cb), ((ok,), 0, cb, 100), ([ok], "0", cb, 100),
+                 ([ok], 0, [], 100), ([ok], 0, cb, 1.5)):
+        with pytest.raises(TypeError):
+            run(*args)
+    blob, end = run([ok, ok, "x", ok], 0, cb, 10_000)   # stops before what it does not take
+    assert end == 2 and blob == S._pack_event(ok, CBYTES) * 2
+    assert run([ok, ok], 0, cb, len(blob) // 2) == (blob[:len(blob) // 2], 1)   # room
+    assert run([ok], 0, {}, 10_000) == (b"", 0)              # context not packed yet
+    assert run([ok], 0, {id(CONTEXT): b""}, 10_000) == (b"", 0)   # context refused
+    assert run([ok], 5, cb, 10_000) == (b"", 5) and run([ok], -3, cb, 10_000)[1] == 1
 
 
 @native

@@ -204,14 +204,20 @@ def test_c_path_counts_prerequisites(sinks):
     assert len(rec._events) == 1 and rec._events[0]["prereqOf"] == "f"
 
 
-@native_only
-def test_c_path_leaves_locked_windows_to_the_python_path(sinks):
-    a, _ = sinks
-    rec = make(R.EventRecorder, a.path)
+def _counted_twice(path: str) -> Tuple[Any, Context, tuple]:
+    """A recorder that has counted flag "f" twice for context "u" (the second time on the C
+    path), the context, and the evaluation tuple used."""
+    rec = make(R.EventRecorder, path)
     u = Context.create("u")
     t = ("on", 1, FALLTHROUGH, (9, 0, None, None), ())
     rec.record_evaluation("f", u, t, "off", False)
     rec.record_evaluation("f", u, t, "off", False)
+    return rec, u, t
+
+
+@native_only
+def test_c_path_leaves_locked_windows_to_the_python_path(sinks):
+    rec, u, t = _counted_twice(sinks[0].path)
     slow = SlowCalls(rec)
     done = threading.Event()
     with rec._lock:  # another thread inside a locked section: the call must wait for it
@@ -228,12 +234,7 @@ def test_c_path_leaves_locked_windows_to_the_python_path(sinks):
 def test_c_path_asks_any_lock_whether_it_is_held(sinks):
     """threading.Lock's locked() is called directly; a lock of another kind (here one whose
     locked() is Python code) is asked through a normal call: both are obeyed."""
-    a, _ = sinks
-    rec = make(R.EventRecorder, a.path)
-    u = Context.create("u")
-    t = ("on", 1, FALLTHROUGH, (9, 0, None, None), ())
-    rec.record_evaluation("f", u, t, "off", False)
-    rec.record_evaluation("f", u, t, "off", False)
+    rec, u, t = _counted_twice(sinks[0].path)
 
     class Reported:
         """A lock that reports itself held without being so (locked() is Python code)."""
