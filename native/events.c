@@ -26,7 +26,8 @@
  * Runs in worker processes only.
  *
  * Data shapes (built by recorder.py; anything else goes to the Python path):
- *   _summary:    dict  flag key -> [default, kinds set, counters, kinds, version]
+ *   _summary:    dict  flag key -> [default, kinds set, counters, kinds, version] (a getset:
+ *                pending counts of the counter cache are folded in when it is read or set)
  *   counters:    dict  variation (int | None) -> [count, value]
  *   _last_entry: list  [context dict, first_ms, count, index, kinds, context]
  *
@@ -73,11 +74,17 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
  * addresses compared can never be reused for another object meanwhile).  It replaces the
  * summary lookup, the flag list, the counters dict and its lookup (four to six cache misses
  * with a 10,000-flag summary) by one slot.
+ * A count made through a slot is kept in it as a C integer (pending) instead of a new int
+ * in the counter list.  Invariant: every read of the summary from Python sees every count,
+ * because the pending counts are added to their counter lists (cc_fold) whenever the
+ * Python code gets or sets ``_summary`` (its only way to the summary: a getset), and
+ * whenever a slot is dropped or the cache emptied.
  */
 #define CC_SLOTS 4096   /* a power of two */
 typedef struct {
     PyObject *key, *variation, *kinds, *version;   /* NULL: empty slot */
     PyObject *counter;                             /* [count, value] */
+    Py_ssize_t pending;   /* counts not yet added to counter[0] (see cc_fold) */
 } cc_slot_t;
 
 typedef struct {
@@ -181,8 +188,40 @@ static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
     Py_XSETREF(p[1], Py_NewRef(entry));
 }
 
+/* Add a slot's pending counts to its counter list (int + int: C only; the old int is
+ * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
+static void cc_fold_slot(cc_slot_t *c)
+{
+    if (c->pending == 0)
+        return;
+    PyObject *counter = c->counter;
+    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
+        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+        return;   /* cannot happen: counted only after this check (cc_get); kept pending */
+    PyObject *n = PyLong_FromSsize_t(c->pending);
+    PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(counter, 0), n) : NULL;
+    Py_XDECREF(n);
+    if (sum == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyList_SetItem(counter, 0, sum);   /* steals sum */
+    c->pending = 0;
+}
+
+/* Fold every slot's pending counts (see the cache's comment). */
+static void cc_fold(RecorderCore *self)
+{
+    if (self->cc != NULL)
+        for (size_t i = 0; i < CC_SLOTS; i++)
+            if (self->cc[i].pending != 0)
+                cc_fold_slot(&self->cc[i]);
+}
+
 static void cc_clear_slot(cc_slot_t *c)
 {
+    cc_fold_slot(c);
+    c->pending = 0;   /* (only a failed fold leaves some: out of memory, lost) */
     Py_CLEAR(c->key);
     Py_CLEAR(c->variation);
     Py_CLEAR(c->kinds);
@@ -446,6 +485,7 @@ static int keeps_all(PyObject *sampling)
 /* What the summary needs for one (flag, variation) count: find_counter()'s plan. */
 typedef struct {
     PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary) */
+    PyObject *key, *variation;   /* FOUND: the counter's cache set (cc_index; borrowed) */
     PyObject *flag;       /* NEW_COUNTER, or FOUND with add_kinds: the flag's list (borrowed) */
     int how;              /* FOUND, NEW_COUNTER (first of this variation), NEW_FLAG */
     int add_kinds;        /* the context's kinds go into the flag's kinds set first */
@@ -537,6 +577,8 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
 static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
                       PyObject *version, PyObject *variation, plan_t *p)
 {
+    p->key = key;
+    p->variation = variation;
     PyObject *counter = cc_get(self, key, variation, kinds, version);
     if (counter != NULL) {
         p->counter = counter;
@@ -617,8 +659,18 @@ static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
         Py_INCREF(kinds);
         PyList_SetItem(p->flag, 3, kinds);   /* steals; drops the old tuple (C only) */
     }
-    if (p->how == FOUND)
+    if (p->how == FOUND) {
+        /* through the counter's cache slot when it has one (looked up again: another plan
+         * of this call may have moved it to its set's other way) */
+        if (self->cc != NULL && self->cc_summary == summary) {
+            cc_slot_t *c = &self->cc[cc_index(p->key, p->variation)];
+            if (c[0].counter == p->counter || (++c)->counter == p->counter) {
+                c->pending++;
+                return 0;
+            }
+        }
         return add_to(p->counter, 0, s_one);
+    }
     PyObject *counter = PyList_New(2);   /* NEW_COUNTER: counters[variation] = [1, value] */
     if (counter == NULL)
         return -1;
@@ -1080,7 +1132,6 @@ static PyMemberDef core_members[] = {
     {"_end", T_DOUBLE, offsetof(RecorderCore, end), 0, "time of the last evaluation (s)"},
     {"_last_ctx", T_OBJECT, offsetof(RecorderCore, last_ctx), 0, "context of the last sighting"},
     {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
-    {"_summary", T_OBJECT, offsetof(RecorderCore, summary), 0, "the window's summary"},
     {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
     {"_events", T_OBJECT, offsetof(RecorderCore, events), 0, "the window's full events"},
     {"_unsent_events", T_PYSSIZET, offsetof(RecorderCore, unsent_events), 0,
@@ -1101,8 +1152,28 @@ static PyMemberDef core_members[] = {
     {NULL, 0, 0, 0, NULL}
 };
 
+/* _summary: every pending count folded in first (the cache's invariant), on get and set. */
+static PyObject *core_get_summary(RecorderCore *self, void *closure)
+{
+    cc_fold(self);
+    return Py_NewRef(self->summary);
+}
+
+static int core_set_summary(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _summary");
+        return -1;
+    }
+    cc_fold(self);   /* into the window being replaced, which the caller may still pack */
+    Py_SETREF(self->summary, Py_NewRef(value));
+    return 0;
+}
+
 static PyGetSetDef core_getset[] = {
     {"_lock", (getter)core_get_lock, (setter)core_set_lock, "the recorder's lock", NULL},
+    {"_summary", (getter)core_get_summary, (setter)core_set_summary,
+     "the window's summary (flag key -> [default, kinds, counters, kinds, version])", NULL},
     {NULL, NULL, NULL, NULL, NULL}
 };
 

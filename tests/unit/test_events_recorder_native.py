@@ -184,6 +184,30 @@ def test_twin_contexts_put_their_own_json_in_events_on_the_c_path(sinks):
 
 
 @native_only
+def test_counts_kept_in_the_counter_cache_are_never_lost(sinks):
+    """The C core keeps counts made through its counter cache as C integers until the
+    summary is read: every read of ``_summary`` sees them, and a cache too small for the
+    window's counters (slots dropped and reused) still delivers every count."""
+    a, _ = sinks
+    rec = make(R.EventRecorder, a.path)
+    u = Context.create("u")
+    keys = [f"flag-{i}" for i in range(6000)]   # more counters than the cache has slots
+    t = ("on", 1, FALLTHROUGH, (9, 0, None, None), ())
+    slow = SlowCalls(rec)
+    for n in range(1, 4):
+        for key in keys:
+            rec.record_evaluation(key, u, t, "off", False)
+        assert all(rec._summary[k][2][1][0] == n for k in keys[::97]), n
+    assert slow.n < len(keys)   # most counts were the C path's
+    rec.record_evaluation("flag-0", u, t, "off", False)
+    rec._summary = dict(rec._summary)   # a window replaced: its counts are in it first
+    rec.flush()
+    got = a.read()
+    counts = {row[0]: sum(c[3] for c in row[3]) for d in got for row in d["summary"][2]}
+    assert counts == dict({k: 3 for k in keys}, **{"flag-0": 4})
+
+
+@native_only
 def test_c_path_counts_prerequisites(sinks):
     a, _ = sinks
     rec = make(R.EventRecorder, a.path)
