@@ -81,6 +81,7 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
  * whenever a slot is dropped or the cache emptied.
  */
 #define CC_SLOTS 4096   /* a power of two */
+_Static_assert(CC_SLOTS <= 65536, "cc_dirty holds slot indexes as uint16_t");
 typedef struct {
     PyObject *key, *variation, *kinds, *version;   /* NULL: empty slot */
     PyObject *counter;                             /* [count, value] */
@@ -110,6 +111,9 @@ typedef struct {
     PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
     PyObject *cc_summary; /* the summary dict the counter cache is for (strong), or NULL */
     cc_slot_t *cc;        /* CC_SLOTS slots (PyMem), or NULL until first used */
+    uint16_t *cc_dirty;   /* indexes of the slots whose pending went 0 -> 1 since the last
+                           * fold (CC_SLOTS of them at most; allocated with cc) */
+    size_t cc_ndirty;     /* how many; CC_SLOTS + 1: overflowed, fold scans every slot */
     PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
     PyObject **cx;        /* CX_SLOTS pairs (context, entry) (PyMem), or NULL */
 } RecorderCore;
@@ -209,13 +213,31 @@ static void cc_fold_slot(cc_slot_t *c)
     c->pending = 0;
 }
 
-/* Fold every slot's pending counts (see the cache's comment). */
+/* Fold every slot's pending counts (see the cache's comment): the slots listed dirty since
+ * the last fold (a few, between two reads of the summary), or all after an overflow. */
 static void cc_fold(RecorderCore *self)
 {
-    if (self->cc != NULL)
+    if (self->cc == NULL)
+        return;
+    if (self->cc_ndirty > CC_SLOTS) {
         for (size_t i = 0; i < CC_SLOTS; i++)
-            if (self->cc[i].pending != 0)
-                cc_fold_slot(&self->cc[i]);
+            cc_fold_slot(&self->cc[i]);
+    } else {
+        for (size_t i = 0; i < self->cc_ndirty; i++)
+            cc_fold_slot(&self->cc[self->cc_dirty[i]]);
+    }
+    self->cc_ndirty = 0;   /* (a slot a failed fold left pending: folded by cc_clear_slot) */
+}
+
+/* Count one through slot @c: pending, listed dirty on its first pending count. */
+static void cc_count(RecorderCore *self, cc_slot_t *c)
+{
+    if (c->pending++ == 0) {
+        if (self->cc_ndirty < CC_SLOTS)
+            self->cc_dirty[self->cc_ndirty++] = (uint16_t)(c - self->cc);
+        else
+            self->cc_ndirty = CC_SLOTS + 1;   /* listed more than once (slots reused) */
+    }
 }
 
 static void cc_clear_slot(cc_slot_t *c)
@@ -235,7 +257,8 @@ static void cc_clear(RecorderCore *self)
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++)
             if (self->cc[i].key != NULL)
-                cc_clear_slot(&self->cc[i]);
+                cc_clear_slot(&self->cc[i]);   /* folds its pending counts */
+    self->cc_ndirty = 0;
     Py_CLEAR(self->cc_summary);
 }
 
@@ -284,8 +307,15 @@ static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObj
     }
     if (self->cc == NULL) {
         self->cc = PyMem_Calloc(CC_SLOTS, sizeof(cc_slot_t));
-        if (self->cc == NULL)
+        self->cc_dirty = PyMem_Malloc(CC_SLOTS * sizeof(uint16_t));
+        self->cc_ndirty = 0;
+        if (self->cc == NULL || self->cc_dirty == NULL) {
+            PyMem_Free(self->cc);
+            PyMem_Free(self->cc_dirty);
+            self->cc = NULL;
+            self->cc_dirty = NULL;
             return;
+        }
     }
     cc_slot_t *c = &self->cc[cc_index(key, variation)];
     if (c->key != NULL) {
@@ -367,6 +397,8 @@ static void core_dealloc(RecorderCore *self)
     core_clear(self);
     PyMem_Free(self->cc);
     self->cc = NULL;
+    PyMem_Free(self->cc_dirty);
+    self->cc_dirty = NULL;
     PyMem_Free(self->cx);
     self->cx = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -398,6 +430,8 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->start = Py_NewRef(Py_None);
     self->cc_summary = NULL;
     self->cc = NULL;
+    self->cc_dirty = NULL;
+    self->cc_ndirty = 0;
     self->cx_contexts = NULL;
     self->cx = NULL;
     return (PyObject *)self;
@@ -665,7 +699,7 @@ static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
         if (self->cc != NULL && self->cc_summary == summary) {
             cc_slot_t *c = &self->cc[cc_index(p->key, p->variation)];
             if (c[0].counter == p->counter || (++c)->counter == p->counter) {
-                c->pending++;
+                cc_count(self, c);
                 return 0;
             }
         }
