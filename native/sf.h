@@ -120,7 +120,7 @@ typedef struct sf_flagcache {
     uint32_t nvalues;
     uint32_t rec_off, rec_len;/* record span, 0 until known */
     uint32_t rank;            /* the slot's own rank (flag_lookup stores it) */
-} sf_flagcache_t;             /* 56 bytes: all_flags_state fills one per flag (memory, issue 4) */
+} sf_flagcache_t;   /* 56 bytes; made for flags evaluated alone, not by all_flags_state (issue 4) */
 
 #define SF_FCACHE_SHIFT 6u
 #define SF_FCACHE_PAGE  (1u << SF_FCACHE_SHIFT)   /* slots per page: 64 x 56 B = 3.5 KiB */
