@@ -155,17 +155,33 @@ static PyObject *cx_get(RecorderCore *self, PyObject *context)
     return p[2] == context ? p[3] : NULL;
 }
 
-/* Remember @entry, found in the live contexts dict for @context (same freeing rule as
- * cc_put: an old dict is only let go while someone else still holds it). */
+/*
+ * cache_bind() - tie a cache (counter or context) to the window's live dict @live before an
+ * entry is put in it.  *@bound is the dict the cache is for (strong reference, or NULL);
+ * @clear empties the cache and clears *@bound.  Another window: emptying the cache must not
+ * free the old window (its values may be any object of the caller's, whose finalizer would
+ * run Python code here), so it is only emptied while someone else still holds that dict;
+ * otherwise the cache stays off until the Python code empties it (_new_window:
+ * _clear_caches).  Return: 1 the cache is for @live, 0 leave it alone.
+ */
+static int cache_bind(RecorderCore *self, PyObject **bound, PyObject *live,
+                      void (*clear)(RecorderCore *))
+{
+    if (*bound == live)
+        return 1;
+    if (*bound != NULL && Py_REFCNT(*bound) <= 1)
+        return 0;
+    clear(self);
+    Py_INCREF(live);
+    *bound = live;
+    return 1;
+}
+
+/* Remember @entry, found in the live contexts dict for @context. */
 static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
 {
-    if (self->cx_contexts != self->contexts) {
-        if (self->cx_contexts != NULL && Py_REFCNT(self->cx_contexts) <= 1)
-            return;
-        cx_clear(self);
-        Py_INCREF(self->contexts);
-        self->cx_contexts = self->contexts;
-    }
+    if (!cache_bind(self, &self->cx_contexts, self->contexts, cx_clear))
+        return;
     if (self->cx == NULL) {
         self->cx = PyMem_Calloc(2 * CX_SLOTS, sizeof(PyObject *));
         if (self->cx == NULL)
@@ -192,6 +208,14 @@ static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
     Py_XSETREF(p[1], Py_NewRef(entry));
 }
 
+/* 1 when @counter has the shape the C path counts in: [count (exact int), value].  The
+ * Python code may write a counter list, so it is checked wherever one is counted. */
+static int counter_ok(PyObject *counter)
+{
+    return PyList_CheckExact(counter) && PyList_GET_SIZE(counter) == 2
+           && PyLong_CheckExact(PyList_GET_ITEM(counter, 0));
+}
+
 /* Add a slot's pending counts to its counter list (int + int: C only; the old int is
  * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
 static void cc_fold_slot(cc_slot_t *c)
@@ -199,8 +223,7 @@ static void cc_fold_slot(cc_slot_t *c)
     if (c->pending == 0)
         return;
     PyObject *counter = c->counter;
-    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
-        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+    if (!counter_ok(counter))
         return;   /* cannot happen: counted only after this check (cc_get); kept pending */
     PyObject *n = PyLong_FromSsize_t(c->pending);
     PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(counter, 0), n) : NULL;
@@ -282,11 +305,7 @@ static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
             || c->version != version)
             return NULL;
     }
-    PyObject *counter = c->counter;   /* shape re-checked: the Python code may write it */
-    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
-        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
-        return NULL;
-    return counter;
+    return counter_ok(c->counter) ? c->counter : NULL;
 }
 
 /* Remember a counter find_counter() found for these objects (see the cache's comment).
@@ -294,17 +313,8 @@ static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
 static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObject *kinds,
                    PyObject *version, PyObject *counter)
 {
-    if (self->cc_summary != self->summary) {
-        /* Another window.  Emptying the cache must not free the old window (its values
-         * may be any object of the caller's, whose finalizer would run Python code here):
-         * only when someone else still holds that summary dict; otherwise the cache stays
-         * off until the Python code empties it (_new_window: _clear_caches). */
-        if (self->cc_summary != NULL && Py_REFCNT(self->cc_summary) <= 1)
-            return;
-        cc_clear(self);
-        Py_INCREF(self->summary);
-        self->cc_summary = self->summary;
-    }
+    if (!cache_bind(self, &self->cc_summary, self->summary, cc_clear))
+        return;
     if (self->cc == NULL) {
         self->cc = PyMem_Calloc(CC_SLOTS, sizeof(cc_slot_t));
         self->cc_dirty = PyMem_Malloc(CC_SLOTS * sizeof(uint16_t));
@@ -598,8 +608,7 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
         p->how = NEW_COUNTER;                                 /* first of this variation */
         return 1;
     }
-    if (!PyList_CheckExact(counter) || PyList_GET_SIZE(counter) != 2
-        || !PyLong_CheckExact(PyList_GET_ITEM(counter, 0)))
+    if (!counter_ok(counter))
         return 0;
     p->counter = counter;
     p->how = FOUND;

@@ -647,6 +647,29 @@ typedef struct afs_items {
     size_t map_len;
 } afs_items_t;
 
+/* Pause the cyclic GC while all_flags_state() allocates: its evaluations allocate few
+ * objects that live, and thousands of small acyclic result dicts would trigger
+ * young-generation collections that traverse the growing result again and again.
+ * Return: what afs_gc_resume() needs to restore the previous state. */
+static int afs_gc_pause(void)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyGC_Disable();
+#else
+    return 0;
+#endif
+}
+
+static void afs_gc_resume(int was_enabled)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    if (was_enabled)
+        PyGC_Enable();
+#else
+    (void)was_enabled;
+#endif
+}
+
 /* Pass 1 of all_flags_state(): parse the arguments, evaluate every flag.  0 or -1 (error). */
 static int afs_collect(SnapshotObject *self, PyObject *args, PyObject *kwds, const char *fname,
                        afs_items_t *out)
@@ -674,12 +697,7 @@ static int afs_collect(SnapshotObject *self, PyObject *args, PyObject *kwds, con
         PyErr_NoMemory();
         return -1;
     }
-    int gc_was_enabled = 0;
-    (void)gc_was_enabled;
-#if PY_VERSION_HEX >= 0x030A0000
-    /* the evaluations allocate few objects that live; no collection is needed meanwhile */
-    gc_was_enabled = PyGC_Disable();
-#endif
+    int gc_was_enabled = afs_gc_pause();
     sf_kmemo_t memo;   /* one context for every flag: its keys are hashed once per call */
     memo.n = 0;
     int rc = 0;
@@ -703,10 +721,7 @@ static int afs_collect(SnapshotObject *self, PyObject *args, PyObject *kwds, con
     }
     sf_kmemo_clear(&memo);
     Py_DECREF(emap);
-#if PY_VERSION_HEX >= 0x030A0000
-    if (gc_was_enabled)
-        PyGC_Enable();
-#endif
+    afs_gc_resume(gc_was_enabled);
     if (rc < 0) {
         afs_items_free(out->items, out->n, out->map_len);
         out->items = NULL;
@@ -761,28 +776,6 @@ static PyObject *afs_metadata(const afs_items_t *it)
         }
     }
     return meta_all;
-}
-
-/* Pause the cyclic GC while result dicts are built: thousands of small acyclic dicts would
- * trigger young-generation collections that traverse the growing result again and again.
- * Return: what afs_gc_resume() needs to restore the previous state. */
-static int afs_gc_pause(void)
-{
-#if PY_VERSION_HEX >= 0x030A0000
-    return PyGC_Disable();
-#else
-    return 0;
-#endif
-}
-
-static void afs_gc_resume(int was_enabled)
-{
-#if PY_VERSION_HEX >= 0x030A0000
-    if (was_enabled)
-        PyGC_Enable();
-#else
-    (void)was_enabled;
-#endif
 }
 
 /*

@@ -27,7 +27,8 @@ import msgpack
 
 __all__ = [
     "VERSION", "MAX_DATAGRAM", "MAX_DEPTH", "MAX_ITEMS", "DatagramError", "encode", "decode",
-    "validate", "check_event", "check_context_entry", "check_summary_flag", "EVENT_KINDS",
+    "validate", "check_event", "check_context_entry", "sighting_fields_ok", "check_summary_flag",
+    "EVENT_KINDS",
 ]
 
 VERSION = 1
@@ -271,6 +272,12 @@ def check_summary_flag(flag: Any) -> None:
             _fail("counter count must be a positive integer")
 
 
+def sighting_fields_ok(first: Any, count: Any, index: Any) -> bool:
+    """Whether a sighting's ``first_ms``, ``count`` and ``index`` follow the schema (the
+    rules :func:`check_context_entry` applies besides the context's)."""
+    return _is_int(first) and _is_int(count) and type(index) is bool
+
+
 def check_context_entry(entry: Any) -> None:
     """Check one ``[context, first_ms, count, index]`` sighting.
 
@@ -280,7 +287,7 @@ def check_context_entry(entry: Any) -> None:
         _fail("context entry must be [context, first_ms, count, index]")
     context, first, count, index = entry
     _check_context(context)
-    if not _is_int(first) or not _is_int(count) or type(index) is not bool:
+    if not sighting_fields_ok(first, count, index):
         _fail("context entry has a bad timestamp, count or index flag")
 
 

@@ -19,11 +19,11 @@ from shmflags.events.datagram import (
     MAX_DATAGRAM,
     VERSION,
     DatagramError,
-    _is_int,
     check_context,
     check_context_entry,
     check_event,
-    check_summary_flag
+    check_summary_flag,
+    sighting_fields_ok
 )
 
 __all__ = ["DatagramSender", "Packed", "pack_window", "SEND_OK", "SEND_FULL", "SEND_MISSING",
@@ -106,7 +106,7 @@ def _encode_entry(entry: list, contexts: Dict[int, bytes]) -> Optional[bytes]:
     if type(entry) is not list or len(entry) < 4 or type(entry[0]) is not dict:
         return _encode(entry[:4], check_context_entry)
     first, count, index = entry[1], entry[2], entry[3]
-    if not (_is_int(first) and _is_int(count) and type(index) is bool):
+    if not sighting_fields_ok(first, count, index):
         return None
     cbytes = _context_bytes(entry[0], contexts)
     if cbytes is _NO_BYTES:
@@ -258,12 +258,12 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
             unsendable += 1
             continue
         add("contexts", data, (fq, entry))
-    # (the loop of add() and _encode_event() inlined: a window holds up to
-    # events_max_pending events, and their packing is the flush's largest cost). With the
-    # extension, _pack_event_run packs the events that follow, as many as fit in this
-    # datagram, in one call; the loop below takes the one it stopped at (a context not
-    # packed yet, an event it refuses or that does not fit), then hands back to it.
-    pack, run = _pack_event, _pack_event_run
+    # (add() inlined: a window holds up to events_max_pending events, and their packing is
+    # the flush's largest cost). With the extension, _pack_event_run packs the events that
+    # follow, as many as fit in this datagram, in one call; the loop below takes the one it
+    # stopped at (a context not packed yet, an event it refuses or that does not fit), then
+    # hands back to it. Without it, the loop packs every event.
+    run = _pack_event_run
     b = builders[-1]
     i, n_events = 0, len(events)
     if type(events) is not list:
@@ -280,15 +280,7 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
                     break
         event = events[i]
         i += 1
-        ctx = event.get("context") if type(event) is dict else None
-        kind = event.get("kind") if ctx is not None else None
-        cbytes = context_bytes.get(id(ctx)) if type(kind) is str else None
-        if (cbytes and pack is not None and kind in _EVAL_KINDS and 1 < len(event) <= 15
-                and next(reversed(event)) == "context"):
-            # what _encode_event does for a feature or debug event whose context is known
-            data = pack(event, cbytes)
-        else:
-            data = _encode_event(event, context_bytes)
+        data = _encode_event(event, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
             unsendable += 1
             continue
