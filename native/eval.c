@@ -147,7 +147,7 @@ PyObject *sf_key_str(const char *s, uint32_t n)
  * Ranks come from the entry's position in the flag entries array (layout 3: the array is
  * the key order).  An entry outside it (an index slot may name any entry in the
  * directory; a corrupt one) simply gets no slot (NULL), which only costs speed.
- * Invariant: a returned slot belongs to the entry at flag_entries_off + 32*rank, rank <
+ * Invariant: a returned slot belongs to the entry at flag_entries_off + 40*rank, rank <
  * n_flags.
  */
 static sf_flagcache_t *flag_cache(SnapshotObject *so, const sf_entry_t *ent, int make_page)
@@ -173,6 +173,8 @@ static sf_flagcache_t *flag_cache(SnapshotObject *so, const sf_entry_t *ent, int
     sf_flagcache_t *fc = &(*page)[rank & (SF_FCACHE_PAGE - 1)];
     fc->rec_off = ent->rec_off;
     fc->rec_len = ent->rec_len;
+    fc->pool_off = ent->pool_off;
+    fc->pool_len = ent->pool_len;
     fc->rank = rank;
     return fc;
 }

@@ -76,32 +76,43 @@ uint64_t sf_xxh64(const void *data, size_t len, uint64_t seed)
 }
 
 /*
- * set_member_eq() - does the set member at @off (LEB128 length + bytes) equal @key?
- * Return: 1 equal, 0 not, -1 out of bounds or a bad length prefix.
+ * set_member_eq() - does the set member at @off of the record's string pool (LEB128 length +
+ * bytes) equal @key?  Only the bytes read are fetched (and their chunks verified), so a
+ * lookup that compares no member reads nothing of the pool.
+ * Return: 1 equal, 0 not, -1 out of the pool, a bad length prefix or a failed chunk.
  */
 static inline int set_member_eq(const sf_rec_t *r, uint32_t off, const char *key, size_t klen)
 {
-    /* invariant: the length prefix starts inside the record */
-    if (off >= r->len)
+    /* invariant: the prefix is at most 5 bytes (a u32) and all of them lie in the pool: the
+     * first is fetched alone, the rest only when the first says they follow */
+    const uint8_t *p = sf_rec_pool(r, off, 1);
+    if (p == NULL)
         return -1;
-    const uint8_t *p = r->p + off, *end = r->p + r->len;
-    uint64_t n = *p++;
+    uint64_t n = *p;
+    uint32_t used = 1;
     if (n >= 0x80) {
-        /* invariant: at most 5 prefix bytes (a u32), all inside the record */
         n &= 0x7F;
         for (int shift = 7;; shift += 7) {
-            if (p >= end || shift > 28)
+            if (shift > 28 || (p = sf_rec_pool(r, off + used, 1)) == NULL)
                 return -1;
-            uint8_t b = *p++;
+            uint8_t b = *p;
+            used++;
             n |= (uint64_t)(b & 0x7F) << shift;
             if (b < 0x80)
                 break;
         }
     }
-    /* invariant: the n bytes end inside the record (p <= end here) */
-    if (n > (uint64_t)(end - p))
+    /* invariant: the n member bytes end inside the pool (off + used <= pool_len here) */
+    if (n > (uint64_t)r->pool_len - off - used)
         return -1;
-    return n == klen && memcmp(p, key, klen) == 0;
+    if (n != klen)
+        return 0;
+    if (n == 0)
+        return 1;
+    p = sf_rec_pool(r, off + used, (uint32_t)n);
+    if (p == NULL)
+        return -1;
+    return memcmp(p, key, klen) == 0;
 }
 
 /**

@@ -33,11 +33,11 @@
 
 #define SF_SNAPSHOT_MAGIC      "SHMFLAGS"   /* 8 bytes, no NUL */
 #define SF_SNAPSHOT_MAGIC_LEN  8
-#define SF_LAYOUT_VERSION      3u
+#define SF_LAYOUT_VERSION      4u
 
 #define SF_HEADER_SIZE         160u
 #define SF_SLOT_SIZE           8u
-#define SF_ENTRY_SIZE          32u
+#define SF_ENTRY_SIZE          40u
 #define SF_ALIGN               8u
 #define SF_MIN_INDEX_CAP       8u
 
@@ -131,13 +131,18 @@ typedef struct sf_slot {
 /*
  * sf_entry_t - one flag or segment.  Entries lie in the directory, in two
  * arrays (flags, then segments), each sorted by key bytes: the array is the
- * iteration order, and entry i of a kind is at entries_off + 32*i.  Each of
- * key_off/raw_off/rec_off with bit 31 clear is an offset in this object's
- * blob area; with bit 31 set, (off & 0x7fffffff) is an offset in the base
- * object's blob area (overlays only).  The key is followed by one NUL (not
+ * iteration order, and entry i of a kind is at entries_off + 40*i.  Each of
+ * key_off/raw_off/rec_off/pool_off with bit 31 clear is an offset in this
+ * object's blob area; with bit 31 set, (off & 0x7fffffff) is an offset in the
+ * base object's blob area (overlays only).  The key is followed by one NUL (not
  * counted in key_len).  The compiled record is self-contained: offsets inside
  * it are relative to rec_off, so the builder can move it unchanged between
- * snapshots.
+ * snapshots.  Its string pool (the members of its string sets, record.h
+ * sf_strset_t) is a span of its own, so the pages an evaluation reads (records,
+ * set slots) hold no set member bytes: those are read only when a fingerprint
+ * matches.  Offsets into the pool are relative to pool_off; several entries may
+ * name the same pool (the builder shares one among the items of a
+ * self-contained object: the same user keys recur across sets).
  */
 typedef struct sf_entry {
     uint32_t key_off;           /*   0 UTF-8 key, NUL-terminated */
@@ -148,6 +153,8 @@ typedef struct sf_entry {
     uint32_t rec_len;           /*  20 0 = no compiled record */
     uint32_t version_lo;        /*  24 LD version, low 32 bits */
     uint32_t version_hi;        /*  28 LD version, high 32 bits (int64 two's complement) */
+    uint32_t pool_off;          /*  32 the record's string pool (record.h sf_strset_t) */
+    uint32_t pool_len;          /*  36 0 = none (pool_off is then ignored) */
 } sf_entry_t;
 
 _Static_assert(sizeof(sf_header_t) == SF_HEADER_SIZE, "header size");
@@ -192,8 +199,10 @@ _Static_assert(offsetof(sf_entry_t, rec_off) == 16, "entry.rec_off");
 _Static_assert(offsetof(sf_entry_t, rec_len) == 20, "entry.rec_len");
 _Static_assert(offsetof(sf_entry_t, version_lo) == 24, "entry.version_lo");
 _Static_assert(offsetof(sf_entry_t, version_hi) == 28, "entry.version_hi");
+_Static_assert(offsetof(sf_entry_t, pool_off) == 32, "entry.pool_off");
+_Static_assert(offsetof(sf_entry_t, pool_len) == 36, "entry.pool_len");
 
-_Static_assert(SF_FORMAT_WORD == 0x03140820u, "format word (format.py FORMAT_WORD)");
+_Static_assert(SF_FORMAT_WORD == 0x04140828u, "format word (format.py FORMAT_WORD)");
 
 /*
  * Validation a reader performs, in this order (format.py/reader.py do the
@@ -206,18 +215,19 @@ _Static_assert(SF_FORMAT_WORD == 0x03140820u, "format word (format.py FORMAT_WOR
  *     (state byte 0 remembers it);
  *  5. each index: off 8-aligned, cap a power of two >= 8 with 4*cap >= 5*n,
  *     [off, off + cap*8) inside the directory [160, blob_off);
- *     each entries array [off, off + n*32) 8-aligned inside the directory; chunk_shift in
+ *     each entries array [off, off + n*40) 8-aligned inside the directory; chunk_shift in
  *     [12, 30]; n_chunks == ceil((total_size - blob_off) >> shift); chunk
  *     table 8-aligned inside the directory; raw_off in [blob_off, total_size];
  *     base_size == 0 implies base_generation == base_checksum == 0;
  *     an overlay needs its base: a valid self-contained object whose
  *     generation, total_size and checksum equal base_generation, base_size
  *     and base_checksum, with the same record_format;
- *  6. on every use of an entry offset: 8-aligned, [off, off+32) inside the
- *     directory; key/raw/rec spans inside the blob area of the object they
- *     name (bit 31: the base); every chunk a span touches verified
- *     (xxh64 == chunk table) before its bytes are used, once per object;
- *     key[key_len] == '\0'; rec_off 8-aligned.
+ *  6. on every use of an entry offset: 8-aligned, [off, off+40) inside the
+ *     directory; key/raw/rec spans, and the pool span when pool_len != 0,
+ *     inside the blob area of the object they name (bit 31: the base); every
+ *     chunk a span touches verified (xxh64 == chunk table) before its bytes
+ *     are used, once per object (pool bytes: the chunks of the bytes read,
+ *     when they are read); key[key_len] == '\0'; rec_off 8-aligned.
  * A checksum match does not replace step 5/6: an attacker can recompute it.
  */
 

@@ -8,8 +8,10 @@
  *    first byte of the record, 8-byte aligned for structs; offset 0 means
  *    "absent" (the record header occupies offset 0, so nothing else can);
  *  - strings are UTF-8 (lone surrogates encoded "surrogatepass"), stored
- *    inline, unaligned, with a NUL after @len bytes (string-set members instead carry a
- *    LEB128 length prefix and no NUL: sf_strset_t);
+ *    inline, unaligned, with a NUL after @len bytes; string-set members instead
+ *    live in the record's string pool, a span of its own (sf_entry_t.pool_off,
+ *    pool_len in layout.h), each with a LEB128 length prefix and no NUL
+ *    (sf_strset_t);
  *  - nothing in a record is trusted: the reader bounds-checks every offset
  *    and count against rec_len before it dereferences (snapshot.c), and
  *    treats a failed check as a malformed flag, never as a crash.
@@ -22,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SF_REC_VERSION        3u
+#define SF_REC_VERSION        4u
 #define SF_FLAG_MAGIC         0x52464653u   /* "SFFR" */
 #define SF_SEGMENT_MAGIC      0x52534653u   /* "SFSR" */
 #define SF_FLAG_REC_SIZE      128u
@@ -178,8 +180,11 @@ typedef struct sf_target {
  *   by fp and a string is never before its home.  Empty slots are {SF_SET_EMPTY_FP, 0}, and
  *   one such slot (the sentinel) is always last.  A lookup skips from home(fp) past smaller
  *   fps, then compares the strings of the slots with an equal fp: at load 0.875 about 4
- *   slots.  Each used slot's off points at the string: a LEB128 byte length, then the bytes
- *   (no NUL, unaligned), in a pool right after the slots.
+ *   slots.  Each used slot's off points at the string in the record's string pool (an
+ *   offset from the pool's start; the pool's byte 0 is reserved, so a member's off is
+ *   >= 1): a LEB128 byte length, then the bytes (no NUL, unaligned).  The pool is kept
+ *   apart from the record so that a lookup that matches no fingerprint reads only the
+ *   record's pages (issue 4: a worker maps only the pages it reads).
  */
 #define SF_SET_EMPTY_FP 0xFFFFFFFFu
 typedef struct sf_strset {
@@ -190,7 +195,7 @@ typedef struct sf_strset {
 
 typedef struct sf_setslot {
     uint32_t fp;         /*  0 fingerprint; SF_SET_EMPTY_FP when empty */
-    uint32_t off;        /*  4 string (LEB128 length + bytes); 0 = empty slot */
+    uint32_t off;        /*  4 string in the pool (LEB128 length + bytes); 0 = empty slot */
 } sf_setslot_t;
 
 /* sf_semver_t - decimal digit strings; pre.off == 0 means no pre-release. */

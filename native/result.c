@@ -115,6 +115,8 @@ static int find_flag(SnapshotObject *self, PyObject *key, sf_rec_t *rec, const s
                 memset(&ent, 0, sizeof(ent));
                 ent.rec_off = fc->rec_off;
                 ent.rec_len = fc->rec_len;
+                ent.pool_off = fc->pool_off;
+                ent.pool_len = fc->pool_len;
                 if (sf_entry_record(&self->snap, &ent, rec) != SF_OK
                     || sf_flag_header(rec, f) != SF_OK)
                     return -1;

@@ -119,6 +119,7 @@ typedef struct sf_flagcache {
                                * stored: sf_variation_value() makes them without a cache */
     uint32_t nvalues;
     uint32_t rec_off, rec_len;/* record span, 0 until known */
+    uint32_t pool_off, pool_len;/* the record's string pool span (sf_entry_t) */
     uint32_t rank;            /* the slot's own rank (flag_lookup stores it) */
 } sf_flagcache_t;   /* 56 bytes; made for flags evaluated alone, not by all_flags_state (issue 4) */
 
@@ -131,9 +132,13 @@ typedef struct sf_rec {
     uint32_t len;
     uint32_t abs;             /* rec_off in the snapshot (cache keys) */
     sf_flagcache_t *fc;       /* the flag's cache slot, or NULL (generic cache) */
+    const sf_snap_t *pool_obj;/* the object holding the string pool; NULL: no pool */
+    uint32_t pool_off;        /* its offset there (bit 31 cleared), inside the blob area */
+    uint32_t pool_len;        /* bytes; chunks verified only when bytes are read */
 } sf_rec_t;
 
 int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out);
+const uint8_t *sf_rec_pool(const sf_rec_t *r, uint32_t off, uint32_t len);
 
 /* Return a pointer to @size bytes at @off in @r, 8-aligned, or NULL. */
 static inline const void *sf_rec_at(const sf_rec_t *r, uint32_t off, uint64_t size)

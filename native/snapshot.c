@@ -81,7 +81,7 @@ int sf_snapshot_open(sf_snap_t *s, const void *buf, size_t len)
         || !index_ok(s, s->seg_index_off, s->seg_index_cap, s->n_segments))
         return SF_ECORRUPT;
     /* entries arrays: 8-aligned, inside the directory (so entry i of a kind, at
-     * entries_off + 32*i for i < n, is too) */
+     * entries_off + 40*i for i < n, is too) */
     if ((s->flag_entries_off & 7u) != 0 || (s->seg_entries_off & 7u) != 0
         || !dir_ok(s, s->flag_entries_off, (uint64_t)SF_ENTRY_SIZE * s->n_flags)
         || !dir_ok(s, s->seg_entries_off, (uint64_t)SF_ENTRY_SIZE * s->n_segments))
@@ -146,24 +146,39 @@ static int chunks_ok(const sf_snap_t *t, uint64_t off, uint64_t len)
 }
 
 /*
- * Resolve a key/raw/rec offset (bit 31: the base object) to a pointer to @len bytes inside
- * the blob area of the object it names, every chunk verified; NULL when out of bounds, no
- * base, or a chunk fails.  The only way an accessor reaches blob bytes (layout.h step 6).
+ * Resolve a key/raw/rec/pool offset (bit 31: the base object) to the object holding it and
+ * the plain offset; 1 when [off, off + len) lies inside that object's blob area (no chunk
+ * verified), else 0 (also when len is 0 or there is no base).
  */
-static const uint8_t *blob_at(const sf_snap_t *s, uint32_t off, uint64_t len)
+static int blob_span(const sf_snap_t *s, uint32_t off, uint64_t len, const sf_snap_t **obj,
+                     uint32_t *plain)
 {
     const sf_snap_t *t = s;
     if (off & SF_BASE_BIT) {
         t = s->under;
         if (t == NULL)
-            return NULL;
+            return 0;
         off &= SF_OFF_MASK;
     }
     if (off < t->blob_off || off > t->size || len > t->size - off || len == 0)
+        return 0;
+    *obj = t;
+    *plain = off;
+    return 1;
+}
+
+/*
+ * A pointer to @len bytes at @off (as blob_span) with every chunk verified; NULL when out of
+ * bounds, no base, or a chunk fails.  With sf_rec_pool(), the only way an accessor reaches
+ * blob bytes (layout.h step 6).
+ */
+static const uint8_t *blob_at(const sf_snap_t *s, uint32_t off, uint64_t len)
+{
+    const sf_snap_t *t;
+    uint32_t plain;
+    if (!blob_span(s, off, len, &t, &plain) || !chunks_ok(t, plain, len))
         return NULL;
-    if (!chunks_ok(t, off, len))
-        return NULL;
-    return t->base + off;
+    return t->base + plain;
 }
 
 static const sf_entry_t *entry(const sf_snap_t *s, uint32_t off)
@@ -209,7 +224,33 @@ int sf_entry_record(const sf_snap_t *s, const sf_entry_t *e, sf_rec_t *out)
     out->len = e->rec_len;
     out->abs = e->rec_off;    /* bit 31 kept: base and own records never share cache keys */
     out->fc = NULL;
+    out->pool_obj = NULL;
+    out->pool_off = out->pool_len = 0;
+    /* the pool span is bounds-checked here, its chunks verified only for the bytes a set
+     * lookup reads (sf_rec_pool): an evaluation that compares no member never reads it */
+    if (e->pool_len != 0) {
+        if (!blob_span(s, e->pool_off, e->pool_len, &out->pool_obj, &out->pool_off))
+            return SF_ECORRUPT;
+        out->pool_len = e->pool_len;
+    }
     return SF_OK;
+}
+
+/**
+ * sf_rec_pool() - @len bytes at @off in a record's string pool, their chunks verified.
+ * Return: a pointer, or NULL when there is no pool, the bytes are outside it (or @len is 0),
+ * or a chunk does not match its checksum.
+ */
+const uint8_t *sf_rec_pool(const sf_rec_t *r, uint32_t off, uint32_t len)
+{
+    /* invariant: [pool_off, pool_off + pool_len) is inside pool_obj's blob area
+     * (sf_entry_record), so a sub-span of it is too */
+    if (r->pool_obj == NULL || len == 0 || off > r->pool_len || len > r->pool_len - off)
+        return NULL;
+    uint64_t abs = (uint64_t)r->pool_off + off;
+    if (!chunks_ok(r->pool_obj, abs, len))
+        return NULL;
+    return r->pool_obj->base + abs;
 }
 
 /**

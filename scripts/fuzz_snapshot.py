@@ -147,7 +147,7 @@ def _overlay_case(rng: random.Random, overlay: bytes, base: bytes) -> Tuple[str,
         first = h.flag_entries_off       # flag entries, then segment entries
         for _ in range(rng.randint(1, 4)):
             eoff = first + fmt.ENTRY_SIZE * rng.randrange(n)
-            field = rng.choice([0, 8, 16, 4, 12, 20])
+            field = rng.choice([0, 8, 16, 32, 4, 12, 20, 36])
             old = struct.unpack_from("<I", ov, eoff + field)[0]
             pick = rng.random()
             if pick < 0.4:
@@ -225,7 +225,7 @@ def make_case(bases: List[Any], seed: int, index: int) -> Tuple[str, Any]:
             first = h.flag_entries_off if h.n_flags else h.seg_entries_off
             cnt = h.n_flags or h.n_segments
             eoff = first + fmt.ENTRY_SIZE * rng.randrange(cnt)
-            off = eoff + 4 * rng.randrange(8)
+            off = eoff + 4 * rng.randrange(fmt.ENTRY_SIZE // 4)
         else:
             cap = h.flag_index_cap if rng.random() < 0.7 else h.seg_index_cap
             ioff = h.flag_index_off if cap == h.flag_index_cap else h.seg_index_off

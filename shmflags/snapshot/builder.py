@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 #: (LD JSON may carry any integer; ``ldclient`` keeps it exact, so do we).
 EXT_BIGINT = 1
 
-Compiler = Callable[[dict], bytes]
+#: ``item dict -> record bytes`` or ``(record bytes, string pool bytes)``
+#: (:class:`shmflags.snapshot.compile.Compiled`).
+Compiler = Callable[[dict], Any]
 
 _FLAGS = 0
 _SEGMENTS = 1
@@ -31,16 +33,20 @@ _SEGMENTS = 1
 
 class _Item(NamedTuple):
     """One item's reusable bytes: the hot blob ``key NUL pad | record pad`` (what the C
-    evaluator reads) and the raw blob ``msgpack pad`` (Python evaluator, dump), plus spans."""
+    evaluator reads), the pool blob ``string pool pad`` (set members, read only on a
+    fingerprint match) and the raw blob ``msgpack pad`` (Python evaluator, dump), plus spans."""
 
     source: dict          # the dict it was built from (identity fast path)
     version: int
     digest: int           # xxh3_64 of the msgpack
     hot: bytes
+    pool: bytes
     raw: bytes
     key_len: int
     rec_rel: int          # record offset inside ``hot``
     rec_len: int
+    pool_len: int         # 0: no pool
+    sets: Tuple[int, ...]  # string sets in the record (offsets from it): its pool can be shared
     raw_len: int
     hash: int             # xxh64 of the key bytes
     version_lo: int
@@ -162,6 +168,7 @@ class SnapshotBuilder:
         if not 0 <= self._record_format <= 0xFFFFFFFF:
             raise ValueError("record_format must be a u32")
         self._items: List[Dict[str, _Item]] = [{}, {}]
+        self._pool = _SharedPool()
         self._tables: List[Optional[_Table]] = [None, None]
         self._index_cache: List[Optional[Tuple[_Table, int, bytes]]] = [None, None]
         self._base: Optional[_Base] = None
@@ -178,6 +185,7 @@ class SnapshotBuilder:
     def clear(self) -> None:
         """Forget every cached item and the base (next build encodes everything)."""
         self._items = [{}, {}]
+        self._pool.clear()
         self._tables = [None, None]
         self._index_cache = [None, None]
         self.forget_base()
@@ -190,10 +198,11 @@ class SnapshotBuilder:
 
     # ------------------------------------------------------------------ items
 
-    def _compile(self, kind: int, key: str, obj: dict) -> bytes:
+    def _compile(self, kind: int, key: str, obj: dict) -> Tuple[bytes, bytes, Tuple[int, ...]]:
+        """``(record, pool, sets)`` of one item; empty when it has no compiled record."""
         compiler = self._compilers[kind]
         if compiler is None:
-            return b""
+            return b"", b"", ()
         try:
             rec = compiler(obj)
         except Exception as exc:  # noqa: BLE001 - one bad item must not stop a publish
@@ -201,10 +210,19 @@ class SnapshotBuilder:
             # C evaluator reads rec_len 0 as "malformed" when record_format != 0.
             log.warning("%s %r: cannot compile (%s: %s); stored without a compiled record",
                         "flag" if kind == _FLAGS else "segment", key, type(exc).__name__, exc)
-            return b""
-        if not isinstance(rec, (bytes, bytearray, memoryview)):
-            raise TypeError(f"compiler returned {type(rec).__name__}, expected bytes")
-        return bytes(rec)
+            return b"", b"", ()
+        pool: Any = b""
+        sets: Any = ()
+        if isinstance(rec, tuple) and len(rec) in (2, 3):
+            rec, pool, *more = rec
+            sets = more[0] if more else ()
+        for part in (rec, pool):
+            if not isinstance(part, (bytes, bytearray, memoryview)):
+                raise TypeError(f"compiler returned {type(part).__name__}, expected bytes "
+                                "or (record, pool[, sets])")
+        if not rec or not pool:
+            pool, sets = b"", ()    # no record or no members: nothing points into a pool
+        return bytes(rec), bytes(pool), tuple(int(o) for o in sets)
 
     def _item(self, kind: int, key: str, obj: dict, cache: Dict[str, _Item]) -> Tuple[_Item, bool]:
         version = obj.get("version", 0)
@@ -220,13 +238,14 @@ class SnapshotBuilder:
             cache[key] = item
             return item, True
         kb = key.encode("utf-8", "surrogatepass")
-        rec = self._compile(kind, key, obj)
+        rec, pool, sets = self._compile(kind, key, obj)
         head = kb + b"\0"
         head += _pad(len(head))
         hot = b"".join((head, rec, _pad(len(rec))))
         lo, hi = fmt.version_split(version)
-        item = _Item(obj, version, digest, hot, raw + _pad(len(raw)), len(kb), len(head),
-                     len(rec), len(raw), fmt.key_hash(kb), lo, hi)
+        item = _Item(obj, version, digest, hot, pool + _pad(len(pool)), raw + _pad(len(raw)),
+                     len(kb), len(head), len(rec), len(pool), sets, len(raw), fmt.key_hash(kb),
+                     lo, hi)
         cache[key] = item
         return item, False
 
@@ -329,7 +348,12 @@ class SnapshotBuilder:
         """Lay out a self-contained snapshot (docs/snapshot-format.md §1)."""
         nf, ns = len(fitems), len(sitems)
         items = fitems + sitems
-        hot_pos, raw_pos, raw_start, blob = _blob_area(items)
+        hots, table = self._pool.link(items)
+        pools = [table] + [b"" if it.sets else it.pool for it in items]
+        hot_pos, pool_at, raw_pos, blob = _blob_area(hots, pools, [it.raw for it in items])
+        raw_start = raw_pos[0] if items else len(blob)
+        pool_pos = [pool_at[0] if it.sets else pool_at[i + 1] for i, it in enumerate(items)]
+        pool_lens = [len(table) if it.sets else it.pool_len for it in items]
         blob_len = len(blob)
 
         flag_index_off = fmt.HEADER_SIZE
@@ -349,10 +373,10 @@ class SnapshotBuilder:
         entries = bytearray((nf + ns) * fmt.ENTRY_SIZE)
         pack_entry = fmt.ENTRY_STRUCT.pack_into
         eoff = 0
-        for it, hp, rp in zip(items, hot_pos, raw_pos):
+        for it, hp, pp, pl, rp in zip(items, hot_pos, pool_pos, pool_lens, raw_pos):
             k = blob_off + hp
             pack_entry(entries, eoff, k, it.key_len, blob_off + rp, it.raw_len, k + it.rec_rel,
-                       it.rec_len, it.version_lo, it.version_hi)
+                       it.rec_len, it.version_lo, it.version_hi, blob_off + pp if pl else 0, pl)
             eoff += fmt.ENTRY_SIZE
         directory = b"".join((
             self._index(_FLAGS, ftab, fitems, flag_entries_off),
@@ -369,10 +393,12 @@ class SnapshotBuilder:
         # Remember this build as the base of the overlays that follow.
         over = bytearray(entries)
         words = memoryview(over).cast("I")
-        for i in range(0, len(words), 8):
-            words[i] |= fmt.BASE_BIT
-            words[i + 2] |= fmt.BASE_BIT
-            words[i + 4] |= fmt.BASE_BIT
+        for i in range(0, len(words), fmt.ENTRY_SIZE // 4):
+            words[i] |= fmt.BASE_BIT            # key_off
+            words[i + 2] |= fmt.BASE_BIT        # raw_off
+            words[i + 4] |= fmt.BASE_BIT        # rec_off
+            if words[i + 9]:                    # pool_len
+                words[i + 8] |= fmt.BASE_BIT    # pool_off
         words.release()
         self._base = _Base(
             directory_sum, total, blob_len,
@@ -423,11 +449,13 @@ class SnapshotBuilder:
         fsince = sorted(self._since[_FLAGS].items())
         ssince = sorted(self._since[_SEGMENTS].items())
         items = [it for _k, it in fsince] + [it for _k, it in ssince]
-        blob_len = sum(len(it.hot) + len(it.raw) for it in items)
+        blob_len = sum(len(it.hot) + len(it.pool) + len(it.raw) for it in items)
         if blob_len > min(self._compact_fraction * base.blob_len, self._compact_max):
             return None
 
-        hot_pos, raw_pos, raw_start, blob = _blob_area(items)
+        hot_pos, pool_pos, raw_pos, blob = _blob_area(
+            [it.hot for it in items], [it.pool for it in items], [it.raw for it in items])
+        raw_start = raw_pos[0] if items else len(blob)
         shift = self._chunk_shift
         n_chunks = fmt.n_chunks_for(blob_len, shift)
         pack_entry = fmt.ENTRY_STRUCT.pack_into
@@ -447,10 +475,11 @@ class SnapshotBuilder:
             entries = bytearray(base.entries)
             ranks = [base.rank[_FLAGS][k] for k, _i in fsince] + \
                 [nf + base.rank[_SEGMENTS][k] for k, _i in ssince]
-            for it, rank, hp, rp in zip(items, ranks, hot_pos, raw_pos):
+            for it, rank, hp, pp, rp in zip(items, ranks, hot_pos, pool_pos, raw_pos):
                 k = blob_off + hp
                 pack_entry(entries, rank * fmt.ENTRY_SIZE, k, it.key_len, blob_off + rp,
-                           it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo, it.version_hi)
+                           it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo, it.version_hi,
+                           blob_off + pp if it.pool_len else 0, it.pool_len)
         else:
             # Keys were added or removed: rebuild the indexes; entries of
             # unchanged items are copied from the base's (already pointing into it).
@@ -488,7 +517,8 @@ class SnapshotBuilder:
                         k = blob_off + hot_pos[j]
                         pack_entry(entries, eoff, k, it.key_len, blob_off + raw_pos[j],
                                    it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo,
-                                   it.version_hi)
+                                   it.version_hi, blob_off + pool_pos[j] if it.pool_len else 0,
+                                   it.pool_len)
                     eoff += fmt.ENTRY_SIZE
             head = b"".join((
                 self._index(_FLAGS, ftab, fitems, entries_off),
@@ -524,23 +554,115 @@ class SnapshotBuilder:
         return raw
 
 
-def _blob_area(items: Sequence[_Item]) -> Tuple[List[int], List[int], int, bytes]:
+def _blob_area(hots: Sequence[bytes], pools: Sequence[bytes],
+               raws: Sequence[bytes]) -> Tuple[List[int], List[int], List[int], bytes]:
     """Lay out a blob area: every hot blob (keys and records, what the C evaluator reads),
-    then every raw blob, so C workers never fault raw pages in.
+    then every string pool (read on a fingerprint match only), then every raw blob, so C
+    workers fault in only the pages of the records they evaluate (plus the kernel's
+    fault-around: 64 KiB around each) and never raw pages. Each blob is a multiple of 8 long.
 
-    :returns: ``(hot_pos, raw_pos, raw_start, blob)``, positions relative to the area's start.
+    :returns: ``(hot_pos, pool_pos, raw_pos, blob)``: each blob's position relative to the
+        area's start.
     """
-    hot_pos: List[int] = []
     pos = 0
-    for it in items:
-        hot_pos.append(pos)
-        pos += len(it.hot)
-    raw_start = pos
-    raw_pos: List[int] = []
-    for it in items:
-        raw_pos.append(pos)
-        pos += len(it.raw)
-    return hot_pos, raw_pos, raw_start, b"".join([it.hot for it in items] + [it.raw for it in items])
+    spans: List[List[int]] = []
+    for part in (hots, pools, raws):
+        at: List[int] = []
+        for b in part:
+            at.append(pos)
+            pos += len(b)
+        spans.append(at)
+    return spans[0], spans[1], spans[2], b"".join([*hots, *pools, *raws])
+
+
+class _SharedPool:
+    """One pool of string-set members for a self-contained object, kept across builds.
+
+    Target lists and segments of an environment name the same user keys again and again (in
+    the benchmarks' data, 1,000 users make up 400,000 set members), and a member is read
+    whenever a lookup finds it, so per-item pools put most of their pages in every worker.
+    Here each distinct member (its length prefix and bytes) is stored once, and each set slot
+    (``native/record.h`` ``sf_strset_t``: ``u32 nslots``, ``u32 home``, then ``nslots`` ×
+    ``{u32 fp, u32 off}``) is repointed from the item's own pool to it.
+
+    Linking costs ~0.4 µs per member (~150 ms at 10,000 flags here), so the pool and every
+    linked record are kept: a later full build links only new or changed items, and their
+    new members are appended. Members of items gone since stay as garbage until items
+    relinked since the pool was started outnumber twice the items linked now; then it starts
+    over (the next build links every item again).
+    """
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        """Start over: an empty pool, no linked record."""
+        self._table = bytearray(1)          # byte 0 reserved: slot offset 0 is an empty slot
+        self._where: Dict[bytes, int] = {}
+        self._linked: Dict[int, Tuple[_Item, bytes]] = {}    # id(item) -> (item, hot blob)
+        self._relinked = 0
+
+    def link(self, items: Sequence[_Item]) -> Tuple[List[bytes], bytes]:
+        """The hot blobs of ``items`` (the records of items with sets repointed) and the
+        pool, padded to 8 (empty when no item has a set member)."""
+        live = sum(1 for it in items if it.sets)
+        if self._relinked > 3 * live:
+            self.clear()
+        linked: Dict[int, Tuple[_Item, bytes]] = {}
+        hots: List[bytes] = []
+        for it in items:
+            if not it.sets:
+                hots.append(it.hot)
+                continue
+            got = self._linked.get(id(it))
+            if got is None or got[0] is not it:
+                got = (it, self._relink(it))
+                self._relinked += 1
+            linked[id(it)] = got
+            hots.append(got[1])
+        self._linked = linked       # only this build's items: the cache does not grow
+        table = self._table
+        if len(table) == 1:
+            return hots, b""
+        if len(table) > fmt.OFF_MASK:
+            raise SnapshotError(f"string pool of {len(table)} bytes; the format's limit is "
+                                f"{fmt.OFF_MASK} bytes")
+        return hots, bytes(table + _pad(len(table)))
+
+    def _relink(self, it: _Item) -> bytes:
+        table, where, pool = self._table, self._where, it.pool
+        moved = {0: 0}              # an empty slot stays empty
+        pos, end = 1, it.pool_len
+        while pos < end:
+            start = pos
+            n = pool[pos]
+            pos += 1
+            if n >= 0x80:           # a LEB128 length of more than one byte
+                n &= 0x7F
+                shift = 7
+                while True:
+                    b = pool[pos]
+                    pos += 1
+                    n |= (b & 0x7F) << shift
+                    if b < 0x80:
+                        break
+                    shift += 7
+            pos += n
+            member = pool[start:pos]
+            off = where.get(member)
+            if off is None:
+                off = where[member] = len(table)
+                table += member
+            moved[start] = off
+        hot = bytearray(it.hot)
+        for set_off in it.sets:
+            at = it.rec_rel + set_off
+            nslots = int.from_bytes(hot[at:at + 4], "little")
+            span = slice(at + 8, at + 8 + 8 * nslots)
+            slots = array.array("I", hot[span])     # {fp, off} pairs, little-endian
+            slots[1::2] = array.array("I", [moved[o] for o in slots[1::2]])
+            hot[span] = slots.tobytes()
+        return bytes(hot)
 
 
 def _index_bytes(table: _Table, items: Sequence[_Item], entries_off: int) -> bytes:

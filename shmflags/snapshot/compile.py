@@ -22,7 +22,7 @@ import math
 import re
 import struct
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import msgpack
 import xxhash
@@ -30,7 +30,7 @@ import xxhash
 from shmflags.snapshot.ops import OP_CODES, OP_SEGMENT_MATCH, op_code
 
 __all__ = [
-    "RECORD_FORMAT", "compile_flag", "compile_segment", "pack_value", "unpack_value",
+    "RECORD_FORMAT", "Compiled", "compile_flag", "compile_segment", "pack_value", "unpack_value",
     "parse_time", "parse_time_string", "parse_semver", "attribute_ref",
 ]
 
@@ -40,7 +40,7 @@ __all__ = [
 
 #: Record format version; the container header stores :data:`RECORD_FORMAT`, which folds it
 #: with the two record-header sizes (``native/record.h`` ``SF_RECORD_FORMAT``).
-RECORD_VERSION = 3
+RECORD_VERSION = 4
 FLAG_MAGIC = 0x52464653  # "SFFR" little-endian
 SEGMENT_MAGIC = 0x52534653  # "SFSR" little-endian
 FLAG_REC_SIZE = 128
@@ -332,15 +332,34 @@ def _align8(n: int) -> int:
     return (n + 7) & ~7
 
 
+class Compiled(NamedTuple):
+    """One item compiled: the record and its string pool (docs/snapshot-format.md §5.2.1).
+
+    The container stores them as two spans (``sf_entry_t`` ``rec_off`` and ``pool_off``), so
+    that evaluations, which read records and set slots but set members only when a
+    fingerprint matches, leave the pool's pages untouched (issue 4: per-worker memory). The
+    builder may move every member into one pool shared by the items of a snapshot (the same
+    user keys recur across target lists and segments): ``sets`` says where the slots to
+    rewrite are.
+    """
+
+    record: bytes     # a multiple of 8 long
+    pool: bytes       # empty, or byte 0 reserved (0) and the members of every set after it
+    sets: Tuple[int, ...] = ()   # offset in ``record`` of each distinct string set
+
+
 class _Writer:
     """An append-only byte arena; offsets are relative to its start.
 
-    Structs (:meth:`alloc`) start 8-aligned; strings (:meth:`bytes_`) and the string pools of
-    sets are packed unaligned, since readers copy or compare them byte-wise.
+    Structs (:meth:`alloc`) start 8-aligned; strings (:meth:`bytes_`) are packed unaligned,
+    since readers copy or compare them byte-wise. Set members go to a second arena,
+    :attr:`pool`, whose offsets start at 1 (0 marks an empty set slot).
     """
 
     def __init__(self, header_size: int) -> None:
         self.buf = bytearray(header_size)
+        self.pool = bytearray(1)
+        self.set_offs: List[int] = []
         self._strings: Dict[bytes, int] = {}
         self._sets: Dict[Tuple[str, ...], int] = {}
 
@@ -365,10 +384,13 @@ class _Writer:
     def string(self, text: str) -> Tuple[int, int]:
         return self.bytes_(_utf8(text))
 
-    def done(self) -> bytes:
-        """The record, zero-padded to a multiple of 8 bytes (the container aligns records)."""
+    def done(self) -> Compiled:
+        """The record, zero-padded to a multiple of 8 bytes (the container aligns records),
+        and its pool (empty when no set has a member)."""
         self.buf.extend(b"\0" * (_align8(len(self.buf)) - len(self.buf)))
-        return bytes(self.buf)
+        if len(self.pool) == 1:
+            return Compiled(bytes(self.buf), b"")
+        return Compiled(bytes(self.buf), bytes(self.pool), tuple(self.set_offs))
 
 
 def _varint(n: int) -> bytes:
@@ -430,14 +452,15 @@ def _strset(w: _Writer, keys: Sequence[str]) -> int:
         rel += len(prefix) + n
     nslots = nxt + 1  # the sentinel
     off = w.alloc(8 + SLOT_SIZE * nslots)
-    pool_off = len(w.buf)  # the members right after the slots, unaligned
-    w.buf += b"".join(pieces)
+    pool_off = len(w.pool)  # the members in the record's pool, in slot order, unaligned
+    w.pool += b"".join(pieces)
     slots = [SET_EMPTY_FP, 0] * nslots
     for pos, fp, rel in placed:
         slots[2 * pos] = fp
         slots[2 * pos + 1] = pool_off + rel
     struct.pack_into("<II%dI" % (2 * nslots), w.buf, off, nslots, m, *slots)
     w._sets[memo_key] = off
+    w.set_offs.append(off)
     return off
 
 
@@ -660,11 +683,11 @@ def _i64(v: int) -> int:
     return v if -(1 << 63) <= v < (1 << 63) else 0
 
 
-def compile_flag(flag: Any) -> bytes:
+def compile_flag(flag: Any) -> Compiled:
     """Compile one flag's LD JSON into a record (``sf_flag_rec_t``); never raises.
 
     :param flag: the flag as decoded JSON (a dict).
-    :returns: the record bytes (a multiple of 8 long).
+    :returns: the record bytes (a multiple of 8 long) and its string pool.
     """
     try:
         return _compile_flag(flag)
@@ -718,7 +741,7 @@ def _event_fields(flag: dict) -> Dict[str, Any]:
     return out
 
 
-def _malformed_flag(flag: Any) -> bytes:
+def _malformed_flag(flag: Any) -> Compiled:
     w = _Writer(FLAG_REC_SIZE)
     key = flag.get("key") if isinstance(flag, dict) else None
     version = flag.get("version") if isinstance(flag, dict) else None
@@ -744,7 +767,7 @@ def _malformed_flag(flag: Any) -> bytes:
     return w.done()
 
 
-def _compile_flag(flag: Any) -> bytes:
+def _compile_flag(flag: Any) -> Compiled:
     if not isinstance(flag, dict):
         raise _Bad("flag")
     version = _req(flag, "version", int)
@@ -862,11 +885,11 @@ def _compile_flag(flag: Any) -> bytes:
 _SEG_HDR = "<IHHIIqq14I"
 
 
-def compile_segment(segment: Any) -> bytes:
+def compile_segment(segment: Any) -> Compiled:
     """Compile one segment's LD JSON into a record (``sf_segment_rec_t``); never raises.
 
     :param segment: the segment as decoded JSON (a dict).
-    :returns: the record bytes (a multiple of 8 long).
+    :returns: the record bytes (a multiple of 8 long) and its string pool.
     """
     try:
         return _compile_segment(segment)
@@ -879,7 +902,7 @@ def compile_segment(segment: Any) -> bytes:
         return w.done()
 
 
-def _compile_segment(seg: Any) -> bytes:
+def _compile_segment(seg: Any) -> Compiled:
     if not isinstance(seg, dict):
         raise _Bad("segment")
     version = _req(seg, "version", int)

@@ -17,13 +17,13 @@ import xxhash
 # --------------------------------------------------------------------------------------------
 
 MAGIC = b"SHMFLAGS"
-LAYOUT_VERSION = 3
+LAYOUT_VERSION = 4
 HEADER_SIZE = 160
 SLOT_SIZE = 8
-ENTRY_SIZE = 32
+ENTRY_SIZE = 40
 ALIGN = 8
 MIN_INDEX_CAP = 8
-#: Objects are limited to 2 GiB - 1: bit 31 of an entry's key/raw/rec offset means "in the
+#: Objects are limited to 2 GiB - 1: bit 31 of an entry's key/raw/rec/pool offset means "in the
 #: base object" (layered generations, docs/snapshot-format.md §1.7).
 MAX_SNAPSHOT_SIZE = 0x7FFFFFFF
 BASE_BIT = 0x80000000
@@ -40,7 +40,7 @@ MAX_CHUNK_SHIFT = 30
 #: LMDB-style format word: layout version and struct sizes folded into one u32, so a reader
 #: built against another layout refuses the bytes before reading anything else.
 FORMAT_WORD = (LAYOUT_VERSION << 24) | ((HEADER_SIZE // 8) << 16) | (SLOT_SIZE << 8) | ENTRY_SIZE
-assert FORMAT_WORD == 0x03140820
+assert FORMAT_WORD == 0x04140828
 
 #: ``sf_header_t``: magic, format, record_format, total_size, checksum, generation,
 #: built_at_ms, payload_version, n_flags, n_segments, flag_index_off, flag_index_cap,
@@ -90,8 +90,9 @@ CHUNK_BAD = 2
 SLOT_STRUCT = struct.Struct("<II")
 assert SLOT_STRUCT.size == SLOT_SIZE
 
-#: ``sf_entry_t``: key_off, key_len, raw_off, raw_len, rec_off, rec_len, version_lo, version_hi.
-ENTRY_STRUCT = struct.Struct("<IIIIIIII")
+#: ``sf_entry_t``: key_off, key_len, raw_off, raw_len, rec_off, rec_len, version_lo, version_hi,
+#: pool_off, pool_len.
+ENTRY_STRUCT = struct.Struct("<IIIIIIIIII")
 assert ENTRY_STRUCT.size == ENTRY_SIZE
 
 

@@ -32,6 +32,8 @@ class Entry(NamedTuple):
     raw_len: int
     rec_off: int
     rec_len: int
+    pool_off: int     # the record's string pool (0 and 0: none)
+    pool_len: int
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -307,7 +309,7 @@ class SnapshotReader:
     # -- entries -------------------------------------------------------------------------------
 
     def _blob(self, off: int, length: int, what: str) -> Tuple[_Obj, int]:
-        """Resolve a key/raw/rec offset (bit 31: the base) and bounds-check its span.
+        """Resolve a key/raw/rec/pool offset (bit 31: the base) and bounds-check its span.
 
         :returns: the object holding it and the offset in that object.
         """
@@ -330,15 +332,17 @@ class SnapshotReader:
     def entry_at(self, off: int, what: str = "entry") -> Entry:
         """Return the entry at byte offset ``off``, bounds-checking it and its blobs.
 
-        The key's chunks are verified here (the key is read); raw and record chunks when
-        :meth:`raw` or :meth:`record` reads them.
+        The key's chunks are verified here (the key is read); raw, record and pool chunks
+        when :meth:`raw`, :meth:`record` or :meth:`pool` reads them.
         """
         _dir_span(self.header, f"{what} at {off}", off, fmt.ENTRY_SIZE)
-        key_off, key_len, raw_off, raw_len, rec_off, rec_len, vlo, vhi = \
+        key_off, key_len, raw_off, raw_len, rec_off, rec_len, vlo, vhi, pool_off, pool_len = \
             fmt.ENTRY_STRUCT.unpack_from(self._buf, off)
         kobj, koff = self._blob(key_off, key_len + 1, f"{what} at {off}: key")
         self._blob(raw_off, raw_len, f"{what} at {off}: raw")
         robj, roff = self._blob(rec_off, rec_len, f"{what} at {off}: record")
+        if pool_len:
+            self._blob(pool_off, pool_len, f"{what} at {off}: string pool")
         if roff % fmt.ALIGN:
             raise SnapshotFormatError(
                 f"{what} at {off}: record offset {roff}: expected a multiple of {fmt.ALIGN}")
@@ -352,7 +356,8 @@ class SnapshotReader:
             key = str(kbuf[koff:koff + key_len], "utf-8", "surrogatepass")
         except UnicodeDecodeError as exc:
             raise SnapshotFormatError(f"{what} at {off}: key is not UTF-8: {exc}") from None
-        return Entry(off, key, fmt.version_join(vlo, vhi), raw_off, raw_len, rec_off, rec_len)
+        return Entry(off, key, fmt.version_join(vlo, vhi), raw_off, raw_len, rec_off, rec_len,
+                     pool_off, pool_len)
 
     def _lookup(self, key: str, index_off: int, cap: int, what: str) -> Optional[Entry]:
         try:
@@ -420,6 +425,18 @@ class SnapshotReader:
         obj, off = self._blob(entry.rec_off, entry.rec_len, what)
         obj.verify(off, entry.rec_len, what)
         return obj.buf[off:off + entry.rec_len]
+
+    def pool(self, entry: Entry) -> memoryview:
+        """Return the string pool of ``entry``'s record (empty when it has none).
+
+        :raises SnapshotFormatError: a chunk it lies in fails verification.
+        """
+        if not entry.pool_len:
+            return memoryview(b"")
+        what = f"entry {entry.key!r}: string pool"
+        obj, off = self._blob(entry.pool_off, entry.pool_len, what)
+        obj.verify(off, entry.pool_len, what)
+        return obj.buf[off:off + entry.pool_len]
 
     @property
     def base_header(self) -> Optional[fmt.Header]:

@@ -53,7 +53,8 @@ def describe(data: bytes) -> dict:
             out.append({"kind": kind, "key": e.key, "key_hex": kb.hex(), "hash": hh,
                         "home_slot": hh & (cap - 1), "slot": slot, "entry_off": e.offset,
                         "version": e.version, "raw_off": e.raw_off, "raw_len": e.raw_len,
-                        "rec_off": e.rec_off, "rec_len": e.rec_len})
+                        "rec_off": e.rec_off, "rec_len": e.rec_len,
+                        "pool_off": e.pool_off, "pool_len": e.pool_len})
         return out
 
     return {

@@ -132,8 +132,9 @@ json_junk = st.recursive(
 @given(json_junk)
 def test_compile_never_raises(N, junk):
     for fn in (C.compile_flag, C.compile_segment):
-        rec = fn(junk)
+        rec, pool, _sets = fn(junk)
         assert isinstance(rec, bytes) and len(rec) % 8 == 0 and len(rec) >= 96
+        assert isinstance(pool, bytes) and (pool == b"" or pool[0] == 0)
     if isinstance(junk, dict):
         f = dict(junk, key="j", version=1)
         s = dict(junk, key="s", version=1)

@@ -118,7 +118,8 @@ def test_enums_and_sizes_match():
 
 
 def test_string_set_layout_matches():
-    """Record version 3 string sets: 8-byte header {nslots, home}, 8-byte slots {fp, off}."""
+    """Record version 4 string sets: 8-byte header {nslots, home}, 8-byte slots {fp, off}, the
+    members in the record's pool (a span of its own: sf_entry_t.pool_off/pool_len)."""
     text = _record_h()
     sizes = {m.group(1): int(m.group(2))
              for m in re.finditer(r"sizeof\((sf_\w+_t)\) == (\d+)", text)}
@@ -126,11 +127,11 @@ def test_string_set_layout_matches():
     assert "offsetof(sf_setslot_t, off) == 4" in text
     assert re.search(r"uint32_t nslots;.*\n\s*uint32_t home;", text)
     assert re.search(r"uint32_t fp;.*\n\s*uint32_t off;", text)
-    assert C.RECORD_VERSION == 3 and C.RECORD_FORMAT == 0x03080608
+    assert C.RECORD_VERSION == 4 and C.RECORD_FORMAT == 0x04080608
     assert (C.SET_LOAD_NUM, C.SET_LOAD_DEN) == (7, 8)
     assert _define(text, "SF_SET_EMPTY_FP") == C.SET_EMPTY_FP == 0xFFFFFFFF
     doc = (NATIVE.parent / "docs" / "snapshot-format.md").read_text()
-    assert "`0x03080608` for version 3" in doc and "ceil(count · 8 / 7)" in doc
+    assert "`0x04080608` for version 4" in doc and "ceil(count · 8 / 7)" in doc
 
 
 def test_layout_h_matches_format_py():

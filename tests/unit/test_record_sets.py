@@ -1,11 +1,13 @@
-"""Compiled string sets (record format 3, docs/snapshot-format.md §5.2 "string set").
+"""Compiled string sets (record format 4, docs/snapshot-format.md §5.2.1 "string set").
 
-* the layout invariants, read back by a small Python reader written from the documentation;
+* the layout invariants, read back by a small Python reader written from the documentation
+  (slots in the record, members in the record's string pool, a span of its own);
 * membership through the C evaluator (flag targets, segment included/excluded keys, large
   ``in`` clauses) equals Python ``set`` membership over random sets: empty, one element,
   forced 32-bit fingerprint collisions, unicode with lone surrogates (encoded
   "surrogatepass" as the compiler does), long members (multi-byte length prefixes);
-* corrupted set bytes (bit flips and u32 overwrites in a record's set region), fuzzed through
+* corrupted set bytes (bit flips and u32 overwrites in a record's set slots and in its
+  members in the pool), fuzzed through
   the C evaluator in a subprocess, never crash and never raise: the flag evaluates normally
   or to ``MALFORMED_FLAG``.
 
@@ -46,16 +48,21 @@ def _leb128(buf: bytes, pos: int) -> Tuple[int, int]:
         shift += 7
 
 
-def read_set(rec: bytes, off: int) -> List[bytes]:
-    """Every member of the set at ``off``, checking the layout invariants on the way."""
+def read_set(rec: bytes, off: int, pool: bytes, packed: bool = True) -> List[bytes]:
+    """Every member of the set at ``off``, checking the layout invariants on the way.
+
+    :param packed: the members must be packed in slot order (a compiled item's own pool;
+        a snapshot's shared pool holds them in first-use order).
+    """
     if off == 0:
         return []
     assert off % 8 == 0
+    assert pool[:1] == b"\0", "pool byte 0 is reserved"
     nslots, m = struct.unpack_from("<II", rec, off)
     assert nslots >= 2 and m >= 1
     assert struct.unpack_from("<II", rec, off + 8 + 8 * (nslots - 1)) == (C.SET_EMPTY_FP, 0)
     members: List[bytes] = []
-    prev_fp, pool = -1, off + 8 + 8 * nslots
+    prev_fp, at = -1, None
     for i in range(nslots - 1):
         fp, s_off = struct.unpack_from("<II", rec, off + 8 + 8 * i)
         if s_off == 0:
@@ -63,19 +70,20 @@ def read_set(rec: bytes, off: int) -> List[bytes]:
             continue
         assert fp >= prev_fp, "slots sorted by fingerprint"
         assert (fp * m) >> 32 <= i, "never before its home slot"
-        assert s_off == pool, "members packed in slot order right after the slots"
-        n, start = _leb128(rec, s_off)
-        raw = rec[start:start + n]
+        assert s_off >= 1 and (not packed or at is None or s_off == at), \
+            "members packed in slot order"
+        n, start = _leb128(pool, s_off)
+        raw = pool[start:start + n]
         assert len(raw) == n
         assert C.set_fingerprint(raw) == fp
         members.append(raw)
-        prev_fp, pool = fp, start + n
+        prev_fp, at = fp, start + n
     # the slot before the sentinel is used (the table ends right after its last member)
     assert struct.unpack_from("<I", rec, off + 8 + 8 * (nslots - 2) + 4)[0] != 0
     return members
 
 
-def lookup(rec: bytes, off: int, raw: bytes) -> bool:
+def lookup(rec: bytes, off: int, pool: bytes, raw: bytes) -> bool:
     """The lookup as the documentation states it (what native/hash.c does)."""
     if off == 0:
         return False
@@ -92,8 +100,8 @@ def lookup(rec: bytes, off: int, raw: bytes) -> bool:
         s_off = slot(i)[1]
         if s_off == 0:              # an empty slot or the sentinel
             return False
-        n, start = _leb128(rec, s_off)
-        if rec[start:start + n] == raw:
+        n, start = _leb128(pool, s_off)
+        if pool[start:start + n] == raw:
             return True
         i += 1
     return False
@@ -176,27 +184,29 @@ def _random_sets(seed: int) -> List[Tuple[List[str], List[str]]]:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_layout_and_reference_lookup_equal_python_sets(seed):
     for members, probes in _random_sets(seed):
-        rec = C.compile_flag(_flag_with_targets(members))
+        rec, pool, _sets = C.compile_flag(_flag_with_targets(members))
         assert struct.unpack_from("<I", rec, 8)[0] & C.FLAG_MALFORMED == 0
         off = _target_set_off(rec)
         expected = set(_utf8(k) for k in members)
-        assert sorted(read_set(rec, off)) == sorted(expected)
+        assert sorted(read_set(rec, off, pool)) == sorted(expected)
+        assert (pool == b"") == (not expected)
         if members:
             nslots, m = struct.unpack_from("<II", rec, off)
             assert m == C.set_home_slots(len(expected))
         for p in probes + members:
-            assert lookup(rec, off, _utf8(p)) == (_utf8(p) in expected), (p, members[:5])
+            assert lookup(rec, off, pool, _utf8(p)) == (_utf8(p) in expected), (p, members[:5])
 
 
 def test_same_key_list_is_stored_once():
     keys = [f"user-{i}" for i in range(100)]
     flag = _flag_with_targets(keys)
     flag["contextTargets"] = [{"contextKind": "user", "values": [], "variation": 0}]
-    rec = C.compile_flag(flag)
+    rec, pool, _sets = C.compile_flag(flag)
     ct_off, ct_n = struct.unpack_from("<II", rec, 40)
     assert ct_n == 1
     assert struct.unpack_from("<I", rec, ct_off + 12)[0] == _target_set_off(rec) != 0
-    assert len(rec) < len(C.compile_flag(_flag_with_targets(keys))) + 64
+    alone = C.compile_flag(_flag_with_targets(keys))
+    assert len(rec) < len(alone.record) + 64 and pool == alone.pool
 
 
 def _snapshot(N, flags: dict, segments: dict):
@@ -271,6 +281,65 @@ def test_lone_surrogate_keys_match():
     assert snap.evaluate("t", _ctx("a\ud801b"))[1] == 1
 
 
+def test_pool_is_read_only_when_a_fingerprint_matches():
+    """Set members live in the pool region, between the records and the raw msgpack; an
+    evaluation that matches no fingerprint verifies (and so reads) none of its chunks, a member
+    verifies the chunk holding it, and a damaged pool chunk fails only the lookups that read it
+    (MALFORMED_FLAG), not the flag's other contexts (issue 4: a worker maps what it reads)."""
+    from conftest import native_module
+
+    from shmflags.snapshot import format as fmt
+    from shmflags.snapshot.builder import SnapshotBuilder
+    from shmflags.snapshot.reader import SnapshotReader
+
+    N = native_module()
+    keys = [f"user-{i:06d}" for i in range(3000)]
+    flags = {"t": _flag_with_targets(keys) | {"key": "t"},
+             "s": {"key": "s", "version": 1, "on": True, "variations": [True, False],
+                   "offVariation": 1, "fallthrough": {"variation": 1},
+                   "rules": [{"id": "r", "variation": 0, "clauses": [
+                       {"attribute": "key", "op": "segmentMatch", "values": ["seg"]}]}]}}
+    segments = {"seg": {"key": "seg", "version": 1, "included": keys[::3], "salt": "x"}}
+    data = SnapshotBuilder(chunk_shift=fmt.MIN_CHUNK_SHIFT).build(flags, segments, built_at_ms=0)
+    r = SnapshotReader(data)
+    h = r.header
+    entries = [r.find_flag("t"), r.find_flag("s"), r.find_segment("seg")]
+    hot_end = max(e.rec_off + e.rec_len for e in entries)
+    pools = [(e.pool_off, e.pool_off + e.pool_len) for e in entries if e.pool_len]
+    assert len(pools) == 2                                  # "t" and "seg"; "s" has no set
+    assert all(hot_end <= a < b <= h.raw_off for a, b in pools)
+    t_rec = bytes(r.record(entries[0]))
+    assert sorted(read_set(t_rec, _target_set_off(t_rec), bytes(r.pool(entries[0])),
+                           packed=False)) == sorted(k.encode() for k in keys)
+
+    def chunk(off: int) -> int:
+        return 1 + ((off - h.blob_off) >> h.chunk_shift)
+
+    first_pool_chunk, last_pool_chunk = chunk(pools[0][0]) + 1, chunk(pools[-1][1] - 1) - 1
+    assert last_pool_chunk - first_pool_chunk >= 4          # whole chunks inside the pools
+
+    state = bytearray(1 + h.n_chunks)
+    snap = N.Snapshot(data, state=state)
+    for key in ("t", "s"):
+        assert snap.evaluate(key, _ctx("nobody"))[2] == {"kind": "FALLTHROUGH"}
+    assert state[chunk(entries[0].rec_off)] == fmt.CHUNK_OK
+    assert set(state[first_pool_chunk:last_pool_chunk + 1]) == {fmt.CHUNK_UNKNOWN}
+    assert snap.evaluate("t", _ctx("user-001500"))[1] == 0
+    assert snap.evaluate("s", _ctx("user-001500"))[1] == 0
+    verified = [i for i in range(first_pool_chunk, last_pool_chunk + 1) if state[i]]
+    assert 1 <= len(verified) <= 4                          # the chunks of the members read
+
+    # Damage the pool chunk holding user-002001 of "t" (not re-sealed: its checksum fails).
+    pool = bytes(r.pool(entries[0]))
+    at = entries[0].pool_off + pool.index(b"user-002001")
+    bad = bytearray(data)
+    bad[at + 5] ^= 0x01
+    snap = N.Snapshot(bytes(bad))
+    assert snap.evaluate("t", _ctx("nobody"))[2] == {"kind": "FALLTHROUGH"}
+    assert snap.evaluate("t", _ctx("user-002001"))[2] == {"kind": "ERROR",
+                                                          "errorKind": "MALFORMED_FLAG"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Corrupted sets through the C evaluator (subprocess)
 # ---------------------------------------------------------------------------------------------
@@ -292,30 +361,29 @@ def _fuzz_base() -> Tuple[dict, dict, List[str]]:
     return flags, segments, probes
 
 
-def _set_region(rec: bytes, set_off: int) -> Tuple[int, int]:
-    """[start, end) of the set at ``set_off``: header, slots and string pool."""
-    nslots = struct.unpack_from("<I", rec, set_off)[0]
-    end = set_off + 8 + 8 * nslots
-    for i in range(nslots):
-        s_off = struct.unpack_from("<I", rec, set_off + 8 + 8 * i + 4)[0]
-        if s_off:
-            n, start = _leb128(rec, s_off)
-            end = max(end, start + n)
-    return set_off, end
+Region = Tuple[C.Compiled, int, int]
 
 
-def _regions(flags: dict, segments: dict) -> Dict[Tuple[str, str], Tuple[bytes, int, int]]:
-    """(kind, key) -> (record, set start, set end) for the one set of each item."""
-    rec_t = C.compile_flag(flags["t"])
-    rec_in = C.compile_flag(flags["in"])
+def _set_region(item: C.Compiled, set_off: int) -> Region:
+    """The item and [start, end) of the set at ``set_off`` in its record: header and slots
+    (its members are the whole pool: each fuzzed item has one set)."""
+    nslots = struct.unpack_from("<I", item.record, set_off)[0]
+    return item, set_off, set_off + 8 + 8 * nslots
+
+
+def _regions(flags: dict, segments: dict) -> Dict[Tuple[str, str], Region]:
+    """(kind, key) -> (compiled item, set start, set end) for the one set of each item."""
+    it_t = C.compile_flag(flags["t"])
+    it_in = C.compile_flag(flags["in"])
+    rec_in = it_in.record
     r_off = struct.unpack_from("<I", rec_in, 48)[0]              # rules[0]
     c_off = struct.unpack_from("<I", rec_in, r_off + 16)[0]      # its clauses[0]
     in_set = struct.unpack_from("<I", rec_in, c_off + 24)[0]     # sf_clause_t.set
-    rec_s = C.compile_segment(segments["s"])
-    inc_set = struct.unpack_from("<I", rec_s, 56)[0]             # sf_segment_rec_t.included
-    return {("f", "t"): (rec_t, *_set_region(rec_t, _target_set_off(rec_t))),
-            ("f", "in"): (rec_in, *_set_region(rec_in, in_set)),
-            ("s", "s"): (rec_s, *_set_region(rec_s, inc_set))}
+    it_s = C.compile_segment(segments["s"])
+    inc_set = struct.unpack_from("<I", it_s.record, 56)[0]       # sf_segment_rec_t.included
+    return {("f", "t"): _set_region(it_t, _target_set_off(it_t.record)),
+            ("f", "in"): _set_region(it_in, in_set),
+            ("s", "s"): _set_region(it_s, inc_set)}
 
 
 def fuzz(iterations: int, seed: int) -> Tuple[int, int, int]:
@@ -336,22 +404,25 @@ def fuzz(iterations: int, seed: int) -> Tuple[int, int, int]:
     malformed = bad = 0
     for case in range(iterations):
         which = rng.choice(sorted(regions))
-        rec, start, end = regions[which]
-        buf = bytearray(rec)
+        item, start, end = regions[which]
+        buf, pool = bytearray(item.record), bytearray(item.pool)
         for _ in range(rng.choice([1, 1, 2, 3, 8])):
             r = rng.random()
-            if r < 0.5:                        # a bit flip anywhere in the set
+            if r < 0.3:                        # a bit flip in the set's header or slots
                 pos = rng.randrange(start, end)
                 buf[pos] ^= 1 << rng.randrange(8)
+            elif r < 0.5:                      # a bit flip in its members
+                pos = rng.randrange(len(pool))
+                pool[pos] ^= 1 << rng.randrange(8)
             elif r < 0.85:                     # a u32 overwrite: header or a slot field
                 pos = start + 4 * rng.randrange(min(2 + 2 * 64, (end - start) // 4))
                 struct.pack_into("<I", buf, pos, rng.choice(
-                    [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFFFFFFFF, 0x80000000, len(buf), len(buf) - 1,
-                     start, end, rng.randrange(1 << 32)]))
-            else:                              # a length prefix byte
-                pos = rng.randrange(start + 8, end)
-                buf[pos] = rng.choice([0x7F, 0x80, 0xFF, 0])
-        mutated = bytes(buf)
+                    [0, 1, 2, 7, 8, 0x7F, 0x80, 0xFFFFFFFF, 0x80000000, len(buf), len(pool),
+                     len(pool) - 1, start, end, rng.randrange(1 << 32)]))
+            else:                              # a byte of the pool, maybe a length prefix
+                pos = rng.randrange(len(pool))
+                pool[pos] = rng.choice([0x7F, 0x80, 0xFF, 0])
+        mutated = C.Compiled(bytes(buf), bytes(pool))
 
         def cf(flag, _w=which, _m=mutated):
             k = flag["key"]

@@ -452,3 +452,84 @@ def test_lone_surrogates_in_json_publish_and_evaluate_on_every_backend():
         got = [client.variation_detail(key, c, "d") for c in (matching, other)]
         assert [(d.value, d.variation_index, d.reason) for d in got] == \
             [(d.value, d.variation_index, d.reason) for d in expected], snapshot_type
+
+
+def test_set_members_are_stored_once_per_object_and_overlays_keep_their_own():
+    """Target lists and segments that name the same keys share one string pool in a
+    self-contained object (each member once); an overlay's changed item carries its own pool
+    while unchanged items still read the base's; every lookup answers as before."""
+    common = [f"user-{i:05d}" for i in range(400)]
+
+    def targets(i: int, extra: str) -> dict:
+        return {"key": f"t{i}", "version": 1, "on": True, "salt": "s",
+                "variations": [True, False], "offVariation": 1, "fallthrough": {"variation": 1},
+                "targets": [{"values": common + [extra], "variation": 0}]}
+
+    flags = {f"t{i}": targets(i, f"only-{i}") for i in range(20)}
+    segs = {"seg": {"key": "seg", "version": 1, "included": common[::2], "salt": "x"}}
+    b = _overlay_builder()
+    base = b.build(flags, segs)
+    r = SnapshotReader(base)
+    spans = {(e.pool_off, e.pool_len) for e in list(r.flags()) + list(r.segments())}
+    assert len(spans) == 1
+    (pool_off, pool_len), = spans
+    each = sum(1 + len(k) for k in common + [f"only-{i}" for i in range(20)])
+    assert pool_len == (1 + each + 7) // 8 * 8     # reserved byte, then prefix + bytes each
+    assert bytes(r.pool(r.find_flag("t3"))).count(b"user-00007") == 1
+
+    flags = dict(flags)
+    flags["t3"] = targets(3, "brand-new")
+    overlay = b.build(flags, segs, changed=(["t3"], []))
+    assert b.last_kind == "overlay"
+    ro = SnapshotReader(overlay, base=base)
+    own, other = ro.find_flag("t3"), ro.find_flag("t4")
+    assert own.pool_off & fmt.BASE_BIT == 0 and 0 < own.pool_len < pool_len
+    assert (other.pool_off, other.pool_len) == (pool_off | fmt.BASE_BIT, pool_len)
+    assert ro.find_segment("seg").pool_off == pool_off | fmt.BASE_BIT
+
+    contexts = [Context.create(k) for k in ("brand-new", "only-3", "only-4", "user-00010",
+                                            "user-00011", "nobody")]
+    _same_evaluations(overlay, base, SnapshotBuilder().build(flags, segs), contexts)
+    from conftest import native_module
+
+    for mod in (_pure, native_module()):
+        snap = mod.Snapshot(overlay, base=base)
+        assert [snap.evaluate("t3", c)[1] for c in contexts] == [0, 1, 1, 0, 0, 1]
+        assert [snap.evaluate("t4", c)[1] for c in contexts] == [1, 1, 0, 0, 0, 1]
+
+
+def test_shared_pool_is_kept_across_full_builds_and_its_garbage_bounded():
+    """A later full build reuses the linked records (same bytes when nothing changed); members
+    of replaced items stay until the churn exceeds twice the live items, then the pool starts
+    over, so it never grows without bound; every build answers for its own keys only."""
+    from conftest import native_module
+
+    N = native_module()
+
+    def flags_of(gen: int) -> dict:
+        return {f"t{i}": {"key": f"t{i}", "version": gen + 1, "on": True, "salt": "s",
+                          "variations": [True, False], "offVariation": 1,
+                          "fallthrough": {"variation": 1},
+                          "targets": [{"values": [f"g{gen}-k{i}-{j}" for j in range(50)],
+                                       "variation": 0}]} for i in range(10)}
+
+    def pool_len(data: bytes) -> int:
+        return SnapshotReader(data).find_flag("t0").pool_len
+
+    def live(flags: dict) -> int:       # the pool of these flags alone, unpadded
+        return 1 + sum(1 + len(k) for f in flags.values() for k in f["targets"][0]["values"])
+
+    b = SnapshotBuilder()
+    flags = flags_of(0)
+    first = b.build(flags, {}, built_at_ms=0)
+    assert b.build(flags, {}, built_at_ms=0) == first
+    assert pool_len(first) - live(flags) < 8
+    growth = []
+    for gen in range(1, 12):
+        flags = flags_of(gen)
+        data = b.build(flags, {}, built_at_ms=0)
+        growth.append(round(pool_len(data) / live(flags), 1))
+        snap = N.Snapshot(data)
+        assert snap.evaluate("t3", Context.create(f"g{gen}-k3-7"))[1] == 0
+        assert snap.evaluate("t3", Context.create(f"g{gen - 1}-k3-7"))[1] == 1
+    assert max(growth) <= 4.0 and min(growth) == 1.0, growth

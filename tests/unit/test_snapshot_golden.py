@@ -42,7 +42,7 @@ def test_builder_reproduces_golden_bytes(dataset, golden):
 
 def test_golden_header_fields(golden, dataset):
     assert golden[:8] == b"SHMFLAGS"
-    assert struct.unpack_from("<I", golden, 8)[0] == 0x03140820
+    assert struct.unpack_from("<I", golden, 8)[0] == 0x04140828
     r = SnapshotReader(golden)
     h = r.header
     assert h.total_size == len(golden)

@@ -64,10 +64,13 @@ def test_bad_magic(snap):
 def test_format_word_names_both_values(snap):
     buf = bytearray(snap)
     struct.pack_into("<I", buf, 8, 0x01101020)
-    _reject(bytes(buf), "0x03140820", "0x01101020", "layout version 1")
+    _reject(bytes(buf), "0x04140828", "0x01101020", "layout version 1")
     # layout 2 (16-byte index slots, order arrays) is refused at byte 8 as well
     struct.pack_into("<I", buf, 8, 0x02141020)
-    _reject(bytes(buf), "0x03140820", "0x02141020", "layout version 2")
+    _reject(bytes(buf), "0x04140828", "0x02141020", "layout version 2")
+    # and layout 3 (32-byte entries: set members inside the records)
+    struct.pack_into("<I", buf, 8, 0x03140820)
+    _reject(bytes(buf), "0x04140828", "0x03140820", "layout version 3")
 
 
 def test_header_check(snap):
