@@ -31,6 +31,7 @@ LIBUBSAN=$($CC -print-file-name=libubsan.so)
     tests/unit/test_events_recorder_native.py tests/unit/test_events_fast_path.py \
     tests/unit/test_events_pack.py \
     tests/unit/test_record_sets.py tests/unit/test_snapshot_reader.py \
+    tests/unit/test_snapshot_builder.py \
     tests/differential/test_native_vs_python.py
 export PYTHONPATH="$OUT/pkg"
 export LD_PRELOAD="$LIBASAN $LIBUBSAN"
