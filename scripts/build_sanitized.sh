@@ -3,7 +3,8 @@
 # directory (the in-place build others use is left alone) and run the native tests under it.
 #
 #   scripts/build_sanitized.sh [pytest args...]     default: every test of C code (evaluator,
-#   fast path, event counting, record sets, snapshot reader) + the C-vs-Python differential
+#   fast path, event counting, record sets, snapshot reader and builder) + the C-vs-Python
+#   differential
 #
 # Python itself is not instrumented, so libasan is LD_PRELOADed and leak detection is off
 # (the interpreter keeps memory until exit on purpose). Any ASan/UBSan report fails the run.
