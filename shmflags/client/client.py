@@ -187,23 +187,26 @@ class Client:
         metadata = environment_metadata(self._config) if plugins else None
         self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
                                  environment_id=getattr(_source, "environment_id", lambda: None))
-        # Only shared memory changes behind the client's back; in-process sources call the
-        # watcher themselves (set_listener) or never change, so they need no thread.
-        self._watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),
-                                name=f"shmflags-watcher-{self._config.name}",
-                                threaded=isinstance(_source, ShmSource))
-        self._watcher.on_fork(self._after_fork_locks)
-        # The flag tracker and the status providers are made on first use (see the
-        # properties): until someone holds one, there is no listener for them to serve.
-        self._lazy_lock = threading.Lock()
+        # The watcher, the flag tracker and the status providers are made on first use (see
+        # the properties): until someone holds one, there is no listener for them to serve.
+        self._lazy_lock = threading.RLock()   # _made() nests: flag_tracker makes _watcher
+        self._watcher_: Optional[Watcher] = None
         self._flag_tracker_: Optional[FlagTracker] = None
         self._status_provider_: Optional[DataSourceStatusProvider] = None
         self._big_segment_status_: Any = None
         self._data_store_status_: Optional[DataStoreStatusProvider] = None
         self._closed = False
         self._recorder_: Any = None
+        ref = weakref.ref(self)
+
+        def child() -> None:   # renew the locks in a forked child (the parent's may be held)
+            client = ref()
+            if client is not None:
+                client._after_fork_locks()
+
+        os.register_at_fork(after_in_child=child)
         if callable(getattr(self._source, "set_listener", None)):
-            self._source.set_listener(self._watcher.poll_once)
+            self._source.set_listener(self._poll_listeners)
         wait = self._config.start_wait if start_wait is None else start_wait
         if isinstance(self._source, ShmSource):
             self._wait_for_snapshot(float(wait))
@@ -296,7 +299,7 @@ class Client:
 
     def _after_fork_locks(self) -> None:
         self._pid = os.getpid()
-        self._lazy_lock = threading.Lock()
+        self._lazy_lock = threading.RLock()
         self._hooks.after_fork()
         if self._flag_tracker_ is not None:
             self._flag_tracker_.after_fork()
@@ -324,7 +327,9 @@ class Client:
                 recorder.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 log.exception("closing the event recorder failed")
-        self._watcher.stop()
+        watcher = self._watcher_
+        if watcher is not None:
+            watcher.stop()
         self._source.close()
 
     def __enter__(self) -> "Client":
@@ -373,6 +378,26 @@ class Client:
                     made = make()
                     setattr(self, attr, made)
         return made
+
+    @property
+    def _watcher(self) -> Watcher:
+        """The thread behind flag-change and status listeners (not started until one needs
+        it). Only shared memory changes behind the client's back; in-process sources call it
+        themselves (``set_listener``) or never change, so it never runs a thread for them."""
+        def make() -> Watcher:
+            watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),
+                              name=f"shmflags-watcher-{self._config.name}",
+                              threaded=isinstance(self._source, ShmSource))
+            if self._closed:
+                watcher.stop()
+            return watcher
+        return self._made("_watcher_", make)
+
+    def _poll_listeners(self) -> None:
+        """An in-process source's change: run the listeners' pollers (none without a watcher)."""
+        watcher = self._watcher_
+        if watcher is not None:
+            watcher.poll_once()
 
     @property
     def flag_tracker(self) -> FlagTracker:
