@@ -185,7 +185,10 @@ class Client:
         # shared with the master, and every object or function touched for the first time
         # costs a copy-on-write fault (docs/internals.md, "A worker's first evaluation").
         metadata = environment_metadata(self._config) if plugins else None
-        self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
+        hooks = list(self._config.hooks or ())
+        if plugins:
+            hooks += plugin_hooks(plugins, metadata)
+        self._hooks = HookRunner(hooks,
                                  environment_id=getattr(_source, "environment_id", lambda: None))
         # The watcher, the flag tracker and the status providers are made on first use (see
         # the properties): until someone holds one, there is no listener for them to serve.
