@@ -23,6 +23,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from shmflags.backend import evaluator_backend
 from shmflags.client.flags_state import FeatureFlagsState
 from shmflags.client.hooks import (HookRunner, environment_metadata, plugin_hooks,
                                    register_plugins)
@@ -45,6 +46,17 @@ _USER_NOT_SPECIFIED = {"kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
 _EXCEPTION = {"kind": "ERROR", "errorKind": "EXCEPTION"}
 _WRONG_TYPE = {"kind": "ERROR", "errorKind": "WRONG_TYPE"}
 
+#: the C fast path's ``(_SLOW, _Fast)`` when the C evaluator is in use (imported once here, not
+#: in every new client)
+_C_FAST: Optional[Tuple[Any, Any]] = None
+if evaluator_backend() == "c":
+    try:
+        from shmflags._native import _SLOW, _Fast
+        _C_FAST = (_SLOW, _Fast)
+    except ImportError:  # an older build: no fast path
+        pass
+
+
 def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
     """``(value, detail, SLOW, fast)``: the C fast path of ``variation`` / ``variation_detail``
     over ``current`` (used when the C evaluator is, see ``native/fast.c``), or stand-ins that
@@ -57,13 +69,12 @@ def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
     the recorder whose C core counts the common case; with it ``None`` the fast path records
     nothing, so the caller uses it only when events are off.
     """
-    from shmflags.backend import evaluator_backend
-    if evaluator_backend() == "c":
+    if _C_FAST is not None:
+        c_slow, c_fast = _C_FAST
         try:
-            from shmflags._native import _SLOW, _Fast
-            fast = _Fast(current, Context, EvaluationDetail)
-            return fast.value, fast.detail, _SLOW, fast
-        except (ImportError, AttributeError, TypeError):  # an older build: no fast path
+            fast = c_fast(current, Context, EvaluationDetail)
+            return fast.value, fast.detail, c_slow, fast
+        except (AttributeError, TypeError):  # an older build: no fast path
             pass
     slow = object()
 
@@ -343,7 +354,6 @@ class Client:
 
     def __repr__(self) -> str:
         try:
-            from shmflags.backend import evaluator_backend
             evaluator = evaluator_backend()
         except Exception:  # noqa: BLE001
             evaluator = "?"

@@ -16,10 +16,34 @@ import time
 import weakref
 from typing import Any, Dict, Mapping, Optional
 
+from shmflags.backend import Snapshot, evaluator_backend, open_snapshot
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
                                     DataSourceStatus, state_from_text)
+from shmflags.errors import SnapshotError, SnapshotUnavailable
+from shmflags.snapshot.format import CTL_OFF_GENERATION
+
+# What a worker's attach path uses, imported once here: an import statement in a function runs
+# the import machinery again on every call (copy-on-write faults in a forked worker,
+# docs/internals.md). Without POSIX shared memory (posix_ipc) ShmSource raises when made.
+try:
+    from shmflags import shm
+    from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+except ImportError:
+    shm = None  # type: ignore[assignment]
+_CWatch: Any = None   # the C watch when the C evaluator is in use (see _new_watch)
+if evaluator_backend() == "c":
+    try:
+        from shmflags._native import _Watch as _CWatch
+    except ImportError:   # an extension built before the watch existed
+        pass
 
 log = logging.getLogger(__name__)
+
+
+def _require_shm() -> None:
+    """Raise the ImportError that left ``shm`` unset."""
+    import shmflags.integrations.bigsegments  # noqa: F401
+    import shmflags.shm  # noqa: F401
 
 
 
@@ -43,7 +67,6 @@ def open_backend(buffer: Any, big_segments: Any = None, **parts: Any) -> Any:
     :param big_segments: the Big Segments provider the evaluator queries (issue 11).
     :param parts: ``base``, ``state``, ``base_state`` from ``shm.Attachment.snapshot_parts``.
     """
-    from shmflags.backend import Snapshot, open_snapshot
     if big_segments is not None:   # issue 11: Big Segments provider for the evaluator
         return Snapshot(buffer, big_segments=big_segments, **parts)
     return open_snapshot(buffer, **parts)
@@ -196,7 +219,8 @@ class ShmSource:
         self._env_next = 0.0
         # issue 11: Big Segment membership from the supervisor's mirror (NOT_CONFIGURED
         # until one exists); also behind client.big_segment_store_status_provider.
-        from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+        if shm is None:
+            _require_shm()
         self.big_segments = ShmBigSegments(
             self._name, cache_size=getattr(config, "big_segments_context_cache_size", CACHE_SIZE))
 
@@ -331,8 +355,6 @@ class ShmSource:
             self._lock.release()
 
     def _attach(self) -> Any:
-        from shmflags import shm
-        from shmflags.errors import SnapshotUnavailable
         try:
             return shm.Attachment(self._name)
         except SnapshotUnavailable:
@@ -340,7 +362,6 @@ class ShmSource:
 
     def _open(self, attachment: Any, generation: int) -> Any:
         """Map and open the current generation; ``None`` (and remember it) when it is bad."""
-        from shmflags.errors import SnapshotError
         try:
             parts = attachment.snapshot_parts()
             mapped = attachment.mapped_generation
@@ -441,14 +462,8 @@ class _PyWatch:
 def _new_watch(slow: Any) -> Any:
     """The C ``_Watch`` over the control block's generation word when the C evaluator is
     in use, else a :class:`_PyWatch`."""
-    from shmflags.backend import evaluator_backend
-    if evaluator_backend() == "c":
-        try:
-            from shmflags._native import _Watch
-            from shmflags.snapshot.format import CTL_OFF_GENERATION
-            return _Watch(slow, CTL_OFF_GENERATION)
-        except (ImportError, AttributeError):  # an extension built before the watch existed
-            pass
+    if _CWatch is not None:
+        return _CWatch(slow, CTL_OFF_GENERATION)
     return _PyWatch(slow)
 
 
