@@ -381,7 +381,7 @@ class Config:
             except ConfigError as exc:
                 raise ConfigError(origin if origin.startswith("SHMFLAGS_") else name,
                                   str(exc).split(": ", 1)[-1]) from None
-        unknown = sorted(k for k in from_file if k not in _BY_NAME)
+        unknown = sorted(k for k in from_file if k not in _BY_NAME) if from_file else ()
         if unknown:
             raise ConfigError(unknown[0], "unknown setting in config file")
         for name, floor in (("poll_interval", 30.0), ("diagnostic_recording_interval", 60.0)):
