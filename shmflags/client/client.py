@@ -216,7 +216,10 @@ class Client:
         def child() -> None:   # renew the locks in a forked child (the parent's may be held)
             client = ref()
             if client is not None:
-                client._after_fork_locks()
+                try:
+                    client._after_fork_locks()
+                except Exception as exc:  # never break the child's start-up
+                    log.error("after-fork hook %r raised: %r", client._after_fork_locks, exc)
 
         os.register_at_fork(after_in_child=child)
         if callable(getattr(self._source, "set_listener", None)):
