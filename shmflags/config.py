@@ -357,7 +357,9 @@ class Config:
             else:
                 raise ConfigError(key, "unknown setting")
         env = os.environ if environ is None else environ
-        from_file = _read_toml(config_file or env.get("SHMFLAGS_CONFIG"))
+        from_env = list(_shmflags_env(env))   # SHMFLAGS_CONFIG is one of them
+        path = config_file or dict(from_env).get("SHMFLAGS_CONFIG")
+        from_file = _read_toml(path) if path else {}
         # Only what is set is parsed and stored; a default is read from _DEFAULTS when first
         # asked for (__getattr__). A forked worker builds its Config on pages it shares with
         # the master, and touching an object there (even a reference count) copies its page:
@@ -367,7 +369,7 @@ class Config:
         for name, raw in from_file.items():
             if name in _BY_NAME:
                 given[name] = (raw, "config file")
-        for var, raw in _shmflags_env(env):
+        for var, raw in from_env:
             name = _BY_ENV.get(var)
             if name is not None:
                 given[name] = (raw, var)
@@ -379,7 +381,7 @@ class Config:
             except ConfigError as exc:
                 raise ConfigError(origin if origin.startswith("SHMFLAGS_") else name,
                                   str(exc).split(": ", 1)[-1]) from None
-        unknown = sorted(k for k in from_file if k not in _BY_NAME)
+        unknown = sorted(k for k in from_file if k not in _BY_NAME) if from_file else ()
         if unknown:
             raise ConfigError(unknown[0], "unknown setting in config file")
         for name, floor in (("poll_interval", 30.0), ("diagnostic_recording_interval", 60.0)):

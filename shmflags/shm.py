@@ -812,6 +812,11 @@ class _Mapping:
         self.base = base
 
 
+#: The control block's magic, format word and size (compiled once: the first ``struct`` call
+#: with a new format in a forked worker compiles and caches it, on pages shared with the master)
+_CTL_HEAD = struct.Struct("<8sII")
+
+
 class Attachment:
     """A worker's read-only view of namespace ``name``.
 
@@ -852,7 +857,7 @@ class Attachment:
             mm = mmap.mmap(shm.fd, fmt.CTL_SIZE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
         finally:
             shm.close_fd()
-        magic, form, size = struct.unpack_from("<8sII", mm, 0)
+        magic, form, size = _CTL_HEAD.unpack_from(mm, 0)
         if magic == b"\0" * 8:
             mm.close()     # the supervisor writes the magic last, once every field is set
             raise SnapshotUnavailable(f"{cname} is being created; try again")

@@ -23,6 +23,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from shmflags.backend import evaluator_backend
 from shmflags.client.flags_state import FeatureFlagsState
 from shmflags.client.hooks import (HookRunner, environment_metadata, plugin_hooks,
                                    register_plugins)
@@ -45,6 +46,17 @@ _USER_NOT_SPECIFIED = {"kind": "ERROR", "errorKind": "USER_NOT_SPECIFIED"}
 _EXCEPTION = {"kind": "ERROR", "errorKind": "EXCEPTION"}
 _WRONG_TYPE = {"kind": "ERROR", "errorKind": "WRONG_TYPE"}
 
+#: the C fast path's ``(_SLOW, _Fast)`` when the C evaluator is in use (imported once here, not
+#: in every new client)
+_C_FAST: Optional[Tuple[Any, Any]] = None
+if evaluator_backend() == "c":
+    try:
+        from shmflags._native import _SLOW, _Fast
+        _C_FAST = (_SLOW, _Fast)
+    except ImportError:  # an older build: no fast path
+        pass
+
+
 def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
     """``(value, detail, SLOW, fast)``: the C fast path of ``variation`` / ``variation_detail``
     over ``current`` (used when the C evaluator is, see ``native/fast.c``), or stand-ins that
@@ -57,13 +69,12 @@ def _make_fast(current: Callable[[], Any]) -> Tuple[Any, Any, Any, Any]:
     the recorder whose C core counts the common case; with it ``None`` the fast path records
     nothing, so the caller uses it only when events are off.
     """
-    from shmflags.backend import evaluator_backend
-    if evaluator_backend() == "c":
+    if _C_FAST is not None:
+        c_slow, c_fast = _C_FAST
         try:
-            from shmflags._native import _SLOW, _Fast
-            fast = _Fast(current, Context, EvaluationDetail)
-            return fast.value, fast.detail, _SLOW, fast
-        except (ImportError, AttributeError, TypeError):  # an older build: no fast path
+            fast = c_fast(current, Context, EvaluationDetail)
+            return fast.value, fast.detail, c_slow, fast
+        except (AttributeError, TypeError):  # an older build: no fast path
             pass
     slow = object()
 
@@ -185,25 +196,34 @@ class Client:
         # shared with the master, and every object or function touched for the first time
         # costs a copy-on-write fault (docs/internals.md, "A worker's first evaluation").
         metadata = environment_metadata(self._config) if plugins else None
-        self._hooks = HookRunner(list(self._config.hooks or ()) + plugin_hooks(plugins, metadata),
+        hooks = list(self._config.hooks or ())
+        if plugins:
+            hooks += plugin_hooks(plugins, metadata)
+        self._hooks = HookRunner(hooks,
                                  environment_id=getattr(_source, "environment_id", lambda: None))
-        # Only shared memory changes behind the client's back; in-process sources call the
-        # watcher themselves (set_listener) or never change, so they need no thread.
-        self._watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),
-                                name=f"shmflags-watcher-{self._config.name}",
-                                threaded=isinstance(_source, ShmSource))
-        self._watcher.on_fork(self._after_fork_locks)
-        # The flag tracker and the status providers are made on first use (see the
-        # properties): until someone holds one, there is no listener for them to serve.
-        self._lazy_lock = threading.Lock()
+        # The watcher, the flag tracker and the status providers are made on first use (see
+        # the properties): until someone holds one, there is no listener for them to serve.
+        self._lazy_lock = threading.RLock()   # _made() nests: flag_tracker makes _watcher
+        self._watcher_: Optional[Watcher] = None
         self._flag_tracker_: Optional[FlagTracker] = None
         self._status_provider_: Optional[DataSourceStatusProvider] = None
         self._big_segment_status_: Any = None
         self._data_store_status_: Optional[DataStoreStatusProvider] = None
         self._closed = False
         self._recorder_: Any = None
+        ref = weakref.ref(self)
+
+        def child() -> None:   # renew the locks in a forked child (the parent's may be held)
+            client = ref()
+            if client is not None:
+                try:
+                    client._after_fork_locks()
+                except Exception as exc:  # never break the child's start-up
+                    log.error("after-fork hook %r raised: %r", client._after_fork_locks, exc)
+
+        os.register_at_fork(after_in_child=child)
         if callable(getattr(self._source, "set_listener", None)):
-            self._source.set_listener(self._watcher.poll_once)
+            self._source.set_listener(self._poll_listeners)
         wait = self._config.start_wait if start_wait is None else start_wait
         if isinstance(self._source, ShmSource):
             self._wait_for_snapshot(float(wait))
@@ -296,7 +316,7 @@ class Client:
 
     def _after_fork_locks(self) -> None:
         self._pid = os.getpid()
-        self._lazy_lock = threading.Lock()
+        self._lazy_lock = threading.RLock()
         self._hooks.after_fork()
         if self._flag_tracker_ is not None:
             self._flag_tracker_.after_fork()
@@ -324,7 +344,9 @@ class Client:
                 recorder.close()
             except Exception:  # noqa: BLE001 - closing must not raise
                 log.exception("closing the event recorder failed")
-        self._watcher.stop()
+        watcher = self._watcher_
+        if watcher is not None:
+            watcher.stop()
         self._source.close()
 
     def __enter__(self) -> "Client":
@@ -335,7 +357,6 @@ class Client:
 
     def __repr__(self) -> str:
         try:
-            from shmflags.backend import evaluator_backend
             evaluator = evaluator_backend()
         except Exception:  # noqa: BLE001
             evaluator = "?"
@@ -373,6 +394,26 @@ class Client:
                     made = make()
                     setattr(self, attr, made)
         return made
+
+    @property
+    def _watcher(self) -> Watcher:
+        """The thread behind flag-change and status listeners (not started until one needs
+        it). Only shared memory changes behind the client's back; in-process sources call it
+        themselves (``set_listener``) or never change, so it never runs a thread for them."""
+        def make() -> Watcher:
+            watcher = Watcher(interval=min(0.1, float(self._config.attach_interval) or 0.1),
+                              name=f"shmflags-watcher-{self._config.name}",
+                              threaded=isinstance(self._source, ShmSource))
+            if self._closed:
+                watcher.stop()
+            return watcher
+        return self._made("_watcher_", make)
+
+    def _poll_listeners(self) -> None:
+        """An in-process source's change: run the listeners' pollers (none without a watcher)."""
+        watcher = self._watcher_
+        if watcher is not None:
+            watcher.poll_once()
 
     @property
     def flag_tracker(self) -> FlagTracker:

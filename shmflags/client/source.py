@@ -16,10 +16,34 @@ import time
 import weakref
 from typing import Any, Dict, Mapping, Optional
 
+from shmflags.backend import Snapshot, evaluator_backend, open_snapshot
 from shmflags.client.status import (DataSourceErrorInfo, DataSourceErrorKind, DataSourceState,
                                     DataSourceStatus, state_from_text)
+from shmflags.errors import SnapshotError, SnapshotUnavailable
+from shmflags.snapshot.format import CTL_OFF_GENERATION
+
+# What a worker's attach path uses, imported once here: an import statement in a function runs
+# the import machinery again on every call (copy-on-write faults in a forked worker,
+# docs/internals.md). Without POSIX shared memory (posix_ipc) ShmSource raises when made.
+try:
+    from shmflags import shm
+    from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+except ImportError:
+    shm = None  # type: ignore[assignment]
+_CWatch: Any = None   # the C watch when the C evaluator is in use (see _new_watch)
+if evaluator_backend() == "c":
+    try:
+        from shmflags._native import _Watch as _CWatch
+    except ImportError:   # an extension built before the watch existed
+        pass
 
 log = logging.getLogger(__name__)
+
+
+def _require_shm() -> None:
+    """Raise the ImportError that left ``shm`` unset."""
+    import shmflags.integrations.bigsegments  # noqa: F401
+    import shmflags.shm  # noqa: F401
 
 
 
@@ -43,7 +67,6 @@ def open_backend(buffer: Any, big_segments: Any = None, **parts: Any) -> Any:
     :param big_segments: the Big Segments provider the evaluator queries (issue 11).
     :param parts: ``base``, ``state``, ``base_state`` from ``shm.Attachment.snapshot_parts``.
     """
-    from shmflags.backend import Snapshot, open_snapshot
     if big_segments is not None:   # issue 11: Big Segments provider for the evaluator
         return Snapshot(buffer, big_segments=big_segments, **parts)
     return open_snapshot(buffer, **parts)
@@ -189,7 +212,6 @@ class ShmSource:
             self.current = self._w  # type: ignore[method-assign]
         self._next_attempt = 0.0          # monotonic time of the next attach attempt
         self._complained_pid = 0          # pid that already logged "no snapshot"
-        self._bad_generation = 0          # generation rejected as corrupt (do not retry it)
         self._next_check = 0.0            # monotonic time of the next replaced-block check
         self._since = time.time()
         self._closed = False
@@ -197,7 +219,8 @@ class ShmSource:
         self._env_next = 0.0
         # issue 11: Big Segment membership from the supervisor's mirror (NOT_CONFIGURED
         # until one exists); also behind client.big_segment_store_status_provider.
-        from shmflags.integrations.bigsegments import CACHE_SIZE, ShmBigSegments
+        if shm is None:
+            _require_shm()
         self.big_segments = ShmBigSegments(
             self._name, cache_size=getattr(config, "big_segments_context_cache_size", CACHE_SIZE))
 
@@ -210,7 +233,9 @@ class ShmSource:
 
     # -- hot path ----------------------------------------------------------------------
 
-    # The served state, kept in the watch (see __init__).
+    # The served state, kept in the watch (see __init__). The methods below use the watch
+    # directly: in a forked worker each property's getter and setter is one more function
+    # run for the first time (copy-on-write faults, docs/internals.md).
     _snapshot = property(lambda self: self._w.snapshot,
                          lambda self, v: setattr(self._w, "snapshot", v))
     _generation = property(lambda self: self._w.generation,
@@ -243,20 +268,20 @@ class ShmSource:
                 generation = generation_of()
             except Exception as exc:  # a closed or broken attachment must not break evaluation
                 log.error("shmflags: reading the control block of %r failed: %r", self._name, exc)
-                return self._snapshot
-            if generation == self._generation or generation == self._bad_generation:
+                return self._w.snapshot
+            if generation == self._w.generation or generation == self._w.bad_generation:
                 # Every 256 calls, look at the clock: once a second, check that the control
                 # block was not replaced under us (see _liveness_check).
-                self._countdown -= 1
-                if self._countdown > 0:
-                    return self._snapshot
-                self._countdown = 256
+                self._w.countdown -= 1
+                if self._w.countdown > 0:
+                    return self._w.snapshot
+                self._w.countdown = 256
                 if time.monotonic() < self._next_check:
-                    return self._snapshot
+                    return self._w.snapshot
                 return self._liveness_check()
             return self._switch()
         if time.monotonic() < self._next_attempt:
-            return self._snapshot
+            return self._w.snapshot
         return self._switch()
 
     _current_py = current
@@ -280,58 +305,56 @@ class ShmSource:
                 if self._attachment is attachment:
                     # A new namespace numbers its generations afresh: map whatever it serves.
                     self._set_attachment(None)
-                    self._generation = self._bad_generation = 0
+                    self._w.generation = self._w.bad_generation = 0
                     self._next_attempt = 0.0
             return self._switch()
-        return self._snapshot
+        return self._w.snapshot
 
     def _switch(self) -> Any:
         """Attach and/or map the current generation. While a snapshot is being served, other
         threads keep using it instead of waiting for the switch."""
         if self._pid != os.getpid():
             self._after_fork()
-        if not self._lock.acquire(blocking=self._snapshot is None):
-            return self._snapshot
+        if not self._lock.acquire(blocking=self._w.snapshot is None):
+            return self._w.snapshot
         try:
             if self._closed:
-                return self._snapshot
+                return self._w.snapshot
             if self._attachment is None:
                 if time.monotonic() < self._next_attempt:
-                    return self._snapshot
+                    return self._w.snapshot
                 self._set_attachment(self._attach())
                 if self._attachment is None:
                     self._next_attempt = time.monotonic() + self._attach_interval
                     self._complain(f"no shmflags supervisor control block for namespace "
                                    f"{self._name!r}")
-                    return self._snapshot
+                    return self._w.snapshot
             attachment = self._attachment
             generation = attachment.generation()
             if generation == 0:
                 self._next_attempt = time.monotonic() + self._attach_interval
-                if self._snapshot is None:
+                if self._w.snapshot is None:
                     self._complain(f"the shmflags supervisor of namespace {self._name!r} has not "
                                    "published a snapshot yet")
-                return self._snapshot
-            if generation in (self._generation, self._bad_generation):
-                return self._snapshot
+                return self._w.snapshot
+            if generation in (self._w.generation, self._w.bad_generation):
+                return self._w.snapshot
             snapshot = self._open(attachment, generation)
             if snapshot is not None:
-                self._snapshot, self._generation = snapshot, attachment.mapped_generation
+                self._w.snapshot, self._w.generation = snapshot, attachment.mapped_generation
                 if self._complained_pid == os.getpid():
                     log.warning("shmflags: namespace %r: serving generation %d", self._name,
-                                self._generation)
+                                self._w.generation)
                     self._complained_pid = 0
-            return self._snapshot
+            return self._w.snapshot
         except Exception as exc:  # noqa: BLE001 - evaluation must keep going
             log.error("shmflags: attaching to namespace %r failed: %r", self._name, exc)
             self._next_attempt = time.monotonic() + self._attach_interval
-            return self._snapshot
+            return self._w.snapshot
         finally:
             self._lock.release()
 
     def _attach(self) -> Any:
-        from shmflags import shm
-        from shmflags.errors import SnapshotUnavailable
         try:
             return shm.Attachment(self._name)
         except SnapshotUnavailable:
@@ -339,22 +362,21 @@ class ShmSource:
 
     def _open(self, attachment: Any, generation: int) -> Any:
         """Map and open the current generation; ``None`` (and remember it) when it is bad."""
-        from shmflags.errors import SnapshotError
         try:
             parts = attachment.snapshot_parts()
             mapped = attachment.mapped_generation
-            if mapped == self._generation and self._snapshot is not None:
+            if mapped == self._w.generation and self._w.snapshot is not None:
                 # The attachment rejected the newer generation and kept ours (it logged why).
-                self._bad_generation = generation
+                self._w.bad_generation = generation
                 return None
             return open_backend(big_segments=self.big_segments, **parts)   # issue 11
         except SnapshotError as exc:
-            if self._snapshot is None:
+            if self._w.snapshot is None:
                 self._complain(f"namespace {self._name!r}: no usable snapshot ({exc})")
             else:
                 log.error("shmflags: namespace %r: generation %d unusable (%s); keeping "
-                          "generation %d", self._name, generation, exc, self._generation)
-            self._bad_generation = generation
+                          "generation %d", self._name, generation, exc, self._w.generation)
+            self._w.bad_generation = generation
             self._next_attempt = time.monotonic() + self._attach_interval
             return None
 
@@ -377,7 +399,7 @@ class ShmSource:
     def generation(self) -> int:
         """The generation being served (0 = none)."""
         self.current()
-        return self._generation
+        return self._w.generation
 
     def status(self) -> DataSourceStatus:
         """The supervisor's data source status from the control block; INTERRUPTED once the
@@ -394,7 +416,7 @@ class ShmSource:
             error = DataSourceErrorInfo(DataSourceErrorKind.UNKNOWN, 0, time.time(),
                                         f"control block unreadable: {exc!r}")
             return DataSourceStatus(DataSourceState.INTERRUPTED, time.time(), error)
-        return status_from_control(info, self._heartbeat_timeout, self._snapshot is not None)
+        return status_from_control(info, self._heartbeat_timeout, self._w.snapshot is not None)
 
     def environment_id(self) -> Optional[str]:
         """The LaunchDarkly environment id the supervisor learnt (``X-LD-EnvID``), or ``None``.
@@ -415,7 +437,7 @@ class ShmSource:
 
     def describe(self) -> Dict[str, Any]:
         """Facts for ``repr`` and diagnostics."""
-        return {"source": self.kind, "name": self._name, "generation": self._generation}
+        return {"source": self.kind, "name": self._name, "generation": self._w.generation}
 
     def close(self) -> None:
         """Stop attaching; the current snapshot stays usable until dropped."""
@@ -440,14 +462,8 @@ class _PyWatch:
 def _new_watch(slow: Any) -> Any:
     """The C ``_Watch`` over the control block's generation word when the C evaluator is
     in use, else a :class:`_PyWatch`."""
-    from shmflags.backend import evaluator_backend
-    if evaluator_backend() == "c":
-        try:
-            from shmflags._native import _Watch
-            from shmflags.snapshot.format import CTL_OFF_GENERATION
-            return _Watch(slow, CTL_OFF_GENERATION)
-        except (ImportError, AttributeError):  # an extension built before the watch existed
-            pass
+    if _CWatch is not None:
+        return _CWatch(slow, CTL_OFF_GENERATION)
     return _PyWatch(slow)
 
 

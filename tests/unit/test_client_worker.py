@@ -402,3 +402,45 @@ def test_big_segment_status_without_a_mirror(name: str) -> None:
     assert type(client.big_segment_store_status_provider).__module__ == \
         "shmflags.integrations.bigsegments"
     client.close()
+
+
+def test_watcher_made_on_first_use_and_locks_renewed_after_fork(name: str) -> None:
+    # A client made in a worker makes no watcher (nor its thread, event and at-fork hook)
+    # until a listener needs one; the client's own locks are still renewed in a forked child.
+    sup = Supervisor(name)
+    try:
+        sup.publish({"f": _flag("f", "v1")})
+        client = Client(_config(name))
+        assert client._watcher_ is None
+        assert client.variation("f", USER, None) == "v1"
+        assert client._watcher_ is None
+        lock = client._lazy_lock
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                renewed = client._lazy_lock is not lock and client._pid == os.getpid()
+                os.write(w, b"1" if renewed and client._watcher_ is None else b"0")
+            finally:
+                os._exit(0)
+        os.close(w)
+        assert os.read(r, 1) == b"1"
+        os.close(r)
+        os.waitpid(pid, 0)
+        changes: List[str] = []
+        client.flag_tracker.add_listener(lambda ch: changes.append(ch.key))
+        watcher = client._watcher_
+        assert watcher is not None and watcher.running
+        sup.publish({"f": _flag("f", "v2", version=2)})
+        assert _wait(lambda: changes == ["f"])
+        client.close()
+        assert _wait(lambda: not watcher.running)
+    finally:
+        sup.close()
+
+
+def test_watcher_made_after_close_never_runs(name: str) -> None:
+    client = Client(_config(name, start_wait=0))
+    client.close()
+    client.flag_tracker.add_listener(lambda ch: None)
+    assert client._watcher_ is not None and not client._watcher_.running

@@ -52,6 +52,18 @@ def test_precedence_keyword_then_environment_then_file(tmp_path):
     assert cfg.application_version == "1.2"
 
 
+def test_config_file_from_the_environment(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('name = "from-file"\nflush_interval = 9\n')
+    env = {"SHMFLAGS_CONFIG": str(toml), "SHMFLAGS_FLUSH_INTERVAL": "7", "OTHER": "x"}
+    cfg = Config(environ=env)
+    assert (cfg.name, cfg.flush_interval) == ("from-file", 7.0)
+    other = tmp_path / "d.toml"
+    other.write_text('name = "keyword-file"\n')
+    assert Config(config_file=str(other), environ=env).name == "keyword-file"
+    assert Config(environ={"SHMFLAGS_CONFIG": ""}).name == "default"
+
+
 def test_ldclient_minimums_and_offline_turns_events_off():
     cfg = Config(environ={}, poll_interval=5, diagnostic_recording_interval=1, offline=True)
     assert cfg.poll_interval == 30.0
