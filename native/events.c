@@ -329,7 +329,11 @@ static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObj
     }
     cc_slot_t *c = &self->cc[cc_index(key, variation)];
     if (c->key != NULL) {
-        /* the first way's entry moves to the second (the references move with it) */
+        /* the first way's entry moves to the second (the references move with it), its
+         * pending counts folded first: the dirty list names the first way's index, so
+         * counts moved to the second would be missed by the next fold (until the slot is
+         * dropped) */
+        cc_fold_slot(&c[0]);
         cc_clear_slot(&c[1]);
         c[1] = c[0];
         memset(c, 0, sizeof(*c));
