@@ -115,44 +115,128 @@ typedef struct {
                            * fold (CC_SLOTS of them at most; allocated with cc) */
     size_t cc_ndirty;     /* how many; CC_SLOTS + 1: overflowed, fold scans every slot */
     PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
-    PyObject **cx;        /* CX_SLOTS pairs (context, entry) (PyMem), or NULL */
+    struct cx_slot *cx;   /* CX_SLOTS slots, 64-byte aligned inside cx_mem, or NULL */
+    void *cx_mem;         /* the PyMem block holding cx (and cx_dirty) */
+    uint16_t *cx_dirty;   /* indexes of the slots whose pending went 0 -> 1 since the last
+                           * fold (CX_SLOTS of them at most; in cx_mem) */
+    size_t cx_ndirty;     /* how many; CX_SLOTS + 1: overflowed, fold scans every slot */
 } RecorderCore;
 
 /*
  * The context cache: context object -> its window entry in the contexts dict
  * ``cx_contexts``, two-way set-associative on the context's address (as the counter
- * cache), strong references.  Made only from an entry found in that dict by the context's
- * cached fully-qualified key; the
- * Python code replaces an entry of a live window only in _put_back, which empties the
- * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
- * the contexts dict lookup by one slot.
+ * cache; a set is two adjacent 32-byte slots, one cache line), strong references.  Made
+ * only from an entry found in that dict by the context's cached fully-qualified key, whose
+ * shape (a list [context dict, first_ms, count (exact int), index, kinds, ...]) is checked
+ * then; the Python code replaces an entry of a live window only in _put_back, which
+ * empties the cache (_clear_caches), as does _new_window, and never changes an entry's
+ * kinds.  A hit therefore needs nothing but its slot: the context's _fqk, the dict lookup
+ * and the entry itself are not read (only an event reads the entry, for its JSON).
+ * The uses counted through a slot are kept in it as a C integer (pending), not as a new
+ * int in entry[2].  Invariant (as the counter cache's): every read of the window's
+ * contexts from Python sees every use, because the pending uses are added to their entries
+ * (cx_fold) whenever the Python code gets or sets ``_contexts`` or gets ``_last_entry``
+ * (getsets: its only ways to an entry), and whenever a slot is dropped or the cache
+ * emptied.  (Python code that adds to entry[2] meanwhile - _sight, a call of the last
+ * context - adds to the same sum: the fold adds, it never overwrites.)
  */
 #define CX_SLOTS 2048   /* a power of two */
+_Static_assert(CX_SLOTS <= 65536, "cx_dirty holds slot indexes as uint16_t");
+typedef struct cx_slot {
+    PyObject *context;    /* NULL: empty slot */
+    PyObject *entry;      /* its entry in cx_contexts */
+    PyObject *kinds;      /* entry[4] (the context's kinds tuple), when the slot was made */
+    Py_ssize_t pending;   /* uses not yet added to entry[2] (see cx_fold) */
+} cx_slot_t;
+_Static_assert(sizeof(cx_slot_t) * 2 <= 64 || sizeof(void *) != 8,
+               "a set of the context cache fills one 64-byte cache line");
+
+/* Add a slot's pending uses to its entry's count (int + int: C only; the old int is
+ * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
+static void cx_fold_slot(cx_slot_t *s)
+{
+    if (s->pending == 0)
+        return;
+    PyObject *entry = s->entry;
+    /* cannot fail: checked when the slot was made, and the Python code never changes an
+     * entry's shape; a broken invariant keeps the uses pending rather than crash */
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+        return;
+    PyObject *n = PyLong_FromSsize_t(s->pending);
+    PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(entry, 2), n) : NULL;
+    Py_XDECREF(n);
+    if (sum == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyList_SetItem(entry, 2, sum);   /* steals sum */
+    s->pending = 0;
+}
+
+/* Fold every slot's pending uses: the slots listed dirty since the last fold, or all
+ * after an overflow. */
+static void cx_fold(RecorderCore *self)
+{
+    if (self->cx == NULL)
+        return;
+    if (self->cx_ndirty > CX_SLOTS) {
+        for (size_t i = 0; i < CX_SLOTS; i++)
+            cx_fold_slot(&self->cx[i]);
+    } else {
+        for (size_t i = 0; i < self->cx_ndirty; i++)
+            cx_fold_slot(&self->cx[self->cx_dirty[i]]);
+    }
+    self->cx_ndirty = 0;   /* (a slot a failed fold left pending: folded by cx_clear_slot) */
+}
+
+/* Count @uses through slot @s: pending, listed dirty on its first pending use. */
+static void cx_count(RecorderCore *self, cx_slot_t *s, Py_ssize_t uses)
+{
+    if (s->pending == 0) {
+        if (self->cx_ndirty < CX_SLOTS)
+            self->cx_dirty[self->cx_ndirty++] = (uint16_t)(s - self->cx);
+        else
+            self->cx_ndirty = CX_SLOTS + 1;   /* listed more than once (slots reused) */
+    }
+    s->pending += uses;   /* at most 1 + MAX_PREREQS per call: cannot overflow */
+}
+
+static void cx_clear_slot(cx_slot_t *s)
+{
+    cx_fold_slot(s);
+    s->pending = 0;   /* (only a failed fold leaves some: out of memory, lost) */
+    Py_CLEAR(s->context);
+    Py_CLEAR(s->entry);
+    Py_CLEAR(s->kinds);
+}
 
 static void cx_clear(RecorderCore *self)
 {
     if (self->cx != NULL)
-        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
-            Py_CLEAR(self->cx[i]);
+        for (size_t i = 0; i < CX_SLOTS; i++)
+            if (self->cx[i].context != NULL)
+                cx_clear_slot(&self->cx[i]);   /* folds its pending uses */
+    self->cx_ndirty = 0;
     Py_CLEAR(self->cx_contexts);
 }
 
-/* The first pair of the set for @context; the second is the next one. */
+/* The first slot of the set for @context; the second is the next one. */
 static size_t cx_index(PyObject *context)
 {
     uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
     return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 2);
 }
 
-/* The cached entry of @context in the live contexts dict (borrowed), or NULL. */
-static PyObject *cx_get(RecorderCore *self, PyObject *context)
+/* The slot of @context for the live contexts dict, or NULL. */
+static cx_slot_t *cx_get(RecorderCore *self, PyObject *context)
 {
     if (self->cx == NULL || self->cx_contexts != self->contexts)
         return NULL;
-    PyObject **p = &self->cx[2 * cx_index(context)];
-    if (p[0] == context)
-        return p[1];
-    return p[2] == context ? p[3] : NULL;
+    cx_slot_t *s = &self->cx[cx_index(context)];
+    if (s[0].context == context)
+        return &s[0];
+    return s[1].context == context ? &s[1] : NULL;
 }
 
 /*
@@ -177,35 +261,52 @@ static int cache_bind(RecorderCore *self, PyObject **bound, PyObject *live,
     return 1;
 }
 
-/* Remember @entry, found in the live contexts dict for @context. */
-static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
+/* Remember @entry, found in the live contexts dict for @context, if it has the shape the
+ * slots count in (see the cache's comment).  Return: its slot, or NULL (not cached). */
+static cx_slot_t *cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
 {
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2))
+        || !PyTuple_CheckExact(PyList_GET_ITEM(entry, 4)))
+        return NULL;
     if (!cache_bind(self, &self->cx_contexts, self->contexts, cx_clear))
-        return;
+        return NULL;
     if (self->cx == NULL) {
-        self->cx = PyMem_Calloc(2 * CX_SLOTS, sizeof(PyObject *));
-        if (self->cx == NULL)
-            return;
+        /* the slots aligned to 64 bytes (a set per cache line), then the dirty list */
+        size_t bytes = CX_SLOTS * sizeof(cx_slot_t);
+        self->cx_mem = PyMem_Calloc(1, bytes + 63 + CX_SLOTS * sizeof(uint16_t));
+        if (self->cx_mem == NULL)
+            return NULL;
+        uintptr_t at = ((uintptr_t)self->cx_mem + 63) & ~(uintptr_t)63;
+        self->cx = (cx_slot_t *)at;
+        self->cx_dirty = (uint16_t *)(at + bytes);
+        self->cx_ndirty = 0;
     }
-    PyObject **p = &self->cx[2 * cx_index(context)];
-    /* The pair evicted (the second way's, whose place the first way's pair takes): its
-     * entry is in the live dict; its context (possibly an equal twin of the entry's own)
-     * must not be freed here, where a finalizer of one of its attributes would run Python
-     * code: only evicted while someone else holds it; else the first way's pair is the one
-     * replaced, under the same rule, or nothing is cached. */
-    if (p[0] != NULL) {
-        if (p[2] == NULL || Py_REFCNT(p[2]) > 1) {
-            Py_XDECREF(p[2]);
-            Py_XDECREF(p[3]);
-            p[2] = p[0];   /* the references move */
-            p[3] = p[1];
-            p[0] = p[1] = NULL;
-        } else if (Py_REFCNT(p[0]) <= 1) {
-            return;
+    cx_slot_t *s = &self->cx[cx_index(context)];
+    /* The slot evicted (the second way's, whose place the first way's takes): its entry is
+     * in the live dict; its context (possibly an equal twin of the entry's own) must not be
+     * freed here, where a finalizer of one of its attributes would run Python code: only
+     * evicted while someone else holds it; else the first way's slot is the one replaced,
+     * under the same rule, or nothing is cached.  Either way the pending uses of a slot
+     * dropped or moved are folded first (a slot the dirty list still names then folds
+     * nothing more). */
+    if (s[0].context != NULL) {
+        if (s[1].context == NULL || Py_REFCNT(s[1].context) > 1) {
+            cx_fold_slot(&s[0]);   /* (the dirty list names the first way's index) */
+            cx_clear_slot(&s[1]);
+            s[1] = s[0];           /* the references move */
+            memset(&s[0], 0, sizeof s[0]);
+        } else if (Py_REFCNT(s[0].context) <= 1) {
+            return NULL;
+        } else {
+            cx_clear_slot(&s[0]);
         }
     }
-    Py_XSETREF(p[0], Py_NewRef(context));
-    Py_XSETREF(p[1], Py_NewRef(entry));
+    s[0].context = Py_NewRef(context);
+    s[0].entry = Py_NewRef(entry);
+    s[0].kinds = Py_NewRef(PyList_GET_ITEM(entry, 4));
+    s[0].pending = 0;
+    return &s[0];
 }
 
 /* 1 when @counter has the shape the C path counts in: [count (exact int), value].  The
@@ -371,8 +472,11 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->cc_summary);
     Py_VISIT(self->cx_contexts);
     if (self->cx != NULL)
-        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
-            Py_VISIT(self->cx[i]);
+        for (size_t i = 0; i < CX_SLOTS; i++) {
+            Py_VISIT(self->cx[i].context);
+            Py_VISIT(self->cx[i].entry);
+            Py_VISIT(self->cx[i].kinds);
+        }
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++) {
             cc_slot_t *c = &self->cc[i];
@@ -413,8 +517,10 @@ static void core_dealloc(RecorderCore *self)
     self->cc = NULL;
     PyMem_Free(self->cc_dirty);
     self->cc_dirty = NULL;
-    PyMem_Free(self->cx);
+    PyMem_Free(self->cx_mem);
+    self->cx_mem = NULL;
     self->cx = NULL;
+    self->cx_dirty = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -448,6 +554,9 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->cc_ndirty = 0;
     self->cx_contexts = NULL;
     self->cx = NULL;
+    self->cx_mem = NULL;
+    self->cx_dirty = NULL;
+    self->cx_ndirty = 0;
     return (PyObject *)self;
 }
 
@@ -849,13 +958,19 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (!want_reason || reason == Py_None)
             reason = NULL;   /* not in the event */
     }
-    /* The context's window entry: the last one used, or found by its fully-qualified key.
+    /* The context's window entry: its context cache slot (which also has its kinds; the
+     * entry itself is not read), the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
      * slot read runs no Python code); a context not yet seen in this window, or any other
-     * object, takes the Python path, which creates the entry and fills the cache. */
+     * object, takes the Python path, which creates the entry and fills the cache.  (The
+     * last context's entry may be one beyond the contexts bound, not in the dict: never
+     * cached, so that its next sighting after another context's is the Python path's.) */
     PyObject *entry = self->last_entry, *summary = self->summary;
-    PyObject *new_fq = NULL, *kinds, *ctx_dict;   /* new_fq: a first sighting, made here */
-    if (context != self->last_ctx && (entry = cx_get(self, context)) == NULL) {
+    PyObject *new_fq = NULL, *kinds = NULL, *ctx_dict = NULL;   /* new_fq: a first sighting */
+    cx_slot_t *slot = cx_get(self, context);
+    if (slot != NULL) {
+        entry = slot->entry;
+    } else if (context != self->last_ctx) {
         if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
             return 0;
         PyObject *fq = PyObject_GetAttr(context, s_fqk);
@@ -894,20 +1009,31 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
             ctx_dict = PyTuple_GET_ITEM(ev, 0);
             kinds = PyTuple_GET_ITEM(ev, 1);
         } else {
-            cx_put(self, context, entry);
+            slot = cx_put(self, context, entry);   /* NULL: not cached (its shape checked
+                                                    * below) */
         }
     }
     if (new_fq == NULL) {
-        /* entry = [context dict, first_ms, count, index, kinds, context] */
-        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
-            || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
-            return 0;
-        ctx_dict = PyList_GET_ITEM(entry, 0);
-        kinds = PyList_GET_ITEM(entry, 4);
+        /* entry = [context dict, first_ms, count, index, kinds, context]: the shape of a
+         * slot's entry was checked when the slot was made (and the Python code never
+         * changes it); another entry's is checked here */
+        if (slot == NULL) {
+            if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+                || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+                return 0;
+            kinds = PyList_GET_ITEM(entry, 4);
+        } else {
+            kinds = slot->kinds;
+        }
         /* An event carries the entry's context dict when the entry is this very context;
          * a twin (same fully-qualified key, another object) carries its own, as _json_of():
          * taken here from its cached _ev slot (a slot read: no Python code), else the
-         * Python path makes it. */
+         * Python path makes it.  (Only an event reads the entry of a slot; checked again,
+         * cheaply, rather than trusting the invariant with memory safety.) */
+        if (event && (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5))
+            return 0;
+        if (event)
+            ctx_dict = PyList_GET_ITEM(entry, 0);
         if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context)) {
             if ((PyObject *)Py_TYPE(context) != self->ctx_type)
                 return 0;
@@ -1008,16 +1134,14 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
     if (count_main && apply_plan(self, summary, key, kinds, version, variation, dflt, cvalue,
                                  &main, now) < 0)
         return -1;
-    PyObject *pyuses = PyLong_FromSsize_t(uses);
-    if (pyuses == NULL)
-        return -1;
     if (new_fq != NULL) {
         /* as _sight: [context dict, first_ms, uses, index True, kinds, context] */
-        PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+        PyObject *pyuses = PyLong_FromSsize_t(uses);
+        PyObject *ms = pyuses != NULL ? PyLong_FromLongLong((long long)(now * 1000.0)) : NULL;
         entry = ms != NULL ? PyList_New(6) : NULL;
         if (entry == NULL) {
             Py_XDECREF(ms);
-            Py_DECREF(pyuses);
+            Py_XDECREF(pyuses);
             return -1;
         }
         PyList_SET_ITEM(entry, 0, Py_NewRef(ctx_dict));
@@ -1031,9 +1155,12 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (r < 0)
             return -1;
         cx_put(self, context, entry);
+    } else if (slot != NULL) {
+        cx_count(self, slot, uses);   /* pending in the slot (see the cache's comment) */
     } else {
-        r = add_to(entry, 2, pyuses);
-        Py_DECREF(pyuses);
+        PyObject *pyuses = PyLong_FromSsize_t(uses);
+        r = pyuses == NULL ? -1 : add_to(entry, 2, pyuses);
+        Py_XDECREF(pyuses);
         if (r < 0)
             return -1;
     }
@@ -1178,8 +1305,6 @@ static PyMemberDef core_members[] = {
      "next time a call takes the Python path (pid check, flush interval); 0 = always"},
     {"_end", T_DOUBLE, offsetof(RecorderCore, end), 0, "time of the last evaluation (s)"},
     {"_last_ctx", T_OBJECT, offsetof(RecorderCore, last_ctx), 0, "context of the last sighting"},
-    {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
-    {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
     {"_events", T_OBJECT, offsetof(RecorderCore, events), 0, "the window's full events"},
     {"_unsent_events", T_PYSSIZET, offsetof(RecorderCore, unsent_events), 0,
      "full events held in packed datagrams not sent yet (count against _capacity)"},
@@ -1217,7 +1342,46 @@ static int core_set_summary(RecorderCore *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* _contexts and _last_entry: every pending use folded in first (the context cache's
+ * invariant) on get, and on setting _contexts (into the window being replaced). */
+static PyObject *core_get_contexts(RecorderCore *self, void *closure)
+{
+    cx_fold(self);
+    return Py_NewRef(self->contexts);
+}
+
+static int core_set_contexts(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _contexts");
+        return -1;
+    }
+    cx_fold(self);
+    Py_SETREF(self->contexts, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *core_get_last_entry(RecorderCore *self, void *closure)
+{
+    cx_fold(self);
+    return Py_NewRef(self->last_entry);
+}
+
+static int core_set_last_entry(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _last_entry");
+        return -1;
+    }
+    Py_SETREF(self->last_entry, Py_NewRef(value));
+    return 0;
+}
+
 static PyGetSetDef core_getset[] = {
+    {"_contexts", (getter)core_get_contexts, (setter)core_set_contexts,
+     "the window's sightings (fully-qualified key -> entry)", NULL},
+    {"_last_entry", (getter)core_get_last_entry, (setter)core_set_last_entry,
+     "the window entry of _last_ctx", NULL},
     {"_lock", (getter)core_get_lock, (setter)core_set_lock, "the recorder's lock", NULL},
     {"_summary", (getter)core_get_summary, (setter)core_set_summary,
      "the window's summary (flag key -> [default, kinds, counters, kinds, version])", NULL},
