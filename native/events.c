@@ -63,30 +63,35 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
 
 /*
  * The counter cache: (flag key, variation, context kinds, version) -> the summary's counter
- * list, for the window's summary dict ``summary``; two-way set-associative on the key's and
- * the variation's addresses (a set is two adjacent slots; the newest entry goes first, the
- * older one moves to the second way and the one there is dropped: a thousand counters in a
- * direct-mapped table collided on ~30% of calls).  An entry is only made for a counter that
- * find_counter() found with every one of those kinds in the flag's kinds set and at the
- * flag's version; within one summary dict a counter, its flag and the kinds set only grow
- * (the Python code never removes or replaces them), so the entry stays right until the
- * window's summary dict changes, which empties the cache.  Every object is held by a strong reference (the
- * addresses compared can never be reused for another object meanwhile).  It replaces the
- * summary lookup, the flag list, the counters dict and its lookup (four to six cache misses
- * with a 10,000-flag summary) by one slot.
+ * list, for the window's summary dict ``summary``; two-way set-associative on the key's
+ * address and the variation (a set is two adjacent 32-byte slots, one cache line; the
+ * newest entry goes first, the older one moves to the second way and the one there is
+ * dropped).  An entry is only made for a counter that find_counter() found with every one
+ * of those kinds in the flag's kinds set and at the flag's version; within one summary
+ * dict a counter, its flag and the kinds set only grow (the Python code never removes or
+ * replaces them), so the entry stays right until the window's summary dict changes, which
+ * empties the cache.  The key, kinds and version are compared by address and held by
+ * strong references (an address compared can never be reused for another object
+ * meanwhile); the variation (None or an exact int >= 0, the counters dict's key) by value.
+ * It replaces the summary lookup, the flag list, the counters dict and its lookup (four to
+ * six cache misses with a 10,000-flag summary) by one slot; the counter list itself is
+ * kept apart (cc_counter, strong references) and only read when counts are folded in.
  * A count made through a slot is kept in it as a C integer (pending) instead of a new int
  * in the counter list.  Invariant: every read of the summary from Python sees every count,
  * because the pending counts are added to their counter lists (cc_fold) whenever the
  * Python code gets or sets ``_summary`` (its only way to the summary: a getset), and
- * whenever a slot is dropped or the cache emptied.
+ * whenever a slot is dropped or moved, or the cache emptied.
  */
-#define CC_SLOTS 4096   /* a power of two */
+#define CC_SLOTS 8192   /* a power of two: 256 KiB of slots, touched only where used */
 _Static_assert(CC_SLOTS <= 65536, "cc_dirty holds slot indexes as uint16_t");
 typedef struct {
-    PyObject *key, *variation, *kinds, *version;   /* NULL: empty slot */
-    PyObject *counter;                             /* [count, value] */
-    Py_ssize_t pending;   /* counts not yet added to counter[0] (see cc_fold) */
+    PyObject *key, *kinds, *version;   /* NULL key: empty slot */
+    int32_t variation;    /* the variation: -1 for None, else its value (>= 0) */
+    uint32_t pending;     /* counts not yet added to the counter (cc_fold); folded at once
+                           * when it reaches UINT32_MAX */
 } cc_slot_t;
+_Static_assert(sizeof(cc_slot_t) * 2 <= 64 || sizeof(void *) != 8,
+               "a set of the counter cache fills one 64-byte cache line");
 
 typedef struct {
     PyObject_HEAD
@@ -110,9 +115,11 @@ typedef struct {
     PyObject *stats;      /* stats: {"sent", "send_failures", "dropped"} (dict) */
     PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
     PyObject *cc_summary; /* the summary dict the counter cache is for (strong), or NULL */
-    cc_slot_t *cc;        /* CC_SLOTS slots (PyMem), or NULL until first used */
+    cc_slot_t *cc;        /* CC_SLOTS slots, 64-byte aligned in cc_mem, or NULL until used */
+    PyObject **cc_counter;/* the counter list of each slot (strong, NULL for none; in cc_mem) */
+    void *cc_mem;         /* the PyMem block holding cc, cc_counter and cc_dirty */
     uint16_t *cc_dirty;   /* indexes of the slots whose pending went 0 -> 1 since the last
-                           * fold (CC_SLOTS of them at most; allocated with cc) */
+                           * fold (CC_SLOTS of them at most; in cc_mem) */
     size_t cc_ndirty;     /* how many; CC_SLOTS + 1: overflowed, fold scans every slot */
     PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
     struct cx_slot *cx;   /* CX_SLOTS slots, 64-byte aligned inside cx_mem, or NULL */
@@ -317,16 +324,18 @@ static int counter_ok(PyObject *counter)
            && PyLong_CheckExact(PyList_GET_ITEM(counter, 0));
 }
 
-/* Add a slot's pending counts to its counter list (int + int: C only; the old int is
+/* Add slot @i's pending counts to its counter list (int + int: C only; the old int is
  * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
-static void cc_fold_slot(cc_slot_t *c)
+static void cc_fold_slot(RecorderCore *self, size_t i)
 {
+    cc_slot_t *c = &self->cc[i];
     if (c->pending == 0)
         return;
-    PyObject *counter = c->counter;
+    PyObject *counter = self->cc_counter[i];
     if (!counter_ok(counter))
-        return;   /* cannot happen: counted only after this check (cc_get); kept pending */
-    PyObject *n = PyLong_FromSsize_t(c->pending);
+        return;   /* cannot happen: checked when the slot was made, and the Python code
+                   * never changes a counter's shape; kept pending rather than crash */
+    PyObject *n = PyLong_FromUnsignedLong(c->pending);
     PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(counter, 0), n) : NULL;
     Py_XDECREF(n);
     if (sum == NULL) {
@@ -345,10 +354,10 @@ static void cc_fold(RecorderCore *self)
         return;
     if (self->cc_ndirty > CC_SLOTS) {
         for (size_t i = 0; i < CC_SLOTS; i++)
-            cc_fold_slot(&self->cc[i]);
+            cc_fold_slot(self, i);
     } else {
         for (size_t i = 0; i < self->cc_ndirty; i++)
-            cc_fold_slot(&self->cc[self->cc_dirty[i]]);
+            cc_fold_slot(self, self->cc_dirty[i]);
     }
     self->cc_ndirty = 0;   /* (a slot a failed fold left pending: folded by cc_clear_slot) */
 }
@@ -356,23 +365,26 @@ static void cc_fold(RecorderCore *self)
 /* Count one through slot @c: pending, listed dirty on its first pending count. */
 static void cc_count(RecorderCore *self, cc_slot_t *c)
 {
-    if (c->pending++ == 0) {
+    size_t i = (size_t)(c - self->cc);
+    if (c->pending == 0) {
         if (self->cc_ndirty < CC_SLOTS)
-            self->cc_dirty[self->cc_ndirty++] = (uint16_t)(c - self->cc);
+            self->cc_dirty[self->cc_ndirty++] = (uint16_t)i;
         else
             self->cc_ndirty = CC_SLOTS + 1;   /* listed more than once (slots reused) */
     }
+    if (++c->pending == UINT32_MAX)
+        cc_fold_slot(self, i);   /* (still listed: folding it again adds nothing) */
 }
 
-static void cc_clear_slot(cc_slot_t *c)
+static void cc_clear_slot(RecorderCore *self, size_t i)
 {
-    cc_fold_slot(c);
+    cc_slot_t *c = &self->cc[i];
+    cc_fold_slot(self, i);
     c->pending = 0;   /* (only a failed fold leaves some: out of memory, lost) */
     Py_CLEAR(c->key);
-    Py_CLEAR(c->variation);
     Py_CLEAR(c->kinds);
     Py_CLEAR(c->version);
-    Py_CLEAR(c->counter);
+    Py_CLEAR(self->cc_counter[i]);
 }
 
 /* Empty the counter cache (and forget its summary dict). */
@@ -381,23 +393,36 @@ static void cc_clear(RecorderCore *self)
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++)
             if (self->cc[i].key != NULL)
-                cc_clear_slot(&self->cc[i]);   /* folds its pending counts */
+                cc_clear_slot(self, i);   /* folds its pending counts */
     self->cc_ndirty = 0;
     Py_CLEAR(self->cc_summary);
 }
 
-/* The first slot of the set for (key, variation); the second is the next one. */
-static size_t cc_index(PyObject *key, PyObject *variation)
+/* The slot value of @variation: -1 for None, its value for an exact int in [0, INT32_MAX),
+ * -2 for anything else (not cached). */
+static int32_t cc_variation(PyObject *variation)
 {
-    uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ ((uintptr_t)variation >> 4);
+    if (variation == Py_None)
+        return -1;
+    if (!PyLong_CheckExact(variation))
+        return -2;
+    int overflow = 0;
+    long v = PyLong_AsLongAndOverflow(variation, &overflow);   /* exact int: cannot fail */
+    return overflow || v < 0 || v >= INT32_MAX ? -2 : (int32_t)v;
+}
+
+/* The first slot of the set for (key, variation); the second is the next one. */
+static size_t cc_index(PyObject *key, int32_t variation)
+{
+    uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ (uintptr_t)(uint32_t)variation;
     return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 2);
 }
 
-/* The cached counter for these objects in the live summary (borrowed), or NULL. */
-static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
-                        PyObject *kinds, PyObject *version)
+/* The slot of these objects for the live summary, or NULL. */
+static inline cc_slot_t *cc_get(RecorderCore *self, PyObject *key, int32_t variation,
+                         PyObject *kinds, PyObject *version)
 {
-    if (self->cc == NULL || self->cc_summary != self->summary)
+    if (self->cc == NULL || self->cc_summary != self->summary || variation < -1)
         return NULL;
     cc_slot_t *c = &self->cc[cc_index(key, variation)];
     if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version) {
@@ -406,44 +431,51 @@ static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
             || c->version != version)
             return NULL;
     }
-    return counter_ok(c->counter) ? c->counter : NULL;
+    return c;
 }
 
 /* Remember a counter find_counter() found for these objects (see the cache's comment).
- * Failing to allocate the table only leaves the cache off. */
-static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObject *kinds,
-                   PyObject *version, PyObject *counter)
+ * Failing to allocate the table only leaves the cache off.  Return: its slot, or NULL. */
+static cc_slot_t *cc_put(RecorderCore *self, PyObject *key, int32_t variation,
+                         PyObject *kinds, PyObject *version, PyObject *counter)
 {
-    if (!cache_bind(self, &self->cc_summary, self->summary, cc_clear))
-        return;
+    if (variation < -1 || !counter_ok(counter)
+        || !cache_bind(self, &self->cc_summary, self->summary, cc_clear))
+        return NULL;
     if (self->cc == NULL) {
-        self->cc = PyMem_Calloc(CC_SLOTS, sizeof(cc_slot_t));
-        self->cc_dirty = PyMem_Malloc(CC_SLOTS * sizeof(uint16_t));
+        /* the slots aligned to 64 bytes (a set per cache line), the counters, the dirty
+         * list */
+        size_t bytes = CC_SLOTS * sizeof(cc_slot_t), cbytes = CC_SLOTS * sizeof(PyObject *);
+        self->cc_mem = PyMem_Calloc(1, bytes + 63 + cbytes + CC_SLOTS * sizeof(uint16_t));
+        if (self->cc_mem == NULL)
+            return NULL;
+        uintptr_t at = ((uintptr_t)self->cc_mem + 63) & ~(uintptr_t)63;
+        self->cc = (cc_slot_t *)at;
+        self->cc_counter = (PyObject **)(at + bytes);
+        self->cc_dirty = (uint16_t *)(at + bytes + cbytes);
         self->cc_ndirty = 0;
-        if (self->cc == NULL || self->cc_dirty == NULL) {
-            PyMem_Free(self->cc);
-            PyMem_Free(self->cc_dirty);
-            self->cc = NULL;
-            self->cc_dirty = NULL;
-            return;
-        }
     }
-    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    size_t i = cc_index(key, variation);
+    cc_slot_t *c = &self->cc[i];
     if (c->key != NULL) {
         /* the first way's entry moves to the second (the references move with it), its
          * pending counts folded first: the dirty list names the first way's index, so
          * counts moved to the second would be missed by the next fold (until the slot is
          * dropped) */
-        cc_fold_slot(&c[0]);
-        cc_clear_slot(&c[1]);
+        cc_fold_slot(self, i);
+        cc_clear_slot(self, i + 1);
         c[1] = c[0];
+        self->cc_counter[i + 1] = self->cc_counter[i];
         memset(c, 0, sizeof(*c));
+        self->cc_counter[i] = NULL;
     }
     c->key = Py_NewRef(key);
-    c->variation = Py_NewRef(variation);
     c->kinds = Py_NewRef(kinds);
     c->version = Py_NewRef(version);
-    c->counter = Py_NewRef(counter);
+    c->variation = variation;
+    c->pending = 0;
+    self->cc_counter[i] = Py_NewRef(counter);
+    return c;
 }
 
 static PyTypeObject RecorderCoreType;   /* defined below */
@@ -481,10 +513,9 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
         for (size_t i = 0; i < CC_SLOTS; i++) {
             cc_slot_t *c = &self->cc[i];
             Py_VISIT(c->key);
-            Py_VISIT(c->variation);
             Py_VISIT(c->kinds);
             Py_VISIT(c->version);
-            Py_VISIT(c->counter);
+            Py_VISIT(self->cc_counter[i]);
         }
     return 0;
 }
@@ -513,9 +544,10 @@ static void core_dealloc(RecorderCore *self)
 {
     PyObject_GC_UnTrack(self);
     core_clear(self);
-    PyMem_Free(self->cc);
+    PyMem_Free(self->cc_mem);
+    self->cc_mem = NULL;
     self->cc = NULL;
-    PyMem_Free(self->cc_dirty);
+    self->cc_counter = NULL;
     self->cc_dirty = NULL;
     PyMem_Free(self->cx_mem);
     self->cx_mem = NULL;
@@ -550,6 +582,8 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->start = Py_NewRef(Py_None);
     self->cc_summary = NULL;
     self->cc = NULL;
+    self->cc_counter = NULL;
+    self->cc_mem = NULL;
     self->cc_dirty = NULL;
     self->cc_ndirty = 0;
     self->cx_contexts = NULL;
@@ -641,8 +675,11 @@ static int keeps_all(PyObject *sampling)
 
 /* What the summary needs for one (flag, variation) count: find_counter()'s plan. */
 typedef struct {
-    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary) */
-    PyObject *key, *variation;   /* FOUND: the counter's cache set (cc_index; borrowed) */
+    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary), or
+                           * NULL for a counter cache hit (its slot is counted) */
+    PyObject *key, *variation, *version;   /* FOUND: what the counter is for (borrowed) */
+    int32_t var;          /* FOUND: cc_variation(variation) */
+    cc_slot_t *slot;      /* FOUND: its counter cache slot when planned, or NULL */
     PyObject *flag;       /* NEW_COUNTER, or FOUND with add_kinds: the flag's list (borrowed) */
     int how;              /* FOUND, NEW_COUNTER (first of this variation), NEW_FLAG */
     int add_kinds;        /* the context's kinds go into the flag's kinds set first */
@@ -731,13 +768,15 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
 /* find_counter() through the counter cache: a hit is a FOUND plan without a flag (nothing
  * else to update); a FOUND result of find_counter() is remembered. */
 static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
-                      PyObject *version, PyObject *variation, plan_t *p)
+                      PyObject *version, PyObject *variation, int32_t var, plan_t *p)
 {
     p->key = key;
     p->variation = variation;
-    PyObject *counter = cc_get(self, key, variation, kinds, version);
-    if (counter != NULL) {
-        p->counter = counter;
+    p->version = version;
+    p->var = var;
+    if ((p->slot = cc_get(self, key, var, kinds, version)) != NULL) {
+        /* a hit: neither the summary nor the counter is read */
+        p->counter = NULL;
         p->flag = NULL;
         p->add_kinds = 0;
         p->how = FOUND;
@@ -745,7 +784,7 @@ static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
     }
     int r = find_counter(summary, key, kinds, version, variation, p);
     if (r == 1 && p->how == FOUND && !p->add_kinds)
-        cc_put(self, key, variation, kinds, version, p->counter);
+        p->slot = cc_put(self, key, var, kinds, version, p->counter);
     return r;
 }
 
@@ -817,15 +856,29 @@ static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
     }
     if (p->how == FOUND) {
         /* through the counter's cache slot when it has one (looked up again: another plan
-         * of this call may have moved it to its set's other way) */
-        if (self->cc != NULL && self->cc_summary == summary) {
-            cc_slot_t *c = &self->cc[cc_index(p->key, p->variation)];
-            if (c[0].counter == p->counter || (++c)->counter == p->counter) {
-                cc_count(self, c);
-                return 0;
-            }
+         * of this call may have moved it to its set's other way, or dropped it) */
+        cc_slot_t *c = p->slot;
+        if (c == NULL || c->key != p->key || c->variation != p->var || c->kinds != kinds
+            || c->version != p->version)
+            c = cc_get(self, p->key, p->var, kinds, p->version);
+        if (c != NULL) {
+            cc_count(self, c);
+            return 0;
         }
-        return add_to(p->counter, 0, s_one);
+        PyObject *counter = p->counter;
+        if (counter == NULL) {
+            /* a hit whose slot a later plan of this call dropped (cc_put): no Python code
+             * ran and the summary only grew since, so find_counter() finds the same
+             * counter (checked: a broken invariant loses the count, never crashes) */
+            plan_t q;
+            int r = find_counter(summary, p->key, kinds, p->version, p->variation, &q);
+            if (r < 0)
+                return -1;
+            if (r == 0 || q.how != FOUND)
+                return 0;
+            counter = q.counter;
+        }
+        return add_to(counter, 0, s_one);
     }
     PyObject *counter = PyList_New(2);   /* NEW_COUNTER: counters[variation] = [1, value] */
     if (counter == NULL)
@@ -900,7 +953,7 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
  * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
  */
 static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context,
-                            PyObject *variation, PyObject *value, PyObject *dflt,
+                            PyObject *variation, int32_t var, PyObject *value, PyObject *dflt,
                             PyObject *reason, int with_reason, PyObject *info,
                             PyObject *prereqs, double now)
 {
@@ -1088,13 +1141,14 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (pbits & INFO_EXCLUDED)
             continue;
         r = plan_count(self, summary, PyTuple_GET_ITEM(p, 1), kinds,
-                       PyTuple_GET_ITEM(pinfo, 0), PyTuple_GET_ITEM(p, 3), &plans[n]);
+                       PyTuple_GET_ITEM(pinfo, 0), PyTuple_GET_ITEM(p, 3),
+                       cc_variation(PyTuple_GET_ITEM(p, 3)), &plans[n]);
         if (r <= 0 || plans[n].how != FOUND)
             return r < 0 ? -1 : 0;
         n++;
     }
     if (count_main) {
-        r = plan_count(self, summary, key, kinds, version, variation, &main);
+        r = plan_count(self, summary, key, kinds, version, variation, var, &main);
         if (r <= 0)
             return r;
         if (main.how != FOUND && (cvalue == NULL || dflt == NULL || !CAN_CREATE))
@@ -1184,19 +1238,20 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
  * PyGC_Disable (Python < 3.10) the calls that create containers take the Python path.
  */
 static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
-                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
-                       int with_reason, PyObject *info, PyObject *prereqs, double now)
+                       PyObject *variation, int32_t var, PyObject *value, PyObject *dflt,
+                       PyObject *reason, int with_reason, PyObject *info, PyObject *prereqs,
+                       double now)
 {
 #if CAN_CREATE
     int was_enabled = PyGC_Disable();
-    int r = core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
-                             info, prereqs, now);
+    int r = core_common_nogc(self, key, context, variation, var, value, dflt, reason,
+                             with_reason, info, prereqs, now);
     if (was_enabled)
         PyGC_Enable();
     return r;
 #else
-    return core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
-                            info, prereqs, now);
+    return core_common_nogc(self, key, context, variation, var, value, dflt, reason,
+                            with_reason, info, prereqs, now);
 #endif
 }
 
@@ -1216,8 +1271,9 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
     int with_reason = args[4] == Py_True ? 1 : args[4] == Py_False ? 0 : -1;
-    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0),
-                        args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
+    PyObject *variation = PyTuple_GET_ITEM(t, 1);
+    int r = core_common(self, args[0], args[1], variation, cc_variation(variation),
+                        PyTuple_GET_ITEM(t, 0), args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
                         PyTuple_GET_ITEM(t, 4), now);
     if (r < 0)
         return NULL;
@@ -1241,6 +1297,7 @@ int sf_core_check(PyObject *o)
  * common case.
  * @core: a _RecorderCore (sf_core_check()).
  * @variation: the variation index as an int, or None.
+ * @index: the same as a C integer: -1 for None.
  * @value: the evaluation's value before any typed conversion (NULL or anything when
  *         @variation is None: the event then holds @dflt).
  * @dflt: the caller's default.
@@ -1253,15 +1310,17 @@ int sf_core_check(PyObject *o)
  * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
  */
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
-                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
-                        PyObject *info, PyObject *prereqs)
+                        int32_t index, PyObject *value, PyObject *dflt, PyObject *reason,
+                        int with_reason, PyObject *info, PyObject *prereqs)
 {
     RecorderCore *self = (RecorderCore *)core;
     double now = now_seconds(1);
     if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
         return 0;
-    return core_common(self, key, context, variation, value, dflt, reason, with_reason, info,
-                       prereqs, now);
+    /* (index: the evaluator's, >= 0 or -1, as cc_variation(variation)) */
+    int32_t var = index < 0 ? -1 : index == INT32_MAX ? -2 : index;
+    return core_common(self, key, context, variation, var, value, dflt, reason, with_reason,
+                       info, prereqs, now);
 }
 
 static PyObject *core_get_lock(RecorderCore *self, void *closure)

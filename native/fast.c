@@ -474,7 +474,7 @@ static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyOb
     else
         Py_INCREF(variation);
     int r = variation == NULL ? -1
-            : sf_core_record_fast(f->recorder, args[0], args[1], variation, raw, args[2],
+            : sf_core_record_fast(f->recorder, args[0], args[1], variation, index, raw, args[2],
                                   reason, with_reason, info, prereqs);
     Py_XDECREF(variation);
     Py_DECREF(info);
