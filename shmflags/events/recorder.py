@@ -180,6 +180,9 @@ class _Recorder:
         self._unsent: List[Packed] = []
         self._unsent_start = 0
         self._unsent_events = 0
+        # The context dicts the last pack packed, and their bytes, for the next pack (see
+        # pack_window; only touched under _flush_lock).
+        self._carry: Dict[int, Tuple[dict, bytes]] = {}
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
@@ -576,7 +579,7 @@ class _Recorder:
         start, end, dropped, summary, contexts, events, seq = self._take()
         if summary or contexts or events or dropped:
             packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
-                                              contexts, events)
+                                              contexts, events, self._carry)
             if unsendable:
                 with self._lock:
                     self._dropped += unsendable
