@@ -147,7 +147,7 @@ typedef struct {
  * emptied.  (Python code that adds to entry[2] meanwhile - _sight, a call of the last
  * context - adds to the same sum: the fold adds, it never overwrites.)
  */
-#define CX_SLOTS 2048   /* a power of two */
+#define CX_SLOTS 4096   /* a power of two: 128 KiB of slots, touched only where used */
 _Static_assert(CX_SLOTS <= 65536, "cx_dirty holds slot indexes as uint16_t");
 typedef struct cx_slot {
     PyObject *context;    /* NULL: empty slot */
@@ -228,11 +228,24 @@ static void cx_clear(RecorderCore *self)
     Py_CLEAR(self->cx_contexts);
 }
 
+/*
+ * set_index() - the first slot of the set of a cache of @slots slots (a power of two, two
+ * per set) for the mixed addresses @h: Fibonacci hashing, the top bits of a 64-bit product
+ * (objects of one size class lie at a fixed stride, so the low bits of an address, or of
+ * a product, leave many sets unused).
+ */
+static inline size_t set_index(uint64_t h, unsigned log2_slots)
+{
+    return (size_t)((h * 0x9E3779B97F4A7C15u) >> (64 - (log2_slots - 1))) * 2;
+}
+
+#define CX_LOG2 12   /* log2(CX_SLOTS) */
+_Static_assert((1u << CX_LOG2) == CX_SLOTS, "CX_LOG2 is log2(CX_SLOTS)");
+
 /* The first slot of the set for @context; the second is the next one. */
 static size_t cx_index(PyObject *context)
 {
-    uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
-    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 2);
+    return set_index((uint64_t)(uintptr_t)context >> 4, CX_LOG2);
 }
 
 /* The slot of @context for the live contexts dict, or NULL. */
@@ -411,11 +424,18 @@ static int32_t cc_variation(PyObject *variation)
     return overflow || v < 0 || v >= INT32_MAX ? -2 : (int32_t)v;
 }
 
-/* The first slot of the set for (key, variation); the second is the next one. */
-static size_t cc_index(PyObject *key, int32_t variation)
+#define CC_LOG2 13   /* log2(CC_SLOTS) */
+_Static_assert((1u << CC_LOG2) == CC_SLOTS, "CC_LOG2 is log2(CC_SLOTS)");
+
+/* The first slot of the set for (key, variation, kinds); the second is the next one.  The
+ * kinds are part of it: a flag evaluated for contexts of two kinds has two counters in two
+ * sets, not two entries competing for one. */
+static size_t cc_index(PyObject *key, int32_t variation, PyObject *kinds)
 {
-    uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ (uintptr_t)(uint32_t)variation;
-    return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 2);
+    uint64_t h = ((uint64_t)(uintptr_t)key >> 4)
+                 ^ ((uint64_t)(uintptr_t)kinds >> 4) * 0xC2B2AE3D27D4EB4Fu
+                 ^ (uint64_t)(uint32_t)variation << 40;
+    return set_index(h, CC_LOG2);
 }
 
 /* The slot of these objects for the live summary, or NULL. */
@@ -424,7 +444,7 @@ static inline cc_slot_t *cc_get(RecorderCore *self, PyObject *key, int32_t varia
 {
     if (self->cc == NULL || self->cc_summary != self->summary || variation < -1)
         return NULL;
-    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    cc_slot_t *c = &self->cc[cc_index(key, variation, kinds)];
     if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version) {
         c++;   /* the set's second way */
         if (c->key != key || c->variation != variation || c->kinds != kinds
@@ -455,7 +475,7 @@ static cc_slot_t *cc_put(RecorderCore *self, PyObject *key, int32_t variation,
         self->cc_dirty = (uint16_t *)(at + bytes + cbytes);
         self->cc_ndirty = 0;
     }
-    size_t i = cc_index(key, variation);
+    size_t i = cc_index(key, variation, kinds);
     cc_slot_t *c = &self->cc[i];
     if (c->key != NULL) {
         /* the first way's entry moves to the second (the references move with it), its
