@@ -506,6 +506,9 @@ static PyObject *s_ev;        /* "_ev" */
 /* the feature event's keys and kind, interned once */
 static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
                 *s_version, *s_variation, *s_reason, *s_context, *s_prereqOf, *s_debugUntil;
+/* The feature event's keys in the Python path's order, values None: [variation present |
+ * reason present << 1] (feature_event() copies one; never changed after module init). */
+static PyObject *s_event_tmpl[4];
 
 static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
 {
@@ -659,6 +662,7 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
 #endif
 
 static PyObject *s_one;      /* the int 1 */
+static PyObject *s_bits[8];  /* the ints 0..7 (info bits) */
 
 /* Info bits (docs/internals.md): 1 trackEvents, 2 experiment (both: a feature event),
  * 4 excludeFromSummaries (not counted).  No other bit is ever set by the evaluator. */
@@ -674,6 +678,11 @@ static int info_bits(PyObject *info)
         || PyTuple_GET_ITEM(info, 2) != Py_None)
         return -1;
     PyObject *bits = PyTuple_GET_ITEM(info, 1);
+    /* the evaluator's bits are ints made by PyLong_FromLong(0..7), which CPython shares:
+     * found by address first (s_bits), else read */
+    for (int b = 0; b < 8; b++)
+        if (bits == s_bits[b])
+            return b;
     if (!PyLong_CheckExact(bits))
         return -1;
     int overflow = 0;
@@ -920,7 +929,9 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
                                PyObject *variation, PyObject *reason, PyObject *ctx_dict,
                                double now)
 {
-    PyObject *ev = PyDict_New();
+    /* A copy of the template with these keys in this order (the keys and their order
+     * copied at once: one allocation, no insertion), whose values are then replaced. */
+    PyObject *ev = PyDict_Copy(s_event_tmpl[(variation != Py_None) | (reason != NULL) << 1]);
     if (ev == NULL)
         return NULL;
     /* int(now * 1000) of a positive, finite time: truncation, as int() */
@@ -1929,6 +1940,9 @@ int sf_events_add_types(PyObject *m)
         s_fqk = PyUnicode_InternFromString("_fqk");
         s_ev = PyUnicode_InternFromString("_ev");
         s_one = PyLong_FromLong(1);
+        for (int b = 0; b < 8; b++)
+            if ((s_bits[b] = PyLong_FromLong(b)) == NULL)
+                return -1;
         if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_ev == NULL
             || s_one == NULL)
             return -1;
@@ -1941,6 +1955,19 @@ int sf_events_add_types(PyObject *m)
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 return -1;
+        for (int t = 0; t < 4; t++) {
+            PyObject *d = s_event_tmpl[t] = PyDict_New();
+            if (d == NULL || PyDict_SetItem(d, s_kind, Py_None) < 0
+                || PyDict_SetItem(d, s_creationDate, Py_None) < 0
+                || PyDict_SetItem(d, s_key, Py_None) < 0
+                || PyDict_SetItem(d, s_value, Py_None) < 0
+                || PyDict_SetItem(d, s_default, Py_None) < 0
+                || PyDict_SetItem(d, s_version, Py_None) < 0
+                || ((t & 1) && PyDict_SetItem(d, s_variation, Py_None) < 0)
+                || ((t & 2) && PyDict_SetItem(d, s_reason, Py_None) < 0)
+                || PyDict_SetItem(d, s_context, Py_None) < 0)
+                return -1;
+        }
     }
     if (PyType_Ready(&RecorderCoreType) < 0 || PyModule_AddFunctions(m, events_functions) < 0)
         return -1;
