@@ -500,6 +500,7 @@ static cc_slot_t *cc_put(RecorderCore *self, PyObject *key, int32_t variation,
 
 static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
+static PyObject *s_checks_due;/* "_checks_due" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
 static PyObject *s_ev;        /* "_ev" */
@@ -1286,6 +1287,35 @@ static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
 #endif
 }
 
+/*
+ * checks_due() - a call found _deadline passed (@*now: its coarse clock): the slow checks
+ * (the pid, the flush interval: self._checks_due(), Python code that may flush, or reset
+ * the window after a fork) are made here, before the call, as _record_evaluation_py begins
+ * with them; the call is then recorded here as any other (it used to take the Python path,
+ * whose first read of _summary and _contexts folded every pending count every
+ * PID_CHECK_INTERVAL).  A _deadline of 0 (the first call, a flush due now, a disabled or
+ * closed recorder) still sends the call to the Python path.  Runs before core_common():
+ * never inside a call that must run no Python code.
+ * Return: 1 record here (*now read again, before the new _deadline); 0 take the Python
+ * path (which makes the checks itself if still due).
+ */
+static int checks_due(RecorderCore *self, double *now)
+{
+    if (self->deadline == 0.0)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_checks_due);
+    if (r == NULL) {
+        PyErr_Clear();   /* the Python path makes them again, and logs a failure */
+        return 0;
+    }
+    int go = r == Py_True;
+    Py_DECREF(r);
+    if (!go)
+        return 0;
+    *now = now_seconds(1);
+    return *now < self->deadline;
+}
+
 /* record_evaluation(key, context, eval_tuple, default, with_reason): core_common() for the
  * EvalTuple, or the unchanged call to _record_evaluation_py. */
 static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
@@ -1296,7 +1326,7 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     if (nargs != 5 || kwnames != NULL)
         return slow_path(op, args, nargs, kwnames);
     double now = now_seconds(1);
-    if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
+    if (!(now < self->deadline) && !checks_due(self, &now))  /* disabled/closed, ... */
         return slow_path(op, args, nargs, kwnames);
     PyObject *t = args[2];
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
@@ -1337,6 +1367,8 @@ int sf_core_check(PyObject *o)
  * @with_reason: 1 for variation_detail, else 0.
  * @info: the flag's info tuple; @prereqs: list of prerequisite event tuples, or NULL.
  *
+ * When _deadline has passed, the slow checks run first (checks_due(): Python code, which
+ * may release the GIL; the caller holds its own references to what it passes).
  * Return: 1 recorded; 0 nothing recorded (the caller must take the full Python path, which
  * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
  */
@@ -1346,7 +1378,7 @@ int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObje
 {
     RecorderCore *self = (RecorderCore *)core;
     double now = now_seconds(1);
-    if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
+    if (!(now < self->deadline) && !checks_due(self, &now))  /* disabled, closed, ... */
         return 0;
     /* (index: the evaluator's, >= 0 or -1, as cc_variation(variation)) */
     int32_t var = index < 0 ? -1 : index == INT32_MAX ? -2 : index;
@@ -1936,6 +1968,7 @@ int sf_events_add_types(PyObject *m)
 {
     if (s_record_py == NULL) {
         s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
+        s_checks_due = PyUnicode_InternFromString("_checks_due");
         s_locked = PyUnicode_InternFromString("locked");
         s_fqk = PyUnicode_InternFromString("_fqk");
         s_ev = PyUnicode_InternFromString("_ev");
@@ -1943,7 +1976,8 @@ int sf_events_add_types(PyObject *m)
         for (int b = 0; b < 8; b++)
             if ((s_bits[b] = PyLong_FromLong(b)) == NULL)
                 return -1;
-        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_ev == NULL
+        if (s_record_py == NULL || s_checks_due == NULL || s_locked == NULL || s_fqk == NULL
+            || s_ev == NULL
             || s_one == NULL)
             return -1;
         struct { PyObject **slot; const char *text; } names[] = {

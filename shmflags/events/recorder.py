@@ -230,6 +230,20 @@ class _Recorder:
             self._start_thread()
         self._flush(block=False)
 
+    def _checks_due(self) -> bool:
+        """The slow checks of a call that found ``_deadline`` passed, as
+        :meth:`_record_evaluation_py` begins (the C core calls this, then records the call
+        itself: a periodic check no longer sends the call to the Python path).
+
+        :returns: whether the call is to be recorded (``False``: disabled or closed)
+        """
+        now = _time()
+        if now >= self._deadline:
+            if not self._enabled:
+                return False
+            self._tick(now)
+        return True
+
     def _start_thread(self) -> None:
         thread = threading.Thread(target=_run_flusher, args=(weakref.ref(self), self._pid),
                                   name="shmflags-events-flush", daemon=True)
