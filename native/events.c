@@ -1744,16 +1744,24 @@ static int pack_json(wbuf_t *w, PyObject *o, int depth)
     return 0;   /* not a JSON value */
 }
 
-/* The value of the str key @name in the exact dict @d (borrowed), or NULL.  A walk rather
- * than a lookup, so that no key's __eq__ can run (the dicts are small); a str subclass key
- * is compared by its characters, as dict.get would find it. */
-static PyObject *dict_get_ascii(PyObject *d, const char *name)
+/* The value of the str key @text in the exact dict @d (borrowed), or NULL; @name is @text
+ * interned.  A walk rather than a lookup, so that no key's __eq__ can run (the dicts are
+ * small); a str subclass key is compared by its characters, as dict.get would find it.
+ * The recorder's keys are @name itself (one comparison), and another interned exact str
+ * cannot have its characters (interning keeps one object per value): only other keys are
+ * compared by their characters. */
+static PyObject *dict_get_name(PyObject *d, PyObject *name, const char *text)
 {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(d, &pos, &k, &v))
-        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, name) == 0)
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (k == name)
             return v;
+        if (PyUnicode_CheckExact(k) && PyUnicode_CHECK_INTERNED(k))
+            continue;
+        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, text) == 0)
+            return v;
+    }
     return NULL;
 }
 
@@ -1764,6 +1772,10 @@ static PyObject **field_names[F_COUNT] = {
     &s_kind, &s_creationDate, &s_key, &s_value, &s_default, &s_version, &s_variation,
     &s_reason, &s_prereqOf, &s_context, &s_debugUntil,
 };
+/* Their msgpack bytes (a fixstr: 0xa0 | length, then the ASCII name), as w_str() packs
+ * them; made at module init. */
+static char field_bytes[F_COUNT][16];
+static Py_ssize_t field_size[F_COUNT];   /* bytes used in field_bytes[i] */
 
 /* Which field the str @k names: the interned name itself (the recorder's literal keys, one
  * pointer comparison), else compared by characters (PyUnicode_Compare runs no Python code,
@@ -1799,7 +1811,7 @@ static int event_field_ok(int id, PyObject *v, int debug)
     case F_REASON: {
         if (!PyDict_CheckExact(v))
             return 0;
-        PyObject *kind = dict_get_ascii(v, "kind");
+        PyObject *kind = dict_get_name(v, s_kind, "kind");
         return kind != NULL && PyUnicode_CheckExact(kind);   /* its JSON: packed at depth 1 */
     }
     case F_DEBUG_UNTIL:
@@ -1818,11 +1830,11 @@ static int event_field_ok(int id, PyObject *v, int debug)
 static int pack_event_into(wbuf_t *w, PyObject *event, PyObject *cbytes)
 {
     Py_ssize_t n = PyDict_GET_SIZE(event);
-    PyObject *kind = dict_get_ascii(event, "kind");
-    int debug = kind != NULL && PyUnicode_CheckExact(kind)
+    PyObject *kind = dict_get_name(event, s_kind, "kind");
+    int debug = kind != NULL && kind != s_feature && PyUnicode_CheckExact(kind)
                 && PyUnicode_CompareWithASCIIString(kind, "debug") == 0;
     if (n < 2 || n > 15 || kind == NULL || !PyUnicode_CheckExact(kind)
-        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0))
+        || (!debug && kind != s_feature && PyUnicode_CompareWithASCIIString(kind, "feature") != 0))
         return -2;
     int r = w_be(w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
     unsigned seen = 0;
@@ -1843,7 +1855,11 @@ static int pack_event_into(wbuf_t *w, PyObject *event, PyObject *cbytes)
             break;
         }
         seen |= 1u << id;
-        if ((r = w_str(w, k)) > 0)
+        if (k == *field_names[id])   /* the interned name: its bytes, made once */
+            r = w_put(w, field_bytes[id], field_size[id]) < 0 ? -1 : 1;
+        else
+            r = w_str(w, k);
+        if (r > 0)
             r = pack_json(w, v, id == F_REASON ? 1 : 0);
     }
     if (r > 0 && !last_context)
@@ -1913,7 +1929,7 @@ static PyObject *pack_event_run(PyObject *module, PyObject *const *args, Py_ssiz
         PyObject *ev = PyList_GET_ITEM(events, j);
         if (!PyDict_CheckExact(ev))
             break;
-        PyObject *ctx = dict_get_ascii(ev, "context");
+        PyObject *ctx = dict_get_name(ev, s_context, "context");
         if (ctx == NULL || !PyDict_CheckExact(ctx))
             break;
         PyObject *id = PyLong_FromVoidPtr(ctx);   /* id(ctx), as the caller's keys */
@@ -2002,6 +2018,19 @@ int sf_events_add_types(PyObject *m)
                 || PyDict_SetItem(d, s_context, Py_None) < 0)
                 return -1;
         }
+    }
+    for (int i = 0; i < F_COUNT; i++) {
+        Py_ssize_t len;
+        const char *u = PyUnicode_AsUTF8AndSize(*field_names[i], &len);
+        if (u == NULL)
+            return -1;
+        if (len > 15) {   /* cannot happen: the names are at most 12 characters */
+            PyErr_SetString(PyExc_SystemError, "event field name too long");
+            return -1;
+        }
+        field_bytes[i][0] = (char)(0xa0 | len);
+        memcpy(field_bytes[i] + 1, u, (size_t)len);
+        field_size[i] = len + 1;
     }
     if (PyType_Ready(&RecorderCoreType) < 0 || PyModule_AddFunctions(m, events_functions) < 0)
         return -1;
