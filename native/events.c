@@ -29,6 +29,8 @@
  *   _summary:    dict  flag key -> [default, kinds set, counters, kinds, version] (a getset:
  *                pending counts of the counter cache are folded in when it is read or set)
  *   counters:    dict  variation (int | None) -> [count, value]
+ *   _contexts:   dict  fully-qualified key -> entry (a getset: pending uses of the context
+ *                cache are folded in when it is read or set, and when _last_entry is read)
  *   _last_entry: list  [context dict, first_ms, count, index, kinds, context]
  *
  * Thread safety.  The Python code changes the window only while holding
@@ -42,10 +44,11 @@
  * which waits for the lock as before.  It never takes the lock itself, so it
  * cannot deadlock with it.
  *
- * Fork safety is unchanged: _deadline routes the first call after
- * construction, and one call every PID_CHECK_INTERVAL, to the Python path,
- * which compares the pid; the at-fork hook replaces the window (and _lock)
- * through these same members.
+ * Fork safety is unchanged: _deadline routes the first call after construction to the
+ * Python path, and makes one call every PID_CHECK_INTERVAL run the Python slow checks
+ * first (checks_due(): _checks_due compares the pid), outside the part that runs no
+ * Python code; the at-fork hook replaces the window (and _lock) through these same
+ * members.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
