@@ -29,6 +29,8 @@
  *   _summary:    dict  flag key -> [default, kinds set, counters, kinds, version] (a getset:
  *                pending counts of the counter cache are folded in when it is read or set)
  *   counters:    dict  variation (int | None) -> [count, value]
+ *   _contexts:   dict  fully-qualified key -> entry (a getset: pending uses of the context
+ *                cache are folded in when it is read or set, and when _last_entry is read)
  *   _last_entry: list  [context dict, first_ms, count, index, kinds, context]
  *
  * Thread safety.  The Python code changes the window only while holding
@@ -42,10 +44,11 @@
  * which waits for the lock as before.  It never takes the lock itself, so it
  * cannot deadlock with it.
  *
- * Fork safety is unchanged: _deadline routes the first call after
- * construction, and one call every PID_CHECK_INTERVAL, to the Python path,
- * which compares the pid; the at-fork hook replaces the window (and _lock)
- * through these same members.
+ * Fork safety is unchanged: _deadline routes the first call after construction to the
+ * Python path, and makes one call every PID_CHECK_INTERVAL run the Python slow checks
+ * first (checks_due(): _checks_due compares the pid), outside the part that runs no
+ * Python code; the at-fork hook replaces the window (and _lock) through these same
+ * members.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -63,30 +66,35 @@ static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
 
 /*
  * The counter cache: (flag key, variation, context kinds, version) -> the summary's counter
- * list, for the window's summary dict ``summary``; two-way set-associative on the key's and
- * the variation's addresses (a set is two adjacent slots; the newest entry goes first, the
- * older one moves to the second way and the one there is dropped: a thousand counters in a
- * direct-mapped table collided on ~30% of calls).  An entry is only made for a counter that
- * find_counter() found with every one of those kinds in the flag's kinds set and at the
- * flag's version; within one summary dict a counter, its flag and the kinds set only grow
- * (the Python code never removes or replaces them), so the entry stays right until the
- * window's summary dict changes, which empties the cache.  Every object is held by a strong reference (the
- * addresses compared can never be reused for another object meanwhile).  It replaces the
- * summary lookup, the flag list, the counters dict and its lookup (four to six cache misses
- * with a 10,000-flag summary) by one slot.
+ * list, for the window's summary dict ``summary``; two-way set-associative on the key's
+ * address and the variation (a set is two adjacent 32-byte slots, one cache line; the
+ * newest entry goes first, the older one moves to the second way and the one there is
+ * dropped).  An entry is only made for a counter that find_counter() found with every one
+ * of those kinds in the flag's kinds set and at the flag's version; within one summary
+ * dict a counter, its flag and the kinds set only grow (the Python code never removes or
+ * replaces them), so the entry stays right until the window's summary dict changes, which
+ * empties the cache.  The key, kinds and version are compared by address and held by
+ * strong references (an address compared can never be reused for another object
+ * meanwhile); the variation (None or an exact int >= 0, the counters dict's key) by value.
+ * It replaces the summary lookup, the flag list, the counters dict and its lookup (four to
+ * six cache misses with a 10,000-flag summary) by one slot; the counter list itself is
+ * kept apart (cc_counter, strong references) and only read when counts are folded in.
  * A count made through a slot is kept in it as a C integer (pending) instead of a new int
  * in the counter list.  Invariant: every read of the summary from Python sees every count,
  * because the pending counts are added to their counter lists (cc_fold) whenever the
  * Python code gets or sets ``_summary`` (its only way to the summary: a getset), and
- * whenever a slot is dropped or the cache emptied.
+ * whenever a slot is dropped or moved, or the cache emptied.
  */
-#define CC_SLOTS 4096   /* a power of two */
+#define CC_SLOTS 8192   /* a power of two: 256 KiB of slots, touched only where used */
 _Static_assert(CC_SLOTS <= 65536, "cc_dirty holds slot indexes as uint16_t");
 typedef struct {
-    PyObject *key, *variation, *kinds, *version;   /* NULL: empty slot */
-    PyObject *counter;                             /* [count, value] */
-    Py_ssize_t pending;   /* counts not yet added to counter[0] (see cc_fold) */
+    PyObject *key, *kinds, *version;   /* NULL key: empty slot */
+    int32_t variation;    /* the variation: -1 for None, else its value (>= 0) */
+    uint32_t pending;     /* counts not yet added to the counter (cc_fold); folded at once
+                           * when it reaches UINT32_MAX */
 } cc_slot_t;
+_Static_assert(sizeof(cc_slot_t) * 2 <= 64 || sizeof(void *) != 8,
+               "a set of the counter cache fills one 64-byte cache line");
 
 typedef struct {
     PyObject_HEAD
@@ -110,49 +118,148 @@ typedef struct {
     PyObject *stats;      /* stats: {"sent", "send_failures", "dropped"} (dict) */
     PyObject *start;      /* _start: time of the window's first counted evaluation, or None */
     PyObject *cc_summary; /* the summary dict the counter cache is for (strong), or NULL */
-    cc_slot_t *cc;        /* CC_SLOTS slots (PyMem), or NULL until first used */
+    cc_slot_t *cc;        /* CC_SLOTS slots, 64-byte aligned in cc_mem, or NULL until used */
+    PyObject **cc_counter;/* the counter list of each slot (strong, NULL for none; in cc_mem) */
+    void *cc_mem;         /* the PyMem block holding cc, cc_counter and cc_dirty */
     uint16_t *cc_dirty;   /* indexes of the slots whose pending went 0 -> 1 since the last
-                           * fold (CC_SLOTS of them at most; allocated with cc) */
+                           * fold (CC_SLOTS of them at most; in cc_mem) */
     size_t cc_ndirty;     /* how many; CC_SLOTS + 1: overflowed, fold scans every slot */
     PyObject *cx_contexts;  /* the contexts dict the context cache is for (strong), or NULL */
-    PyObject **cx;        /* CX_SLOTS pairs (context, entry) (PyMem), or NULL */
+    struct cx_slot *cx;   /* CX_SLOTS slots, 64-byte aligned inside cx_mem, or NULL */
+    void *cx_mem;         /* the PyMem block holding cx (and cx_dirty) */
+    uint16_t *cx_dirty;   /* indexes of the slots whose pending went 0 -> 1 since the last
+                           * fold (CX_SLOTS of them at most; in cx_mem) */
+    size_t cx_ndirty;     /* how many; CX_SLOTS + 1: overflowed, fold scans every slot */
 } RecorderCore;
 
 /*
  * The context cache: context object -> its window entry in the contexts dict
  * ``cx_contexts``, two-way set-associative on the context's address (as the counter
- * cache), strong references.  Made only from an entry found in that dict by the context's
- * cached fully-qualified key; the
- * Python code replaces an entry of a live window only in _put_back, which empties the
- * cache (_clear_caches), as does _new_window.  It replaces reading the context's _fqk and
- * the contexts dict lookup by one slot.
+ * cache; a set is two adjacent 32-byte slots, one cache line), strong references.  Made
+ * only from an entry found in that dict by the context's cached fully-qualified key, whose
+ * shape (a list [context dict, first_ms, count (exact int), index, kinds, ...]) is checked
+ * then; the Python code replaces an entry of a live window only in _put_back, which
+ * empties the cache (_clear_caches), as does _new_window, and never changes an entry's
+ * kinds.  A hit therefore needs nothing but its slot: the context's _fqk, the dict lookup
+ * and the entry itself are not read (only an event reads the entry, for its JSON).
+ * The uses counted through a slot are kept in it as a C integer (pending), not as a new
+ * int in entry[2].  Invariant (as the counter cache's): every read of the window's
+ * contexts from Python sees every use, because the pending uses are added to their entries
+ * (cx_fold) whenever the Python code gets or sets ``_contexts`` or gets ``_last_entry``
+ * (getsets: its only ways to an entry), and whenever a slot is dropped or the cache
+ * emptied.  (Python code that adds to entry[2] meanwhile - _sight, a call of the last
+ * context - adds to the same sum: the fold adds, it never overwrites.)
  */
-#define CX_SLOTS 2048   /* a power of two */
+#define CX_SLOTS 4096   /* a power of two: 128 KiB of slots, touched only where used */
+_Static_assert(CX_SLOTS <= 65536, "cx_dirty holds slot indexes as uint16_t");
+typedef struct cx_slot {
+    PyObject *context;    /* NULL: empty slot */
+    PyObject *entry;      /* its entry in cx_contexts */
+    PyObject *kinds;      /* entry[4] (the context's kinds tuple), when the slot was made */
+    Py_ssize_t pending;   /* uses not yet added to entry[2] (see cx_fold) */
+} cx_slot_t;
+_Static_assert(sizeof(cx_slot_t) * 2 <= 64 || sizeof(void *) != 8,
+               "a set of the context cache fills one 64-byte cache line");
+
+/* Add a slot's pending uses to its entry's count (int + int: C only; the old int is
+ * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
+static void cx_fold_slot(cx_slot_t *s)
+{
+    if (s->pending == 0)
+        return;
+    PyObject *entry = s->entry;
+    /* cannot fail: checked when the slot was made, and the Python code never changes an
+     * entry's shape; a broken invariant keeps the uses pending rather than crash */
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+        return;
+    PyObject *n = PyLong_FromSsize_t(s->pending);
+    PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(entry, 2), n) : NULL;
+    Py_XDECREF(n);
+    if (sum == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    PyList_SetItem(entry, 2, sum);   /* steals sum */
+    s->pending = 0;
+}
+
+/* Fold every slot's pending uses: the slots listed dirty since the last fold, or all
+ * after an overflow. */
+static void cx_fold(RecorderCore *self)
+{
+    if (self->cx == NULL)
+        return;
+    if (self->cx_ndirty > CX_SLOTS) {
+        for (size_t i = 0; i < CX_SLOTS; i++)
+            cx_fold_slot(&self->cx[i]);
+    } else {
+        for (size_t i = 0; i < self->cx_ndirty; i++)
+            cx_fold_slot(&self->cx[self->cx_dirty[i]]);
+    }
+    self->cx_ndirty = 0;   /* (a slot a failed fold left pending: folded by cx_clear_slot) */
+}
+
+/* Count @uses through slot @s: pending, listed dirty on its first pending use. */
+static void cx_count(RecorderCore *self, cx_slot_t *s, Py_ssize_t uses)
+{
+    if (s->pending == 0) {
+        if (self->cx_ndirty < CX_SLOTS)
+            self->cx_dirty[self->cx_ndirty++] = (uint16_t)(s - self->cx);
+        else
+            self->cx_ndirty = CX_SLOTS + 1;   /* listed more than once (slots reused) */
+    }
+    s->pending += uses;   /* at most 1 + MAX_PREREQS per call: cannot overflow */
+}
+
+static void cx_clear_slot(cx_slot_t *s)
+{
+    cx_fold_slot(s);
+    s->pending = 0;   /* (only a failed fold leaves some: out of memory, lost) */
+    Py_CLEAR(s->context);
+    Py_CLEAR(s->entry);
+    Py_CLEAR(s->kinds);
+}
 
 static void cx_clear(RecorderCore *self)
 {
     if (self->cx != NULL)
-        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
-            Py_CLEAR(self->cx[i]);
+        for (size_t i = 0; i < CX_SLOTS; i++)
+            if (self->cx[i].context != NULL)
+                cx_clear_slot(&self->cx[i]);   /* folds its pending uses */
+    self->cx_ndirty = 0;
     Py_CLEAR(self->cx_contexts);
 }
 
-/* The first pair of the set for @context; the second is the next one. */
-static size_t cx_index(PyObject *context)
+/*
+ * set_index() - the first slot of the set of a cache of @slots slots (a power of two, two
+ * per set) for the mixed addresses @h: Fibonacci hashing, the top bits of a 64-bit product
+ * (objects of one size class lie at a fixed stride, so the low bits of an address, or of
+ * a product, leave many sets unused).
+ */
+static inline size_t set_index(uint64_t h, unsigned log2_slots)
 {
-    uintptr_t h = ((uintptr_t)context >> 4) * 0x9E3779B1u;
-    return (size_t)(h ^ (h >> 15)) & (CX_SLOTS - 2);
+    return (size_t)((h * 0x9E3779B97F4A7C15u) >> (64 - (log2_slots - 1))) * 2;
 }
 
-/* The cached entry of @context in the live contexts dict (borrowed), or NULL. */
-static PyObject *cx_get(RecorderCore *self, PyObject *context)
+#define CX_LOG2 12   /* log2(CX_SLOTS) */
+_Static_assert((1u << CX_LOG2) == CX_SLOTS, "CX_LOG2 is log2(CX_SLOTS)");
+
+/* The first slot of the set for @context; the second is the next one. */
+static size_t cx_index(PyObject *context)
+{
+    return set_index((uint64_t)(uintptr_t)context >> 4, CX_LOG2);
+}
+
+/* The slot of @context for the live contexts dict, or NULL. */
+static cx_slot_t *cx_get(RecorderCore *self, PyObject *context)
 {
     if (self->cx == NULL || self->cx_contexts != self->contexts)
         return NULL;
-    PyObject **p = &self->cx[2 * cx_index(context)];
-    if (p[0] == context)
-        return p[1];
-    return p[2] == context ? p[3] : NULL;
+    cx_slot_t *s = &self->cx[cx_index(context)];
+    if (s[0].context == context)
+        return &s[0];
+    return s[1].context == context ? &s[1] : NULL;
 }
 
 /*
@@ -177,35 +284,52 @@ static int cache_bind(RecorderCore *self, PyObject **bound, PyObject *live,
     return 1;
 }
 
-/* Remember @entry, found in the live contexts dict for @context. */
-static void cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
+/* Remember @entry, found in the live contexts dict for @context, if it has the shape the
+ * slots count in (see the cache's comment).  Return: its slot, or NULL (not cached). */
+static cx_slot_t *cx_put(RecorderCore *self, PyObject *context, PyObject *entry)
 {
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+        || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2))
+        || !PyTuple_CheckExact(PyList_GET_ITEM(entry, 4)))
+        return NULL;
     if (!cache_bind(self, &self->cx_contexts, self->contexts, cx_clear))
-        return;
+        return NULL;
     if (self->cx == NULL) {
-        self->cx = PyMem_Calloc(2 * CX_SLOTS, sizeof(PyObject *));
-        if (self->cx == NULL)
-            return;
+        /* the slots aligned to 64 bytes (a set per cache line), then the dirty list */
+        size_t bytes = CX_SLOTS * sizeof(cx_slot_t);
+        self->cx_mem = PyMem_Calloc(1, bytes + 63 + CX_SLOTS * sizeof(uint16_t));
+        if (self->cx_mem == NULL)
+            return NULL;
+        uintptr_t at = ((uintptr_t)self->cx_mem + 63) & ~(uintptr_t)63;
+        self->cx = (cx_slot_t *)at;
+        self->cx_dirty = (uint16_t *)(at + bytes);
+        self->cx_ndirty = 0;
     }
-    PyObject **p = &self->cx[2 * cx_index(context)];
-    /* The pair evicted (the second way's, whose place the first way's pair takes): its
-     * entry is in the live dict; its context (possibly an equal twin of the entry's own)
-     * must not be freed here, where a finalizer of one of its attributes would run Python
-     * code: only evicted while someone else holds it; else the first way's pair is the one
-     * replaced, under the same rule, or nothing is cached. */
-    if (p[0] != NULL) {
-        if (p[2] == NULL || Py_REFCNT(p[2]) > 1) {
-            Py_XDECREF(p[2]);
-            Py_XDECREF(p[3]);
-            p[2] = p[0];   /* the references move */
-            p[3] = p[1];
-            p[0] = p[1] = NULL;
-        } else if (Py_REFCNT(p[0]) <= 1) {
-            return;
+    cx_slot_t *s = &self->cx[cx_index(context)];
+    /* The slot evicted (the second way's, whose place the first way's takes): its entry is
+     * in the live dict; its context (possibly an equal twin of the entry's own) must not be
+     * freed here, where a finalizer of one of its attributes would run Python code: only
+     * evicted while someone else holds it; else the first way's slot is the one replaced,
+     * under the same rule, or nothing is cached.  Either way the pending uses of a slot
+     * dropped or moved are folded first (a slot the dirty list still names then folds
+     * nothing more). */
+    if (s[0].context != NULL) {
+        if (s[1].context == NULL || Py_REFCNT(s[1].context) > 1) {
+            cx_fold_slot(&s[0]);   /* (the dirty list names the first way's index) */
+            cx_clear_slot(&s[1]);
+            s[1] = s[0];           /* the references move */
+            memset(&s[0], 0, sizeof s[0]);
+        } else if (Py_REFCNT(s[0].context) <= 1) {
+            return NULL;
+        } else {
+            cx_clear_slot(&s[0]);
         }
     }
-    Py_XSETREF(p[0], Py_NewRef(context));
-    Py_XSETREF(p[1], Py_NewRef(entry));
+    s[0].context = Py_NewRef(context);
+    s[0].entry = Py_NewRef(entry);
+    s[0].kinds = Py_NewRef(PyList_GET_ITEM(entry, 4));
+    s[0].pending = 0;
+    return &s[0];
 }
 
 /* 1 when @counter has the shape the C path counts in: [count (exact int), value].  The
@@ -216,16 +340,18 @@ static int counter_ok(PyObject *counter)
            && PyLong_CheckExact(PyList_GET_ITEM(counter, 0));
 }
 
-/* Add a slot's pending counts to its counter list (int + int: C only; the old int is
+/* Add slot @i's pending counts to its counter list (int + int: C only; the old int is
  * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
-static void cc_fold_slot(cc_slot_t *c)
+static void cc_fold_slot(RecorderCore *self, size_t i)
 {
+    cc_slot_t *c = &self->cc[i];
     if (c->pending == 0)
         return;
-    PyObject *counter = c->counter;
+    PyObject *counter = self->cc_counter[i];
     if (!counter_ok(counter))
-        return;   /* cannot happen: counted only after this check (cc_get); kept pending */
-    PyObject *n = PyLong_FromSsize_t(c->pending);
+        return;   /* cannot happen: checked when the slot was made, and the Python code
+                   * never changes a counter's shape; kept pending rather than crash */
+    PyObject *n = PyLong_FromUnsignedLong(c->pending);
     PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(counter, 0), n) : NULL;
     Py_XDECREF(n);
     if (sum == NULL) {
@@ -244,10 +370,10 @@ static void cc_fold(RecorderCore *self)
         return;
     if (self->cc_ndirty > CC_SLOTS) {
         for (size_t i = 0; i < CC_SLOTS; i++)
-            cc_fold_slot(&self->cc[i]);
+            cc_fold_slot(self, i);
     } else {
         for (size_t i = 0; i < self->cc_ndirty; i++)
-            cc_fold_slot(&self->cc[self->cc_dirty[i]]);
+            cc_fold_slot(self, self->cc_dirty[i]);
     }
     self->cc_ndirty = 0;   /* (a slot a failed fold left pending: folded by cc_clear_slot) */
 }
@@ -255,23 +381,26 @@ static void cc_fold(RecorderCore *self)
 /* Count one through slot @c: pending, listed dirty on its first pending count. */
 static void cc_count(RecorderCore *self, cc_slot_t *c)
 {
-    if (c->pending++ == 0) {
+    size_t i = (size_t)(c - self->cc);
+    if (c->pending == 0) {
         if (self->cc_ndirty < CC_SLOTS)
-            self->cc_dirty[self->cc_ndirty++] = (uint16_t)(c - self->cc);
+            self->cc_dirty[self->cc_ndirty++] = (uint16_t)i;
         else
             self->cc_ndirty = CC_SLOTS + 1;   /* listed more than once (slots reused) */
     }
+    if (++c->pending == UINT32_MAX)
+        cc_fold_slot(self, i);   /* (still listed: folding it again adds nothing) */
 }
 
-static void cc_clear_slot(cc_slot_t *c)
+static void cc_clear_slot(RecorderCore *self, size_t i)
 {
-    cc_fold_slot(c);
+    cc_slot_t *c = &self->cc[i];
+    cc_fold_slot(self, i);
     c->pending = 0;   /* (only a failed fold leaves some: out of memory, lost) */
     Py_CLEAR(c->key);
-    Py_CLEAR(c->variation);
     Py_CLEAR(c->kinds);
     Py_CLEAR(c->version);
-    Py_CLEAR(c->counter);
+    Py_CLEAR(self->cc_counter[i]);
 }
 
 /* Empty the counter cache (and forget its summary dict). */
@@ -280,75 +409,110 @@ static void cc_clear(RecorderCore *self)
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++)
             if (self->cc[i].key != NULL)
-                cc_clear_slot(&self->cc[i]);   /* folds its pending counts */
+                cc_clear_slot(self, i);   /* folds its pending counts */
     self->cc_ndirty = 0;
     Py_CLEAR(self->cc_summary);
 }
 
-/* The first slot of the set for (key, variation); the second is the next one. */
-static size_t cc_index(PyObject *key, PyObject *variation)
+/* The slot value of @variation: -1 for None, its value for an exact int in [0, INT32_MAX),
+ * -2 for anything else (not cached). */
+static int32_t cc_variation(PyObject *variation)
 {
-    uintptr_t h = ((uintptr_t)key >> 4) * 0x9E3779B1u ^ ((uintptr_t)variation >> 4);
-    return (size_t)(h ^ (h >> 13)) & (CC_SLOTS - 2);
+    if (variation == Py_None)
+        return -1;
+    if (!PyLong_CheckExact(variation))
+        return -2;
+    int overflow = 0;
+    long v = PyLong_AsLongAndOverflow(variation, &overflow);   /* exact int: cannot fail */
+    return overflow || v < 0 || v >= INT32_MAX ? -2 : (int32_t)v;
 }
 
-/* The cached counter for these objects in the live summary (borrowed), or NULL. */
-static PyObject *cc_get(RecorderCore *self, PyObject *key, PyObject *variation,
-                        PyObject *kinds, PyObject *version)
+#define CC_LOG2 13   /* log2(CC_SLOTS) */
+_Static_assert((1u << CC_LOG2) == CC_SLOTS, "CC_LOG2 is log2(CC_SLOTS)");
+
+/* The first slot of the set for (key, variation, kinds); the second is the next one.  The
+ * kinds are part of it: a flag evaluated for contexts of two kinds has two counters in two
+ * sets, not two entries competing for one. */
+static size_t cc_index(PyObject *key, int32_t variation, PyObject *kinds)
 {
-    if (self->cc == NULL || self->cc_summary != self->summary)
+    uint64_t h = ((uint64_t)(uintptr_t)key >> 4)
+                 ^ ((uint64_t)(uintptr_t)kinds >> 4) * 0xC2B2AE3D27D4EB4Fu
+                 ^ (uint64_t)(uint32_t)variation << 40;
+    return set_index(h, CC_LOG2);
+}
+
+/* The slot of these objects for the live summary, or NULL. */
+static inline cc_slot_t *cc_get(RecorderCore *self, PyObject *key, int32_t variation,
+                         PyObject *kinds, PyObject *version)
+{
+    if (self->cc == NULL || self->cc_summary != self->summary || variation < -1)
         return NULL;
-    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    cc_slot_t *c = &self->cc[cc_index(key, variation, kinds)];
     if (c->key != key || c->variation != variation || c->kinds != kinds || c->version != version) {
         c++;   /* the set's second way */
         if (c->key != key || c->variation != variation || c->kinds != kinds
             || c->version != version)
             return NULL;
     }
-    return counter_ok(c->counter) ? c->counter : NULL;
+    return c;
 }
 
 /* Remember a counter find_counter() found for these objects (see the cache's comment).
- * Failing to allocate the table only leaves the cache off. */
-static void cc_put(RecorderCore *self, PyObject *key, PyObject *variation, PyObject *kinds,
-                   PyObject *version, PyObject *counter)
+ * Failing to allocate the table only leaves the cache off.  Return: its slot, or NULL. */
+static cc_slot_t *cc_put(RecorderCore *self, PyObject *key, int32_t variation,
+                         PyObject *kinds, PyObject *version, PyObject *counter)
 {
-    if (!cache_bind(self, &self->cc_summary, self->summary, cc_clear))
-        return;
+    if (variation < -1 || !counter_ok(counter)
+        || !cache_bind(self, &self->cc_summary, self->summary, cc_clear))
+        return NULL;
     if (self->cc == NULL) {
-        self->cc = PyMem_Calloc(CC_SLOTS, sizeof(cc_slot_t));
-        self->cc_dirty = PyMem_Malloc(CC_SLOTS * sizeof(uint16_t));
+        /* the slots aligned to 64 bytes (a set per cache line), the counters, the dirty
+         * list */
+        size_t bytes = CC_SLOTS * sizeof(cc_slot_t), cbytes = CC_SLOTS * sizeof(PyObject *);
+        self->cc_mem = PyMem_Calloc(1, bytes + 63 + cbytes + CC_SLOTS * sizeof(uint16_t));
+        if (self->cc_mem == NULL)
+            return NULL;
+        uintptr_t at = ((uintptr_t)self->cc_mem + 63) & ~(uintptr_t)63;
+        self->cc = (cc_slot_t *)at;
+        self->cc_counter = (PyObject **)(at + bytes);
+        self->cc_dirty = (uint16_t *)(at + bytes + cbytes);
         self->cc_ndirty = 0;
-        if (self->cc == NULL || self->cc_dirty == NULL) {
-            PyMem_Free(self->cc);
-            PyMem_Free(self->cc_dirty);
-            self->cc = NULL;
-            self->cc_dirty = NULL;
-            return;
-        }
     }
-    cc_slot_t *c = &self->cc[cc_index(key, variation)];
+    size_t i = cc_index(key, variation, kinds);
+    cc_slot_t *c = &self->cc[i];
     if (c->key != NULL) {
-        /* the first way's entry moves to the second (the references move with it) */
-        cc_clear_slot(&c[1]);
+        /* the first way's entry moves to the second (the references move with it), its
+         * pending counts folded first: the dirty list names the first way's index, so
+         * counts moved to the second would be missed by the next fold (until the slot is
+         * dropped) */
+        cc_fold_slot(self, i);
+        cc_clear_slot(self, i + 1);
         c[1] = c[0];
+        self->cc_counter[i + 1] = self->cc_counter[i];
         memset(c, 0, sizeof(*c));
+        self->cc_counter[i] = NULL;
     }
     c->key = Py_NewRef(key);
-    c->variation = Py_NewRef(variation);
     c->kinds = Py_NewRef(kinds);
     c->version = Py_NewRef(version);
-    c->counter = Py_NewRef(counter);
+    c->variation = variation;
+    c->pending = 0;
+    self->cc_counter[i] = Py_NewRef(counter);
+    return c;
 }
 
 static PyTypeObject RecorderCoreType;   /* defined below */
 static PyObject *s_record_py; /* "_record_evaluation_py" */
+static PyObject *s_checks_due;/* "_checks_due" */
 static PyObject *s_locked;    /* "locked" */
 static PyObject *s_fqk;       /* "_fqk" */
 static PyObject *s_ev;        /* "_ev" */
 /* the feature event's keys and kind, interned once */
 static PyObject *s_kind, *s_feature, *s_creationDate, *s_key, *s_value, *s_default,
                 *s_version, *s_variation, *s_reason, *s_context, *s_prereqOf, *s_debugUntil;
+/* The feature event's keys in the Python path's order, values None: [variation present |
+ * reason present << 1] (feature_event() copies one; never changed after module init). */
+static PyObject *s_event_tmpl[4];
 
 static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
 {
@@ -367,16 +531,18 @@ static int core_traverse(RecorderCore *self, visitproc visit, void *arg)
     Py_VISIT(self->cc_summary);
     Py_VISIT(self->cx_contexts);
     if (self->cx != NULL)
-        for (size_t i = 0; i < 2 * CX_SLOTS; i++)
-            Py_VISIT(self->cx[i]);
+        for (size_t i = 0; i < CX_SLOTS; i++) {
+            Py_VISIT(self->cx[i].context);
+            Py_VISIT(self->cx[i].entry);
+            Py_VISIT(self->cx[i].kinds);
+        }
     if (self->cc != NULL)
         for (size_t i = 0; i < CC_SLOTS; i++) {
             cc_slot_t *c = &self->cc[i];
             Py_VISIT(c->key);
-            Py_VISIT(c->variation);
             Py_VISIT(c->kinds);
             Py_VISIT(c->version);
-            Py_VISIT(c->counter);
+            Py_VISIT(self->cc_counter[i]);
         }
     return 0;
 }
@@ -405,12 +571,15 @@ static void core_dealloc(RecorderCore *self)
 {
     PyObject_GC_UnTrack(self);
     core_clear(self);
-    PyMem_Free(self->cc);
+    PyMem_Free(self->cc_mem);
+    self->cc_mem = NULL;
     self->cc = NULL;
-    PyMem_Free(self->cc_dirty);
+    self->cc_counter = NULL;
     self->cc_dirty = NULL;
-    PyMem_Free(self->cx);
+    PyMem_Free(self->cx_mem);
+    self->cx_mem = NULL;
     self->cx = NULL;
+    self->cx_dirty = NULL;
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -440,10 +609,15 @@ static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->start = Py_NewRef(Py_None);
     self->cc_summary = NULL;
     self->cc = NULL;
+    self->cc_counter = NULL;
+    self->cc_mem = NULL;
     self->cc_dirty = NULL;
     self->cc_ndirty = 0;
     self->cx_contexts = NULL;
     self->cx = NULL;
+    self->cx_mem = NULL;
+    self->cx_dirty = NULL;
+    self->cx_ndirty = 0;
     return (PyObject *)self;
 }
 
@@ -492,6 +666,7 @@ static PyObject *slow_path(PyObject *self, PyObject *const *args, Py_ssize_t nar
 #endif
 
 static PyObject *s_one;      /* the int 1 */
+static PyObject *s_bits[8];  /* the ints 0..7 (info bits) */
 
 /* Info bits (docs/internals.md): 1 trackEvents, 2 experiment (both: a feature event),
  * 4 excludeFromSummaries (not counted).  No other bit is ever set by the evaluator. */
@@ -507,6 +682,11 @@ static int info_bits(PyObject *info)
         || PyTuple_GET_ITEM(info, 2) != Py_None)
         return -1;
     PyObject *bits = PyTuple_GET_ITEM(info, 1);
+    /* the evaluator's bits are ints made by PyLong_FromLong(0..7), which CPython shares:
+     * found by address first (s_bits), else read */
+    for (int b = 0; b < 8; b++)
+        if (bits == s_bits[b])
+            return b;
     if (!PyLong_CheckExact(bits))
         return -1;
     int overflow = 0;
@@ -528,8 +708,11 @@ static int keeps_all(PyObject *sampling)
 
 /* What the summary needs for one (flag, variation) count: find_counter()'s plan. */
 typedef struct {
-    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary) */
-    PyObject *key, *variation;   /* FOUND: the counter's cache set (cc_index; borrowed) */
+    PyObject *counter;    /* FOUND: the [count, value] list (borrowed from the summary), or
+                           * NULL for a counter cache hit (its slot is counted) */
+    PyObject *key, *variation, *version;   /* FOUND: what the counter is for (borrowed) */
+    int32_t var;          /* FOUND: cc_variation(variation) */
+    cc_slot_t *slot;      /* FOUND: its counter cache slot when planned, or NULL */
     PyObject *flag;       /* NEW_COUNTER, or FOUND with add_kinds: the flag's list (borrowed) */
     int how;              /* FOUND, NEW_COUNTER (first of this variation), NEW_FLAG */
     int add_kinds;        /* the context's kinds go into the flag's kinds set first */
@@ -618,13 +801,15 @@ static int find_counter(PyObject *summary, PyObject *key, PyObject *kinds, PyObj
 /* find_counter() through the counter cache: a hit is a FOUND plan without a flag (nothing
  * else to update); a FOUND result of find_counter() is remembered. */
 static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyObject *kinds,
-                      PyObject *version, PyObject *variation, plan_t *p)
+                      PyObject *version, PyObject *variation, int32_t var, plan_t *p)
 {
     p->key = key;
     p->variation = variation;
-    PyObject *counter = cc_get(self, key, variation, kinds, version);
-    if (counter != NULL) {
-        p->counter = counter;
+    p->version = version;
+    p->var = var;
+    if ((p->slot = cc_get(self, key, var, kinds, version)) != NULL) {
+        /* a hit: neither the summary nor the counter is read */
+        p->counter = NULL;
         p->flag = NULL;
         p->add_kinds = 0;
         p->how = FOUND;
@@ -632,7 +817,7 @@ static int plan_count(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
     }
     int r = find_counter(summary, key, kinds, version, variation, p);
     if (r == 1 && p->how == FOUND && !p->add_kinds)
-        cc_put(self, key, variation, kinds, version, p->counter);
+        p->slot = cc_put(self, key, var, kinds, version, p->counter);
     return r;
 }
 
@@ -704,15 +889,29 @@ static int apply_plan(RecorderCore *self, PyObject *summary, PyObject *key, PyOb
     }
     if (p->how == FOUND) {
         /* through the counter's cache slot when it has one (looked up again: another plan
-         * of this call may have moved it to its set's other way) */
-        if (self->cc != NULL && self->cc_summary == summary) {
-            cc_slot_t *c = &self->cc[cc_index(p->key, p->variation)];
-            if (c[0].counter == p->counter || (++c)->counter == p->counter) {
-                cc_count(self, c);
-                return 0;
-            }
+         * of this call may have moved it to its set's other way, or dropped it) */
+        cc_slot_t *c = p->slot;
+        if (c == NULL || c->key != p->key || c->variation != p->var || c->kinds != kinds
+            || c->version != p->version)
+            c = cc_get(self, p->key, p->var, kinds, p->version);
+        if (c != NULL) {
+            cc_count(self, c);
+            return 0;
         }
-        return add_to(p->counter, 0, s_one);
+        PyObject *counter = p->counter;
+        if (counter == NULL) {
+            /* a hit whose slot a later plan of this call dropped (cc_put): no Python code
+             * ran and the summary only grew since, so find_counter() finds the same
+             * counter (checked: a broken invariant loses the count, never crashes) */
+            plan_t q;
+            int r = find_counter(summary, p->key, kinds, p->version, p->variation, &q);
+            if (r < 0)
+                return -1;
+            if (r == 0 || q.how != FOUND)
+                return 0;
+            counter = q.counter;
+        }
+        return add_to(counter, 0, s_one);
     }
     PyObject *counter = PyList_New(2);   /* NEW_COUNTER: counters[variation] = [1, value] */
     if (counter == NULL)
@@ -734,7 +933,9 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
                                PyObject *variation, PyObject *reason, PyObject *ctx_dict,
                                double now)
 {
-    PyObject *ev = PyDict_New();
+    /* A copy of the template with these keys in this order (the keys and their order
+     * copied at once: one allocation, no insertion), whose values are then replaced. */
+    PyObject *ev = PyDict_Copy(s_event_tmpl[(variation != Py_None) | (reason != NULL) << 1]);
     if (ev == NULL)
         return NULL;
     /* int(now * 1000) of a positive, finite time: truncation, as int() */
@@ -787,7 +988,7 @@ static PyObject *feature_event(PyObject *key, PyObject *value, PyObject *dflt, P
  * Return: 1 counted, 0 take the Python path (nothing changed), -1 exception set.
  */
 static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context,
-                            PyObject *variation, PyObject *value, PyObject *dflt,
+                            PyObject *variation, int32_t var, PyObject *value, PyObject *dflt,
                             PyObject *reason, int with_reason, PyObject *info,
                             PyObject *prereqs, double now)
 {
@@ -845,13 +1046,19 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (!want_reason || reason == Py_None)
             reason = NULL;   /* not in the event */
     }
-    /* The context's window entry: the last one used, or found by its fully-qualified key.
+    /* The context's window entry: its context cache slot (which also has its kinds; the
+     * entry itself is not read), the last one used, or found by its fully-qualified key.
      * That key is read only from a shmflags Context whose cached ``_fqk`` slot is set (a
      * slot read runs no Python code); a context not yet seen in this window, or any other
-     * object, takes the Python path, which creates the entry and fills the cache. */
+     * object, takes the Python path, which creates the entry and fills the cache.  (The
+     * last context's entry may be one beyond the contexts bound, not in the dict: never
+     * cached, so that its next sighting after another context's is the Python path's.) */
     PyObject *entry = self->last_entry, *summary = self->summary;
-    PyObject *new_fq = NULL, *kinds, *ctx_dict;   /* new_fq: a first sighting, made here */
-    if (context != self->last_ctx && (entry = cx_get(self, context)) == NULL) {
+    PyObject *new_fq = NULL, *kinds = NULL, *ctx_dict = NULL;   /* new_fq: a first sighting */
+    cx_slot_t *slot = cx_get(self, context);
+    if (slot != NULL) {
+        entry = slot->entry;
+    } else if (context != self->last_ctx) {
         if ((PyObject *)Py_TYPE(context) != self->ctx_type || !PyDict_CheckExact(self->contexts))
             return 0;
         PyObject *fq = PyObject_GetAttr(context, s_fqk);
@@ -890,20 +1097,31 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
             ctx_dict = PyTuple_GET_ITEM(ev, 0);
             kinds = PyTuple_GET_ITEM(ev, 1);
         } else {
-            cx_put(self, context, entry);
+            slot = cx_put(self, context, entry);   /* NULL: not cached (its shape checked
+                                                    * below) */
         }
     }
     if (new_fq == NULL) {
-        /* entry = [context dict, first_ms, count, index, kinds, context] */
-        if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
-            || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
-            return 0;
-        ctx_dict = PyList_GET_ITEM(entry, 0);
-        kinds = PyList_GET_ITEM(entry, 4);
+        /* entry = [context dict, first_ms, count, index, kinds, context]: the shape of a
+         * slot's entry was checked when the slot was made (and the Python code never
+         * changes it); another entry's is checked here */
+        if (slot == NULL) {
+            if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
+                || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
+                return 0;
+            kinds = PyList_GET_ITEM(entry, 4);
+        } else {
+            kinds = slot->kinds;
+        }
         /* An event carries the entry's context dict when the entry is this very context;
          * a twin (same fully-qualified key, another object) carries its own, as _json_of():
          * taken here from its cached _ev slot (a slot read: no Python code), else the
-         * Python path makes it. */
+         * Python path makes it.  (Only an event reads the entry of a slot; checked again,
+         * cheaply, rather than trusting the invariant with memory safety.) */
+        if (event && (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5))
+            return 0;
+        if (event)
+            ctx_dict = PyList_GET_ITEM(entry, 0);
         if (event && (PyList_GET_SIZE(entry) < 6 || PyList_GET_ITEM(entry, 5) != context)) {
             if ((PyObject *)Py_TYPE(context) != self->ctx_type)
                 return 0;
@@ -958,13 +1176,14 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (pbits & INFO_EXCLUDED)
             continue;
         r = plan_count(self, summary, PyTuple_GET_ITEM(p, 1), kinds,
-                       PyTuple_GET_ITEM(pinfo, 0), PyTuple_GET_ITEM(p, 3), &plans[n]);
+                       PyTuple_GET_ITEM(pinfo, 0), PyTuple_GET_ITEM(p, 3),
+                       cc_variation(PyTuple_GET_ITEM(p, 3)), &plans[n]);
         if (r <= 0 || plans[n].how != FOUND)
             return r < 0 ? -1 : 0;
         n++;
     }
     if (count_main) {
-        r = plan_count(self, summary, key, kinds, version, variation, &main);
+        r = plan_count(self, summary, key, kinds, version, variation, var, &main);
         if (r <= 0)
             return r;
         if (main.how != FOUND && (cvalue == NULL || dflt == NULL || !CAN_CREATE))
@@ -1004,16 +1223,14 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
     if (count_main && apply_plan(self, summary, key, kinds, version, variation, dflt, cvalue,
                                  &main, now) < 0)
         return -1;
-    PyObject *pyuses = PyLong_FromSsize_t(uses);
-    if (pyuses == NULL)
-        return -1;
     if (new_fq != NULL) {
         /* as _sight: [context dict, first_ms, uses, index True, kinds, context] */
-        PyObject *ms = PyLong_FromLongLong((long long)(now * 1000.0));
+        PyObject *pyuses = PyLong_FromSsize_t(uses);
+        PyObject *ms = pyuses != NULL ? PyLong_FromLongLong((long long)(now * 1000.0)) : NULL;
         entry = ms != NULL ? PyList_New(6) : NULL;
         if (entry == NULL) {
             Py_XDECREF(ms);
-            Py_DECREF(pyuses);
+            Py_XDECREF(pyuses);
             return -1;
         }
         PyList_SET_ITEM(entry, 0, Py_NewRef(ctx_dict));
@@ -1027,9 +1244,12 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
         if (r < 0)
             return -1;
         cx_put(self, context, entry);
+    } else if (slot != NULL) {
+        cx_count(self, slot, uses);   /* pending in the slot (see the cache's comment) */
     } else {
-        r = add_to(entry, 2, pyuses);
-        Py_DECREF(pyuses);
+        PyObject *pyuses = PyLong_FromSsize_t(uses);
+        r = pyuses == NULL ? -1 : add_to(entry, 2, pyuses);
+        Py_XDECREF(pyuses);
         if (r < 0)
             return -1;
     }
@@ -1053,20 +1273,50 @@ static int core_common_nogc(RecorderCore *self, PyObject *key, PyObject *context
  * PyGC_Disable (Python < 3.10) the calls that create containers take the Python path.
  */
 static int core_common(RecorderCore *self, PyObject *key, PyObject *context,
-                       PyObject *variation, PyObject *value, PyObject *dflt, PyObject *reason,
-                       int with_reason, PyObject *info, PyObject *prereqs, double now)
+                       PyObject *variation, int32_t var, PyObject *value, PyObject *dflt,
+                       PyObject *reason, int with_reason, PyObject *info, PyObject *prereqs,
+                       double now)
 {
 #if CAN_CREATE
     int was_enabled = PyGC_Disable();
-    int r = core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
-                             info, prereqs, now);
+    int r = core_common_nogc(self, key, context, variation, var, value, dflt, reason,
+                             with_reason, info, prereqs, now);
     if (was_enabled)
         PyGC_Enable();
     return r;
 #else
-    return core_common_nogc(self, key, context, variation, value, dflt, reason, with_reason,
-                            info, prereqs, now);
+    return core_common_nogc(self, key, context, variation, var, value, dflt, reason,
+                            with_reason, info, prereqs, now);
 #endif
+}
+
+/*
+ * checks_due() - a call found _deadline passed (@*now: its coarse clock): the slow checks
+ * (the pid, the flush interval: self._checks_due(), Python code that may flush, or reset
+ * the window after a fork) are made here, before the call, as _record_evaluation_py begins
+ * with them; the call is then recorded here as any other (it used to take the Python path,
+ * whose first read of _summary and _contexts folded every pending count every
+ * PID_CHECK_INTERVAL).  A _deadline of 0 (the first call, a flush due now, a disabled or
+ * closed recorder) still sends the call to the Python path.  Runs before core_common():
+ * never inside a call that must run no Python code.
+ * Return: 1 record here (*now read again, before the new _deadline); 0 take the Python
+ * path (which makes the checks itself if still due).
+ */
+static int checks_due(RecorderCore *self, double *now)
+{
+    if (self->deadline == 0.0)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs((PyObject *)self, s_checks_due);
+    if (r == NULL) {
+        PyErr_Clear();   /* the Python path makes them again, and logs a failure */
+        return 0;
+    }
+    int go = r == Py_True;
+    Py_DECREF(r);
+    if (!go)
+        return 0;
+    *now = now_seconds(1);
+    return *now < self->deadline;
 }
 
 /* record_evaluation(key, context, eval_tuple, default, with_reason): core_common() for the
@@ -1079,14 +1329,15 @@ static PyObject *core_record(PyObject *op, PyObject *const *args, size_t nargsf,
     if (nargs != 5 || kwnames != NULL)
         return slow_path(op, args, nargs, kwnames);
     double now = now_seconds(1);
-    if (!(now < self->deadline))                 /* slow checks due, or disabled/closed */
+    if (!(now < self->deadline) && !checks_due(self, &now))  /* disabled/closed, ... */
         return slow_path(op, args, nargs, kwnames);
     PyObject *t = args[2];
     if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 5)
         return slow_path(op, args, nargs, kwnames);
     int with_reason = args[4] == Py_True ? 1 : args[4] == Py_False ? 0 : -1;
-    int r = core_common(self, args[0], args[1], PyTuple_GET_ITEM(t, 1), PyTuple_GET_ITEM(t, 0),
-                        args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
+    PyObject *variation = PyTuple_GET_ITEM(t, 1);
+    int r = core_common(self, args[0], args[1], variation, cc_variation(variation),
+                        PyTuple_GET_ITEM(t, 0), args[3], PyTuple_GET_ITEM(t, 2), with_reason, PyTuple_GET_ITEM(t, 3),
                         PyTuple_GET_ITEM(t, 4), now);
     if (r < 0)
         return NULL;
@@ -1110,6 +1361,7 @@ int sf_core_check(PyObject *o)
  * common case.
  * @core: a _RecorderCore (sf_core_check()).
  * @variation: the variation index as an int, or None.
+ * @index: the same as a C integer: -1 for None.
  * @value: the evaluation's value before any typed conversion (NULL or anything when
  *         @variation is None: the event then holds @dflt).
  * @dflt: the caller's default.
@@ -1118,19 +1370,23 @@ int sf_core_check(PyObject *o)
  * @with_reason: 1 for variation_detail, else 0.
  * @info: the flag's info tuple; @prereqs: list of prerequisite event tuples, or NULL.
  *
+ * When _deadline has passed, the slow checks run first (checks_due(): Python code, which
+ * may release the GIL; the caller holds its own references to what it passes).
  * Return: 1 recorded; 0 nothing recorded (the caller must take the full Python path, which
  * records the evaluation, including the deadline's pid and flush checks); -1 exception set.
  */
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
-                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
-                        PyObject *info, PyObject *prereqs)
+                        int32_t index, PyObject *value, PyObject *dflt, PyObject *reason,
+                        int with_reason, PyObject *info, PyObject *prereqs)
 {
     RecorderCore *self = (RecorderCore *)core;
     double now = now_seconds(1);
-    if (!(now < self->deadline))   /* pid check / flush due, disabled, closed: Python path */
+    if (!(now < self->deadline) && !checks_due(self, &now))  /* disabled, closed, ... */
         return 0;
-    return core_common(self, key, context, variation, value, dflt, reason, with_reason, info,
-                       prereqs, now);
+    /* (index: the evaluator's, >= 0 or -1, as cc_variation(variation)) */
+    int32_t var = index < 0 ? -1 : index == INT32_MAX ? -2 : index;
+    return core_common(self, key, context, variation, var, value, dflt, reason, with_reason,
+                       info, prereqs, now);
 }
 
 static PyObject *core_get_lock(RecorderCore *self, void *closure)
@@ -1174,8 +1430,6 @@ static PyMemberDef core_members[] = {
      "next time a call takes the Python path (pid check, flush interval); 0 = always"},
     {"_end", T_DOUBLE, offsetof(RecorderCore, end), 0, "time of the last evaluation (s)"},
     {"_last_ctx", T_OBJECT, offsetof(RecorderCore, last_ctx), 0, "context of the last sighting"},
-    {"_last_entry", T_OBJECT, offsetof(RecorderCore, last_entry), 0, "its window entry"},
-    {"_contexts", T_OBJECT, offsetof(RecorderCore, contexts), 0, "the window's sightings"},
     {"_events", T_OBJECT, offsetof(RecorderCore, events), 0, "the window's full events"},
     {"_unsent_events", T_PYSSIZET, offsetof(RecorderCore, unsent_events), 0,
      "full events held in packed datagrams not sent yet (count against _capacity)"},
@@ -1213,7 +1467,46 @@ static int core_set_summary(RecorderCore *self, PyObject *value, void *closure)
     return 0;
 }
 
+/* _contexts and _last_entry: every pending use folded in first (the context cache's
+ * invariant) on get, and on setting _contexts (into the window being replaced). */
+static PyObject *core_get_contexts(RecorderCore *self, void *closure)
+{
+    cx_fold(self);
+    return Py_NewRef(self->contexts);
+}
+
+static int core_set_contexts(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _contexts");
+        return -1;
+    }
+    cx_fold(self);
+    Py_SETREF(self->contexts, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *core_get_last_entry(RecorderCore *self, void *closure)
+{
+    cx_fold(self);
+    return Py_NewRef(self->last_entry);
+}
+
+static int core_set_last_entry(RecorderCore *self, PyObject *value, void *closure)
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _last_entry");
+        return -1;
+    }
+    Py_SETREF(self->last_entry, Py_NewRef(value));
+    return 0;
+}
+
 static PyGetSetDef core_getset[] = {
+    {"_contexts", (getter)core_get_contexts, (setter)core_set_contexts,
+     "the window's sightings (fully-qualified key -> entry)", NULL},
+    {"_last_entry", (getter)core_get_last_entry, (setter)core_set_last_entry,
+     "the window entry of _last_ctx", NULL},
     {"_lock", (getter)core_get_lock, (setter)core_set_lock, "the recorder's lock", NULL},
     {"_summary", (getter)core_get_summary, (setter)core_set_summary,
      "the window's summary (flag key -> [default, kinds, counters, kinds, version])", NULL},
@@ -1454,16 +1747,24 @@ static int pack_json(wbuf_t *w, PyObject *o, int depth)
     return 0;   /* not a JSON value */
 }
 
-/* The value of the str key @name in the exact dict @d (borrowed), or NULL.  A walk rather
- * than a lookup, so that no key's __eq__ can run (the dicts are small); a str subclass key
- * is compared by its characters, as dict.get would find it. */
-static PyObject *dict_get_ascii(PyObject *d, const char *name)
+/* The value of the str key @text in the exact dict @d (borrowed), or NULL; @name is @text
+ * interned.  A walk rather than a lookup, so that no key's __eq__ can run (the dicts are
+ * small); a str subclass key is compared by its characters, as dict.get would find it.
+ * The recorder's keys are @name itself (one comparison), and another interned exact str
+ * cannot have its characters (interning keeps one object per value): only other keys are
+ * compared by their characters. */
+static PyObject *dict_get_name(PyObject *d, PyObject *name, const char *text)
 {
     Py_ssize_t pos = 0;
     PyObject *k, *v;
-    while (PyDict_Next(d, &pos, &k, &v))
-        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, name) == 0)
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (k == name)
             return v;
+        if (PyUnicode_CheckExact(k) && PyUnicode_CHECK_INTERNED(k))
+            continue;
+        if (PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, text) == 0)
+            return v;
+    }
     return NULL;
 }
 
@@ -1474,6 +1775,10 @@ static PyObject **field_names[F_COUNT] = {
     &s_kind, &s_creationDate, &s_key, &s_value, &s_default, &s_version, &s_variation,
     &s_reason, &s_prereqOf, &s_context, &s_debugUntil,
 };
+/* Their msgpack bytes (a fixstr: 0xa0 | length, then the ASCII name), as w_str() packs
+ * them; made at module init. */
+static char field_bytes[F_COUNT][16];
+static Py_ssize_t field_size[F_COUNT];   /* bytes used in field_bytes[i] */
 
 /* Which field the str @k names: the interned name itself (the recorder's literal keys, one
  * pointer comparison), else compared by characters (PyUnicode_Compare runs no Python code,
@@ -1509,7 +1814,7 @@ static int event_field_ok(int id, PyObject *v, int debug)
     case F_REASON: {
         if (!PyDict_CheckExact(v))
             return 0;
-        PyObject *kind = dict_get_ascii(v, "kind");
+        PyObject *kind = dict_get_name(v, s_kind, "kind");
         return kind != NULL && PyUnicode_CheckExact(kind);   /* its JSON: packed at depth 1 */
     }
     case F_DEBUG_UNTIL:
@@ -1528,11 +1833,11 @@ static int event_field_ok(int id, PyObject *v, int debug)
 static int pack_event_into(wbuf_t *w, PyObject *event, PyObject *cbytes)
 {
     Py_ssize_t n = PyDict_GET_SIZE(event);
-    PyObject *kind = dict_get_ascii(event, "kind");
-    int debug = kind != NULL && PyUnicode_CheckExact(kind)
+    PyObject *kind = dict_get_name(event, s_kind, "kind");
+    int debug = kind != NULL && kind != s_feature && PyUnicode_CheckExact(kind)
                 && PyUnicode_CompareWithASCIIString(kind, "debug") == 0;
     if (n < 2 || n > 15 || kind == NULL || !PyUnicode_CheckExact(kind)
-        || (!debug && PyUnicode_CompareWithASCIIString(kind, "feature") != 0))
+        || (!debug && kind != s_feature && PyUnicode_CompareWithASCIIString(kind, "feature") != 0))
         return -2;
     int r = w_be(w, (unsigned char)(0x80 | n), 0, 0) < 0 ? -1 : 1;   /* fixmap, n < 16 */
     unsigned seen = 0;
@@ -1553,7 +1858,11 @@ static int pack_event_into(wbuf_t *w, PyObject *event, PyObject *cbytes)
             break;
         }
         seen |= 1u << id;
-        if ((r = w_str(w, k)) > 0)
+        if (k == *field_names[id])   /* the interned name: its bytes, made once */
+            r = w_put(w, field_bytes[id], field_size[id]) < 0 ? -1 : 1;
+        else
+            r = w_str(w, k);
+        if (r > 0)
             r = pack_json(w, v, id == F_REASON ? 1 : 0);
     }
     if (r > 0 && !last_context)
@@ -1623,7 +1932,7 @@ static PyObject *pack_event_run(PyObject *module, PyObject *const *args, Py_ssiz
         PyObject *ev = PyList_GET_ITEM(events, j);
         if (!PyDict_CheckExact(ev))
             break;
-        PyObject *ctx = dict_get_ascii(ev, "context");
+        PyObject *ctx = dict_get_name(ev, s_context, "context");
         if (ctx == NULL || !PyDict_CheckExact(ctx))
             break;
         PyObject *id = PyLong_FromVoidPtr(ctx);   /* id(ctx), as the caller's keys */
@@ -1678,11 +1987,16 @@ int sf_events_add_types(PyObject *m)
 {
     if (s_record_py == NULL) {
         s_record_py = PyUnicode_InternFromString("_record_evaluation_py");
+        s_checks_due = PyUnicode_InternFromString("_checks_due");
         s_locked = PyUnicode_InternFromString("locked");
         s_fqk = PyUnicode_InternFromString("_fqk");
         s_ev = PyUnicode_InternFromString("_ev");
         s_one = PyLong_FromLong(1);
-        if (s_record_py == NULL || s_locked == NULL || s_fqk == NULL || s_ev == NULL
+        for (int b = 0; b < 8; b++)
+            if ((s_bits[b] = PyLong_FromLong(b)) == NULL)
+                return -1;
+        if (s_record_py == NULL || s_checks_due == NULL || s_locked == NULL || s_fqk == NULL
+            || s_ev == NULL
             || s_one == NULL)
             return -1;
         struct { PyObject **slot; const char *text; } names[] = {
@@ -1694,6 +2008,32 @@ int sf_events_add_types(PyObject *m)
         for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
             if ((*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
                 return -1;
+        for (int t = 0; t < 4; t++) {
+            PyObject *d = s_event_tmpl[t] = PyDict_New();
+            if (d == NULL || PyDict_SetItem(d, s_kind, Py_None) < 0
+                || PyDict_SetItem(d, s_creationDate, Py_None) < 0
+                || PyDict_SetItem(d, s_key, Py_None) < 0
+                || PyDict_SetItem(d, s_value, Py_None) < 0
+                || PyDict_SetItem(d, s_default, Py_None) < 0
+                || PyDict_SetItem(d, s_version, Py_None) < 0
+                || ((t & 1) && PyDict_SetItem(d, s_variation, Py_None) < 0)
+                || ((t & 2) && PyDict_SetItem(d, s_reason, Py_None) < 0)
+                || PyDict_SetItem(d, s_context, Py_None) < 0)
+                return -1;
+        }
+    }
+    for (int i = 0; i < F_COUNT; i++) {
+        Py_ssize_t len;
+        const char *u = PyUnicode_AsUTF8AndSize(*field_names[i], &len);
+        if (u == NULL)
+            return -1;
+        if (len > 15) {   /* cannot happen: the names are at most 12 characters */
+            PyErr_SetString(PyExc_SystemError, "event field name too long");
+            return -1;
+        }
+        field_bytes[i][0] = (char)(0xa0 | len);
+        memcpy(field_bytes[i] + 1, u, (size_t)len);
+        field_size[i] = len + 1;
     }
     if (PyType_Ready(&RecorderCoreType) < 0 || PyModule_AddFunctions(m, events_functions) < 0)
         return -1;

@@ -473,9 +473,13 @@ static int fast_record(FastObject *f, PyObject *const *args, int32_t index, PyOb
         variation = PyLong_FromLong(index);   /* small ints: cached, no allocation */
     else
         Py_INCREF(variation);
+    /* held for the call: the core may run Python code first (its slow checks), which
+     * could replace f->recorder */
+    PyObject *core = Py_NewRef(f->recorder);
     int r = variation == NULL ? -1
-            : sf_core_record_fast(f->recorder, args[0], args[1], variation, raw, args[2],
+            : sf_core_record_fast(core, args[0], args[1], variation, index, raw, args[2],
                                   reason, with_reason, info, prereqs);
+    Py_DECREF(core);
     Py_XDECREF(variation);
     Py_DECREF(info);
     Py_XDECREF(prereqs);

@@ -341,8 +341,8 @@ int sf_fast_eval(SnapshotObject *self, PyObject *key, PyObject *emap, PyObject *
 /* the recorder core's common path for the client's fast path (events.c) */
 int sf_core_check(PyObject *o);
 int sf_core_record_fast(PyObject *core, PyObject *key, PyObject *context, PyObject *variation,
-                        PyObject *value, PyObject *dflt, PyObject *reason, int with_reason,
-                        PyObject *info, PyObject *prereqs);
+                        int32_t index, PyObject *value, PyObject *dflt, PyObject *reason,
+                        int with_reason, PyObject *info, PyObject *prereqs);
 
 /* the client's fast path (fast.c): the _Watch and _Fast types, registered on the module */
 int sf_fast_register(PyObject *module, PyTypeObject *snapshot_type);

@@ -180,6 +180,9 @@ class _Recorder:
         self._unsent: List[Packed] = []
         self._unsent_start = 0
         self._unsent_events = 0
+        # The context dicts the last pack packed, and their bytes, for the next pack (see
+        # pack_window; only touched under _flush_lock).
+        self._carry: Dict[int, Tuple[dict, bytes]] = {}
         self._sender.after_fork()
         self.stats = {"sent": 0, "send_failures": 0, "dropped": 0}
 
@@ -226,6 +229,20 @@ class _Recorder:
         if thread is None:
             self._start_thread()
         self._flush(block=False)
+
+    def _checks_due(self) -> bool:
+        """The slow checks of a call that found ``_deadline`` passed, as
+        :meth:`_record_evaluation_py` begins (the C core calls this, then records the call
+        itself: a periodic check no longer sends the call to the Python path).
+
+        :returns: whether the call is to be recorded (``False``: disabled or closed)
+        """
+        now = _time()
+        if now >= self._deadline:
+            if not self._enabled:
+                return False
+            self._tick(now)
+        return True
 
     def _start_thread(self) -> None:
         thread = threading.Thread(target=_run_flusher, args=(weakref.ref(self), self._pid),
@@ -576,7 +593,7 @@ class _Recorder:
         start, end, dropped, summary, contexts, events, seq = self._take()
         if summary or contexts or events or dropped:
             packets, unsendable = pack_window(self._pid, seq, dropped, start, end, summary,
-                                              contexts, events)
+                                              contexts, events, self._carry)
             if unsendable:
                 with self._lock:
                     self._dropped += unsendable

@@ -217,7 +217,9 @@ class _Builder:
 
 def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
                 summary: Dict[str, list], contexts: Dict[str, list],
-                events: List[dict]) -> Tuple[List[Packed], int]:
+                events: List[dict],
+                carry: Optional[Dict[int, Tuple[dict, bytes]]] = None
+                ) -> Tuple[List[Packed], int]:
     """Split one flush window into datagrams no larger than :data:`MAX_DATAGRAM`.
 
     :param pid: the sending process
@@ -230,6 +232,12 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
         pair to ``[count, value]``
     :param contexts: fully-qualified key → ``[context dict, first_ms, count, index, …]``
     :param events: full events, LD output-shaped, with unredacted ``context`` dicts
+    :param carry: the context dicts packed by the previous pack of the same recorder
+        (``id`` → ``(dict, bytes)``), whose bytes this pack reuses; replaced by the ones this
+        pack packed, for the next. A worker sees mostly the same contexts window after
+        window, and its context dicts are never changed once made (the recorder builds
+        them and only reads them), so their bytes are the same; the dicts are held here, so
+        their ids are not reused meanwhile. ``None``: every context is packed.
     :returns: the datagrams, and how many items were dropped because msgpack could not encode
         them or they were larger than one datagram
     """
@@ -252,6 +260,8 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
         for data, item in items:
             add("flags", data, item)
     context_bytes: Dict[int, bytes] = {}   # shared by the sightings and the events
+    if carry:
+        context_bytes.update((i, kept[1]) for i, kept in carry.items())
     for fq, entry in contexts.items():
         data = _encode_entry(entry, context_bytes)
         if data is None or len(data) > _ITEM_LIMIT:
@@ -291,6 +301,16 @@ def pack_window(pid: int, seq: int, dropped: int, start_ms: int, end_ms: int,
         b.events.append(event)
         b.event_data.append(data)
         b.size += n
+    if carry is not None:
+        # the next pack's: this window's sighted contexts (the dicts its events share)
+        kept = {}
+        for entry in contexts.values():
+            if type(entry) is list and len(entry) >= 4 and type(entry[0]) is dict:
+                cbytes = context_bytes.get(id(entry[0]))
+                if cbytes is not None:
+                    kept[id(entry[0])] = (entry[0], cbytes)
+        carry.clear()
+        carry.update(kept)
     packer = msgpack.Packer(use_bin_type=True)
     out = []
     for i, b in enumerate(builders):

@@ -21,7 +21,7 @@ from shmflags.context import Context
 from shmflags.events import recorder as R
 from shmflags.events import sender as S
 
-from tests.unit.test_events_recorder_native import Sink, untimed
+from tests.unit.test_events_recorder_native import SlowCalls, Sink, untimed
 
 native = pytest.mark.c_only   # deselected in the pure-Python pass; see tests/conftest.py
 if os.environ.get("SHMFLAGS_REQUIRE_NATIVE") == "1":
@@ -329,6 +329,46 @@ def test_counter_cache_follows_the_window(sink):
 
 
 @native
+def test_periodic_checks_run_first_and_the_call_is_recorded_in_c(sink, monkeypatch):
+    """A call that finds ``_deadline`` passed makes the slow checks (``_checks_due``: the
+    pid, the flush interval) and is then recorded by the C path, for both entry points;
+    a deadline of 0 (first call, flush due now, disabled or closed) still goes to the
+    Python path, and a closed recorder records nothing."""
+    client, rec, ctx = _primed(sink)
+    slow = SlowCalls(rec)
+    pids = []
+    real_pid = R._getpid
+    monkeypatch.setattr(R, "_getpid", lambda: pids.append(1) or real_pid())
+    t = client._current().evaluate("plain", ctx)   # the EvalTuple record_evaluation takes
+    for n in range(1, 4):
+        rec._deadline = 1.0                       # passed, not 0: periodic checks due
+        assert client._fast_value("plain", ctx, None, 0) is True
+        assert len(pids) == 2 * n - 1 and rec._deadline > R._time() - 1
+        rec._deadline = 1.0
+        rec.record_evaluation("plain", ctx, t, None, False)
+        assert len(pids) == 2 * n
+    assert slow.n == 0
+    assert rec._summary["plain"][2][0][0] == 1 + 6 and rec._contexts["u1"][2] == 1 + 6
+    rec._deadline = 1.0
+    rec._flush_at = 0.0                           # the flush interval has passed
+    rec._thread = None                            # no flush thread: the caller flushes
+    assert client._fast_value("plain", ctx, None, 0) is True
+    (d,) = sink.read()                            # the window before this call
+    assert d["summary"][2][0][3][0][3] == 7
+    assert rec._summary["plain"][2][0][0] == 1    # this call: in the new window
+    rec._deadline = 0.0                           # (the first call's, or a full buffer's)
+    assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+    rec._deadline = 1.0
+    rec._enabled = False                          # disabled (or closed): not recorded
+    count = rec._summary["plain"][2][0][0]
+    assert client._fast_value("plain", ctx, None, 0) is client._SLOW
+    rec.record_evaluation("plain", ctx, t, None, False)
+    assert rec._summary["plain"][2][0][0] == count
+    rec._enabled = True
+    client.close()
+
+
+@native
 def test_held_lock_or_pending_check_takes_the_python_path(sink):
     client, rec, ctx = _primed(sink)
     assert client._fast_value("plain", ctx, None, 0) is True
@@ -379,18 +419,30 @@ def test_counts_survive_threads(sink):
             client.variation("pre" if i % 3 else "plain", ctx, None)
             if i % 5000 == 0:
                 client.flush()
+    # The sink is read all along, as the supervisor reads: the flushes may send more
+    # datagrams than its socket queue holds (10 by default), and a datagram the queue
+    # refuses stays in the recorder, counted, until it goes; close() retries it.
+    got: List[Dict[str, Any]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            got.extend(sink.read())
+    reader = threading.Thread(target=read)
+    reader.start()
     threads = [threading.Thread(target=work, args=(c,)) for c in contexts]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    client.flush()
-    got = sink.read()
+    client.close()
+    stop.set()
+    reader.join()
+    got.extend(sink.read())
     pre = len(contexts) * sum(1 for i in range(n) if i % 3)
     plain = len(contexts) * n - pre
     assert _counts(got, "pre") == pre
     assert _counts(got, "plain") == plain + pre  # every "pre" counts its prerequisite
-    client.close()
 
 
 @native

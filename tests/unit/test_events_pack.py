@@ -257,3 +257,33 @@ def test_bad_calls_raise_type_error_not_crash():
     for ev in hostile:
         assert S._encode_event(ev, {}) == _python(ev)
     assert sys.getrefcount(CBYTES) < 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_context_bytes_carried_to_the_next_pack_give_the_same_datagrams(seed):
+    """pack_window reuses the bytes of the context dicts the previous pack of the recorder
+    packed (``carry``): window after window the datagrams are those of a pack without it,
+    refused contexts included, and ``carry`` then holds this window's sighted dicts only."""
+    rng = random.Random(seed)
+    pool = [dict(CONTEXT, key=f"u{i}") for i in range(40)]
+    pool += [{"kind": "user", "key": "bad", "x": float("nan")}, {"kind": "user", "key": ""}]
+    carry: Dict[int, Any] = {}
+    for window in range(6):
+        sighted = rng.sample(pool, 25)
+        contexts = {f"user:{i}": [c, 1, 2, True] for i, c in enumerate(sighted)}
+        events = []
+        for _ in range(300):
+            ev = _event(rng)
+            ev.pop("context", None)
+            # mostly the window's sighted dicts; a few others (carried from an earlier
+            # window, or never packed)
+            ev["context"] = rng.choice(sighted if rng.random() < 0.9 else pool)
+            events.append(ev)
+        events = [e for e in events if 1 < len(e) <= 15]
+        got, got_bad = S.pack_window(1, window, 0, 0, 0, {}, contexts, events, carry)
+        want, want_bad = S.pack_window(1, window, 0, 0, 0, {}, contexts, events)
+        assert [p.data for p in got] == [p.data for p in want] and got_bad == want_bad
+        assert [p.events for p in got] == [p.events for p in want]
+        assert {i: d for i, (d, _) in carry.items()} == {id(c): c for c in sighted}
+        if window == 0:
+            assert carry   # (the next windows then start with bytes to reuse)

@@ -6,6 +6,7 @@ calls; counts must survive threads, flushes running meanwhile and fork.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -205,6 +206,51 @@ def test_counts_kept_in_the_counter_cache_are_never_lost(sinks):
     got = a.read()
     counts = {row[0]: sum(c[3] for c in row[3]) for d in got for row in d["summary"][2]}
     assert counts == dict({k: 3 for k in keys}, **{"flag-0": 4})
+
+
+@native_only
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_read_mid_window_sees_every_count(sinks, seed):
+    """Counts and context uses kept pending in the C caches are all in every read of
+    ``_summary`` and ``_contexts``, at any point of a window, however the slots are reused
+    (more counters and contexts than the caches have slots, random order): each read is
+    compared with counts kept here, and so is the window delivered at the end."""
+    a, _ = sinks
+    rec = make(R.EventRecorder, a.path, events_max_pending=100_000)
+    rng = random.Random(seed)
+    contexts = [Context.create(f"u{i}") for i in range(3000)]
+    contexts += [Context.create_multi(Context.create(f"m{i}"), Context.create("acme", "org"))
+                 for i in range(200)]
+    keys = [f"flag-{i}" for i in range(5000)]
+    results = [("on", 1, FALLTHROUGH, (9, 0, None, None), ()),
+               ("off", 0, FALLTHROUGH, (9, 0, None, None), ())]
+    counts: Dict[Tuple[str, int], int] = {}
+    uses: Dict[str, int] = {}
+    slow = SlowCalls(rec)
+    calls = 0
+    for _ in range(12):
+        for _ in range(rng.choice([1, 50, 3000])):
+            ctx = rng.choice(contexts)
+            for _ in range(rng.choice([1, 1, 5])):   # the same context again, sometimes
+                key, t = rng.choice(keys), rng.choice(results)
+                rec.record_evaluation(key, ctx, t, "off", False)
+                counts[key, t[1]] = counts.get((key, t[1]), 0) + 1
+                fq = ctx.fully_qualified_key
+                uses[fq] = uses.get(fq, 0) + 1
+                calls += 1
+        summary, sightings = rec._summary, rec._contexts
+        assert {(k, v): c[0] for k, f in summary.items() for v, c in f[2].items()} == counts
+        assert {fq: e[2] for fq, e in sightings.items()} == uses
+    assert slow.n < calls // 2   # most calls were the C path's
+    rec.flush()
+    got = a.read()
+    delivered = {(row[0], c[0]): c[3] for d in got for row in d.get("summary", [0, 0, []])[2]
+                 for c in row[3]}
+    assert delivered == counts
+    as_json = {ctx.fully_qualified_key: json.dumps(ctx.to_dict(), sort_keys=True)
+               for ctx in contexts}
+    assert {json.dumps(c[0], sort_keys=True): c[2] for d in got
+            for c in d.get("contexts", [])} == {as_json[fq]: n for fq, n in uses.items()}
 
 
 @native_only
