@@ -163,6 +163,24 @@ _Static_assert(sizeof(cx_slot_t) * 2 <= 64 || sizeof(void *) != 8,
 
 /* Add a slot's pending uses to its entry's count (int + int: C only; the old int is
  * dropped, no Python code runs).  Out of memory, they stay pending for the next fold. */
+/*
+ * Add @n to the int at @list[@i] (a pending count kept in C, folded into the Python object
+ * the summary or the context entry holds).  Return 0, or -1 (error cleared) when the new int
+ * cannot be made: the count then stays pending in its slot.
+ */
+static int list_add(PyObject *list, Py_ssize_t i, unsigned long long n)
+{
+    PyObject *add = PyLong_FromUnsignedLongLong(n);
+    PyObject *sum = add != NULL ? PyNumber_Add(PyList_GET_ITEM(list, i), add) : NULL;
+    Py_XDECREF(add);
+    if (sum == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    PyList_SetItem(list, i, sum);   /* steals sum */
+    return 0;
+}
+
 static void cx_fold_slot(cx_slot_t *s)
 {
     if (s->pending == 0)
@@ -173,15 +191,8 @@ static void cx_fold_slot(cx_slot_t *s)
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) < 5
         || !PyLong_CheckExact(PyList_GET_ITEM(entry, 2)))
         return;
-    PyObject *n = PyLong_FromSsize_t(s->pending);
-    PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(entry, 2), n) : NULL;
-    Py_XDECREF(n);
-    if (sum == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    PyList_SetItem(entry, 2, sum);   /* steals sum */
-    s->pending = 0;
+    if (list_add(entry, 2, (unsigned long long)s->pending) == 0)
+        s->pending = 0;
 }
 
 /* Fold every slot's pending uses: the slots listed dirty since the last fold, or all
@@ -351,15 +362,8 @@ static void cc_fold_slot(RecorderCore *self, size_t i)
     if (!counter_ok(counter))
         return;   /* cannot happen: checked when the slot was made, and the Python code
                    * never changes a counter's shape; kept pending rather than crash */
-    PyObject *n = PyLong_FromUnsignedLong(c->pending);
-    PyObject *sum = n != NULL ? PyNumber_Add(PyList_GET_ITEM(counter, 0), n) : NULL;
-    Py_XDECREF(n);
-    if (sum == NULL) {
-        PyErr_Clear();
-        return;
-    }
-    PyList_SetItem(counter, 0, sum);   /* steals sum */
-    c->pending = 0;
+    if (list_add(counter, 0, c->pending) == 0)
+        c->pending = 0;
 }
 
 /* Fold every slot's pending counts (see the cache's comment): the slots listed dirty since
