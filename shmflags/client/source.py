@@ -200,7 +200,7 @@ class ShmSource:
         # What current() serves (snapshot, generation, bad generation, countdown) lives in
         # one watch object; with the C evaluator it is the C _Watch, which *is* current()
         # while unchanged (one acquire load of the generation word) and calls _current_py
-        # for everything else. The properties below read and write it.
+        # for everything else.
         ref = weakref.ref(self)
 
         def _slow() -> Any:   # through a weak reference: no source <-> watch cycle
@@ -233,17 +233,9 @@ class ShmSource:
 
     # -- hot path ----------------------------------------------------------------------
 
-    # The served state, kept in the watch (see __init__). The methods below use the watch
-    # directly: in a forked worker each property's getter and setter is one more function
-    # run for the first time (copy-on-write faults, docs/internals.md).
-    _snapshot = property(lambda self: self._w.snapshot,
-                         lambda self, v: setattr(self._w, "snapshot", v))
-    _generation = property(lambda self: self._w.generation,
-                           lambda self, v: setattr(self._w, "generation", v))
-    _bad_generation = property(lambda self: self._w.bad_generation,
-                               lambda self, v: setattr(self._w, "bad_generation", v))
-    _countdown = property(lambda self: self._w.countdown,
-                          lambda self, v: setattr(self._w, "countdown", v))
+    # The served state lives in the watch (see __init__); the methods below use it directly
+    # (no properties: in a forked worker each getter and setter is one more function run for
+    # the first time, a copy-on-write fault, docs/internals.md).
 
     def _set_attachment(self, attachment: Any) -> None:
         """Adopt ``attachment`` (or ``None``) for the generation check, in Python and C."""

@@ -350,8 +350,8 @@ class SnapshotBuilder:
         items = fitems + sitems
         hots, table = self._pool.link(items)
         pools = [table] + [b"" if it.sets else it.pool for it in items]
-        hot_pos, pool_at, raw_pos, blob = _blob_area(hots, pools, [it.raw for it in items])
-        raw_start = raw_pos[0] if items else len(blob)
+        hot_pos, pool_at, raw_pos, raw_start, blob = _blob_area(hots, pools,
+                                                                [it.raw for it in items])
         pool_pos = [pool_at[0] if it.sets else pool_at[i + 1] for i, it in enumerate(items)]
         pool_lens = [len(table) if it.sets else it.pool_len for it in items]
         blob_len = len(blob)
@@ -371,12 +371,9 @@ class SnapshotBuilder:
                                 f"{fmt.MAX_SNAPSHOT_SIZE} bytes")
 
         entries = bytearray((nf + ns) * fmt.ENTRY_SIZE)
-        pack_entry = fmt.ENTRY_STRUCT.pack_into
         eoff = 0
         for it, hp, pp, pl, rp in zip(items, hot_pos, pool_pos, pool_lens, raw_pos):
-            k = blob_off + hp
-            pack_entry(entries, eoff, k, it.key_len, blob_off + rp, it.raw_len, k + it.rec_rel,
-                       it.rec_len, it.version_lo, it.version_hi, blob_off + pp if pl else 0, pl)
+            _pack_entry(entries, eoff, it, blob_off + hp, blob_off + rp, blob_off + pp, pl)
             eoff += fmt.ENTRY_SIZE
         directory = b"".join((
             self._index(_FLAGS, ftab, fitems, flag_entries_off),
@@ -453,12 +450,10 @@ class SnapshotBuilder:
         if blob_len > min(self._compact_fraction * base.blob_len, self._compact_max):
             return None
 
-        hot_pos, pool_pos, raw_pos, blob = _blob_area(
+        hot_pos, pool_pos, raw_pos, raw_start, blob = _blob_area(
             [it.hot for it in items], [it.pool for it in items], [it.raw for it in items])
-        raw_start = raw_pos[0] if items else len(blob)
         shift = self._chunk_shift
         n_chunks = fmt.n_chunks_for(blob_len, shift)
-        pack_entry = fmt.ENTRY_STRUCT.pack_into
         same_keys = not self._removed[_FLAGS] and not self._removed[_SEGMENTS] and all(
             k in base.rank[_FLAGS] for k, _i in fsince) and all(
             k in base.rank[_SEGMENTS] for k, _i in ssince)
@@ -476,10 +471,8 @@ class SnapshotBuilder:
             ranks = [base.rank[_FLAGS][k] for k, _i in fsince] + \
                 [nf + base.rank[_SEGMENTS][k] for k, _i in ssince]
             for it, rank, hp, pp, rp in zip(items, ranks, hot_pos, pool_pos, raw_pos):
-                k = blob_off + hp
-                pack_entry(entries, rank * fmt.ENTRY_SIZE, k, it.key_len, blob_off + rp,
-                           it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo, it.version_hi,
-                           blob_off + pp if it.pool_len else 0, it.pool_len)
+                _pack_entry(entries, rank * fmt.ENTRY_SIZE, it, blob_off + hp, blob_off + rp,
+                            blob_off + pp, it.pool_len)
         else:
             # Keys were added or removed: rebuild the indexes; entries of
             # unchanged items are copied from the base's (already pointing into it).
@@ -514,11 +507,8 @@ class SnapshotBuilder:
                         entries[eoff:eoff + fmt.ENTRY_SIZE] = bent[r:r + fmt.ENTRY_SIZE]
                     else:
                         it = items[j]
-                        k = blob_off + hot_pos[j]
-                        pack_entry(entries, eoff, k, it.key_len, blob_off + raw_pos[j],
-                                   it.raw_len, k + it.rec_rel, it.rec_len, it.version_lo,
-                                   it.version_hi, blob_off + pool_pos[j] if it.pool_len else 0,
-                                   it.pool_len)
+                        _pack_entry(entries, eoff, it, blob_off + hot_pos[j],
+                                    blob_off + raw_pos[j], blob_off + pool_pos[j], it.pool_len)
                     eoff += fmt.ENTRY_SIZE
             head = b"".join((
                 self._index(_FLAGS, ftab, fitems, entries_off),
@@ -554,25 +544,37 @@ class SnapshotBuilder:
         return raw
 
 
+def _pack_entry(buf: bytearray, at: int, it: _Item, key_off: int, raw_off: int, pool_off: int,
+                pool_len: int) -> None:
+    """Write ``it``'s ``sf_entry_t`` at ``at``: its hot blob (key, then record) at ``key_off``,
+    its raw blob at ``raw_off``, and the pool its record reads at ``pool_off`` (``pool_len``
+    bytes; offset 0 when there is none)."""
+    fmt.ENTRY_STRUCT.pack_into(buf, at, key_off, it.key_len, raw_off, it.raw_len,
+                               key_off + it.rec_rel, it.rec_len, it.version_lo, it.version_hi,
+                               pool_off if pool_len else 0, pool_len)
+
+
 def _blob_area(hots: Sequence[bytes], pools: Sequence[bytes],
-               raws: Sequence[bytes]) -> Tuple[List[int], List[int], List[int], bytes]:
+               raws: Sequence[bytes]) -> Tuple[List[int], List[int], List[int], int, bytes]:
     """Lay out a blob area: every hot blob (keys and records, what the C evaluator reads),
     then every string pool (read on a fingerprint match only), then every raw blob, so C
     workers fault in only the pages of the records they evaluate (plus the kernel's
     fault-around: 64 KiB around each) and never raw pages. Each blob is a multiple of 8 long.
 
-    :returns: ``(hot_pos, pool_pos, raw_pos, blob)``: each blob's position relative to the
-        area's start.
+    :returns: ``(hot_pos, pool_pos, raw_pos, raw_start, blob)``: each blob's position and
+        where the raw blobs start, relative to the area's start.
     """
     pos = 0
     spans: List[List[int]] = []
+    starts: List[int] = []
     for part in (hots, pools, raws):
+        starts.append(pos)
         at: List[int] = []
         for b in part:
             at.append(pos)
             pos += len(b)
         spans.append(at)
-    return spans[0], spans[1], spans[2], b"".join([*hots, *pools, *raws])
+    return spans[0], spans[1], spans[2], starts[2], b"".join([*hots, *pools, *raws])
 
 
 class _SharedPool:
@@ -585,11 +587,11 @@ class _SharedPool:
     (``native/record.h`` ``sf_strset_t``: ``u32 nslots``, ``u32 home``, then ``nslots`` ×
     ``{u32 fp, u32 off}``) is repointed from the item's own pool to it.
 
-    Linking costs ~0.4 µs per member (~150 ms at 10,000 flags here), so the pool and every
+    Linking costs ~0.3 µs per member (~130 ms at 10,000 flags here), so the pool and every
     linked record are kept: a later full build links only new or changed items, and their
-    new members are appended. Members of items gone since stay as garbage until items
-    relinked since the pool was started outnumber twice the items linked now; then it starts
-    over (the next build links every item again).
+    new members are appended. Members of items gone since stay as garbage until the items
+    relinked since the pool was started exceed three times the items with sets now; then it
+    starts over (the next build links every item again).
     """
 
     def __init__(self) -> None:
